@@ -1,0 +1,1 @@
+"""Evaluation: metrics, scorers and the HTML report."""

@@ -1,0 +1,202 @@
+"""Reading feedback into canonical records, with one error policy for every problem.
+
+>>> from prefkit.data import read_feedback
+>>> reader = read_feedback("pairs.jsonl")                     # layout detected
+>>> reader = read_feedback("testset-v1.json", mapping={...}, winner_values="a=1,b=2,tie=0")
+>>> for record in reader: ...
+>>> reader.stats.summary()
+
+The layout is, in order of precedence: ``mapping`` (any layout), ``format`` (a
+named layout or collection), or detected from the first readable row (or from
+the folder's files for multi-file collections). Every row that yields no record
+is either rejected (counted by reason, and written to the rejects file with
+``on_error="skip"``) or, for collections, dropped with a stated reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefkit.data.corpora import COLLECTIONS, Collection, detect_collection
+from prefkit.data.errors import ON_ERROR_CHOICES, DataError, OnError, Rejects
+from prefkit.data.layouts import NAMED_LAYOUTS, Layout, LayoutError, MappingLayout, detect_layout
+from prefkit.data.records import AnyRecord, FieldError, render_text, text_length
+from prefkit.data.sources import RawRow, iter_rows
+
+DEFAULT_MAX_TEXT_CHARS = 1_000_000
+"""Longest text (in characters) accepted by default; longer ones are rejected as ``text_too_long``."""
+
+
+def known_formats() -> list[str]:
+    """Names accepted by ``format=`` / ``--format``."""
+    return [*NAMED_LAYOUTS, *COLLECTIONS]
+
+
+@dataclass
+class ReadStats:
+    """What a read did: rows seen, records made, rejects and drops with reasons."""
+
+    n_rows: int = 0
+    """Rows (or collection units) looked at."""
+    n_records: int = 0
+    """Records produced."""
+    kinds: Counter = field(default_factory=Counter)
+    """Record kind -> count."""
+    rejects: Rejects = field(default_factory=Rejects)
+    """Rows that were bad, by reason."""
+    dropped: Counter = field(default_factory=Counter)
+    """Units a collection skipped on purpose, by reason (not errors)."""
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.kinds.items())) or "0"
+        text = f"read {self.n_rows} rows -> {self.n_records} records ({kinds}); {self.rejects.summary()}"
+        if self.dropped:
+            text += "; dropped " + ", ".join(f"{count} {why}" for why, count in self.dropped.items())
+        return text
+
+
+class FeedbackReader:
+    """Iterate canonical records from a path; see the module docstring.
+
+    Args:
+        path: file, folder, Hugging Face ``save_to_disk`` folder or Hub name.
+        format: a named layout or collection (see :func:`known_formats`); ``None`` detects.
+        mapping: canonical key -> source field(s); overrides ``format``.
+        winner_values: meaning of winner/vote values for ``mapping``, e.g. ``"a=1,b=2,tie=0"``.
+        on_error: ``"raise"`` stops at the first bad row; ``"skip"`` counts it and goes on.
+        rejects_path: where ``"skip"`` writes bad rows (JSONL); ``None`` keeps only counts.
+        max_text_chars: longest text accepted; a longer one is a ``text_too_long`` reject.
+        allow_empty_responses: keep records with an empty response (rejected as
+            ``empty_text`` by default; a model's empty answer can be real data).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        format: str | None = None,
+        mapping: dict[str, str] | None = None,
+        winner_values: str | dict[str, str] | None = None,
+        on_error: OnError = "raise",
+        rejects_path: str | Path | None = None,
+        max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+        allow_empty_responses: bool = False,
+    ):
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+        if max_text_chars < 1:
+            raise ValueError(f"max_text_chars must be >= 1, got {max_text_chars}")
+        self.path = Path(path)
+        self.on_error = on_error
+        self.max_text_chars = max_text_chars
+        self.allow_empty_responses = allow_empty_responses
+        self.stats = ReadStats(rejects=Rejects(Path(rejects_path) if rejects_path else None))
+        self.layout: Layout | MappingLayout | Collection | None = None
+        self.detected = False
+        if mapping:
+            self.layout = MappingLayout(mapping, winner_values)
+        elif format is not None:
+            if format in COLLECTIONS:
+                self.layout = COLLECTIONS[format]
+            elif format in NAMED_LAYOUTS:
+                self.layout = NAMED_LAYOUTS[format]
+            else:
+                raise LayoutError(f"unknown format {format!r}; known formats: {', '.join(known_formats())}")
+            if winner_values is not None:
+                raise LayoutError("winner_values applies to a mapping (--map); the named format fixes its own values")
+        elif winner_values is not None:
+            raise LayoutError("winner_values needs a mapping (--map KEY=FIELD ...)")
+        else:
+            collection = detect_collection(self.path) if self.path.exists() else None
+            if collection is not None:
+                self.layout, self.detected = collection, True
+
+    @property
+    def format_name(self) -> str:
+        return getattr(self.layout, "name", "unknown")
+
+    def __iter__(self) -> Iterator[AnyRecord]:
+        try:
+            if isinstance(self.layout, Collection):
+                yield from self._read_collection(self.layout)
+            else:
+                yield from self._read_rows()
+        finally:
+            self.stats.rejects.close()
+
+    def _read_collection(self, collection: Collection) -> Iterator[AnyRecord]:
+        for record in collection.read(self.path, self.stats.dropped):
+            self.stats.n_rows += 1
+            error = self._check_texts(record, RawRow(str(self.path), self.stats.n_rows - 1, None, "record"))
+            if error is not None:
+                self._reject(error)
+                continue
+            self._count(record)
+            yield record
+
+    def _read_rows(self) -> Iterator[AnyRecord]:
+        for row in iter_rows(self.path):
+            self.stats.n_rows += 1
+            if row.error is not None:
+                self._reject(row.error)
+                continue
+            if self.layout is None:
+                self.layout = detect_layout(row.fields)  # type: ignore[arg-type]
+                self.detected = True
+                if self.layout is None:
+                    raise DataError(
+                        row.source, row.line, None,
+                        f"cannot detect the layout from the fields {sorted(row.fields)[:12]}",  # type: ignore[arg-type]
+                        reason="unknown_layout", location=row.location,
+                        hint=f"pass --format NAME ({', '.join(known_formats())}) or --map KEY=FIELD",
+                    )
+            try:
+                records = self.layout.convert(row)  # type: ignore[union-attr]
+            except FieldError as error:
+                self._reject(row.fail(error.field, f"expected {error.expected}, found {error.found}", error.reason))
+                continue
+            for record in records:
+                error = self._check_texts(record, row)
+                if error is not None:
+                    self._reject(error)
+                    continue
+                self._count(record)
+                yield record
+
+    def _check_texts(self, record: AnyRecord, row: RawRow) -> DataError | None:
+        """Apply the reader's text policies: the size limit and empty responses."""
+        for name, text in [("prompt", record.prompt), *record.named_responses()]:
+            length = text_length(text)
+            if length > self.max_text_chars:
+                return row.fail(name, f"expected a text of at most {self.max_text_chars:,} characters, "
+                                f"found {length:,}", "text_too_long",
+                                hint="raise the limit (--max-text-chars) if this is intended")
+            if name != "prompt" and not self.allow_empty_responses and not render_text(text).strip():
+                return row.fail(name, "expected a non-empty response, found an empty text", "empty_text",
+                                hint="fix the source, or keep such records with --allow-empty-responses")
+        return None
+
+    def _count(self, record: AnyRecord) -> None:
+        self.stats.n_records += 1
+        self.stats.kinds[record.kind] += 1
+
+    def _reject(self, error: DataError) -> None:
+        if self.on_error == "raise":
+            raise error
+        self.stats.rejects.add(error)
+
+
+def read_feedback(path: str | Path, **options: Any) -> FeedbackReader:
+    """A :class:`FeedbackReader` over ``path``; iterate it for records."""
+    return FeedbackReader(path, **options)
+
+
+def load_feedback(path: str | Path, **options: Any) -> tuple[list[AnyRecord], ReadStats]:
+    """Read every record into a list; returns the records and the read's stats."""
+    reader = FeedbackReader(path, **options)
+    records = list(reader)
+    return records, reader.stats

@@ -188,6 +188,13 @@ def default_id(row: RawRow) -> str:
     return f"{name or row.source.rsplit('/', 1)[-1]}:{row.line}"
 
 
+def require(fields: dict[str, Any], *names: str) -> None:
+    """Raise a ``missing_field`` error for the first of ``names`` absent from ``fields``."""
+    for name in names:
+        if name not in fields:
+            raise FieldError(name, "a value (required field missing from the row)", None, "missing_field")
+
+
 def _metadata_from(row: dict[str, Any], used: Iterable[str]) -> dict[str, Any]:
     roots = {path.split(".", 1)[0] for path in used}
     return {
@@ -419,6 +426,7 @@ def parse_hh_transcript(text: str, field: str) -> tuple[Message, ...]:
 
 def _hh_rlhf(row: RawRow) -> list[AnyRecord]:
     fields = row.fields or {}
+    require(fields, "chosen", "rejected")
     chosen = parse_hh_transcript(fields.get("chosen"), "chosen")
     rejected = parse_hh_transcript(fields.get("rejected"), "rejected")
     if chosen[:-1] != rejected[:-1]:
@@ -440,7 +448,8 @@ def _is_conversation(value: Any) -> bool:
 
 def _trl_pair(row: RawRow) -> list[AnyRecord]:
     fields = row.fields or {}
-    chosen, rejected = fields.get("chosen"), fields.get("rejected")
+    require(fields, "chosen", "rejected")
+    chosen, rejected = fields["chosen"], fields["rejected"]
     if "prompt" in fields:
         prompt = fields["prompt"]
         if prompt is None:
@@ -466,7 +475,8 @@ def _trl_pair(row: RawRow) -> list[AnyRecord]:
 
 def _trl_unpaired(row: RawRow) -> list[AnyRecord]:
     fields = row.fields or {}
-    completion = fields.get("completion")
+    require(fields, "completion", "label")
+    completion = fields["completion"]
     if _is_conversation(completion) and len(completion) == 1:
         completion = parse_text(completion, "completion")[0].content  # type: ignore[index,union-attr]
     return [BinaryRecord(
@@ -481,6 +491,7 @@ HELPSTEER_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity",
 
 def _helpsteer(row: RawRow) -> list[AnyRecord]:
     fields = row.fields or {}
+    require(fields, "prompt", "response")
     ratings = {name: parse_number(fields.get(name), name) for name in HELPSTEER_ATTRIBUTES}
     return [RatingRecord(
         id=fields.get("id", default_id(row)), prompt=fields.get("prompt"), response=fields.get("response"),
@@ -491,6 +502,7 @@ def _helpsteer(row: RawRow) -> list[AnyRecord]:
 def _helpsteer2_preference(row: RawRow) -> list[AnyRecord]:
     """HelpSteer2-Preference: ``preference_strength`` in -3..3; negative means response_1 is better."""
     fields = row.fields or {}
+    require(fields, "prompt", "response_1", "response_2")
     strength = parse_number(fields.get("preference_strength"), "preference_strength")
     if strength is None:
         raise FieldError("preference_strength", "a number in -3..3", fields.get("preference_strength"), "missing_field")

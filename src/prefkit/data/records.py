@@ -325,7 +325,7 @@ class PairwiseRecord(Record):
         if self.outcome != "tie" and text_key(self.response_a) == text_key(self.response_b):
             raise FieldError(
                 "response_b", f"a response different from response_a (outcome {self.outcome!r})",
-                self.response_b,
+                self.response_b, "identical_responses",
             )
         set_(self, "strength", _optional_number(self.strength, "strength", minimum=0.0))
         set_(self, "margin", _optional_number(self.margin, "margin"))
@@ -540,7 +540,7 @@ def record_from_dict(data: dict[str, Any]) -> AnyRecord:
     if kind not in RECORD_TYPES:
         raise FieldError("kind", f"one of {', '.join(RECORD_TYPES)}", kind)
     cls = RECORD_TYPES[kind]
-    names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    names = {item.name for item in fields(cls)}  # type: ignore[arg-type]
     unknown = set(data) - names - {"schema_version", "kind"}
     if unknown:
         raise FieldError(sorted(unknown)[0], f"a field of a {kind} record ({', '.join(sorted(names))})", data[sorted(unknown)[0]])

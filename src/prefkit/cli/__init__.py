@@ -1,0 +1,68 @@
+"""The ``prefkit`` command line.
+
+Each command lives in its own module and registers itself on the parser; the
+modules hold wiring only (parse options, call library parts, print). Heavy
+libraries (torch, transformers) are imported inside the commands that need
+them, so ``prefkit --help`` and the data commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from prefkit import __version__
+
+COMMAND_MODULES = ("quickstart", "data", "rm", "eval", "align")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prefkit",
+        description=(
+            "Learning from preferences: read feedback data (pairs, ties, votes, rankings, "
+            "ratings, thumbs), train and evaluate reward models, and align language models."
+        ),
+        epilog="Run 'prefkit COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"prefkit {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = __import__(f"prefkit.cli.{name}", fromlist=["register"])
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("prefkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # user-facing errors are printed, not traced
+        if not _is_user_error(error):
+            raise
+        print(f"prefkit: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(error: Exception) -> bool:
+    from prefkit.data.errors import DataError
+    from prefkit.data.layouts import LayoutError
+    from prefkit.data.records import FieldError
+
+    return isinstance(error, (DataError, LayoutError, FieldError, FileNotFoundError, UserError))
+
+
+class UserError(Exception):
+    """A problem with the command's input that the user can fix; printed without a trace."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

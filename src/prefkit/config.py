@@ -1,0 +1,121 @@
+"""Command-line options generated from config dataclasses.
+
+A config is a dataclass with a docstring under every field; the docstring is
+the option's ``--help`` text, so help has one source. Field types map to
+argparse types: ``bool`` becomes ``--flag/--no-flag``, ``X | None`` accepts a
+value or ``none``, ``Literal[...]`` becomes ``choices``, ``dict[str, float]``
+takes ``key=value,key=value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from functools import cache
+from typing import Any, Literal, get_args, get_origin
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under it in the class body."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        for node, following in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    origin = get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(args) == 1 and len(get_args(annotation)) == 2:
+            return args[0], True
+    return annotation, False
+
+
+def _parse_mapping(text: str) -> dict[str, float]:
+    mapping = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise argparse.ArgumentTypeError(f"expected key=value pairs, found {part!r}")
+        key, value = part.split("=", 1)
+        try:
+            mapping[key.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key}: expected a number, found {value!r}") from None
+    return mapping
+
+
+def _converter(annotation: Any, optional: bool):
+    base = {int: int, float: float, str: str}.get(annotation)
+    if get_origin(annotation) is dict:
+        base = _parse_mapping
+    if base is None:
+        base = str
+
+    def convert(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None
+        return base(text)
+
+    convert.__name__ = getattr(base, "__name__", "value")
+    return convert
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
+                            title: str | None = None) -> None:
+    """Add one ``--option`` per field of ``cls`` (except ``skip``)."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    group = parser.add_argument_group(title or f"{cls.__name__} options")
+    for item in dataclasses.fields(cls):
+        if item.name in skip or not item.init:
+            continue
+        annotation, optional = _unwrap_optional(hints[item.name])
+        flag = "--" + item.name.replace("_", "-")
+        default = item.default if item.default is not dataclasses.MISSING else (
+            item.default_factory() if item.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        )
+        help_text = docs.get(item.name, "")
+        if annotation is bool:
+            group.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction,
+                               default=default, help=f"{help_text} (default: {default})")
+            continue
+        kwargs: dict[str, Any] = {"dest": item.name, "default": default,
+                                  "help": f"{help_text} (default: {default})"}
+        if get_origin(annotation) is Literal:
+            kwargs["choices"] = list(get_args(annotation))
+            if optional:
+                kwargs["type"] = _converter(str, True)
+        else:
+            kwargs["type"] = _converter(annotation, optional)
+            kwargs["metavar"] = {int: "N", float: "X", str: "TEXT"}.get(annotation, "K=V,..")
+        group.add_argument(flag, **kwargs)
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
+    """Build ``cls`` from parsed arguments (fields absent from ``args`` keep their defaults)."""
+    values = {
+        item.name: getattr(args, item.name)
+        for item in dataclasses.fields(cls) if item.init and hasattr(args, item.name)
+    }
+    values.update(overrides)
+    return cls(**values)

@@ -1,0 +1,40 @@
+"""Every public module imports, and importing the package stays light."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import prefkit
+
+
+def all_modules() -> list[str]:
+    return sorted(info.name for info in pkgutil.walk_packages(prefkit.__path__, prefix="prefkit."))
+
+
+def test_every_module_imports() -> None:
+    names = [name for name in all_modules() if not name.endswith("__main__")]
+    assert "prefkit.data.records" in names and "prefkit.cli" in names
+    for name in names:
+        importlib.import_module(name)
+
+
+def test_package_and_data_layer_import_without_heavy_libraries() -> None:
+    code = (
+        "import sys, prefkit, prefkit.data, prefkit.cli; "
+        "heavy = [m for m in ('torch', 'transformers', 'pyarrow', 'datasets', 'peft') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == ""
+
+
+def test_losses_import_only_torch() -> None:
+    code = (
+        "import sys, prefkit.losses.reward, prefkit.losses.preference; "
+        "print(','.join(m for m in ('transformers', 'pyarrow', 'trl', 'scipy') if m in sys.modules))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == ""

@@ -94,7 +94,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip:
         default = item.default if item.default is not dataclasses.MISSING else (
             item.default_factory() if item.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
-        help_text = docs.get(item.name, "")
+        help_text = docs.get(item.name, "").replace("``", "'")
         if annotation is bool:
             group.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction,
                                default=default, help=f"{help_text} (default: {default})")

@@ -174,10 +174,10 @@ class FeedbackReader:
             if length > self.max_text_chars:
                 return row.fail(name, f"expected a text of at most {self.max_text_chars:,} characters, "
                                 f"found {length:,}", "text_too_long",
-                                hint="raise the limit (--max-text-chars) if this is intended")
+                                hint="Raise the limit (--max-text-chars) if this is intended")
             if name != "prompt" and not self.allow_empty_responses and not render_text(text).strip():
                 return row.fail(name, "expected a non-empty response, found an empty text", "empty_text",
-                                hint="fix the source, or keep such records with --allow-empty-responses")
+                                hint="Fix the source, or keep such records with --allow-empty-responses")
         return None
 
     def _count(self, record: AnyRecord) -> None:

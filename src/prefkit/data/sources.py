@@ -117,7 +117,7 @@ def iter_rows(path: str | Path) -> Iterator[RawRow]:
         yield from _iter_hub(str(path))
         return
     raise DataError(str(path), None, None, "no such file or folder", reason="not_found",
-                    hint="check the path; a Hub name looks like 'org/name'")
+                    hint="Check the path; a Hub name looks like 'org/name'")
 
 
 def iter_file_rows(path: Path) -> Iterator[RawRow]:
@@ -149,7 +149,7 @@ def _decode(raw: bytes, source: str, line: int, location: str = "line") -> tuple
             source, line, None,
             f"bytes that are not valid UTF-8 at byte {error.start} of the line "
             f"({raw[max(0, error.start - 8): error.start + 8]!r})",
-            reason="bad_encoding", hint="re-encode the file as UTF-8", location=location,
+            reason="bad_encoding", hint="Re-encode the file as UTF-8", location=location,
             raw=raw.decode("utf-8", errors="backslashreplace"),
         )
 
@@ -359,7 +359,7 @@ def _iter_hub(name: str) -> Iterator[RawRow]:
         loaded = datasets.load_dataset(name, streaming=True)
     except Exception as error:  # the Hub raises many kinds of errors; all mean "not readable"
         raise DataError(name, None, None, f"could not be loaded from the Hugging Face Hub ({error})",
-                        reason="not_found", hint="check the name and the network, or pass a local path") from None
+                        reason="not_found", hint="Check the name and the network, or pass a local path") from None
     splits = loaded.items() if isinstance(loaded, dict) else [(None, loaded)]
     for split, dataset in splits:
         for index, row in enumerate(dataset):

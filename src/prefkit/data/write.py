@@ -39,7 +39,11 @@ def write_records(records: Iterable[AnyRecord], path: str | Path) -> int:
     kind = output_kind(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    count = _write_jsonl(records, partial, path) if kind == "jsonl" else _write_parquet(records, partial)
+    try:
+        count = _write_jsonl(records, partial, path) if kind == "jsonl" else _write_parquet(records, partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(path)
     return count
 

@@ -24,7 +24,7 @@ from typing import Any
 from prefkit.data.corpora import COLLECTIONS, Collection, detect_collection
 from prefkit.data.errors import ON_ERROR_CHOICES, DataError, OnError, Rejects
 from prefkit.data.layouts import NAMED_LAYOUTS, Layout, LayoutError, MappingLayout, detect_layout
-from prefkit.data.records import AnyRecord, FieldError, render_text, text_length
+from prefkit.data.records import AnyRecord, FieldError, Text, text_length
 from prefkit.data.sources import RawRow, iter_rows
 
 DEFAULT_MAX_TEXT_CHARS = 1_000_000
@@ -175,7 +175,7 @@ class FeedbackReader:
                 return row.fail(name, f"expected a text of at most {self.max_text_chars:,} characters, "
                                 f"found {length:,}", "text_too_long",
                                 hint="Raise the limit (--max-text-chars) if this is intended")
-            if name != "prompt" and not self.allow_empty_responses and not render_text(text).strip():
+            if name != "prompt" and not self.allow_empty_responses and not _content(text).strip():
                 return row.fail(name, "expected a non-empty response, found an empty text", "empty_text",
                                 hint="Fix the source, or keep such records with --allow-empty-responses")
         return None
@@ -188,6 +188,11 @@ class FeedbackReader:
         if self.on_error == "raise":
             raise error
         self.stats.rejects.add(error)
+
+
+def _content(text: Text) -> str:
+    """The text's words without role labels (a conversation of empty turns is empty)."""
+    return text if isinstance(text, str) else "".join(message.content for message in text)
 
 
 def read_feedback(path: str | Path, **options: Any) -> FeedbackReader:

@@ -31,40 +31,40 @@ Departures from the papers, and differences from TRL 1.16:
   is the default here. TRL divides each log-ratio by its completion length before
   the square; ``IPOConfig(length_normalized=True)`` reproduces that.
 - ``sft``, and the NLL terms of ``cpo`` and ``orpo``: the per-example NLL is the
-  mean over that example's chosen tokens. TRL averages over all chosen tokens of
-  the batch, which weights long completions more; the two agree when the chosen
-  lengths are equal, and TRL's value is the length-weighted mean of the
-  per-example values here.
+  mean over that example's chosen completion tokens. TRL averages over all chosen
+  tokens of the batch, which weights long completions more; the two agree when
+  the chosen lengths are equal, and TRL's value is the length-weighted mean of the
+  per-example values here. TRL's ORPO NLL also scores the prompt tokens; here
+  only the completion is scored, as in every loss of this module.
 - ``bco_pair``: Jung et al. shift the rewards by delta, a running mean of the
   rewards; TRL 1.16 drops the shift. Pass ``reward_shift=0`` to reproduce TRL.
   The running mean is kept by the caller (:class:`RunningMean`), over the
   batches seen *before* the current one. The paper's underlying-distribution
   matching (a density-ratio classifier) is not implemented.
 - ``hinge``: SLiC's calibration loss compares policy log-probs with a margin
-  delta. As in the DPO and IPO papers and TRL, the log-probs are replaced by
-  log-ratios against the reference and the margin is 1 / beta, scaled by beta:
-  relu(1 - beta * h).
+  delta. As in TRL, the log-probs are replaced by log-ratios against the
+  reference and the margin is 1 / beta, scaled by beta: relu(1 - beta * h).
 - ``cdpo``: the label-smoothed DPO of Mitchell (2023); TRL 1.16's ``sigmoid`` has
   no label smoothing and no separate cDPO, so ``cdpo`` is checked only by hand.
 - ``sppo_hard``: SPPO (eq. 4.7 of Algorithm 1) regresses the log-ratio onto
   eta * (P - 1/2) with P a win probability from a preference model; this is the
   hard variant with P = 1 for the chosen and 0 for the rejected response, and
   eta = 1 / beta (as TRL).
-- ``exo_pair``: one temperature beta for both the policy and the reward
-  distributions (the paper allows two), as TRL.
+- ``exo_pair``: one temperature beta for the policy's distribution over the
+  pair, as TRL.
 - ``discopop``: sigmoid(rho / tau) * exp(-rho) is computed as
   exp(logsigmoid(rho / tau) - rho), the same value without the overflow that
   turns inf * 0 into NaN at large negative rho.
 - ``orpo``: log(1 - exp(x)) of a length-averaged log-prob x is undefined at x = 0
-  (probability one); x is clamped to the largest float below zero there.
+  (probability one); x is clamped to -tiny (tiny: the smallest normal float).
 - ``kto``: the KL estimate z0 comes from the caller (in the paper and TRL, the
   mean log-ratio of mismatched prompt/completion pairs in the batch); it is
-  detached and clamped at 0 here, as in the paper.
+  detached and clamped at 0 here, as TRL does.
 - ``lipo_lambda``: the per-list loss is a sum over the list's ordered pairs, not
   normalised by the number of pairs; ranks come from the detached scores, ties
   broken by position.
-- ``aot``, ``aot_unpaired``: the sorting-based empirical form (as TRL) with
-  optional label smoothing, which the paper does not use (0 by default).
+- ``aot``, ``aot_unpaired``: the sorting-based empirical form with a logistic
+  link, as TRL, including its optional label smoothing (0 by default).
 - Not implemented: TRL's f-divergence variants, LD-DPO (``ld_alpha``), WPO
   weighting, AlphaPO's reward transform in CPO, and label smoothing for
   ``cpo``/``simpo``.
@@ -172,7 +172,10 @@ class PairedLogps:
 
     Log-probs are summed over the completion tokens only (prompt and padding
     excluded). Fields a loss does not need may be left as ``None``; a loss that
-    needs a missing field raises and names it.
+    needs a missing field raises and names it. A field a loss does not read is
+    allowed: the container describes the batch, which several losses may share
+    (see :func:`weighted_sum`); it is the configs that must not carry unused
+    arguments.
     """
 
     policy_chosen_logps: Tensor
@@ -388,33 +391,15 @@ class ListwiseLossOutput:
 # configs
 
 
-def _check_positive(name: str, value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def _check_non_negative(name: str, value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def _check_interval(name: str, value: float, low: float, high: float, *, low_open: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    above_low = value > low if low_open else value >= low
-    if not (above_low and value < high):
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must lie in {bracket}{low}, {high}), got {value!r}")
+def _check_range(
+    name: str, value: float, low: float, high: float = math.inf, *, low_open: bool = False
+) -> None:
+    """value must be a finite real number in [low, high), or (low, high) when low_open."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    above_low = is_number and (value > low if low_open else value >= low)
+    if not (is_number and math.isfinite(value) and above_low and value < high):
+        interval = f"{'(' if low_open else '['}{low}, {high})"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -425,7 +410,7 @@ class BetaConfig:
     """Inverse temperature on the log-ratios; larger beta keeps the policy nearer the reference."""
 
     def __post_init__(self) -> None:
-        _check_positive("beta", self.beta)
+        _check_range("beta", self.beta, 0.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -438,8 +423,8 @@ class SmoothedConfig:
     """Assumed probability that a preference label is flipped, in [0, 0.5)."""
 
     def __post_init__(self) -> None:
-        _check_positive("beta", self.beta)
-        _check_interval("label_smoothing", self.label_smoothing, 0.0, 0.5, low_open=False)
+        _check_range("beta", self.beta, 0.0, low_open=True)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -452,8 +437,8 @@ class RobustConfig:
     """Known flip rate epsilon of the labels, in [0, 0.5); the loss divides by 1 - 2 epsilon."""
 
     def __post_init__(self) -> None:
-        _check_positive("beta", self.beta)
-        _check_interval("label_smoothing", self.label_smoothing, 0.0, 0.5, low_open=False)
+        _check_range("beta", self.beta, 0.0, low_open=True)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -468,7 +453,7 @@ class IPOConfig:
     False follows the paper (sequence log-ratios)."""
 
     def __post_init__(self) -> None:
-        _check_positive("beta", self.beta)
+        _check_range("beta", self.beta, 0.0, low_open=True)
         if not isinstance(self.length_normalized, bool):
             raise TypeError(f"length_normalized must be a bool, got {self.length_normalized!r}")
 
@@ -483,8 +468,8 @@ class ExoPairConfig:
     """Target probability epsilon of the rejected response, in (0, 1); the paper uses 1e-3."""
 
     def __post_init__(self) -> None:
-        _check_positive("beta", self.beta)
-        _check_interval("label_smoothing", self.label_smoothing, 0.0, 1.0, low_open=True)
+        _check_range("beta", self.beta, 0.0, low_open=True)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -497,8 +482,8 @@ class DiscoPOPConfig:
     """Temperature of the sigmoid mixing the logistic and exponential parts; the paper uses 0.05."""
 
     def __post_init__(self) -> None:
-        _check_positive("beta", self.beta)
-        _check_positive("tau", self.tau)
+        _check_range("beta", self.beta, 0.0, low_open=True)
+        _check_range("tau", self.tau, 0.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -516,8 +501,8 @@ class SimPOConfig:
     """Target reward margin gamma >= 0, in the same units as beta times an average log-prob."""
 
     def __post_init__(self) -> None:
-        _check_positive("beta", self.beta)
-        _check_non_negative("gamma", self.gamma)
+        _check_range("beta", self.beta, 0.0, low_open=True)
+        _check_range("gamma", self.gamma, 0.0)
 
 
 @dataclass(frozen=True)
@@ -530,8 +515,8 @@ class CPOConfig:
     """Weight of the NLL term on the chosen response (TRL's cpo_alpha); 0 drops it."""
 
     def __post_init__(self) -> None:
-        _check_positive("beta", self.beta)
-        _check_non_negative("nll_weight", self.nll_weight)
+        _check_range("beta", self.beta, 0.0, low_open=True)
+        _check_range("nll_weight", self.nll_weight, 0.0)
 
 
 @dataclass(frozen=True)
@@ -542,7 +527,7 @@ class ORPOConfig:
     """Weight lambda of the odds-ratio term against the NLL term (TRL calls it beta)."""
 
     def __post_init__(self) -> None:
-        _check_positive("odds_ratio_weight", self.odds_ratio_weight)
+        _check_range("odds_ratio_weight", self.odds_ratio_weight, 0.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -557,9 +542,9 @@ class KTOConfig:
     """lambda_U, the weight of undesirable examples."""
 
     def __post_init__(self) -> None:
-        _check_positive("beta", self.beta)
-        _check_positive("desirable_weight", self.desirable_weight)
-        _check_positive("undesirable_weight", self.undesirable_weight)
+        _check_range("beta", self.beta, 0.0, low_open=True)
+        _check_range("desirable_weight", self.desirable_weight, 0.0, low_open=True)
+        _check_range("undesirable_weight", self.undesirable_weight, 0.0, low_open=True)
 
 
 LossConfig = (
@@ -638,7 +623,7 @@ def robust(logps: PairedLogps, config: RobustConfig | None = None) -> Preference
     epsilon = config.label_smoothing
     clean_term = -(1 - epsilon) * F.logsigmoid(logits)
     flipped_term = -epsilon * F.logsigmoid(-logits)
-    losses = (clean_term - flipped_term) / (1 - 2 * epsilon)  # Chowdhury et al. 2024, rDPO (Sec. 3)
+    losses = (clean_term - flipped_term) / (1 - 2 * epsilon)  # Chowdhury et al. 2024, rDPO loss
     return _paired_output(losses, config.beta, chosen_logratios, rejected_logratios)
 
 
@@ -684,7 +669,7 @@ def nca_pair(logps: PairedLogps, config: BetaConfig | None = None) -> Preference
     chosen_scores = config.beta * chosen_logratios
     rejected_scores = config.beta * rejected_logratios
     noise_term = 0.5 * (F.logsigmoid(-chosen_scores) + F.logsigmoid(-rejected_scores))
-    losses = -F.logsigmoid(chosen_scores) - noise_term  # Chen et al. 2024, NCA with K = 2 (Sec. 3)
+    losses = -F.logsigmoid(chosen_scores) - noise_term  # Chen et al. 2024, NCA loss, K = 2
     return _paired_output(losses, config.beta, chosen_logratios, rejected_logratios)
 
 
@@ -701,7 +686,7 @@ def bco_pair(
     chosen_logratios, rejected_logratios = logps.logratios("bco_pair")
     chosen_term = -F.logsigmoid(config.beta * chosen_logratios - delta)
     rejected_term = -F.logsigmoid(-(config.beta * rejected_logratios - delta))
-    losses = chosen_term + rejected_term  # Jung et al. 2024, BCO with reward shift delta (Sec. 3)
+    losses = chosen_term + rejected_term  # Jung et al. 2024, BCO loss with shift delta
     return _paired_output(losses, config.beta, chosen_logratios, rejected_logratios)
 
 
@@ -927,7 +912,7 @@ def bco(
     delta = _check_scalar_input("reward_shift", reward_shift, logps.policy_logps)
     rewards = config.beta * (logps.policy_logps - logps.ref_logps)  # (B,)
     signs = logps.is_desirable.to(rewards.dtype) * 2 - 1  # desirable is the positive class
-    losses = -F.logsigmoid(signs * (rewards - delta))  # Jung et al. 2024, BCO loss (Sec. 3)
+    losses = -F.logsigmoid(signs * (rewards - delta))  # Jung et al. 2024, BCO loss with shift delta
     return UnpairedLossOutput(losses=losses, rewards=rewards.detach())
 
 
@@ -1004,7 +989,7 @@ def lipo_lambda(logps: ListwiseLogps, config: BetaConfig | None = None) -> Listw
         ranks.scatter_(1, order, positions)  # (B, N) 1-based rank of each response
         inverse_discounts = 1.0 / torch.log2(1.0 + ranks.to(scores.dtype))  # (B, N)
         gains = torch.pow(2.0, logps.labels.to(scores.dtype)) - 1.0  # (B, N)
-        # Liu et al. 2024, LiPO-lambda weights (Sec. 4): |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|
+        # Liu et al. 2024, LiPO-lambda weights: |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|
         lambda_weights = (gains[:, :, None] - gains[:, None, :]).abs() * (
             inverse_discounts[:, :, None] - inverse_discounts[:, None, :]
         ).abs()  # (B, N, N)
@@ -1013,7 +998,7 @@ def lipo_lambda(logps: ListwiseLogps, config: BetaConfig | None = None) -> Listw
         pair_weights = torch.where(ordered_pairs, lambda_weights, 0.0)
     score_gaps = scores[:, :, None] - scores[:, None, :]  # (B, N, N) s_i - s_j
     pair_losses = pair_weights * -F.logsigmoid(score_gaps)  # (B, N, N)
-    losses = pair_losses.sum(dim=(1, 2))  # Liu et al. 2024, LiPO-lambda loss (Sec. 4)
+    losses = pair_losses.sum(dim=(1, 2))  # Liu et al. 2024, LiPO-lambda loss
     return ListwiseLossOutput(
         losses=losses,
         rewards=scores.detach(),
@@ -1118,7 +1103,7 @@ class LossTerm:
                 f"{self.name!r} is {spec.kind}"
                 + (f" and takes {list(spec.extra_inputs)}" if spec.extra_inputs else "")
             )
-        _check_positive("weight", self.weight)
+        _check_range("weight", self.weight, 0.0, low_open=True)
         if self.config is not None and type(self.config) is not spec.config_type:
             raise TypeError(
                 f"loss {self.name!r} takes a {spec.config_type.__name__}, "

@@ -816,7 +816,7 @@ def load_scorer(spec: str, *, reference: str | None = None, implicit_reward: str
     if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
         return ImplicitRewardScorer(
             path, reference=reference, reward=implicit_reward,  # type: ignore[arg-type]
-            name=spec, device=device, progress=progress, **sizes,
+            device=device, progress=progress, **sizes,
         )
     raise ScorerError(
         f"{spec}: cannot tell what kind of model this is (architectures {architectures or 'missing'} "

@@ -1,0 +1,227 @@
+"""Hugging Face scorers on tiny random models saved to a temporary folder, checked against
+log-probs and logits computed directly, one item at a time, without padding."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
+
+from prefkit.data.records import Message
+from prefkit.eval.scorers import (
+    ImplicitRewardScorer,
+    LengthScorer,
+    ScorerError,
+    SequenceClassifierScorer,
+    load_scorer,
+    tokenize_policy_item,
+)
+
+CORPUS = [
+    "What is the capital of France? The capital of France is Paris.",
+    "How many legs does a spider have? A spider has eight legs.",
+    "Name a primary colour. Red is a primary colour, and so are blue and yellow.",
+    "user: assistant: Question: Answer:",
+]
+PROMPTS = ["What is the capital of France?", "How many legs does a spider have?", "Name a colour.", ""]
+RESPONSES = [" Paris.", " A spider has eight legs, I think.", " Red", " blue and yellow"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_tokenizer(chat_template: str | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained here on a few sentences (merges cross word parts)."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast, **extra) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, **extra,
+    )
+
+
+def save_causal_lm(folder: Path, seed: int, chat_template: str | None = None) -> Path:
+    tokenizer = build_tokenizer(chat_template)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_config(tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def policy_folders(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("policies")
+    return save_causal_lm(root / "policy", 0), save_causal_lm(root / "reference", 1)
+
+
+@functools.cache
+def load_causal_lm(folder: Path) -> tuple[PreTrainedTokenizerFast, LlamaForCausalLM]:
+    return PreTrainedTokenizerFast.from_pretrained(folder), LlamaForCausalLM.from_pretrained(folder).eval()
+
+
+def direct_token_logps(folder: Path, prompt: str, response: str) -> torch.Tensor:
+    """Log-probs of the response tokens (EOS included), one unpadded sequence at a time.
+
+    The sequence is <s> + tokens(prompt + response) + </s>; the response starts at the first
+    token where tokens(prompt + response) leaves tokens(prompt).
+    """
+    tokenizer, model = load_causal_lm(folder)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(prompt + response, add_special_tokens=False)["input_ids"]
+    shared = 0
+    while shared < min(len(prompt_ids), len(full_ids)) and prompt_ids[shared] == full_ids[shared]:
+        shared += 1
+    ids = [tokenizer.bos_token_id, *full_ids, tokenizer.eos_token_id]
+    start = 1 + shared
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)  # (T, V)
+    return torch.stack([log_probs[t - 1, ids[t]] for t in range(start, len(ids))])
+
+
+@pytest.mark.parametrize("reward", ["sum", "mean", "norm"])
+def test_reference_free_rewards_match_direct_log_probs(policy_folders, reward: str) -> None:
+    policy, _ = policy_folders
+    scorer = ImplicitRewardScorer(policy, reward=reward, batch_size=3, device="cpu", progress=False)
+    rewards = scorer.score(PROMPTS, RESPONSES)
+    expected = []
+    for prompt, response in zip(PROMPTS, RESPONSES):
+        token_logps = direct_token_logps(policy, prompt, response)
+        expected.append({"sum": token_logps.sum(), "mean": token_logps.mean(),
+                         "norm": -token_logps.pow(2).sum().sqrt()}[reward].item())
+    np.testing.assert_allclose(rewards, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dpo_reward_is_the_log_ratio_and_batching_does_not_change_it(policy_folders) -> None:
+    policy, reference = policy_folders
+    expected = [
+        (direct_token_logps(policy, p, r).sum() - direct_token_logps(reference, p, r).sum()).item()
+        for p, r in zip(PROMPTS, RESPONSES)
+    ]
+    one_by_one = ImplicitRewardScorer(policy, reference=reference, batch_size=1, device="cpu", progress=False)
+    batched = ImplicitRewardScorer(policy, reference=reference, batch_size=4, device="cpu", progress=False)
+    assert one_by_one.reward == "dpo"
+    # Each side sums ~10 float32 log-probs of about -5.6, so the difference carries ~1e-5 of
+    # rounding from sums near -60; the direct computation is in float64 from the same logits.
+    unbatched = one_by_one.score(PROMPTS, RESPONSES)
+    np.testing.assert_allclose(unbatched, expected, atol=1e-4)
+    np.testing.assert_allclose(batched.score(PROMPTS, RESPONSES), unbatched, atol=1e-4)
+
+
+def test_policy_needs_a_reference_or_a_reference_free_reward(policy_folders) -> None:
+    policy, reference = policy_folders
+    with pytest.raises(ScorerError, match="--ref PATH.*--implicit-reward"):
+        load_scorer(str(policy), device="cpu")
+    with pytest.raises(ScorerError, match="reference-free; drop --ref"):
+        load_scorer(str(policy), reference=str(reference), implicit_reward="mean", device="cpu")
+    scorer = load_scorer(str(policy), implicit_reward="norm", device="cpu", progress=False)
+    assert isinstance(scorer, ImplicitRewardScorer) and scorer.name == f"{policy} (norm)"
+
+
+def test_truncation_keeps_bos_and_the_response() -> None:
+    tokenizer = build_tokenizer()
+    full = tokenize_policy_item(tokenizer, PROMPTS[1], RESPONSES[1], max_length=1000)
+    cut = tokenize_policy_item(tokenizer, PROMPTS[1], RESPONSES[1], max_length=len(full.input_ids) - 2)
+    assert not full.truncated and cut.truncated
+    # The two prompt tokens after BOS go; BOS and the whole response stay.
+    assert full.response_start > 3
+    assert cut.input_ids == [tokenizer.bos_token_id, *full.input_ids[3:]]
+    assert cut.response_start == full.response_start - 2
+    # A response longer than the context keeps BOS and its own start.
+    tiny = tokenize_policy_item(tokenizer, PROMPTS[1], RESPONSES[1], max_length=4)
+    assert tiny.input_ids == [tokenizer.bos_token_id, *full.input_ids[full.response_start :][:3]]
+
+
+def test_chat_template_renders_the_prompt_with_a_generation_prompt() -> None:
+    tokenizer = build_tokenizer(CHAT_TEMPLATE)
+    item = tokenize_policy_item(tokenizer, "Name a colour.", " Red", max_length=1000)
+    text = tokenizer.decode(item.input_ids)
+    assert text.startswith("<s><|user|>Name a colour.\n<|assistant|>")
+    assert tokenizer.decode(item.input_ids[item.response_start :]) == " Red</s>"
+
+
+@pytest.fixture(scope="module")
+def classifier_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("classifier")
+    tokenizer = build_tokenizer(CHAT_TEMPLATE)
+    torch.manual_seed(2)
+    LlamaForSequenceClassification(tiny_config(tokenizer, num_labels=1)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_sequence_classifier_matches_direct_logits(classifier_folder: Path) -> None:
+    scorer = load_scorer(str(classifier_folder), batch_size=3, device="cpu", progress=False)
+    assert isinstance(scorer, SequenceClassifierScorer) and scorer.uses_chat_template
+    prompts = [*PROMPTS[:3], (Message("system", "Be brief."), Message("user", "Colour?"))]
+    rewards = scorer.score(prompts, RESPONSES)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(classifier_folder)
+    model = LlamaForSequenceClassification.from_pretrained(classifier_folder).eval()
+    expected = []
+    for prompt, response in zip(prompts, RESPONSES):
+        turns = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
+                 else [message.to_dict() for message in prompt])
+        text = tokenizer.apply_chat_template([*turns, {"role": "assistant", "content": response}], tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            expected.append(model(torch.tensor([ids])).logits[0, 0].item())
+    assert text.startswith("<|system|>Be brief.\n<|user|>Colour?\n<|assistant|> blue and yellow")
+    np.testing.assert_allclose(rewards, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_classifier_folder_checks(classifier_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ScorerError, match="apply to policies"):
+        load_scorer(str(classifier_folder), reference=str(classifier_folder))
+    # A classifier with two labels is not a reward model.
+    tokenizer = build_tokenizer()
+    two_labels = tmp_path / "two"
+    LlamaForSequenceClassification(tiny_config(tokenizer, num_labels=2)).save_pretrained(two_labels)
+    tokenizer.save_pretrained(two_labels)
+    with pytest.raises(ScorerError, match="num_labels = 2"):
+        load_scorer(str(two_labels))
+    # A folder with pickled weights only (a stand-in file: it must be refused unread).
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for item in classifier_folder.iterdir():
+        if item.suffix != ".safetensors":
+            (pickled / item.name).write_bytes(item.read_bytes())
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ScorerError, match=r"no .safetensors weights \(found pytorch_model.bin\)"):
+        load_scorer(str(pickled), device="cpu")
+
+
+def test_load_scorer_words_and_errors(tmp_path: Path) -> None:
+    assert isinstance(load_scorer("length"), LengthScorer)
+    with pytest.raises(ScorerError, match="no such folder"):
+        load_scorer(str(tmp_path / "missing"))
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ScorerError, match="not a file"):
+        load_scorer(str(tmp_path / "weights.bin"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -24,7 +24,6 @@ from prefkit.eval.scorers import (
     ScorerError,
     SequenceClassifierScorer,
     load_scorer,
-    tokenize_policy_item,
 )
 
 CORPUS = [
@@ -42,7 +41,8 @@ CHAT_TEMPLATE = (
 
 
 def build_tokenizer(chat_template: str | None = None) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained here on a few sentences (merges cross word parts)."""
+    """A byte-level BPE tokenizer trained here on a few sentences (merges cross word parts)
+    that adds BOS to a plain encode."""
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -51,6 +51,10 @@ def build_tokenizer(chat_template: str | None = None) -> PreTrainedTokenizerFast
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     backend.train_from_iterator(CORPUS, trainer)
+    # Like Llama's tokenizer, a plain encode puts BOS first.
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))]
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )
@@ -91,17 +95,19 @@ def load_causal_lm(folder: Path) -> tuple[PreTrainedTokenizerFast, LlamaForCausa
 def direct_token_logps(folder: Path, prompt: str, response: str) -> torch.Tensor:
     """Log-probs of the response tokens (EOS included), one unpadded sequence at a time.
 
-    The sequence is <s> + tokens(prompt + response) + </s>; the response starts at the first
-    token where tokens(prompt + response) leaves tokens(prompt).
+    The sequence is <s> + tokens(prompt) + response tokens + </s>, where the response tokens
+    are the rest of tokens(prompt + response) when tokens(prompt) is its prefix, else
+    tokens(response) (a merge across the seam).
     """
     tokenizer, model = load_causal_lm(folder)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(prompt + response, add_special_tokens=False)["input_ids"]
-    shared = 0
-    while shared < min(len(prompt_ids), len(full_ids)) and prompt_ids[shared] == full_ids[shared]:
-        shared += 1
-    ids = [tokenizer.bos_token_id, *full_ids, tokenizer.eos_token_id]
-    start = 1 + shared
+    if full_ids[: len(prompt_ids)] == prompt_ids:
+        response_ids = full_ids[len(prompt_ids) :]
+    else:
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    ids = [tokenizer.bos_token_id, *prompt_ids, *response_ids, tokenizer.eos_token_id]
+    start = 1 + len(prompt_ids)
     with torch.no_grad():
         log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)  # (T, V)
     return torch.stack([log_probs[t - 1, ids[t]] for t in range(start, len(ids))])
@@ -146,26 +152,25 @@ def test_policy_needs_a_reference_or_a_reference_free_reward(policy_folders) -> 
     assert isinstance(scorer, ImplicitRewardScorer) and scorer.name == f"{policy} (norm)"
 
 
-def test_truncation_keeps_bos_and_the_response() -> None:
-    tokenizer = build_tokenizer()
-    full = tokenize_policy_item(tokenizer, PROMPTS[1], RESPONSES[1], max_length=1000)
-    cut = tokenize_policy_item(tokenizer, PROMPTS[1], RESPONSES[1], max_length=len(full.input_ids) - 2)
-    assert not full.truncated and cut.truncated
-    # The two prompt tokens after BOS go; BOS and the whole response stay.
-    assert full.response_start > 3
-    assert cut.input_ids == [tokenizer.bos_token_id, *full.input_ids[3:]]
-    assert cut.response_start == full.response_start - 2
-    # A response longer than the context keeps BOS and its own start.
-    tiny = tokenize_policy_item(tokenizer, PROMPTS[1], RESPONSES[1], max_length=4)
-    assert tiny.input_ids == [tokenizer.bos_token_id, *full.input_ids[full.response_start :][:3]]
+def test_truncation_is_counted(policy_folders) -> None:
+    policy, _ = policy_folders
+    scorer = ImplicitRewardScorer(policy, reward="sum", max_length=8, device="cpu", progress=False)
+    rewards = scorer.score(PROMPTS, RESPONSES)
+    assert np.all(np.isfinite(rewards))
+    assert "truncated" in scorer.notes[-1] and "(norm)" not in scorer.name
 
 
-def test_chat_template_renders_the_prompt_with_a_generation_prompt() -> None:
+def test_chat_template_turns_plain_texts_into_turns() -> None:
+    from prefkit.align.tokenize import TokenizeConfig, encode_completion
+    from prefkit.eval.scorers import _as_conversation
+
     tokenizer = build_tokenizer(CHAT_TEMPLATE)
-    item = tokenize_policy_item(tokenizer, "Name a colour.", " Red", max_length=1000)
-    text = tokenizer.decode(item.input_ids)
-    assert text.startswith("<s><|user|>Name a colour.\n<|assistant|>")
-    assert tokenizer.decode(item.input_ids[item.response_start :]) == " Red</s>"
+    item = encode_completion(tokenizer, *_as_conversation(tokenizer, "Name a colour.", " Red"),
+                             TokenizeConfig())
+    assert tokenizer.decode(item.prompt_ids) == "<s><|user|>Name a colour.\n<|assistant|>"
+    assert tokenizer.decode(item.completion_ids) == " Red\n</s>"
+    plain = build_tokenizer()
+    assert _as_conversation(plain, "Name a colour.", " Red") == ("Name a colour.", " Red")
 
 
 @pytest.fixture(scope="module")

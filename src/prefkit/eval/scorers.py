@@ -30,10 +30,17 @@ Where this departs from RewardBench's implicit reward
   ``beta``: the factor does not change any ranking or accuracy (RewardBench's
   inference code leaves it out too), but it does scale margins, so calibration
   of this reward is only meaningful up to that factor.
-* RewardBench truncates the prompt to its last 128 tokens when prompt plus the
-  longer response exceed 2048 tokens; here the prompt loses tokens from its start
-  only when the item exceeds the model's context (``max_length``), and each
-  truncation is counted in the scorer's ``notes``.
+* Items are tokenized as prefkit's alignment trainer tokenizes them
+  (:func:`prefkit.align.tokenize.encode_completion`), so a policy trained with
+  ``prefkit align`` is scored on the sequences it was trained on: BOS is put
+  first only when the tokenizer adds BOS itself (RewardBench always prepends
+  it, which doubles or invents one for some tokenizers); EOS ends the response,
+  as in RewardBench. With a chat template, plain prompts and responses become a
+  user and an assistant turn, as RewardBench formats them.
+* RewardBench cuts the prompt to its last 128 tokens when prompt plus the longer
+  response exceed 2048 tokens; here an item longer than the model's context
+  (``max_length``) keeps the last ``max_length // 2`` prompt tokens and cuts the
+  response at its end, and the scorer's ``notes`` count every cut.
 
 Torch and transformers are imported only by the scorers that need them, so the
 length scorer and the judge work (and this module imports) without them.
@@ -55,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from prefkit.data.records import Text, render_text, text_length
+from prefkit.data.records import Message, Text, render_text, text_length
 
 if TYPE_CHECKING:
     import torch
@@ -335,6 +342,8 @@ class SequenceClassifierScorer:
     def score(self, prompts: Sequence[Text], responses: Sequence[Text]) -> np.ndarray:
         import torch
 
+        from prefkit.align.logprobs import pack_sequences
+
         _check_items(prompts, responses)
         encoded = [self.encode(prompt, response) for prompt, response in zip(prompts, responses)]
         n_truncated = sum(truncated for _, truncated in encoded)
@@ -347,113 +356,48 @@ class SequenceClassifierScorer:
         pad_id = self.tokenizer.pad_token_id
         with _progress_bar(len(encoded), f"scoring with {self.name}", self.progress) as bar:
             for rows in _length_sorted_batches([len(ids) for ids, _ in encoded], self.batch_size):
-                sequences = [encoded[row][0] for row in rows]
-                input_ids, attention_mask = _pad_right(sequences, pad_id)  # (B, T), (B, T)
+                batch = pack_sequences([((), encoded[row][0]) for row in rows], pad_id)  # (B, T)
                 with torch.inference_mode():
                     logits = self.model(
-                        input_ids=input_ids.to(self.device),
-                        attention_mask=attention_mask.to(self.device),
+                        input_ids=batch.input_ids.to(self.device),
+                        attention_mask=batch.attention_mask.to(self.device),
                     ).logits  # (B, 1)
                 rewards[rows] = logits[:, 0].float().cpu().numpy()
                 bar.update(len(rows))
         return rewards
 
 
-def _pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) ids padded on the right with ``pad_id`` and the (B, T) 0/1 attention mask."""
-    import torch
-
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
-    return input_ids, attention_mask
-
-
-# ------------------------------------------------------------- implicit reward
+def _as_conversation(tokenizer: Any, prompt: Text, response: Text) -> tuple[Text, Text]:
+    """With a chat template, a plain prompt becomes a user turn and a plain response an
+    assistant turn (RewardBench formats DPO models' inputs with their chat template);
+    without one, the texts stay as they are."""
+    if not getattr(tokenizer, "chat_template", None):
+        return prompt, response
+    if isinstance(prompt, str):
+        prompt = (Message("user", prompt),) if prompt else ()
+    if isinstance(response, str):
+        response = (Message("assistant", response),)
+    return prompt, response
 
 
-@dataclass
-class PolicyItem:
-    """One (prompt, response) item tokenized for a causal LM."""
+def response_token_logps(model: Any, batch: Any, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of each completion token of a :class:`prefkit.align.logprobs.SequenceBatch`.
 
-    input_ids: list[int]
-    """BOS (if the tokenizer has one) + prompt + response + EOS (if it has one)."""
-    response_start: int
-    """Index of the first response token in ``input_ids``; tokens from here on are scored."""
-    truncated: bool
-    """Whether tokens were cut to fit the context."""
-
-
-def tokenize_policy_item(tokenizer: Any, prompt: Text, response: Text, max_length: int) -> PolicyItem:
-    """Tokenize one item the way the policy would have generated the response.
-
-    The prompt is rendered with the chat template and its generation prompt when
-    the tokenizer has a template, else as plain text. prompt + response is
-    tokenized as one string, and the response starts at the first token where it
-    differs from the prompt tokenized alone, so a token merged across the boundary
-    counts as response (the tokenization the model sees is always the joint one).
-    BOS is prepended and EOS appended when the tokenizer has them, as RewardBench
-    does. Too long: prompt tokens are cut from the start (BOS kept); a response
-    that does not fit alone is cut at its end.
-    """
-    if getattr(tokenizer, "chat_template", None) and not (isinstance(prompt, str) and not prompt):
-        prompt_text = tokenizer.apply_chat_template(
-            _messages(prompt, "")[:-1], tokenize=False, add_generation_prompt=True
-        )
-    else:
-        prompt_text = render_text(prompt)
-    response_text = render_text(response)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
-    full_ids = list(tokenizer(prompt_text + response_text, add_special_tokens=False)["input_ids"])
-    shared = 0
-    for prompt_id, full_id in zip(prompt_ids, full_ids):
-        if prompt_id != full_id:
-            break
-        shared += 1
-    head: list[int] = []
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    if bos is not None and full_ids[:1] != [bos]:
-        head = [bos]
-    context = head + full_ids[:shared]
-    answer = full_ids[shared:] + ([eos] if eos is not None else [])
-    truncated = len(context) + len(answer) > max_length
-    if truncated:
-        answer = answer[: max_length - 1]  # at least one context token stays
-        keep = max_length - len(answer) - len(head)  # prompt tokens that still fit
-        prompt_part = context[len(head):]
-        context = head + (prompt_part[len(prompt_part) - keep :] if keep > 0 else [])
-    return PolicyItem(context + answer, len(context), truncated)
-
-
-def response_token_logps(
-    model: Any, items: Sequence[PolicyItem], pad_id: int, device: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of each response token under ``model``, for a batch of items.
-
-    Returns ``(token_logps, mask)``, both ``(B, T - 1)``: entry t is
-    log p(token t+1 | tokens <= t) and the mask is 1 where token t+1 is a response
-    token. A response token at position 0 (no context at all) cannot be scored
-    and is left out.
+    Returns ``(token_logps, mask)``, both ``(R, T - 1)``: entry t is
+    log p(token t+1 | tokens <= t), zero where token t+1 is not a completion token,
+    and the mask is 1 where it is. A completion token at position 0 (no context at
+    all) cannot be scored and is left out.
     """
     import torch
 
-    input_ids, attention_mask = _pad_right([item.input_ids for item in items], pad_id)  # (B, T)
-    positions = torch.arange(input_ids.shape[1])  # (T,)
-    starts = torch.tensor([max(item.response_start, 1) for item in items])  # (B,)
-    is_response = (positions[None, :] >= starts[:, None]) & attention_mask.bool()  # (B, T)
+    from prefkit.align.logprobs import token_logps
+
+    input_ids = batch.input_ids.to(device)  # (R, T)
     with torch.inference_mode():
-        logits = model(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
-        ).logits.float()  # (B, T, V)
-        targets = input_ids[:, 1:].to(device)  # (B, T - 1)
-        log_norm = torch.logsumexp(logits[:, :-1], dim=-1)  # (B, T - 1)
-        target_logits = logits[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T - 1)
-        mask = is_response[:, 1:].to(device).float()  # (B, T - 1)
-        token_logps = (target_logits - log_norm) * mask
-    return token_logps.cpu(), mask.cpu()
+        logits = model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device)).logits
+        per_token = token_logps(logits[:, :-1], input_ids[:, 1:])  # (R, T - 1), float32 at least
+        mask = batch.completion_mask[:, 1:].to(device).to(per_token.dtype)  # (R, T - 1)
+    return (per_token * mask).cpu(), mask.cpu()
 
 
 class ImplicitRewardScorer:
@@ -470,7 +414,8 @@ class ImplicitRewardScorer:
       -sqrt(sum_t log pi(y_t | ...)^2) (RewardBench ``"norm"``, its reference-free default).
 
     Both models must share the policy's tokenizer. Log-probs are computed in
-    float32 from the logits whatever the model's dtype.
+    float32 from the logits whatever the model's dtype. Tokenization and
+    truncation: see the module docstring.
     """
 
     def __init__(self, policy: str | Path, *, reference: str | Path | None = None,
@@ -530,26 +475,37 @@ class ImplicitRewardScorer:
         return token_logps.sum(dim=-1)  # "sum", and each side of "dpo"
 
     def score(self, prompts: Sequence[Text], responses: Sequence[Text]) -> np.ndarray:
+        from prefkit.align.logprobs import pack_sequences
+        from prefkit.align.tokenize import (
+            TokenizeConfig,
+            TokenizeStats,
+            encode_completion,
+            tokenizer_adds_bos,
+        )
+
         _check_items(prompts, responses)
-        items = [
-            tokenize_policy_item(self.tokenizer, prompt, response, self.max_length)
+        # The prompt keeps at most half the context (its last tokens), the response the rest.
+        config = TokenizeConfig(max_length=self.max_length, max_prompt_length=self.max_length // 2)
+        stats = TokenizeStats()
+        adds_bos = tokenizer_adds_bos(self.tokenizer)
+        encoded = [
+            encode_completion(self.tokenizer, *_as_conversation(self.tokenizer, prompt, response),
+                              config, stats, adds_bos=adds_bos)
             for prompt, response in zip(prompts, responses)
         ]
-        n_truncated = sum(item.truncated for item in items)
-        if n_truncated:
-            self.notes.append(
-                f"{self.name}: {n_truncated} of {len(items)} items were longer than "
-                f"{self.max_length} tokens and were truncated (prompt first)"
-            )
+        if stats.truncated_prompts or stats.truncated_completions:
+            self.notes.append(f"{self.name}: {stats.summary()}")
         pad_id = self.tokenizer.pad_token_id
-        rewards = np.zeros(len(items), dtype=np.float64)
-        with _progress_bar(len(items), f"scoring with {self.name}", self.progress) as bar:
-            for rows in _length_sorted_batches([len(item.input_ids) for item in items], self.batch_size):
-                batch = [items[row] for row in rows]
-                token_logps, mask = response_token_logps(self.policy, batch, pad_id, self.device)
+        rewards = np.zeros(len(encoded), dtype=np.float64)
+        with _progress_bar(len(encoded), f"scoring with {self.name}", self.progress) as bar:
+            for rows in _length_sorted_batches([len(item.input_ids) for item in encoded], self.batch_size):
+                batch = pack_sequences(
+                    [(encoded[row].prompt_ids, encoded[row].completion_ids) for row in rows], pad_id
+                )  # (B, T)
+                token_logps, mask = response_token_logps(self.policy, batch, self.device)
                 values = self._reduce(token_logps, mask)
                 if self.reference is not None:
-                    reference_logps, _ = response_token_logps(self.reference, batch, pad_id, self.device)
+                    reference_logps, _ = response_token_logps(self.reference, batch, self.device)
                     values = values - reference_logps.sum(dim=-1)
                 rewards[rows] = values.double().numpy()
                 bar.update(len(rows))

@@ -553,6 +553,15 @@ def save_aligned_model(
     return directory
 
 
+def _enable_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing without re-entrant autograd (works with frozen inputs and LoRA)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def _training_device(train_config: TrainConfig) -> torch.device:
     use_cuda = train_config.device == "cuda" or (
         train_config.device == "auto" and torch.cuda.is_available()
@@ -630,7 +639,7 @@ def align(
         ref_model = None
 
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(model)
         if hasattr(model, "config"):
             model.config.use_cache = False
     if config.lora:

@@ -78,10 +78,17 @@ def test_cranfield_graded_rankings(shared_data: Path) -> None:
     reader = FeedbackReader(shared_data / "cranfield")
     records = list(reader)
     assert reader.format_name == "cranfield"
-    assert len(records) == 225
+    # 225 queries; 6 keep fewer than two judged documents and are dropped with the reason.
+    assert len(records) == 219
+    assert reader.stats.dropped["query with fewer than two judged documents"] == 6
     judged = sum(len(record.responses) for record in records)
-    # 1,837 judgments; one judged document has no text and is dropped with its reason.
-    assert judged + reader.stats.dropped["judged document with no text"] == 1_837
+    # 1,837 judgments: 225 graded -1 (one per query, undefined) and one document with no
+    # text are dropped with their reasons.
+    dropped = reader.stats.dropped
+    assert dropped["judgment graded -1 (undefined in the collection)"] == 225
+    # The six dropped queries had one judged document each.
+    assert judged == 1_837 - 225 - 1 - 6
+    assert all(score in (1.0, 2.0, 3.0, 4.0) for record in records for score in record.scores)
     first = records[0]
     assert first.prompt.startswith("what similarity laws must be obeyed")
     # cranqrel "1 184 2": grade 2 -> gain 3; "1 12 3" -> gain 2.

@@ -156,11 +156,15 @@ def _cranfield_records(path: Path) -> dict[str, dict[str, str]]:
 
 
 class Cranfield(Collection):
-    """Cranfield: grade 1 = most relevant ... 4 = least, -1 = not relevant.
+    """Cranfield: grade 1 = most relevant ... 4 = least relevant.
 
-    Scores are graded relevance gains: ``5 - grade`` for grades 1..4 and 0 for
-    -1, so higher is better (4 = most relevant). Only judged documents enter a
-    query's ranking. The ``qid`` of ``cranqrel`` is the query's position (1..225)
+    Scores are graded relevance gains ``5 - grade`` (higher is better, 4 = most
+    relevant). Only judged documents enter a query's ranking. The collection
+    also holds exactly one judgment graded ``-1`` per query (225 in all); the
+    code is not defined by the collection, and the document it marks is
+    usually the paper the question was written from (a lexical scorer ranks it
+    first for about half the queries), so reading it as "not relevant" would
+    punish the scorers that find it. Those judgments are dropped and counted. The ``qid`` of ``cranqrel`` is the query's position (1..225)
     in ``cran.qry``, not its ``.I`` number.
     """
 
@@ -200,6 +204,9 @@ class Cranfield(Collection):
                 continue
             with_text = []
             for document, grade in judgments:
+                if grade == -1:
+                    dropped["judgment graded -1 (undefined in the collection)"] += 1
+                    continue
                 text = documents[document].get("W") or documents[document].get("T")
                 if text:
                     with_text.append((document, grade, text))
@@ -211,7 +218,7 @@ class Cranfield(Collection):
             yield RankingRecord(
                 id=f"q{position}", prompt=queries[query_id].get("W", ""),
                 responses=tuple(text for _, _, text in with_text),
-                scores=tuple(float(5 - grade if grade > 0 else 0) for _, grade, _ in with_text),
+                scores=tuple(float(5 - grade) for _, grade, _ in with_text),
                 response_ids=tuple(document for document, _, _ in with_text),
                 metadata={"query_number": query_id, "grades": [grade for _, grade, _ in with_text]},
             )

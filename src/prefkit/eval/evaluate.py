@@ -47,7 +47,7 @@ from prefkit.eval.metrics import (
     REWARDBENCH_V1_PRIOR_SETS,
     REWARDBENCH_V1_UNSCORED_PRIOR_SETS,
     REWARDBENCH_V1_WEIGHTS,
-    _json_ready,
+    json_ready,
     best_of_n_credit,
     bootstrap_ci,
     mean_ndcg,
@@ -170,7 +170,7 @@ def _pairwise_metrics(
         rejected = np.where(np.array(outcomes) == "b", rewards_a, rewards_b)[strict]
         subsets = np.array(categories)[strict]
         if subsets.size:
-            report["rewardbench_v1"] = _json_ready(rewardbench_v1_scores(chosen, rejected, subsets))
+            report["rewardbench_v1"] = json_ready(rewardbench_v1_scores(chosen, rejected, subsets))
     return report
 
 
@@ -223,7 +223,7 @@ def _ranking_metrics(
             best_of_n["accuracy_ci95"] = list(
                 bootstrap_ci(credit, n_resamples=n_resamples, seed=seed)
             )
-    return _json_ready({"ranking": ranking, "best_of_n": best_of_n})
+    return json_ready({"ranking": ranking, "best_of_n": best_of_n})
 
 
 def evaluate(

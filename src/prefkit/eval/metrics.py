@@ -1045,12 +1045,12 @@ def rewardbench_v1_scores(
 # ----------------------------------------------------------------------- report
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """Plain Python types for json.dumps: numpy scalars unwrapped, NaN -> None, tuples -> lists."""
     if isinstance(value, dict):
-        return {str(key): _json_ready(item) for key, item in value.items()}
+        return {str(key): json_ready(item) for key, item in value.items()}
     if isinstance(value, list | tuple | np.ndarray):
-        return [_json_ready(item) for item in value]
+        return [json_ready(item) for item in value]
     if isinstance(value, bool | np.bool_):
         return bool(value)
     if isinstance(value, int | np.integer):
@@ -1252,4 +1252,4 @@ def pairwise_report(
         "n_prompts": None if clusters is None else int(np.unique(clusters).shape[0]),
     }
     report["notes"] = notes + _explain_nulls(report)
-    return _json_ready(report)
+    return json_ready(report)

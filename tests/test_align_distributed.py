@@ -1,0 +1,76 @@
+"""Two CPU processes (gloo) train exactly like one process on the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import torch
+from safetensors.torch import load_file
+
+WORKER = textwrap.dedent(
+    """
+    import random, sys
+    import torch
+    torch.set_num_threads(1)
+    from prefkit.align.synthetic import build_model, build_tokenizer, random_completion, random_prompt
+    from prefkit.align.trainer import AlignConfig, align
+    from prefkit.data.records import PairwiseRecord
+    from prefkit.train.loop import TrainConfig
+
+    rng = random.Random(0)
+    records = [
+        PairwiseRecord(id=str(i), prompt=random_prompt(rng, 1 + i % 3),
+                       response_a=random_completion(rng, 1 + i % 4),
+                       response_b=random_completion(rng, 2), outcome="a" if i % 2 else "b")
+        for i in range(16)
+    ]
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    align(records, model, tokenizer, sys.argv[1],
+          AlignConfig(max_length=32, max_prompt_length=16, cache_ref=False),
+          TrainConfig(batch_size=8, lr=1e-2, progress=False, device="cpu"))
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _run(out_dir, world_size):
+    port = str(_free_port())
+    processes = []
+    for rank in range(world_size):
+        env = dict(os.environ)
+        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(name, None)
+        if world_size > 1:
+            env.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(out_dir)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+    for process in processes:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output[-3000:]
+    lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return lines, load_file(str(out_dir / "model" / "model.safetensors"))
+
+
+def test_two_processes_match_one_process(tmp_path):
+    single_lines, single_weights = _run(tmp_path / "one", 1)
+    double_lines, double_weights = _run(tmp_path / "two", 2)
+    assert len(single_lines) == len(double_lines) == 2
+    for one, two in zip(single_lines, double_lines):
+        for name in ("loss", "reward_accuracy", "chosen_logps", "rejected_logps", "grad_norm"):
+            assert abs(one[name] - two[name]) < 1e-5, (name, one[name], two[name])
+    for name, tensor in single_weights.items():
+        torch.testing.assert_close(double_weights[name], tensor, atol=1e-4, rtol=0, msg=name)

@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     from prefkit.eval.evaluate import evaluate
     from prefkit.eval.scorers import JudgeError, ScorerError
 
-    reader = open_reader(args, data, rejects_for=args.json or args.report or data)
+    reader = open_reader(args, data, rejects_for=args.json or args.report)
     records = list(with_layout_notice(reader))
     print(reader.stats.summary(), file=sys.stderr)
     notes = []

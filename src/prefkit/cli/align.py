@@ -11,6 +11,7 @@ with ``accelerate launch --config_file docs/accelerate_cpu.yaml -m prefkit align
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         if "training examples" in str(error) or "record " in str(error):
             raise UserError(str(error)) from error
         raise
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports for all processes
     print(result.data.summary(), file=sys.stderr)
     if result.ref_cache_hit is not None:
         print("reference log-probs: " + ("read from cache" if result.ref_cache_hit else "computed"),

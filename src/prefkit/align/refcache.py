@@ -29,7 +29,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from prefkit.align.logprobs import pack_sequences, sequence_logps
+from prefkit.align.logprobs import (
+    pack_sequences,
+    pack_shared_prompts,
+    sequence_logps,
+    shared_prompt_logps,
+)
 from prefkit.train.loop import move_to_device
 
 __all__ = [
@@ -69,7 +74,6 @@ def reference_cache_key(reference_digest: str, rows: Sequence[Row]) -> str:
     return digest.hexdigest()
 
 
-@torch.no_grad()
 def compute_reference_logps(
     model: nn.Module,
     rows: Sequence[Row],
@@ -77,21 +81,56 @@ def compute_reference_logps(
     pad_id: int,
     batch_size: int = 16,
     device: torch.device | str = "cpu",
+    shared_prompt: bool = False,
 ) -> Tensor:
     """(R,) summed completion log-probs of ``rows`` under ``model`` in eval mode, float32.
 
-    Rows are scored longest first in batches of ``batch_size`` (little padding).
+    Rows are scored longest first, about ``batch_size`` completions per forward pass
+    (little padding). With ``shared_prompt``, consecutive rows with the same prompt
+    are packed into one row (:func:`~prefkit.align.logprobs.pack_shared_prompts`),
+    so each prompt is run once; the values are the same up to float rounding.
     """
+    groups: list[list[int]] = []  # row numbers that share one packed row
+    for number, (prompt, _) in enumerate(rows):
+        if shared_prompt and groups and rows[groups[-1][0]][0] == prompt:
+            groups[-1].append(number)
+        else:
+            groups.append([number])
+
+    def width(group: list[int]) -> int:
+        return len(rows[group[0]][0]) + sum(len(rows[number][1]) for number in group)
+
+    groups.sort(key=lambda group: -width(group))
     was_training = model.training
     model.eval()
-    order = sorted(range(len(rows)), key=lambda row: -(len(rows[row][0]) + len(rows[row][1])))
     logps = torch.empty(len(rows), dtype=torch.float32)
+    target = torch.device(device)
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = pack_sequences([rows[row] for row in chunk], pad_id)
-            batch_logps, _ = sequence_logps(model, move_to_device(batch, torch.device(device)))
-            logps[chunk] = batch_logps.float().cpu()
+        start = 0
+        while start < len(groups):
+            end, count = start, 0
+            while end < len(groups) and (count == 0 or count + len(groups[end]) <= batch_size):
+                count += len(groups[end])
+                end += 1
+            chunk = groups[start:end]
+            numbers = [number for group in chunk for number in group]
+            with torch.inference_mode():
+                if shared_prompt:
+                    batch = pack_shared_prompts(
+                        [rows[group[0]][0] for group in chunk],
+                        [
+                            (position, rows[number][1])
+                            for position, group in enumerate(chunk)
+                            for number in group
+                        ],
+                        pad_id,
+                    )
+                    chunk_logps, _ = shared_prompt_logps(model, move_to_device(batch, target))
+                else:
+                    batch = pack_sequences([rows[number] for number in numbers], pad_id)
+                    chunk_logps, _ = sequence_logps(model, move_to_device(batch, target))
+            logps[numbers] = chunk_logps.float().cpu()
+            start = end
     finally:
         model.train(was_training)
     return logps

@@ -118,9 +118,9 @@ class AlignConfig:
     ref_cache_dir: str | None = None
     """Folder of the reference cache; None: $PREFKIT_CACHE/ref-logps or ~/.cache/prefkit/ref-logps."""
     ref_batch_size: int = 16
-    """Sequences per forward pass when precomputing reference log-probs."""
+    """Completions per forward pass when precomputing reference log-probs."""
     shared_prompt: bool = False
-    """Run each prompt once and all its completions on its key/value cache (saves compute on long prompts)."""
+    """Run each prompt once, with all its completions packed after it in the same row (saves compute on long prompts; needs sdpa or eager attention)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about a third more compute)."""
     lora: bool = False
@@ -162,11 +162,6 @@ class AlignConfig:
                 raise ValueError(f"AlignConfig: {name} must be an integer >= 1, got {value!r}.")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"AlignConfig: lora_dropout must be in [0, 1), got {self.lora_dropout}.")
-        if self.shared_prompt and self.gradient_checkpointing:
-            raise ValueError(
-                "AlignConfig: shared_prompt keeps the prompt's key/value cache, which gradient "
-                "checkpointing turns off; choose one of them."
-            )
 
     @property
     def kind(self) -> Literal["paired", "unpaired", "listwise"]:
@@ -691,7 +686,12 @@ def _precompute_reference(
         reference.to(device)
         try:
             return compute_reference_logps(
-                reference, rows, pad_id=pad_id, batch_size=config.ref_batch_size, device=device
+                reference,
+                rows,
+                pad_id=pad_id,
+                batch_size=config.ref_batch_size,
+                device=device,
+                shared_prompt=config.shared_prompt,
             )
         finally:
             reference.to(original_device)

@@ -362,35 +362,71 @@ class TokenizedPair:
     """Length before truncation."""
 
 
+@dataclass(frozen=True)
+class SpecialTokenTemplate:
+    """Special tokens a tokenizer puts around one text and around a pair of texts."""
+
+    single: tuple[list[int], list[int]]
+    """(before, after) a single text."""
+    pair: tuple[list[int], list[int], list[int]]
+    """(before, between, after) a pair of texts."""
+
+
+_template_memo: dict[int, SpecialTokenTemplate] = {}
+
+
+def special_token_template(tokenizer: Any) -> SpecialTokenTemplate:
+    """Read the tokenizer's special-token layout by encoding two one-token probes."""
+    if id(tokenizer) in _template_memo:
+        return _template_memo[id(tokenizer)]
+    first = tokenizer("a", add_special_tokens=False)["input_ids"]
+    second = tokenizer("b", add_special_tokens=False)["input_ids"]
+    if len(first) != 1 or len(second) != 1 or first == second:
+        raise ValueError("special_token_template: the probes 'a' and 'b' must be distinct single tokens.")
+    single = tokenizer("a")["input_ids"]
+    pair = tokenizer("a", "b")["input_ids"]
+    at = single.index(first[0])
+    at_first, at_second = pair.index(first[0]), len(pair) - 1 - pair[::-1].index(second[0])
+    template = SpecialTokenTemplate(
+        single=(single[:at], single[at + 1:]),
+        pair=(pair[:at_first], pair[at_first + 1:at_second], pair[at_second + 1:]),
+    )
+    _template_memo[id(tokenizer)] = template
+    return template
+
+
 def tokenize_pair(tokenizer: Any, prompt: str, response: str, max_length: int) -> TokenizedPair:
     """prompt + response with the tokenizer's special tokens, at most ``max_length`` ids.
 
     Too long: the prompt loses tokens from its start (the response is kept); a
-    response that does not fit on its own is cut at its end.
+    response that does not fit on its own is cut at its end. An empty prompt
+    gives the single-text layout.
     """
+    template = special_token_template(tokenizer)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    pair = bool(prompt_ids)
-    specials = tokenizer.num_special_tokens_to_add(pair=pair)
-    full_length = len(prompt_ids) + len(response_ids) + specials
+    pair_specials = sum(len(part) for part in template.pair)
+    single_specials = sum(len(part) for part in template.single)
+    full_length = len(response_ids) + (len(prompt_ids) + pair_specials if prompt_ids else single_specials)
     prompt_truncated = response_truncated = False
-    budget = max_length - specials
-    if len(prompt_ids) + len(response_ids) > budget:
-        if len(response_ids) > budget:
-            response_ids = response_ids[:budget]
-            response_truncated = True
-        keep = budget - len(response_ids)
-        if len(prompt_ids) > keep:
-            prompt_ids = prompt_ids[len(prompt_ids) - keep:] if keep > 0 else []
+    if full_length > max_length:
+        if len(response_ids) + pair_specials >= max_length or not prompt_ids:
+            prompt_truncated = bool(prompt_ids)
+            prompt_ids = []
+            if len(response_ids) + single_specials > max_length:
+                response_ids = response_ids[: max_length - single_specials]
+                response_truncated = True
+        else:
+            keep = max_length - pair_specials - len(response_ids)
+            prompt_ids = prompt_ids[len(prompt_ids) - keep:]
             prompt_truncated = True
-        if pair and not prompt_ids:
-            specials = tokenizer.num_special_tokens_to_add(pair=False)
-            response_ids = response_ids[: max_length - specials]
     if prompt_ids:
-        ids = tokenizer.build_inputs_with_special_tokens(prompt_ids, response_ids)
+        before, between, after = template.pair
+        ids = [*before, *prompt_ids, *between, *response_ids, *after]
     else:
-        ids = tokenizer.build_inputs_with_special_tokens(response_ids)
-    return TokenizedPair(list(ids), prompt_truncated, response_truncated, full_length)
+        before, after = template.single
+        ids = [*before, *response_ids, *after]
+    return TokenizedPair(ids, prompt_truncated, response_truncated, full_length)
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> TokenItems:

@@ -182,11 +182,16 @@ class RMTrainConfig:
             return self.lr
         return {"embedding": 3e-4, "finetune": 3e-5, "lora": 2e-4}[self.mode]
 
-    def train_config(self, *, has_eval: bool = False) -> TrainConfig:
+    def train_config(self, *, has_eval: bool = False, num_examples: int | None = None) -> TrainConfig:
+        warmup_ratio = self.warmup_ratio
+        if num_examples is not None:
+            total_steps = self.resolved_epochs * math.ceil(num_examples / self.batch_size)
+            if math.ceil(warmup_ratio * total_steps) >= total_steps:
+                warmup_ratio = 0.0  # a run this short has no room for warmup
         return TrainConfig(
             epochs=self.resolved_epochs, batch_size=self.batch_size,
             grad_accum_steps=self.grad_accum_steps, lr=self.resolved_lr,
-            weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio, seed=self.seed,
+            weight_decay=self.weight_decay, warmup_ratio=warmup_ratio, seed=self.seed,
             early_stopping_patience=self.early_stopping_patience if has_eval else None,
             device=self.device, progress=self.progress,
             # Heads on cached features have no length to group by.
@@ -666,7 +671,7 @@ def train_reward_model(
 
     task = RewardTask(store, examples, loss_name, centering=config.centering,
                       eval_examples=eval_examples, eval_store=eval_store)
-    train_config = config.train_config(has_eval=eval_examples is not None)
+    train_config = config.train_config(has_eval=eval_examples is not None, num_examples=len(examples))
     result = train(model, task, train_config, out / "training", resume=resume, callbacks=callbacks)
     model.eval()
 

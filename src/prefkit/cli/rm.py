@@ -1,0 +1,166 @@
+"""``prefkit rm train`` and ``prefkit rm score``: wiring only (see :mod:`prefkit.rm`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from prefkit.cli.common import add_read_arguments, open_reader, progress, with_layout_notice
+from prefkit.config import add_dataclass_arguments, dataclass_from_args
+from prefkit.rm.train import RMTrainConfig
+
+TRAIN_EXAMPLES = """\
+examples:
+  prefkit rm train pairs.jsonl --out runs/rm
+  prefkit rm train ../shared/data/ukpconvarg1/UKPConvArg1Strict-CSV --out runs/ukp --epochs 4
+  prefkit rm train train.jsonl --eval dev.jsonl --out runs/rm --early-stopping-patience 2
+  prefkit rm train pairs.jsonl --out runs/rm-ft --mode finetune --backbone path/to/checkpoint --max-length 256
+  prefkit rm train pairs.jsonl --out runs/rm-lora --mode lora --backbone path/to/decoder --lora-r 16
+Rerunning the same command resumes from the newest checkpoint in OUT/training/.
+"""
+
+SCORE_EXAMPLES = """\
+examples:
+  prefkit rm score runs/rm pairs.jsonl --out scores.jsonl
+Output: one JSON line per input record, in input order, with its id and
+  pairs:    reward_a, reward_b, margin (= reward_a - reward_b)
+  rankings: rewards (one per response)
+  others:   reward
+plus per-attribute values ("attributes") for a model trained on ratings.
+"""
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    rm = commands.add_parser(
+        "rm", help="train and apply reward models",
+        description="Train a reward model on feedback data (pairs, ties, votes, rankings, ratings) "
+                    "and score data with it.",
+    )
+    sub = rm.add_subparsers(title="rm commands", metavar="COMMAND")
+    rm.set_defaults(handler=lambda args: rm.print_help() or 2)
+
+    train = sub.add_parser(
+        "train", help="train a reward model and save it to a folder",
+        description="Train a reward model on DATA and save it (safetensors + config.json) to --out.",
+        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("data", metavar="DATA", help="training data (file, folder, or dataset folder)")
+    train.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
+    train.add_argument("--eval", metavar="DATA", default=None,
+                       help="held-out data, evaluated every epoch (loss, accuracy)")
+    train.add_argument("--no-resume", dest="resume", action="store_false",
+                       help="refuse to continue from checkpoints already in DIR/training")
+    add_read_arguments(train)
+    add_dataclass_arguments(train, RMTrainConfig, title="reward model options")
+    train.set_defaults(handler=run_train)
+
+    score = sub.add_parser(
+        "score", help="score data with a trained reward model",
+        description="Stream DATA through the reward model in MODEL_DIR and write one JSON line "
+                    "per record to --out, keeping input order and ids.",
+        epilog=SCORE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    score.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by prefkit rm train")
+    score.add_argument("data", metavar="DATA", help="data to score")
+    score.add_argument("--out", required=True, metavar="FILE", help="JSONL output")
+    score.add_argument("--batch-size", type=int, default=64, metavar="N",
+                       help="responses per forward pass (default: 64)")
+    score.add_argument("--chunk-size", type=int, default=2048, metavar="N",
+                       help="records read, scored and written at a time (default: 2048)")
+    score.add_argument("--cache-dir", default=None, metavar="DIR",
+                       help="embedding cache (embedding-mode models); default $PREFKIT_CACHE/embeddings "
+                            "or ~/.cache/prefkit/embeddings")
+    score.add_argument("--normalize", action="store_true",
+                       help="standardise rewards by the training data's mean and std")
+    score.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    add_read_arguments(score)
+    score.set_defaults(handler=run_score)
+
+
+def _read_all(args: argparse.Namespace, path: str, rejects_for: str) -> list:
+    reader = open_reader(args, path, rejects_for)
+    records = list(with_layout_notice(reader))
+    print(f"{path}: {reader.stats.summary()}", file=sys.stderr)
+    return records
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from prefkit.cli import UserError
+    from prefkit.rm.train import train_reward_model
+
+    try:
+        config = dataclass_from_args(RMTrainConfig, args)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    out = Path(args.out)
+    records = _read_all(args, args.data, out / "train")
+    eval_records = _read_all(args, args.eval, out / "eval") if args.eval else None
+    try:
+        report = train_reward_model(
+            records, config, out, eval_records=eval_records, resume=args.resume,
+            log=lambda line: print(line, file=sys.stderr), source=args.data,
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    summary = {"model_dir": str(out), "loss": report.loss, "steps": report.train_result.global_step,
+               "train": report.train_metrics, "eval": report.eval_metrics}
+    print(json.dumps(summary))
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from prefkit.cli import UserError
+    from prefkit.data.records import PairwiseRecord, RankingRecord
+    from prefkit.rm.model import RewardModel
+    from prefkit.rm.train import record_items
+
+    if args.batch_size < 1 or args.chunk_size < 1:
+        raise UserError("--batch-size and --chunk-size must be >= 1")
+    model = RewardModel.load(args.model_dir, cache_dir=args.cache_dir)
+    reader = open_reader(args, args.data, args.out)
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+
+    def flush(chunk: list, handle) -> None:
+        items = [record_items(record) for record in chunk]
+        prompts = [prompt for record_pairs in items for prompt, _ in record_pairs]
+        responses = [response for record_pairs in items for _, response in record_pairs]
+        outputs = model.predict(prompts, responses, batch_size=args.batch_size)  # (N, K)
+        rewards = outputs.mean(axis=1)
+        if args.normalize:
+            rewards = (rewards - model.spec["reward_mean"]) / model.spec["reward_std"]
+        offset = 0
+        for record, record_pairs in zip(chunk, items, strict=True):
+            span = slice(offset, offset + len(record_pairs))
+            offset += len(record_pairs)
+            values = [float(value) for value in rewards[span]]
+            row: dict = {"id": record.id, "kind": record.kind}
+            if isinstance(record, PairwiseRecord):
+                row.update(reward_a=values[0], reward_b=values[1], margin=values[0] - values[1])
+            elif isinstance(record, RankingRecord):
+                row["rewards"] = values
+            else:
+                row["reward"] = values[0]
+            if model.attributes:
+                row["attributes"] = [
+                    dict(zip(model.attributes, map(float, output), strict=True)) for output in outputs[span]
+                ]
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    with out_path.open("w") as handle:
+        chunk: list = []
+        for record in progress(with_layout_notice(reader), description="scoring", enabled=args.progress):
+            chunk.append(record)
+            if len(chunk) >= args.chunk_size:
+                flush(chunk, handle)
+                written += len(chunk)
+                chunk = []
+        if chunk:
+            flush(chunk, handle)
+            written += len(chunk)
+    print(f"{args.data}: {reader.stats.summary()}", file=sys.stderr)
+    print(f"wrote {written} scored records to {out_path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,286 @@
+"""Reward models: embedding cache, save/load, learning, losses per data kind,
+truncation, pooling, LoRA persistence and exact resume.
+
+Most tests use tiny random-weight checkpoints (hidden size 32) with the packaged
+MiniLM tokenizer copied beside them; one uses the real MiniLM on a few texts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prefkit.data.records import PairwiseRecord, RankingRecord, RatingRecord
+from prefkit.rm.encoder import EmbeddingCache, FrozenEncoder, default_backbone
+from prefkit.rm.model import RewardModel, TransformerRewardModel, pad_sequences, tokenize_pair
+from prefkit.rm.train import RMTrainConfig, choose_loss, train_reward_model
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _copy_tokenizer(folder: Path) -> None:
+    source = Path(default_backbone())
+    for name in TOKENIZER_FILES:
+        shutil.copy(source / name, folder / name)
+
+
+def make_tiny_bert(folder: Path) -> str:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    folder.mkdir(parents=True, exist_ok=True)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    _copy_tokenizer(folder)
+    return str(folder)
+
+
+def make_tiny_llama(folder: Path) -> str:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                         pad_token_id=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    _copy_tokenizer(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+WORDS = ["apple", "river", "stone", "cloud", "green", "table", "music", "paper", "light", "sound",
+         "water", "house", "chair", "bread", "glass", "plant", "train", "horse", "money", "dream"]
+
+
+def keyword_pairs(count: int, seed: int) -> list[PairwiseRecord]:
+    """Pairs of equally long responses; the one containing 'excellent' wins."""
+    rng = random.Random(seed)
+    records = []
+    for index in range(count):
+        good = rng.sample(WORDS, 4)
+        good.insert(rng.randrange(5), "excellent")
+        bad = rng.sample(WORDS, 5)
+        a_wins = rng.random() < 0.5
+        response_a, response_b = (" ".join(good), " ".join(bad)) if a_wins else (" ".join(bad), " ".join(good))
+        records.append(PairwiseRecord(id=f"p{seed}-{index}", prompt="say something",
+                                      response_a=response_a, response_b=response_b,
+                                      outcome="a" if a_wins else "b"))
+    return records
+
+
+def quick_config(backbone: str, tmp_path: Path, **overrides) -> RMTrainConfig:
+    values = dict(backbone=backbone, cache_dir=str(tmp_path / "cache"), progress=False, epochs=2,
+                  batch_size=16, lr=3e-3, device="cpu")
+    values.update(overrides)
+    return RMTrainConfig(**values)
+
+
+def pair_accuracy(model: RewardModel, records: list[PairwiseRecord]) -> float:
+    prompts = [record.prompt for record in records]
+    rewards_a = model.score(prompts, [record.response_a for record in records])
+    rewards_b = model.score(prompts, [record.response_b for record in records])
+    return float(np.mean((rewards_a > rewards_b) == np.array([r.outcome == "a" for r in records])))
+
+
+def test_learns_keyword_preference_and_round_trips(tiny_bert, tmp_path):
+    train_records, test_records = keyword_pairs(240, seed=1), keyword_pairs(100, seed=2)
+    config = quick_config(tiny_bert, tmp_path, epochs=8, features="response", dropout=0.0)
+    report = train_reward_model(train_records, config, tmp_path / "rm", log=lambda line: None)
+    assert report.loss == "bradley-terry"
+    accuracy = pair_accuracy(report.model, test_records)
+    assert accuracy > 0.9, accuracy
+
+    loaded = RewardModel.load(tmp_path / "rm", cache_dir=tmp_path / "cache")
+    prompts = [r.prompt for r in test_records]
+    responses = [r.response_a for r in test_records]
+    np.testing.assert_array_equal(report.model.score(prompts, responses), loaded.score(prompts, responses))
+    compare = loaded.compare(prompts[0], test_records[0].response_a, test_records[0].response_b)
+    assert 0.0 <= compare <= 1.0
+    assert (compare > 0.5) == (test_records[0].outcome == "a")
+
+    config_json = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert config_json["backbone"]["weights_hash"] and config_json["max_length"] == 256
+    assert {"reward_mean", "reward_std"} <= set(config_json)
+    assert not list((tmp_path / "rm").rglob("*.bin")) and not list((tmp_path / "rm").rglob("*.pt"))
+
+
+def test_cache_hit_skips_encoder(tiny_bert, tmp_path):
+    texts = ["one text", "another text", "one text", "a third"]
+    first = FrozenEncoder(tiny_bert, max_length=16)
+    cache = EmbeddingCache(tmp_path / "cache")
+    computed = cache.encode(first, texts)
+    assert first.calls >= 1 and first._model is not None
+    second = FrozenEncoder(tiny_bert, max_length=16)
+    cached = EmbeddingCache(tmp_path / "cache").encode(second, texts)
+    assert second.calls == 0 and second._model is None
+    np.testing.assert_array_equal(computed.embeddings, cached.embeddings)
+    np.testing.assert_array_equal(computed.embeddings[0], computed.embeddings[2])
+    # Another max length is another cache namespace.
+    third = FrozenEncoder(tiny_bert, max_length=8)
+    EmbeddingCache(tmp_path / "cache").encode(third, texts)
+    assert third.calls >= 1
+
+
+def test_second_training_run_does_not_load_encoder(tiny_bert, tmp_path, monkeypatch):
+    records = keyword_pairs(40, seed=3)
+    train_reward_model(records, quick_config(tiny_bert, tmp_path, epochs=1), tmp_path / "a", log=lambda _: None)
+    calls = []
+    original = FrozenEncoder.encode
+
+    def counting(self, texts, **kwargs):
+        calls.append(len(texts))
+        return original(self, texts, **kwargs)
+
+    monkeypatch.setattr(FrozenEncoder, "encode", counting)
+    train_reward_model(records, quick_config(tiny_bert, tmp_path, epochs=1), tmp_path / "b", log=lambda _: None)
+    assert calls == []
+
+
+def test_loss_chosen_from_data_and_each_kind_trains(tiny_bert, tmp_path):
+    base = keyword_pairs(24, seed=4)
+    ties = [PairwiseRecord(id=r.id, prompt=r.prompt, response_a=r.response_a, response_b=r.response_b,
+                           outcome="tie" if i % 4 == 0 else r.outcome) for i, r in enumerate(base)]
+    votes = [PairwiseRecord(id=r.id, prompt=r.prompt, response_a=r.response_a, response_b=r.response_b,
+                            votes=("a", "b", "a")) for r in base]
+    margins = [PairwiseRecord(id=r.id, prompt=r.prompt, response_a=r.response_a, response_b=r.response_b,
+                              outcome=r.outcome, margin=1.0) for r in base]
+    strengths = [PairwiseRecord(id=r.id, prompt=r.prompt, response_a=r.response_a, response_b=r.response_b,
+                                outcome=r.outcome, strength=2.0) for r in base]
+    rankings = [RankingRecord(id=f"r{i}", prompt="q", responses=[f"{WORDS[i]} a", f"{WORDS[i]} b c", "x y z w"],
+                              ranks=[1, 2, None] if i % 2 else [1, 1, 3]) for i in range(10)]
+    ratings = [RatingRecord(id=f"t{i}", prompt="q", response=f"{WORDS[i]} text",
+                            ratings={"helpful": float(i), "safe": None if i % 3 else 1.0}) for i in range(10)]
+    expected = {"davidson": ties, "soft-label": votes, "bt-margin": margins, "bt-strength": strengths,
+                "plackett-luce": rankings, "regression": ratings, "bradley-terry": base}
+    for loss, records in expected.items():
+        assert choose_loss(records) == loss
+        report = train_reward_model(records, quick_config(tiny_bert, tmp_path, epochs=1),
+                                    tmp_path / loss, log=lambda _: None)
+        assert report.loss == loss and np.isfinite(report.train_result.last_train_loss)
+        loaded = RewardModel.load(tmp_path / loss, cache_dir=tmp_path / "cache")
+        assert loaded.score(["q"], ["some answer"]).shape == (1,)
+    assert "tie_log_nu" in load_file(tmp_path / "davidson" / "model.safetensors")
+    attributes = RewardModel.load(tmp_path / "regression", cache_dir=tmp_path / "cache").score_attributes(
+        ["q"], ["x"])
+    assert set(attributes) == {"helpful", "safe"}
+    with pytest.raises(ValueError, match="ties"):
+        choose_loss(ties, "bradley-terry")
+    with pytest.raises(ValueError, match="does not fit"):
+        choose_loss(rankings, "bradley-terry")
+
+
+def test_truncation_counts_and_drop(tiny_bert, tmp_path):
+    records = keyword_pairs(20, seed=5)
+    long_text = " ".join(["word"] * 40)
+    records[0] = PairwiseRecord(id="long", prompt="p", response_a=long_text, response_b="short", outcome="a")
+    kept = train_reward_model(records, quick_config(tiny_bert, tmp_path, epochs=1, max_length=16),
+                              tmp_path / "t", log=lambda _: None)
+    assert kept.truncation.responses_truncated == 1 and kept.truncation.examples_kept == 20
+    dropped = train_reward_model(records, quick_config(tiny_bert, tmp_path, epochs=1, max_length=16,
+                                                       truncation="drop"), tmp_path / "d", log=lambda _: None)
+    assert dropped.truncation.examples_dropped == 1 and dropped.truncation.examples_kept == 19
+    saved = json.loads((tmp_path / "d" / "config.json").read_text())["training"]["truncation"]
+    assert saved["examples_dropped"] == 1
+
+
+def test_tokenize_pair_keeps_response_and_cuts_prompt_start(tiny_bert):
+    from prefkit.rm.encoder import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_bert)
+    prompt = " ".join(f"p{i}" for i in range(30))
+    tokenized = tokenize_pair(tokenizer, prompt, "the answer", max_length=12)
+    assert len(tokenized.input_ids) == 12 and tokenized.prompt_truncated and not tokenized.response_truncated
+    text = tokenizer.decode(tokenized.input_ids)
+    assert text.endswith("the answer [SEP]") and "p0 " not in text
+
+
+def test_decoder_pooling_same_for_left_and_right_padding(tiny_llama):
+    from prefkit.rm.model import backbone_spec
+
+    spec = {"mode": "finetune", "backbone": backbone_spec(tiny_llama), "embedding_dim": 32, "max_length": 32}
+    assert spec["backbone"]["pooling"] == "last"
+    model = TransformerRewardModel.create(spec).eval()
+    sequences = [tokenize_pair(model.tokenizer, "prompt", text, 32).input_ids
+                 for text in ["short", "a much longer response with many words in it"]]
+    with torch.no_grad():
+        right = model(pad_sequences(sequences, 0, "right"))
+        left = model(pad_sequences(sequences, 0, "left"))
+        alone = torch.cat([model(pad_sequences([ids], 0)) for ids in sequences])
+    torch.testing.assert_close(right, left, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(right, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["lora", "finetune"])
+def test_transformer_modes_save_and_reload_identically(tiny_llama, tmp_path, mode):
+    records = keyword_pairs(32, seed=6)
+    config = quick_config(tiny_llama, tmp_path, mode=mode, epochs=1, max_length=32, lr=1e-3)
+    report = train_reward_model(records, config, tmp_path / mode, log=lambda _: None)
+    prompts = [r.prompt for r in records[:6]]
+    responses = [r.response_a for r in records[:6]]
+    before = report.model.score(prompts, responses)
+    loaded = RewardModel.load(tmp_path / mode)
+    np.testing.assert_allclose(loaded.score(prompts, responses), before, rtol=0, atol=1e-6)
+    # A head that was not saved would come back freshly initialised: scores would differ.
+    assert np.ptp(before) > 0
+    if mode == "lora":
+        assert (tmp_path / mode / "adapter" / "adapter_model.safetensors").is_file()
+        assert "head.weight" in load_file(tmp_path / mode / "model.safetensors")
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_training_resumes_to_identical_weights(tiny_bert, tmp_path):
+    records = keyword_pairs(64, seed=7)
+    config = quick_config(tiny_bert, tmp_path, epochs=3)
+    train_reward_model(records, config, tmp_path / "full", log=lambda _: None)
+
+    def stop_in_second_epoch(event):
+        if event.kind == "step" and event.global_step == 6:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_reward_model(records, config, tmp_path / "resumed", callbacks=[stop_in_second_epoch],
+                           log=lambda _: None)
+    resumed = train_reward_model(records, config, tmp_path / "resumed", log=lambda _: None)
+    assert resumed.train_result.resumed_from is not None
+    full_state = load_file(tmp_path / "full" / "model.safetensors")
+    resumed_state = load_file(tmp_path / "resumed" / "model.safetensors")
+    for name, tensor in full_state.items():
+        assert torch.equal(tensor, resumed_state[name]), name
+
+
+def test_real_minilm_embeds_and_caches(tmp_path):
+    backbone = default_backbone()
+    encoder = FrozenEncoder(backbone, max_length=64)
+    cache = EmbeddingCache(tmp_path / "cache")
+    texts = ["Water is essential for life.", "Bottled water wastes plastic.", "I like turtles."]
+    encoded = cache.encode(encoder, texts)
+    assert encoded.embeddings.shape == (3, 384)
+    similarity = encoded.embeddings @ encoded.embeddings.T
+    norms = np.linalg.norm(encoded.embeddings, axis=1)
+    cosine = similarity / np.outer(norms, norms)
+    assert cosine[0, 1] > cosine[0, 2]  # related sentences are closer
+    again = FrozenEncoder(backbone, max_length=64)
+    np.testing.assert_array_equal(EmbeddingCache(tmp_path / "cache").encode(again, texts).embeddings,
+                                  encoded.embeddings)
+    assert again.calls == 0

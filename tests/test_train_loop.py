@@ -676,3 +676,12 @@ def test_checkpoint_module_round_trips_optimizer_state():
 
 if __name__ == "__main__":
     distributed_worker(Path(sys.argv[1]))
+
+
+def test_schedule_with_warmup_over_the_whole_run_does_not_divide_by_zero() -> None:
+    from prefkit.train.loop import WarmupSchedule
+
+    schedule = WarmupSchedule("linear", warmup_steps=3, total_steps=3)
+    assert [schedule(step) for step in range(4)] == [1 / 3, 2 / 3, 1.0, 0.0]
+    decaying = WarmupSchedule("linear", warmup_steps=1, total_steps=3)
+    assert [decaying(step) for step in range(4)] == [1.0, 1.0, 0.5, 0.0]

@@ -284,7 +284,9 @@ class WarmupSchedule:
             return (step + 1) / self.warmup_steps
         if self.kind == "constant":
             return 1.0
-        return max(self.total_steps - step, 0) / (self.total_steps - self.warmup_steps)
+        # max(..., 1): the scheduler is stepped once more after the last optimizer step,
+        # which must not divide by zero when warmup covers the whole run.
+        return max(self.total_steps - step, 0) / max(self.total_steps - self.warmup_steps, 1)
 
 
 def default_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

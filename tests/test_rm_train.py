@@ -18,9 +18,20 @@ import torch
 from safetensors.torch import load_file
 
 from prefkit.data.records import PairwiseRecord, RankingRecord, RatingRecord
-from prefkit.rm.encoder import EmbeddingCache, FrozenEncoder, default_backbone
+from prefkit.rm.encoder import EmbeddingCache, FrozenEncoder, default_backbone, pool_hidden_states
 from prefkit.rm.model import RewardModel, TransformerRewardModel, pad_sequences, tokenize_pair
-from prefkit.rm.train import RMTrainConfig, choose_loss, train_reward_model
+from prefkit.rm.train import (
+    ItemIndex,
+    RMTrainConfig,
+    build_examples,
+    build_store,
+    choose_loss,
+    evaluate_examples,
+    example_losses,
+    make_batch,
+    new_model,
+    train_reward_model,
+)
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -284,3 +295,60 @@ def test_real_minilm_embeds_and_caches(tmp_path):
     np.testing.assert_array_equal(EmbeddingCache(tmp_path / "cache").encode(again, texts).embeddings,
                                   encoded.embeddings)
     assert again.calls == 0
+
+
+# Fast paths against the plain versions: the encoder tokenizes each text once and
+# truncates the ids itself; evaluation scores every item once, longest first.
+
+ENCODER_TEXTS = [
+    "short",
+    "a somewhat longer text about the weather, which is mild today",
+    " ".join(f"word{i}" for i in range(80)),  # far over max_length
+    "",
+    "another text, of middling length, with punctuation!",
+]
+
+
+def plain_encode(encoder: FrozenEncoder, texts: list[str], side: str) -> np.ndarray:
+    tokenizer = encoder.tokenizer
+    tokenizer.truncation_side = side
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            batch = tokenizer([text], truncation=True, max_length=encoder.max_length, return_tensors="pt")
+            hidden = encoder.model(**batch).last_hidden_state
+            rows.append(pool_hidden_states(hidden, batch["attention_mask"], encoder.pooling)[0].numpy())
+    tokenizer.truncation_side = "right"
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_encoder_fast_path_matches_tokenizer_truncation(tiny_bert, side):
+    encoder = FrozenEncoder(tiny_bert, max_length=24, batch_size=2)
+    fast = encoder.encode(ENCODER_TEXTS, side=side)
+    np.testing.assert_allclose(fast.embeddings, plain_encode(encoder, ENCODER_TEXTS, side), rtol=1e-5, atol=1e-5)
+    expected_counts = [len(ids) for ids in encoder.tokenizer(ENCODER_TEXTS)["input_ids"]]
+    assert fast.num_tokens.tolist() == expected_counts
+    assert fast.num_tokens[2] > 24  # the long text was truncated, and counted before truncation
+
+
+def test_evaluate_examples_matches_batchwise_forward(tiny_bert, tmp_path):
+    records = keyword_pairs(37, seed=3)
+    config = RMTrainConfig(mode="finetune", backbone=tiny_bert, max_length=32, progress=False, device="cpu")
+    model = new_model(config, "bradley-terry", None)
+    model.eval()
+    index = ItemIndex()
+    examples = build_examples(records, index, None)
+    store, _ = build_store(model, index, config)
+
+    fast = evaluate_examples(model, store, examples, "bradley-terry", batch_size=8)
+
+    total_loss, correct = 0.0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(examples), 5):
+            batch = make_batch(store, examples, list(range(start, min(start + 5, len(examples)))))
+            losses, metrics = example_losses(model, batch, "bradley-terry")
+            total_loss += float(losses.sum())
+            correct += float(metrics["accuracy"].sum())
+    assert fast["loss"] == pytest.approx(total_loss / len(examples), rel=1e-5)
+    assert fast["accuracy"] == pytest.approx(correct / len(examples), abs=1e-9)

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,6 +141,39 @@ def load_tokenizer(checkpoint: str):
     return tokenizer
 
 
+@dataclass(frozen=True)
+class SpecialTokenTemplate:
+    """Special tokens a tokenizer puts around one text and around a pair of texts."""
+
+    single: tuple[list[int], list[int]]
+    """(before, after) a single text."""
+    pair: tuple[list[int], list[int], list[int]]
+    """(before, between, after) a pair of texts."""
+
+
+_template_memo: dict[int, SpecialTokenTemplate] = {}
+
+
+def special_token_template(tokenizer: Any) -> SpecialTokenTemplate:
+    """Read the tokenizer's special-token layout by encoding two one-token probes."""
+    if id(tokenizer) in _template_memo:
+        return _template_memo[id(tokenizer)]
+    first = tokenizer("a", add_special_tokens=False)["input_ids"]
+    second = tokenizer("b", add_special_tokens=False)["input_ids"]
+    if len(first) != 1 or len(second) != 1 or first == second:
+        raise ValueError("special_token_template: the probes 'a' and 'b' must be distinct single tokens.")
+    single = tokenizer("a")["input_ids"]
+    pair = tokenizer("a", "b")["input_ids"]
+    at = single.index(first[0])
+    at_first, at_second = pair.index(first[0]), len(pair) - 1 - pair[::-1].index(second[0])
+    template = SpecialTokenTemplate(
+        single=(single[:at], single[at + 1:]),
+        pair=(pair[:at_first], pair[at_first + 1:at_second], pair[at_second + 1:]),
+    )
+    _template_memo[id(tokenizer)] = template
+    return template
+
+
 @dataclass
 class EncodedTexts:
     """Embeddings of texts with their token counts."""
@@ -194,27 +228,35 @@ class FrozenEncoder:
 
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
         """(N,) token counts including special tokens, without truncation."""
-        if not texts:
-            return np.zeros(0, dtype=np.int64)
-        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)
-        return np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
+        return np.array([len(ids) for ids in self._tokenize(texts)], dtype=np.int64)
 
-    @torch.no_grad()
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Untruncated ids of each text, special tokens included."""
+        if not texts:
+            return []
+        return self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+
+    @torch.inference_mode()
     def encode(self, texts: Sequence[str], *, side: str = "right",
                progress: Callable[[int], None] | None = None) -> EncodedTexts:
-        """Embed ``texts`` (truncated to ``max_length`` tokens, dropping from ``side``)."""
+        """Embed ``texts`` (truncated to ``max_length`` tokens, dropping from ``side``).
+
+        Each text is tokenized once: the untruncated ids give the token counts and
+        are then cut here, keeping the tokenizer's special tokens, exactly as the
+        tokenizer's own truncation would.
+        """
         tokenizer = self.tokenizer
-        num_tokens = self.count_tokens(texts)
+        before, after = special_token_template(tokenizer).single
+        full_ids = self._tokenize(texts)
+        num_tokens = np.array([len(ids) for ids in full_ids], dtype=np.int64)
         embeddings = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
+        budget = self.max_length - len(before) - len(after)  # room for the text's own tokens
         # Longest first: similar lengths share a batch, and memory peaks at once.
         order = np.argsort(-num_tokens, kind="stable")
-        tokenizer.truncation_side = "left" if side == "left" else "right"
         for start in range(0, len(texts), self.batch_size):
             rows = order[start : start + self.batch_size]
-            batch = tokenizer(
-                [texts[row] for row in rows], padding=True, truncation=True,
-                max_length=self.max_length, return_tensors="pt",
-            ).to(self.device)
+            sequences = [_truncate(full_ids[row], len(before), len(after), budget, side) for row in rows]
+            batch = tokenizer.pad({"input_ids": sequences}, return_tensors="pt").to(self.device)
             outputs = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             self.calls += 1
             pooled = pool_hidden_states(outputs.last_hidden_state, batch["attention_mask"], self.pooling)
@@ -222,6 +264,15 @@ class FrozenEncoder:
             if progress is not None:
                 progress(len(rows))
         return EncodedTexts(embeddings, num_tokens)
+
+
+def _truncate(ids: list[int], num_before: int, num_after: int, budget: int, side: str) -> list[int]:
+    """``ids`` (special tokens around the text) with the text cut to ``budget`` tokens from ``side``."""
+    text = ids[num_before : len(ids) - num_after]
+    if len(text) <= budget:
+        return ids
+    kept = text[len(text) - budget :] if side == "left" else text[:budget]
+    return [*ids[:num_before], *kept, *ids[len(ids) - num_after :]]
 
 
 class EmbeddingCache:

@@ -43,6 +43,7 @@ from prefkit.rm.encoder import (
     is_decoder_checkpoint,
     load_tokenizer,
     pool_hidden_states,
+    special_token_template,
     weights_hash,
 )
 from prefkit.rm.heads import RewardHead, build_features, feature_dim, parse_feature_spec
@@ -124,7 +125,6 @@ class RewardModel(nn.Module):
         """The items of these (prompt, response) pairs, ready to batch."""
         raise NotImplementedError
 
-    @torch.no_grad()
     def predict(self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64,
                 progress: Callable[[int], None] | None = None) -> np.ndarray:
         """(N, K) raw outputs, batched by length; order follows the input."""
@@ -136,17 +136,29 @@ class RewardModel(nn.Module):
             return np.zeros((0, self.num_outputs), dtype=np.float32)
         was_training = self.training
         self.eval()
-        store = self.item_store(prompts, responses)
-        outputs = np.zeros((len(responses), self.num_outputs), dtype=np.float32)
+        try:
+            store = self.item_store(prompts, responses)
+            return self.store_outputs(store, batch_size=batch_size, progress=progress).numpy()
+        finally:
+            self.train(was_training)
+
+    @torch.inference_mode()
+    def store_outputs(self, store: ItemStore, *, batch_size: int = 64,
+                      progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """(U, K) float32 outputs of every item of ``store`` on the CPU, in store order.
+
+        Items are batched longest first, so each batch is padded to about its own
+        length. The model's train/eval mode is left as it is (callers evaluate in eval mode).
+        """
+        outputs = torch.zeros((len(store.lengths), self.num_outputs), dtype=torch.float32)
         order = np.argsort(-store.lengths, kind="stable")
         device = next(self.parameters()).device
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             batch = _to_device(store.batch(rows.tolist()), device)
-            outputs[rows] = self(batch).float().cpu().numpy()
+            outputs[torch.from_numpy(rows)] = self(batch).float().cpu()
             if progress is not None:
                 progress(len(rows))
-        self.train(was_training)
         return outputs
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64,
@@ -360,39 +372,6 @@ class TokenizedPair:
     response_truncated: bool
     full_length: int
     """Length before truncation."""
-
-
-@dataclass(frozen=True)
-class SpecialTokenTemplate:
-    """Special tokens a tokenizer puts around one text and around a pair of texts."""
-
-    single: tuple[list[int], list[int]]
-    """(before, after) a single text."""
-    pair: tuple[list[int], list[int], list[int]]
-    """(before, between, after) a pair of texts."""
-
-
-_template_memo: dict[int, SpecialTokenTemplate] = {}
-
-
-def special_token_template(tokenizer: Any) -> SpecialTokenTemplate:
-    """Read the tokenizer's special-token layout by encoding two one-token probes."""
-    if id(tokenizer) in _template_memo:
-        return _template_memo[id(tokenizer)]
-    first = tokenizer("a", add_special_tokens=False)["input_ids"]
-    second = tokenizer("b", add_special_tokens=False)["input_ids"]
-    if len(first) != 1 or len(second) != 1 or first == second:
-        raise ValueError("special_token_template: the probes 'a' and 'b' must be distinct single tokens.")
-    single = tokenizer("a")["input_ids"]
-    pair = tokenizer("a", "b")["input_ids"]
-    at = single.index(first[0])
-    at_first, at_second = pair.index(first[0]), len(pair) - 1 - pair[::-1].index(second[0])
-    template = SpecialTokenTemplate(
-        single=(single[:at], single[at + 1:]),
-        pair=(pair[:at_first], pair[at_first + 1:at_second], pair[at_second + 1:]),
-    )
-    _template_memo[id(tokenizer)] = template
-    return template
 
 
 def tokenize_pair(tokenizer: Any, prompt: str, response: str, max_length: int) -> TokenizedPair:

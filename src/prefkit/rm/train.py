@@ -225,8 +225,9 @@ class TruncationCounts:
 class RewardBatch:
     """A batch of examples over the items it needs. Unused target fields are None."""
 
-    items: Items
-    """The M unique items of the batch."""
+    items: Items | None
+    """The M unique items of the batch; None when the outputs of the items are computed
+    beforehand (evaluation scores every item of a store once)."""
     positions: torch.Tensor
     """(B, N) row in ``items`` of each example's n-th item; -1 = padding (rankings)."""
     outcomes: torch.Tensor | None = None
@@ -410,8 +411,22 @@ def subset_examples(examples: Examples, keep: torch.Tensor) -> Examples:
 
 def example_losses(model: RewardModel, batch: RewardBatch, loss_name: str,
                    centering: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-example losses (B,) and metrics for ``batch`` under ``loss_name``."""
-    outputs = model(batch.items)  # (M, K)
+    """Per-example losses (B,) and metrics for ``batch`` under ``loss_name``.
+
+    The M items of the batch (chosen and rejected alike) go through the model in
+    one forward pass.
+    """
+    assert batch.items is not None
+    return losses_from_outputs(model, model(batch.items), batch, loss_name, centering)
+
+
+def losses_from_outputs(model: RewardModel, outputs: torch.Tensor, batch: RewardBatch, loss_name: str,
+                        centering: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-example losses (B,) and metrics from item outputs already computed.
+
+    ``outputs`` is (M, K): row m holds the model's outputs for the item that
+    ``batch.positions`` calls m. ``model`` is read only for the Davidson tie parameter.
+    """
     if loss_name == "regression":
         predicted = outputs[batch.positions[:, 0]]  # (B, K)
         result = rating_regression_loss(predicted, batch.ratings, batch.observed)
@@ -468,7 +483,8 @@ class RewardTask:
         self.eval_batch_size = eval_batch_size
         lengths = torch.as_tensor(store.lengths)
         padded = examples.positions.clamp(min=0)
-        self._lengths = (lengths[padded] * (examples.positions >= 0)).sum(dim=1).tolist()
+        # A batch is padded to its longest item, so examples are grouped by their longest item.
+        self._lengths = (lengths[padded] * (examples.positions >= 0)).amax(dim=1).tolist()
 
     def example_lengths(self) -> list[int]:
         return self._lengths
@@ -490,33 +506,43 @@ def make_batch(store: ItemStore, examples: Examples, indices: list[int]) -> Rewa
     positions = examples.positions[indices]  # (B, N)
     unique, local = torch.unique(positions.clamp(min=0), return_inverse=True)
     local = torch.where(positions >= 0, local, torch.full_like(local, -1))
+    return RewardBatch(items=store.batch(unique.tolist()), positions=local, **_batch_targets(examples, indices))
+
+
+def _batch_targets(examples: Examples, indices: list[int] | slice) -> dict[str, torch.Tensor]:
+    """RewardBatch target fields of the examples at ``indices`` (weights 1 unless pairs carry them)."""
     targets = {name: tensor[indices] for name, tensor in examples.targets.items()}
+    count = len(examples.positions[indices])
     if examples.kind == PairwiseRecord.kind:
-        targets.setdefault("weights", torch.ones(len(indices)))
+        targets.setdefault("weights", torch.ones(count))
     else:
-        targets["weights"] = torch.ones(len(indices))
-    return RewardBatch(items=store.batch(unique.tolist()), positions=local, **targets)
+        targets["weights"] = torch.ones(count)
+    return targets
 
 
-@torch.no_grad()
-def evaluate_examples(model: nn.Module, store: ItemStore, examples: Examples, loss_name: str,
+@torch.inference_mode()
+def evaluate_examples(model: RewardModel, store: ItemStore, examples: Examples, loss_name: str,
                       *, batch_size: int = 64) -> dict[str, float]:
-    """Mean loss and, for pairs, accuracy over decided pairs (ties excluded)."""
-    device = next(model.parameters()).device
-    total_loss, total, correct, decided = 0.0, 0, 0.0, 0.0
-    for start in range(0, len(examples), batch_size):
-        batch = make_batch(store, examples, list(range(start, min(start + batch_size, len(examples)))))
-        batch = _batch_to(batch, device)
-        losses, metrics = example_losses(model, batch, loss_name)  # type: ignore[arg-type]
-        total_loss += float(losses.sum())
-        total += len(losses)
-        if "correct" in metrics:
-            correct += float(metrics["correct"].sum())
-            decided += float(metrics["decided"].sum())
-        elif "accuracy" in metrics:
-            correct += float(metrics["accuracy"].sum())
-            decided += len(losses)
-    result = {"loss": total_loss / max(total, 1)}
+    """Mean loss and, for pairs, accuracy over decided pairs (ties excluded).
+
+    Scores every item of ``store`` once (see :func:`examples_metrics`).
+    """
+    return examples_metrics(model, model.store_outputs(store, batch_size=batch_size), examples, loss_name)
+
+
+@torch.inference_mode()
+def examples_metrics(model: RewardModel, outputs: torch.Tensor, examples: Examples,
+                     loss_name: str) -> dict[str, float]:
+    """Mean loss and accuracy of ``examples`` from ``outputs`` (U, K), the outputs of every item."""
+    batch = RewardBatch(items=None, positions=examples.positions, **_batch_targets(examples, slice(None)))
+    losses, metrics = losses_from_outputs(model, outputs.to(examples.positions.device), batch, loss_name)
+    result = {"loss": float(losses.double().sum()) / max(len(losses), 1)}
+    if "correct" in metrics:
+        correct, decided = float(metrics["correct"].double().sum()), float(metrics["decided"].double().sum())
+    elif "accuracy" in metrics:
+        correct, decided = float(metrics["accuracy"].double().sum()), float(len(losses))
+    else:
+        correct = decided = 0.0
     if decided:
         result["accuracy"] = correct / decided
     return result
@@ -675,8 +701,10 @@ def train_reward_model(
     result = train(model, task, train_config, out / "training", resume=resume, callbacks=callbacks)
     model.eval()
 
-    train_metrics = evaluate_examples(model, store, examples, loss_name)
-    all_rewards = _store_rewards(model, store)
+    # One pass over the training items gives both the training metrics and the reward statistics.
+    train_outputs = model.store_outputs(store)  # (U, K)
+    train_metrics = examples_metrics(model, train_outputs, examples, loss_name)
+    all_rewards = train_outputs.mean(dim=1).numpy()
     eval_metrics = dict(result.last_eval)
     if eval_examples is not None and eval_store is not None:
         eval_metrics = evaluate_examples(model, eval_store, eval_examples, loss_name)
@@ -694,17 +722,6 @@ def train_reward_model(
     })
     model.save(out)
     return RMTrainReport(model, out, loss_name, kind, counts, eval_counts, result, eval_metrics, train_metrics)
-
-
-@torch.no_grad()
-def _store_rewards(model: RewardModel, store: ItemStore, batch_size: int = 256) -> np.ndarray:
-    device = next(model.parameters()).device
-    rewards = []
-    for start in range(0, len(store.lengths), batch_size):
-        rows = list(range(start, min(start + batch_size, len(store.lengths))))
-        items = _batch_to(RewardBatch(items=store.batch(rows), positions=torch.zeros(0)), device).items
-        rewards.append(model(items).mean(dim=1).float().cpu().numpy())
-    return np.concatenate(rewards)
 
 
 def _progress_bar(description: str, enabled: bool) -> Callable[[int], None] | None:

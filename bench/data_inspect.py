@@ -1,7 +1,7 @@
 """Throughput and peak memory of ``prefkit data inspect`` on a large pairwise JSONL.
 
 Generates N pairwise records (default 1,000,000) deterministically, then times
-in separate processes, each repeated ``--repeats`` times, on the same file:
+in separate processes, each repeated ``--repeats`` times (interleaved), on the same file:
 
 - ``prefkit data inspect FILE --json`` (streaming; validates every record);
 - the usual alternative, Hugging Face ``datasets.load_dataset("json")`` followed
@@ -76,6 +76,14 @@ def measure(command: list[str], repeats: int) -> dict:
             "peak_rss_mib": peaks, "median_peak_rss_mib": statistics.median(peaks), "output": output[-2000:]}
 
 
+def merge(measurements: list[dict]) -> dict:
+    """One result from several single-run measurements: all values plus medians."""
+    times = [value for m in measurements for value in m["seconds"]]
+    peaks = [value for m in measurements for value in m["peak_rss_mib"]]
+    return {"seconds": times, "median_seconds": statistics.median(times), "peak_rss_mib": peaks,
+            "median_peak_rss_mib": statistics.median(peaks), "output": measurements[-1]["output"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -88,26 +96,36 @@ def main() -> None:
         print(f"generated {args.records:,} records ({size_mib:.0f} MiB)", file=sys.stderr)
         mapping = ["--map", "id=id", "--map", "prompt=prompt", "--map", "response_a=response_a",
                    "--map", "response_b=response_b", "--map", "winner=winner"]
-        prefkit = measure([sys.executable, "-m", "prefkit", "data", "inspect", str(data), "--json",
-                           "--no-progress", *mapping], args.repeats)
+        prefkit_command = [sys.executable, "-m", "prefkit", "data", "inspect", str(data), "--json",
+                           "--no-progress", *mapping]
+        cache = Path(folder) / "hf-cache"
+        reference_command = [sys.executable, "-c", DATASETS_SNIPPET, str(data), str(cache)]
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            reference_command = None
+        # Interleave the two tools so that a busy machine affects both alike.
+        runs: dict[str, list[dict]] = {"prefkit": [], "datasets": []}
+        for _ in range(args.repeats):
+            runs["prefkit"].append(measure(prefkit_command, 1))
+            if reference_command is not None:
+                runs["datasets"].append(measure(reference_command, 1))
+        prefkit = merge(runs["prefkit"])
         summary = json.loads(prefkit.pop("output"))
         assert summary["n_records"] == args.records, summary["n_records"]
+        prefkit["median_records_per_s"] = args.records / prefkit["median_seconds"]
         results = {"records": args.records, "file_mib": round(size_mib, 1), "repeats": args.repeats,
                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                    "prefkit_inspect": prefkit}
-        prefkit["median_records_per_s"] = args.records / prefkit["median_seconds"]
-        try:
-            import datasets  # noqa: F401
-
-            cache = Path(folder) / "hf-cache"
-            reference = measure([sys.executable, "-c", DATASETS_SNIPPET, str(data), str(cache)], args.repeats)
+        if reference_command is None:
+            results["datasets_load_json"] = "not installed"
+        else:
+            reference = merge(runs["datasets"])
             reference["median_records_per_s"] = args.records / reference["median_seconds"]
             results["datasets_load_json"] = reference
             results["ratio_time_prefkit_over_datasets"] = prefkit["median_seconds"] / reference["median_seconds"]
             results["ratio_peak_rss_prefkit_over_datasets"] = (
                 prefkit["median_peak_rss_mib"] / reference["median_peak_rss_mib"])
-        except ImportError:
-            results["datasets_load_json"] = "not installed"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({key: value for key, value in results.items()}, indent=2))

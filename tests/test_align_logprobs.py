@@ -84,6 +84,35 @@ def test_shared_prompt_pass_equals_plain_pass_in_values_and_gradients(setup):
     model.zero_grad()
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_rows_with_uneven_completion_counts_equal_single_sequences(setup, attention):
+    """Prompts with 3, 1 and 2 completions packed in one batch, given out of prompt order."""
+    model, pairs = setup
+    model.config._attn_implementation = attention
+    try:
+        (p0, c0, r0), (p1, c1, _), (p2, c2, r2) = pairs[:3]
+        completions = [(2, c2), (0, c0), (0, r0), (1, c1), (0, c2), (2, r2)]
+        prompts = [p0, p1, p2]
+        with torch.no_grad():
+            shared, lengths = shared_prompt_logps(
+                model, pack_shared_prompts(prompts, completions, 0)
+            )
+            alone = torch.stack([_alone(model, prompts[b], c) for b, c in completions])
+    finally:
+        model.config._attn_implementation = "sdpa"
+    torch.testing.assert_close(shared, alone, atol=1e-5, rtol=0)
+    assert lengths.tolist() == [len(c) for _, c in completions]
+
+
+def test_shared_prompt_reference_pass_equals_the_plain_reference_pass(setup):
+    model, pairs = setup
+    # Rows as the trainer lists them: each example's completions one after another.
+    rows = [row for p, c, r in pairs for row in ((p, c), (p, r))]
+    plain = compute_reference_logps(model, rows, pad_id=0, batch_size=3)
+    shared = compute_reference_logps(model, rows, pad_id=0, batch_size=3, shared_prompt=True)
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=0)
+
+
 def test_token_logps_is_log_softmax_gather():
     logits = torch.randn(2, 3, 7) * 30
     targets = torch.randint(0, 7, (2, 3))

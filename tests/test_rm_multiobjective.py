@@ -1,0 +1,318 @@
+"""Multi-objective reward model (ArmoRM recipe): attribute regression, gate, length decorrelation.
+
+Synthetic data on a tiny random BERT (from tests/test_rm_train.py). A response
+holds 8 words: ``count_a`` copies of "excellent", ``count_b`` copies of
+"accurate", the rest filler; attribute A is rated ``count_a`` and B ``count_b``.
+Prompts are about cooking or about code. For cooking prompts the response with
+more "excellent" wins, for code prompts the one with more "accurate", so no
+single fixed mix of A and B orders both kinds of pairs well: the gate must read
+the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prefkit.data.records import PairwiseRecord, RatingRecord
+from prefkit.rm.multiobjective import (
+    GateBatch,
+    MultiObjectiveConfig,
+    MultiObjectiveRewardModel,
+    RegressionBatch,
+    gate_losses,
+    length_decorrelation_coefficients,
+    regression_losses,
+    train_multiobjective,
+)
+from test_rm_train import WORDS, make_tiny_bert, pair_accuracy
+
+RESPONSE_WORDS = 8
+PROMPTS = {
+    "cooking": ["how do i cook rice", "what goes in a soup", "tell me a bread recipe", "how long to boil eggs"],
+    "code": ["how do i sort a list in python", "fix my java loop", "what is a hash map", "explain recursion"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-mo"))
+
+
+def make_response(rng: random.Random, count_a: int, count_b: int, filler: int = RESPONSE_WORDS) -> str:
+    words = ["excellent"] * count_a + ["accurate"] * count_b
+    words += rng.choices(WORDS, k=max(filler - count_a - count_b, 0))
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def rating_data(count: int, seed: int) -> list[RatingRecord]:
+    rng = random.Random(seed)
+    records = []
+    for index in range(count):
+        count_a, count_b = rng.randint(0, 3), rng.randint(0, 3)
+        topic = rng.choice(sorted(PROMPTS))
+        records.append(RatingRecord(id=f"r{seed}-{index}", prompt=rng.choice(PROMPTS[topic]),
+                                    response=make_response(rng, count_a, count_b),
+                                    ratings={"A": float(count_a), "B": float(count_b)}))
+    return records
+
+
+def pair_data(count: int, seed: int) -> list[PairwiseRecord]:
+    """Pairs whose winner has more A (cooking) or more B (code); the other attribute is random."""
+    rng = random.Random(seed)
+    records = []
+    for index in range(count):
+        topic = "cooking" if index % 2 == 0 else "code"
+        low, high = sorted(rng.sample(range(4), 2))
+        other_winner, other_loser = rng.randint(0, 3), rng.randint(0, 3)
+        if topic == "cooking":
+            winner, loser = make_response(rng, high, other_winner), make_response(rng, low, other_loser)
+        else:
+            winner, loser = make_response(rng, other_winner, high), make_response(rng, other_loser, low)
+        a_wins = rng.random() < 0.5
+        records.append(PairwiseRecord(
+            id=f"p{seed}-{index}", prompt=rng.choice(PROMPTS[topic]),
+            response_a=winner if a_wins else loser, response_b=loser if a_wins else winner,
+            outcome="a" if a_wins else "b",
+        ))
+    return records
+
+
+def quick_config(backbone: str, tmp_path: Path, **overrides) -> MultiObjectiveConfig:
+    values = dict(backbone=backbone, cache_dir=str(tmp_path / "cache"), features="response,length",
+                  regression_epochs=15, gate_epochs=15, batch_size=100, regression_lr=3e-2, gate_lr=3e-2,
+                  device="cpu", seed=0)
+    values.update(overrides)
+    return MultiObjectiveConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("multiobjective")
+    model = train_multiobjective(rating_data(300, seed=1), pair_data(240, seed=2),
+                                 quick_config(tiny_bert, folder), folder / "rm")
+    return model, folder
+
+
+def test_regression_recovers_attributes(trained):
+    model, _ = trained
+    held_out = rating_data(120, seed=3)
+    predicted = model.score_attributes([r.prompt for r in held_out], [r.response for r in held_out])
+    assert set(predicted) == {"A", "B"}
+    for name in ("A", "B"):
+        truth = np.array([r.ratings[name] for r in held_out])
+        correlation = np.corrcoef(predicted[name], truth)[0, 1]
+        assert correlation > 0.9, (name, correlation)
+
+
+def test_gate_weights_follow_the_prompt_and_pairs_are_ordered(trained):
+    model, _ = trained
+    cooking = model.gate_weights(PROMPTS["cooking"])
+    code = model.gate_weights(PROMPTS["code"])
+    np.testing.assert_allclose(cooking["A"] + cooking["B"], 1.0, atol=1e-6)
+    assert cooking["A"].mean() > 0.75, cooking
+    assert code["B"].mean() > 0.75, code
+    accuracy = pair_accuracy(model, pair_data(200, seed=4))
+    assert accuracy > 0.9, accuracy
+
+
+def test_save_load_gives_identical_scores(trained):
+    model, folder = trained
+    loaded = MultiObjectiveRewardModel.load(folder / "rm", cache_dir=folder / "cache")
+    records = pair_data(20, seed=5)
+    prompts = [r.prompt for r in records]
+    responses = [r.response_a for r in records]
+    np.testing.assert_array_equal(model.score(prompts, responses), loaded.score(prompts, responses))
+    for name, values in model.score_attributes(prompts, responses).items():
+        np.testing.assert_array_equal(values, loaded.score_attributes(prompts, responses)[name])
+    np.testing.assert_array_equal(model.gate_weights(prompts)["A"], loaded.gate_weights(prompts)["A"])
+    attributes, rewards = loaded.predict_and_score(prompts, responses)
+    np.testing.assert_array_equal(rewards, loaded.score(prompts, responses))
+    np.testing.assert_array_equal(attributes[:, 1], loaded.score_attributes(prompts, responses)["B"])
+    probability = loaded.compare(records[0].prompt, records[0].response_a, records[0].response_b)
+    assert 0.0 <= probability <= 1.0 and (probability > 0.5) == (records[0].outcome == "a")
+
+    config = json.loads((folder / "rm" / "config.json").read_text())
+    assert config["mode"] == "multi-objective" and config["attributes"] == ["A", "B"]
+    assert {"reward_mean", "reward_std"} <= set(config)
+    files = {path.name for path in (folder / "rm").iterdir() if path.is_file()}
+    assert files == {"config.json", "model.safetensors"}
+
+
+def length_biased_data(seed: int) -> tuple[list[RatingRecord], list[PairwiseRecord]]:
+    """Ratings that grow with length (a verbose rater) and pairs whose winner is usually longer."""
+    rng = random.Random(seed)
+    ratings = []
+    for index in range(300):
+        count_a, count_b, filler = rng.randint(0, 3), rng.randint(0, 3), rng.randint(2, 14)
+        bias = 0.3 * filler
+        ratings.append(RatingRecord(id=f"lr{index}", prompt=rng.choice(PROMPTS["cooking"]),
+                                    response=make_response(rng, count_a, count_b, count_a + count_b + filler),
+                                    ratings={"A": count_a + bias, "B": count_b + bias}))
+    pairs = []
+    for index in range(200):
+        topic = "cooking" if index % 2 == 0 else "code"
+        low, high = sorted(rng.sample(range(4), 2))
+        long_filler, short_filler = rng.randint(8, 14), rng.randint(2, 8)
+        counts_winner = (high, rng.randint(0, 3)) if topic == "cooking" else (rng.randint(0, 3), high)
+        counts_loser = (low, rng.randint(0, 3)) if topic == "cooking" else (rng.randint(0, 3), low)
+        winner = make_response(rng, *counts_winner, sum(counts_winner) + long_filler)
+        loser = make_response(rng, *counts_loser, sum(counts_loser) + short_filler)
+        pairs.append(PairwiseRecord(id=f"lp{index}", prompt=rng.choice(PROMPTS[topic]),
+                                    response_a=winner, response_b=loser, outcome="a"))
+    return ratings, pairs
+
+
+def test_length_decorrelation_reduces_length_correlation(tiny_bert, tmp_path):
+    ratings, pairs = length_biased_data(seed=6)
+    prompts = [p.prompt for p in pairs for _ in range(2)]
+    responses = [text for p in pairs for text in (p.response_a, p.response_b)]
+    log_lengths = np.log1p([len(text) for text in responses])
+    correlations = {}
+    for decorrelate in (False, True):
+        config = quick_config(tiny_bert, tmp_path, length_decorrelation=decorrelate)
+        model = train_multiobjective(ratings, pairs, config, tmp_path / f"rm-{decorrelate}")
+        correlations[decorrelate] = abs(np.corrcoef(model.score(prompts, responses), log_lengths)[0, 1])
+        attributes = model.score_attributes(prompts, responses)
+        if decorrelate:
+            coefficients = model.length_coefficients.numpy()
+            assert (coefficients > 0).all(), coefficients  # the verbose rater made both grow with length
+            for column, name in enumerate(("A", "B")):
+                adjusted = attributes[name] - coefficients[column] * (log_lengths - float(model.length_center))
+                assert abs(np.corrcoef(adjusted, log_lengths)[0, 1]) < 1e-3
+    assert correlations[False] > 0.3, correlations
+    assert correlations[True] < 0.5 * correlations[False], correlations
+
+
+def test_length_decorrelation_coefficients_by_hand():
+    """r = (1, 2, 3), l = (0, 1, 2): mean l = 1, Var(l) = (1 + 0 + 1) / 3 = 2/3,
+    Cov(r, l) = ((-1)(-1) + 0 + (1)(1)) / 3 = 2/3, so lambda = 1 and
+    r' = r - 1 * (l - 1) = (2, 2, 2). A second attribute s = (3, 3, 0):
+    Cov(s, l) = ((1)(-1) + (1)(0) + (-2)(1)) / 3 = -1, lambda = -1.5."""
+    values = torch.tensor([[1.0, 3.0], [2.0, 3.0], [3.0, 0.0]])
+    lengths = torch.tensor([0.0, 1.0, 2.0])
+    coefficients, center = length_decorrelation_coefficients(values, lengths)
+    torch.testing.assert_close(coefficients, torch.tensor([1.0, -1.5]))
+    torch.testing.assert_close(center, torch.tensor(1.0))
+    adjusted = values - (lengths - center).unsqueeze(1) * coefficients
+    torch.testing.assert_close(adjusted[:, 0], torch.tensor([2.0, 2.0, 2.0]))
+    # Equal lengths: nothing to remove.
+    flat, _ = length_decorrelation_coefficients(values, torch.ones(3))
+    torch.testing.assert_close(flat, torch.zeros(2))
+    with pytest.raises(ValueError, match=r"\(N, K\) attributes and \(N,\) lengths"):
+        length_decorrelation_coefficients(values, torch.ones(4))
+
+
+def tiny_spec(backbone: str) -> dict:
+    from prefkit.rm.model import backbone_spec
+
+    backbone_entry = backbone_spec(backbone)
+    return {
+        "mode": "multi-objective", "backbone": backbone_entry, "embedding_dim": backbone_entry["hidden_size"],
+        "max_length": 32, "attributes": ["A", "B"], "features": "response", "hidden_sizes": [],
+        "dropout": 0.0, "gate_hidden_sizes": [8], "gate_temperature": 2.0, "length_decorrelation": False,
+    }
+
+
+def test_gate_loss_by_hand(tiny_bert):
+    """Gate weights g = softmax(logits / T) with T = 2; zero the gate's last layer and set its
+    bias to (2 ln 3, 0): g = softmax(ln 3, 0) = (3/4, 1/4). Scale s = exp(0) = 1.
+    chosen r' = (2, 0) -> R = 1.5; rejected r' = (0, 2) -> R = 0.5; margin 1, so the
+    Bradley-Terry loss is -log sigmoid(1) = log(1 + e^-1) = 0.31326, times weight 2."""
+    model = MultiObjectiveRewardModel(tiny_spec(tiny_bert))
+    last = model.gate.layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([2 * math.log(3.0), 0.0]))
+    batch = GateBatch(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]]), torch.randn(1, 32),
+                      torch.tensor([2.0]))
+    losses, metrics = gate_losses(model, batch)
+    torch.testing.assert_close(losses, torch.tensor([2 * math.log1p(math.exp(-1.0))]))
+    assert metrics["accuracy"].tolist() == [1.0]
+
+
+def test_missing_attributes_are_masked(tiny_bert):
+    """NaN targets where unrated give finite losses and gradients, and only rated ones count."""
+    model = MultiObjectiveRewardModel(tiny_spec(tiny_bert))
+    from prefkit.rm.multiobjective import MultiObjectiveItems
+
+    items = MultiObjectiveItems(torch.randn(3, 32), torch.randn(3, 32), torch.zeros(3))
+    ratings = torch.tensor([[1.0, float("nan")], [float("nan"), float("nan")], [0.5, 2.0]])
+    observed = ~torch.isnan(ratings)
+    losses, metrics = regression_losses(model, RegressionBatch(items, ratings, observed))
+    assert torch.isfinite(losses).all() and losses[1] == 0
+    losses.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.head.parameters())
+    predicted = model(items).detach()
+    torch.testing.assert_close(losses[0].detach(), (predicted[0, 0] - 1.0).square())
+    assert metrics["num_observed"].tolist() == [1.0, 0.0, 2.0]
+    # A NaN rating in a record is a missing rating, not a NaN target.
+    record = RatingRecord(id="x", prompt="p", response="r", ratings={"A": float("nan"), "B": 1.0})
+    assert record.ratings["A"] is None
+
+
+def test_validation_errors_are_clear(tiny_bert, tmp_path):
+    pairs = pair_data(4, seed=7)
+    ratings = rating_data(4, seed=8)
+    config = quick_config(tiny_bert, tmp_path)
+    with pytest.raises(ValueError, match="no rating records"):
+        train_multiobjective([], pairs, config, tmp_path / "out")
+    with pytest.raises(ValueError, match="no pair records"):
+        train_multiobjective(ratings, [], config, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"rating_records\[0\] .* pairwise record"):
+        train_multiobjective(pairs, pairs, config, tmp_path / "out")
+    one_attribute = [RatingRecord(id="o", prompt="p", response="r", ratings={"A": 1.0})]
+    with pytest.raises(ValueError, match="rate 1 attribute"):
+        train_multiobjective(one_attribute, pairs, config, tmp_path / "out")
+    tie = PairwiseRecord(id="t", prompt="p", response_a="x", response_b="y", outcome="tie")
+    with pytest.raises(ValueError, match=r"pair_records\[0\] \(id 't'\) is a tie"):
+        train_multiobjective(ratings, [tie], config, tmp_path / "out")
+    with pytest.raises(ValueError, match="gate_temperature must be > 0"):
+        quick_config(tiny_bert, tmp_path, gate_temperature=0.0)
+    with pytest.raises(ValueError, match="gate_hidden_layers"):
+        quick_config(tiny_bert, tmp_path, gate_hidden_layers=-1)
+    with pytest.raises(ValueError, match="features"):
+        quick_config(tiny_bert, tmp_path, features="response,nonsense")
+    model = MultiObjectiveRewardModel(tiny_spec(tiny_bert), cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="2 prompts and 1 responses"):
+        model.score(["a", "b"], ["x"])
+    with pytest.raises(ValueError, match="spec mode must be 'multi-objective'"):
+        MultiObjectiveRewardModel({**tiny_spec(tiny_bert), "mode": "embedding"})
+    (tmp_path / "not-mo").mkdir()
+    (tmp_path / "not-mo" / "config.json").write_text(json.dumps({"format_version": 1, "mode": "embedding"}))
+    with pytest.raises(ValueError, match="not a multi-objective model"):
+        MultiObjectiveRewardModel.load(tmp_path / "not-mo")
+
+
+def test_rerun_resumes_and_fresh_runs_are_deterministic(tiny_bert, tmp_path):
+    """A second call on the same folder resumes both stages from their final checkpoints and
+    gives the same model; a fresh run with the same seed gives bitwise the same scores."""
+    ratings, pairs = rating_data(120, seed=9), pair_data(80, seed=10)
+    config = quick_config(tiny_bert, tmp_path, regression_epochs=3, gate_epochs=3)
+    first = train_multiobjective(ratings, pairs, config, tmp_path / "first")
+    again = train_multiobjective(ratings, pairs, config, tmp_path / "first")
+    assert again.report.gate_result.resumed_from is not None
+    fresh = train_multiobjective(ratings, pairs, config, tmp_path / "fresh")
+    prompts, responses = [p.prompt for p in pairs], [p.response_a for p in pairs]
+    expected = first.score(prompts, responses)
+    np.testing.assert_array_equal(again.score(prompts, responses), expected)
+    np.testing.assert_array_equal(fresh.score(prompts, responses), expected)
+
+
+def test_cli_options_generate_from_the_config():
+    import argparse
+
+    from prefkit.config import add_dataclass_arguments, dataclass_from_args
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, MultiObjectiveConfig, title="multi-objective options")
+    args = parser.parse_args(["--length-decorrelation", "--gate-temperature", "2.5", "--regression-head", "mlp"])
+    config = dataclass_from_args(MultiObjectiveConfig, args)
+    assert config.length_decorrelation and config.gate_temperature == 2.5 and config.regression_head == "mlp"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prefkit.cli.common import add_read_arguments, open_reader, progress, with_layout_notice
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
+from prefkit.rm.multiobjective import MultiObjectiveConfig
 from prefkit.rm.train import RMTrainConfig
 
 TRAIN_EXAMPLES = """\
@@ -55,6 +56,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_read_arguments(train)
     add_dataclass_arguments(train, RMTrainConfig, title="reward model options")
     train.set_defaults(handler=run_train)
+
+    multi = sub.add_parser(
+        "train-multiobjective", help="train a multi-objective reward model (ArmoRM: attributes + gate)",
+        description="Stage 1: regress the rating attributes of RATINGS; stage 2: train a gate over the "
+                    "prompt that mixes them into one reward, with Bradley-Terry on PAIRS. Saves to --out.",
+    )
+    multi.add_argument("ratings", metavar="RATINGS", help="rating records (two or more attributes)")
+    multi.add_argument("pairs", metavar="PAIRS", help="pairwise records (no ties)")
+    multi.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
+    multi.add_argument("--no-resume", dest="resume", action="store_false",
+                       help="refuse to continue from checkpoints already in DIR/training")
+    add_read_arguments(multi)
+    add_dataclass_arguments(multi, MultiObjectiveConfig, title="multi-objective options")
+    multi.set_defaults(handler=run_train_multiobjective)
 
     score = sub.add_parser(
         "score", help="score data with a trained reward model",
@@ -110,6 +125,27 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train_multiobjective(args: argparse.Namespace) -> int:
+    from prefkit.cli import UserError
+    from prefkit.rm.multiobjective import train_multiobjective
+
+    try:
+        config = dataclass_from_args(MultiObjectiveConfig, args)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    out = Path(args.out)
+    ratings = _read_all(args, args.ratings, out / "ratings")
+    pairs = _read_all(args, args.pairs, out / "pairs")
+    try:
+        model = train_multiobjective(ratings, pairs, config, out, resume=args.resume)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    report = model.report
+    print(json.dumps({"model_dir": str(out), "attributes": model.attributes,
+                      "regression": report.regression_metrics, "gate": report.gate_metrics}))
+    return 0
+
+
 def run_score(args: argparse.Namespace) -> int:
     from prefkit.cli import UserError
     from prefkit.data.records import PairwiseRecord, RankingRecord
@@ -128,8 +164,7 @@ def run_score(args: argparse.Namespace) -> int:
         items = [record_items(record) for record in chunk]
         prompts = [prompt for record_pairs in items for prompt, _ in record_pairs]
         responses = [response for record_pairs in items for _, response in record_pairs]
-        outputs = model.predict(prompts, responses, batch_size=args.batch_size)  # (N, K)
-        rewards = outputs.mean(axis=1)
+        outputs, rewards = model.predict_and_score(prompts, responses, batch_size=args.batch_size)  # (N, K), (N,)
         if args.normalize:
             rewards = (rewards - model.spec["reward_mean"]) / model.spec["reward_std"]
         offset = 0

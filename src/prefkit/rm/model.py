@@ -161,6 +161,12 @@ class RewardModel(nn.Module):
                 progress(len(rows))
         return outputs
 
+    def predict_and_score(self, prompts: Sequence[str], responses: Sequence[str], *,
+                          batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """(N, K) raw outputs and (N,) rewards from one pass (multi-objective models gate them)."""
+        outputs = self.predict(prompts, responses, batch_size=batch_size)
+        return outputs, outputs.mean(axis=1)
+
     def score(self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64,
               normalize: bool = False) -> np.ndarray:
         """(N,) rewards; with ``normalize``, standardised by the training mean and std."""
@@ -217,6 +223,10 @@ class RewardModel(nn.Module):
         model: RewardModel
         if spec["mode"] == "embedding":
             model = EmbeddingRewardModel(spec, cache_dir=cache_dir, device=device)
+        elif spec["mode"] == "multi-objective":
+            from prefkit.rm.multiobjective import MultiObjectiveRewardModel
+
+            model = MultiObjectiveRewardModel(spec, cache_dir=cache_dir, device=device)
         else:
             model = TransformerRewardModel.from_folder(spec, folder)
         state = load_file(str(folder / WEIGHTS_NAME))

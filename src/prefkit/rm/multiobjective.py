@@ -57,7 +57,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from prefkit.data.records import PairwiseRecord, RatingRecord
@@ -66,9 +65,8 @@ from prefkit.rm.encoder import FrozenEncoder, encode_texts, resolve_backbone
 from prefkit.rm.heads import RewardHead, build_features, parse_feature_spec
 from prefkit.rm.model import (
     CONFIG_NAME,
-    FORMAT_VERSION,
-    WEIGHTS_NAME,
     EmbeddingRewardModel,
+    RewardModel,
     backbone_spec,
 )
 from prefkit.rm.train import ItemIndex, build_examples, rating_attributes
@@ -346,29 +344,14 @@ class MultiObjectiveRewardModel(EmbeddingRewardModel):
     def load(cls, directory: str | os.PathLike[str], *, device: str = "cpu",  # type: ignore[override]
              cache_dir: str | os.PathLike[str] | None = None) -> MultiObjectiveRewardModel:
         """Read a folder written by :meth:`save` (safetensors and JSON only)."""
-        folder = Path(directory)
-        config_path = folder / CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{folder}: not a prefkit reward-model folder (no {CONFIG_NAME}).")
-        spec = json.loads(config_path.read_text())
-        if spec.get("format_version") != FORMAT_VERSION:
+        config_path = Path(directory) / CONFIG_NAME
+        mode = json.loads(config_path.read_text()).get("mode") if config_path.is_file() else None
+        if config_path.is_file() and mode != MODE:
             raise ValueError(
-                f"{config_path}: format_version {spec.get('format_version')!r}; this prefkit reads {FORMAT_VERSION}."
-            )
-        if spec.get("mode") != MODE:
-            raise ValueError(
-                f"{config_path}: mode {spec.get('mode')!r} is not a multi-objective model; "
+                f"{config_path}: mode {mode!r} is not a multi-objective model; "
                 "load it with prefkit.rm.model.RewardModel.load."
             )
-        spec.pop("format_version")
-        model = cls(spec, cache_dir=cache_dir, device=device)
-        missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{folder / WEIGHTS_NAME}: weights do not match config.json "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]})."
-            )
-        return model.to(device).eval()
+        return RewardModel.load(directory, device=device, cache_dir=cache_dir)  # type: ignore[return-value]
 
 
 # -------------------------------------------------------------------------------------------

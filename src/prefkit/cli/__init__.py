@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -31,8 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prefkit {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        if importlib.util.find_spec(f"prefkit.cli.{name}") is None:
-            continue  # a command whose module is not part of this build
         importlib.import_module(f"prefkit.cli.{name}").register(commands)
     return parser
 

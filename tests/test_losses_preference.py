@@ -14,7 +14,6 @@ sigmoid(0.2) = 0.549833997312478.
 
 from __future__ import annotations
 
-import ast
 import inspect
 import math
 import sys
@@ -24,6 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import top_level_imports
 from prefkit.losses import preference
 from prefkit.losses.preference import (
     LOSSES,
@@ -876,11 +876,5 @@ def test_make_loss_binds_the_config():
 
 
 def test_module_imports_only_torch_and_the_standard_library():
-    tree = ast.parse(Path(preference.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module.split(".")[0])
+    imported = top_level_imports(Path(preference.__file__))
     assert imported - set(sys.stdlib_module_names) - {"__future__"} == {"torch"}

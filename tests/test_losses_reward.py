@@ -9,7 +9,6 @@ so -log sigmoid(d) = sp(-d). Useful constants:
 
 from __future__ import annotations
 
-import ast
 import math
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
+from conftest import top_level_imports
 from prefkit.losses import reward as R
 
 SP_MINUS_1 = math.log1p(math.exp(-1.0))  # 0.3132616875
@@ -40,13 +40,7 @@ def assert_close(actual: torch.Tensor, expected: list[float], atol: float = 1e-9
 
 def test_module_imports_only_torch_and_stdlib():
     """The loss module is pure math: its top-level imports are torch and stdlib only."""
-    tree = ast.parse(Path(R.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module.split(".")[0])
+    imported = top_level_imports(Path(R.__file__))
     assert imported <= {"__future__", "dataclasses", "torch"}, imported
 
 

@@ -841,6 +841,24 @@ def test_running_mean_is_exact_and_resumes():
     assert resumed.state_dict() == running.state_dict()
 
 
+def test_running_mean_takes_sums_and_counts():
+    """Sums 3 over 2 values, then 10 over 2: mean 1.5, then 13 / 4 = 3.25, as update() gives."""
+    running = RunningMean()
+    running.add_sum(3.0, 2)
+    assert running.mean == 1.5
+    running.add_sum(0.0, 0)  # a rank or step without values changes nothing
+    running.add_sum(10.0, 2)
+    assert (running.mean, running.count) == (3.25, 4)
+    by_values = RunningMean()
+    by_values.update(torch.tensor([1.0, 2.0]))
+    by_values.update(torch.tensor([4.0, 6.0]))
+    assert by_values.state_dict() == running.state_dict()
+    with pytest.raises(ValueError, match="count must be an integer"):
+        running.add_sum(1.0, -1)
+    with pytest.raises(ValueError, match="non-finite"):
+        running.add_sum(float("inf"), 1)
+
+
 def test_running_mean_rejects_bad_state_and_values():
     running = RunningMean()
     with pytest.raises(ValueError, match="keys"):

@@ -921,8 +921,10 @@ class RunningMean:
 
     Use: ``delta = torch.tensor(running.mean)``, compute the loss, then
     ``running.update(output.rewards)`` (gather the rewards across ranks first so
-    every rank holds the same mean). Save :meth:`state_dict` with the checkpoint
-    so a resumed run continues with the same delta.
+    every rank holds the same mean), or :meth:`add_sum` with their sum and count
+    when they were summed elsewhere (over micro-batches and ranks). Save
+    :meth:`state_dict` with the checkpoint so a resumed run continues with the
+    same delta.
     """
 
     def __init__(self) -> None:
@@ -944,9 +946,19 @@ class RunningMean:
             return
         if not bool(torch.isfinite(values).all()):
             raise ValueError("RunningMean.update got non-finite values; the rewards have diverged")
-        total = self._count + values.numel()
-        self._mean += (values.mean().item() - self._mean) * values.numel() / total
-        self._count = total
+        self.add_sum(values.sum().item(), values.numel())
+
+    def add_sum(self, total: float, count: int) -> None:
+        """Fold in ``count`` values whose sum is ``total``."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"RunningMean.add_sum: count must be an integer >= 0, got {count!r}")
+        if count == 0:
+            return
+        if not math.isfinite(total):
+            raise ValueError("RunningMean.add_sum got a non-finite sum; the rewards have diverged")
+        seen = self._count + count
+        self._mean += (total / count - self._mean) * count / seen
+        self._count = seen
 
     def state_dict(self) -> dict[str, float | int]:
         return {"count": self._count, "mean": self._mean}

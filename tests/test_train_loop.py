@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -288,6 +289,80 @@ def test_resume_mid_epoch_matches_uninterrupted_run_bitwise(tmp_path):
         "step-27",
         "step-30",
     ]
+
+
+class ShiftedRegressionTask(RegressionTask):
+    """Squared error around a running mean of earlier steps' errors (state, as BCO's delta).
+
+    ``loss`` adds up the errors of each micro-batch; ``after_optimizer_step`` folds the
+    step's sums into the mean, which the next steps subtract from their errors.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.error_sum, self.error_count = 0.0, 0
+        self.step_totals = torch.zeros(2, dtype=torch.float64)
+
+    def loss(self, model: nn.Module, batch: RegressionBatch):
+        errors = model(batch.inputs).squeeze(-1) - batch.targets  # (B,)
+        shift = self.error_sum / self.error_count if self.error_count else 0.0
+        self.step_totals += torch.tensor([errors.detach().double().sum().item(), len(errors)])
+        return (errors - shift).square(), {"shift": torch.tensor(shift)}
+
+    def after_optimizer_step(self, sum_over_ranks) -> None:
+        error_sum, error_count = sum_over_ranks(self.step_totals).tolist()
+        self.error_sum += error_sum
+        self.error_count += round(error_count)
+        self.step_totals = torch.zeros(2, dtype=torch.float64)
+
+    def state_dict(self) -> dict:
+        return {"error_sum": self.error_sum, "error_count": self.error_count}
+
+    def load_state_dict(self, state) -> None:
+        self.error_sum, self.error_count = state["error_sum"], state["error_count"]
+
+
+def test_task_state_is_checkpointed_and_restored_for_an_exact_resume(tmp_path):
+    expected_task = ShiftedRegressionTask()
+    expected = make_mlp(dropout=0.3)
+    train(expected, expected_task, resume_config(), tmp_path / "uninterrupted")
+    assert expected_task.error_count == 3 * 40
+
+    out_dir = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            make_mlp(dropout=0.3),
+            ShiftedRegressionTask(),
+            resume_config(),
+            out_dir,
+            callbacks=[StopAtStep(17)],
+        )
+    state = json.loads((out_dir / "checkpoints" / "step-15" / "state.json").read_text())
+    assert state["task"]["error_count"] == 15 * 4
+    resumed_task = ShiftedRegressionTask()
+    resumed = make_mlp(dropout=0.3, seed=123)
+    train(resumed, resumed_task, resume_config(), out_dir)
+    assert_same_weights(resumed, expected)
+    assert resumed_task.state_dict() == expected_task.state_dict()
+    assert without_timing(read_metrics(out_dir)) == without_timing(
+        read_metrics(tmp_path / "uninterrupted")
+    )
+
+
+def test_checkpoints_without_task_state_still_load(tmp_path):
+    """Checkpoints written before tasks had state: a task without state resumes silently;
+    a task with state resumes from its initial state, with a warning."""
+    out_dir = tmp_path / "old"
+    run_interrupted_at(out_dir, step=17)
+    for state_path in (out_dir / "checkpoints").glob("step-*/state.json"):
+        assert "task" not in json.loads(state_path.read_text())  # RegressionTask has no state
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        copy_dir = tmp_path / "copy"
+        shutil.copytree(out_dir, copy_dir)
+        train(make_mlp(dropout=0.3), RegressionTask(), resume_config(), copy_dir)
+    with pytest.warns(UserWarning, match="holds no task state"):
+        train(make_mlp(dropout=0.3), ShiftedRegressionTask(), resume_config(), out_dir)
 
 
 def test_resume_without_rng_restore_would_differ(tmp_path, monkeypatch):

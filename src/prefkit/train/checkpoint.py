@@ -13,8 +13,9 @@ Layout of one checkpoint (``N`` is the global optimizer step)::
         rng-rank-R.safetensors     RNG states of rank R: torch CPU and, on GPU,
                                    the CUDA generator of the rank's device (uint8
                                    tensors), Python ``random``, NumPy
-        state.json                 loop position, early-stopping state, config;
-                                   written last
+        state.json                 loop position, early-stopping state, config
+                                   and, for a task with state, that state under
+                                   "task" (JSON); written last
 
 Nothing is pickled: tensors are read back with safetensors and the rest with
 ``json``. A checkpoint is written into ``checkpoints/.step-N.partial`` and renamed
@@ -59,7 +60,7 @@ class CheckpointContents:
     scheduler: dict[str, Any]
     """``scheduler.state_dict()``; must be JSON-serialisable."""
     state: dict[str, Any]
-    """Loop position, early-stopping state and config; JSON-serialisable."""
+    """Loop position, early-stopping state, config and task state; JSON-serialisable."""
 
 
 @dataclass

@@ -20,6 +20,11 @@ either and does the rest:
   and the loop position. Resuming recomputes the epoch's batch order, skips the
   batches already done and restores the RNGs, so the final weights are bitwise
   those of an uninterrupted run (same machine, same world size).
+* **Task state.** A task that carries state across steps (BCO's running reward
+  mean) defines ``state_dict``/``load_state_dict`` (JSON values, stored in the
+  checkpoint's ``state.json``) and ``after_optimizer_step``, which the loop calls
+  once per optimizer step on every rank with a function that sums a tensor over
+  the ranks; see :class:`StatefulTrainTask`.
 * **Early stopping.** With ``early_stopping_patience`` set, the loop keeps the
   weights of the best evaluation and puts them back into the model when
   training ends (``TrainResult.restored_best`` says whether it did).
@@ -108,13 +113,14 @@ class TrainConfig:
     group_by_length: bool = True
     """Put examples of similar length in the same batch (less padding)."""
     eval_every: Literal["epoch"] | int = "epoch"
-    """Call ``task.evaluate`` at the end of every epoch ("epoch") or every N optimizer steps.
-    Tasks without ``evaluate`` are never evaluated."""
+    """Evaluate at the end of every epoch ("epoch") or every N optimizer steps; only tasks
+    with an evaluation set (a ``task.evaluate``) are evaluated."""
     early_stopping_patience: int | None = None
     """Stop after this many evaluations in a row without improvement of
     ``early_stopping_metric``, and restore the best weights at the end; None disables both."""
     early_stopping_metric: str = "loss"
-    """Key of the dict returned by ``task.evaluate`` that early stopping watches."""
+    """Evaluation metric that early stopping watches: a key of the eval lines of
+    metrics.jsonl (of the dict returned by ``task.evaluate``), e.g. loss."""
     early_stopping_mode: Literal["min", "max"] = "min"
     """Whether a lower ("min") or higher ("max") ``early_stopping_metric`` is better."""
     checkpoint_every_steps: int | None = None
@@ -193,7 +199,9 @@ class TrainTask(Protocol[BatchT]):
 
     A task may also define ``evaluate(model) -> Mapping[str, float]`` (see
     :class:`EvaluatingTrainTask`); the loop calls it in eval mode under
-    ``torch.no_grad()`` on every rank and uses rank 0's result.
+    ``torch.no_grad()`` on every rank and uses rank 0's result. An ``evaluate``
+    attribute that is None means no evaluation, as when it is absent. A task with
+    state of its own may define the hooks of :class:`StatefulTrainTask`.
     """
 
     def example_lengths(self) -> Sequence[int]:
@@ -219,6 +227,34 @@ class EvaluatingTrainTask(TrainTask[BatchT], Protocol):
     def evaluate(self, model: nn.Module) -> Mapping[str, float]:
         """Metrics on held-out data, e.g. ``{"loss": ..., "accuracy": ...}``. The model is
         on the training device; the task moves its own evaluation data there."""
+        ...
+
+
+class StatefulTrainTask(TrainTask[BatchT], Protocol):
+    """A :class:`TrainTask` with state that changes during training and must survive a resume.
+
+    The three methods are optional each; the loop calls those the task has.
+    """
+
+    def after_optimizer_step(self, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Called on every rank after each optimizer step, before evaluation and checkpointing.
+
+        Fold statistics gathered by ``loss`` over this step's micro-batches into the
+        state. ``sum_over_ranks(t)`` returns the element-wise sum of ``t`` over all ranks
+        (``t`` itself in a single process), on ``t``'s device; it is a collective, so
+        every rank must call it the same number of times with tensors of the same shape
+        (a rank with no examples in the step passes zeros).
+        """
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """The task's state as JSON values (floats round-trip exactly); saved in every
+        checkpoint's ``state.json`` under ``"task"``. Taken on rank 0, so it must be
+        the same on every rank."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, when resuming (on every rank)."""
         ...
 
 
@@ -470,6 +506,14 @@ class _Runtime:
         dist.all_gather_object(gathered, value)
         return gathered
 
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of ``tensor`` over all ranks, on ``tensor``'s device."""
+        if self.world_size == 1:
+            return tensor
+        total = tensor.detach().to(self.device, copy=True)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total.to(tensor.device)
+
     def broadcast_module(self, model: nn.Module) -> None:
         """Give every rank rank 0's parameters and buffers (as DDP does at construction)."""
         if self.world_size == 1:
@@ -588,6 +632,7 @@ class _Trainer:
         self.evaluate: Callable[[nn.Module], Mapping[str, float]] | None = getattr(
             task, "evaluate", None
         )
+        self.after_optimizer_step = getattr(task, "after_optimizer_step", None)
         if config.early_stopping_patience is not None and self.evaluate is None:
             raise ValueError(
                 "TrainConfig.early_stopping_patience is set but the task has no evaluate(model) "
@@ -733,6 +778,8 @@ class _Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.after_optimizer_step is not None:
+            self.after_optimizer_step(runtime.sum_over_ranks)
 
         merged: dict[str, list[float]] = {}
         for rank_totals in runtime.gather_objects(totals.as_floats()):
@@ -809,6 +856,7 @@ class _Trainer:
                     "loop": dataclasses.asdict(self.state),
                     "world_size": self.runtime.world_size,
                     "config": dataclasses.asdict(self.config),
+                    **self._task_state(),
                 },
             )
         path = write_checkpoint(
@@ -824,6 +872,25 @@ class _Trainer:
         self.runtime.barrier()
         self.last_checkpoint = path
         self._notify("checkpoint", epoch, {}, checkpoint_dir=path)
+
+    def _task_state(self) -> dict[str, Any]:
+        """``{"task": task.state_dict()}`` for a task with state, else empty."""
+        state_dict = getattr(self.task, "state_dict", None)
+        return {} if state_dict is None else {"task": state_dict()}
+
+    def _restore_task_state(self, checkpoint: Checkpoint) -> None:
+        load_state_dict = getattr(self.task, "load_state_dict", None)
+        if load_state_dict is None:
+            return
+        if "task" in checkpoint.state:
+            load_state_dict(checkpoint.state["task"])
+        elif self._task_state().get("task"):
+            warnings.warn(
+                f"{checkpoint.path / 'state.json'} holds no task state (it was written by a "
+                "version without it); the task continues from its initial state, so the result "
+                "may differ from an uninterrupted run.",
+                stacklevel=4,
+            )
 
     def _find_checkpoint(self, resume: bool) -> Checkpoint | None:
         if not resume:
@@ -860,6 +927,7 @@ class _Trainer:
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
         self.state = _LoopState(**checkpoint.state["loop"])
+        self._restore_task_state(checkpoint)
         self.last_checkpoint = checkpoint.path
         if self.config.early_stopping_patience is not None and self.state.best_step is not None:
             self.best_weights = checkpoint.best_model or checkpoint.model

@@ -1,4 +1,8 @@
-"""Two CPU processes (gloo) train exactly like one process on the same global batch."""
+"""Two CPU processes (gloo) train exactly like one process on the same global batch.
+
+With ``bco_pair`` each rank also records the running reward mean delta after every
+step: it must be the same on every rank, and the single process's.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,17 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 WORKER = textwrap.dedent(
     """
-    import random, sys
+    import json, os, random, sys
     import torch
     torch.set_num_threads(1)
     from prefkit.align.synthetic import build_model, build_tokenizer, random_completion, random_prompt
-    from prefkit.align.trainer import AlignConfig, align
+    from prefkit.align.trainer import AlignConfig, AlignTask, align
     from prefkit.data.records import PairwiseRecord
     from prefkit.train.loop import TrainConfig
 
@@ -31,9 +36,24 @@ WORKER = textwrap.dedent(
     ]
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    reference = build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=1)
+    loss, epochs = sys.argv[2], int(sys.argv[3])
+
+    shifts = []
+    fold_rewards = AlignTask.after_optimizer_step
+    def recording_fold(task, sum_over_ranks):
+        fold_rewards(task, sum_over_ranks)
+        if task.reward_shift is not None:
+            shifts.append(task.reward_shift.mean)
+    AlignTask.after_optimizer_step = recording_fold
+
     align(records, model, tokenizer, sys.argv[1],
-          AlignConfig(max_length=32, max_prompt_length=16, cache_ref=False),
-          TrainConfig(batch_size=8, lr=1e-2, progress=False, device="cpu"))
+          AlignConfig(loss=loss, max_length=32, max_prompt_length=16, cache_ref=False),
+          TrainConfig(batch_size=8, lr=1e-2, progress=False, device="cpu", epochs=epochs),
+          ref_model=reference if loss == "bco_pair" else None)
+    rank = os.environ.get("RANK", "0")
+    with open(os.path.join(sys.argv[1], f"shifts-rank-{rank}.json"), "w") as handle:
+        json.dump(shifts, handle)
     """
 )
 
@@ -44,7 +64,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _run(out_dir, world_size):
+def _run(out_dir, world_size, loss, epochs):
     port = str(_free_port())
     processes = []
     for rank in range(world_size):
@@ -55,22 +75,34 @@ def _run(out_dir, world_size):
             env.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank),
                        MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         processes.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(out_dir)], env=env,
+            [sys.executable, "-c", WORKER, str(out_dir), loss, str(epochs)], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ))
     for process in processes:
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output[-3000:]
     lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return lines, load_file(str(out_dir / "model" / "model.safetensors"))
+    shifts = [
+        json.loads((out_dir / f"shifts-rank-{rank}.json").read_text()) for rank in range(world_size)
+    ]
+    return lines, load_file(str(out_dir / "model" / "model.safetensors")), shifts
 
 
-def test_two_processes_match_one_process(tmp_path):
-    single_lines, single_weights = _run(tmp_path / "one", 1)
-    double_lines, double_weights = _run(tmp_path / "two", 2)
-    assert len(single_lines) == len(double_lines) == 2
+@pytest.mark.parametrize(("loss", "epochs"), [("sigmoid", 1), ("bco_pair", 2)])
+def test_two_processes_match_one_process(tmp_path, loss, epochs):
+    single_lines, single_weights, (single_shifts,) = _run(tmp_path / "one", 1, loss, epochs)
+    double_lines, double_weights, (rank_0_shifts, rank_1_shifts) = _run(
+        tmp_path / "two", 2, loss, epochs
+    )
+    assert len(single_lines) == len(double_lines) == 2 * epochs
+    names = ["loss", "reward_accuracy", "chosen_logps", "rejected_logps", "grad_norm"]
+    if loss == "bco_pair":
+        names.append("reward_shift")
+        assert len(single_shifts) == 2 * epochs and all(single_shifts)
+        assert rank_0_shifts == rank_1_shifts
+        assert rank_0_shifts == pytest.approx(single_shifts, abs=1e-7)
     for one, two in zip(single_lines, double_lines):
-        for name in ("loss", "reward_accuracy", "chosen_logps", "rejected_logps", "grad_norm"):
+        for name in names:
             assert abs(one[name] - two[name]) < 1e-5, (name, one[name], two[name])
     for name, tensor in single_weights.items():
         torch.testing.assert_close(double_weights[name], tensor, atol=1e-4, rtol=0, msg=name)

@@ -1,17 +1,26 @@
-"""The alignment trainer: invariances, exact resume, reference paths, saving, data handling."""
+"""The alignment trainer: invariances, exact resume, reference paths, saving, data handling,
+BCO's running reward mean, and the evaluation set."""
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 
 import pytest
 import torch
 
 from prefkit.align.synthetic import build_model, build_tokenizer, random_completion, random_prompt
-from prefkit.align.trainer import AlignConfig, AlignTask, align, build_examples
+from prefkit.align.trainer import (
+    AlignConfig,
+    AlignTask,
+    align,
+    build_examples,
+    split_eval_records,
+)
 from prefkit.data.records import BinaryRecord, PairwiseRecord, RankingRecord
+from prefkit.losses.preference import BetaConfig, PairedLogps, UnpairedLogps, bco, bco_pair
 from prefkit.train.loop import TrainConfig
 
 SMALL = {"max_length": 32, "max_prompt_length": 16, "save_model": False}
@@ -200,8 +209,6 @@ def test_kto_trains_and_reports_its_kl_estimate(base_model, tokenizer, tmp_path)
 
 
 def test_bad_settings_fail_before_training():
-    with pytest.raises(ValueError, match="not supported"):
-        AlignConfig(loss="bco")
     with pytest.raises(ValueError, match="does not take"):
         AlignConfig(loss="sigmoid", loss_args={"gamma": 1.0})
     with pytest.raises(ValueError, match="sft_weight"):
@@ -220,3 +227,286 @@ def test_rpo_adds_the_sft_term(base_model, tokenizer):
         rpo_losses, metrics = rpo.loss(base_model, batch)
     chosen = metrics["chosen_logps"] / torch.tensor([len(e.completions[0]) for e in examples])
     torch.testing.assert_close(rpo_losses, plain_losses - 0.5 * chosen)
+
+
+# ---------------------------------------------------------------------------
+# BCO: the running reward mean delta
+
+
+def _thumbs(count, seed=0):
+    rng = random.Random(seed)
+    return [
+        BinaryRecord(
+            id=str(index),
+            prompt=random_prompt(rng, num_words=1 + index % 4),
+            response=random_completion(rng, 1 + index % 3),
+            label=bool(index % 3),
+        )
+        for index in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def other_model(tokenizer):
+    """A reference unlike the policy, so that the rewards are not all 0 at step 1."""
+    return build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=1)
+
+
+@torch.no_grad()
+def _plain_logps(model, examples):
+    """(N, K) summed completion log-probs: one unpadded forward pass per completion."""
+    model.eval()
+    table = []
+    for example in examples:
+        row = []
+        for completion in example.completions:
+            ids = torch.tensor([[*example.prompt_ids, *completion]])  # (1, T)
+            logprobs = model(ids).logits[0, :-1].log_softmax(-1)  # (T - 1, V)
+            token_logps = logprobs.gather(-1, ids[0, 1:, None])[:, 0]  # (T - 1,)
+            row.append(token_logps[len(example.prompt_ids) - 1 :].sum())
+        table.append(torch.stack(row))
+    return torch.stack(table)
+
+
+def _pure_bco(loss, policy, reference, examples, delta):
+    """Per-example losses and every implicit reward, from the loss functions themselves."""
+    shift = torch.tensor(delta, dtype=policy.dtype)
+    if loss == "bco_pair":
+        logps = PairedLogps(policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1])
+        output = bco_pair(logps, shift, BetaConfig())
+        return output.losses, torch.cat([output.chosen_rewards, output.rejected_rewards])
+    desirable = torch.tensor([example.labels[0] > 0.5 for example in examples])
+    output = bco(UnpairedLogps(policy[:, 0], reference[:, 0], desirable), shift, BetaConfig())
+    return output.losses, output.rewards
+
+
+def _task_state(out_dir):
+    newest = max((out_dir / "checkpoints").iterdir(), key=lambda path: int(path.name[5:]))
+    return json.loads((newest / "state.json").read_text())["task"]
+
+
+@pytest.mark.parametrize(("loss", "records"), [("bco_pair", _pairs(8)), ("bco", _thumbs(8))])
+def test_bco_steps_use_the_mean_reward_of_the_earlier_steps(
+    base_model, other_model, tokenizer, tmp_path, loss, records
+):
+    """One batch of all 8 examples per step, two epochs, reference != policy.
+
+    Step 1: delta_1 = 0 (nothing seen); the loss is the mean of bco(logps_0, delta=0),
+    and its rewards r_1 (16 for 8 pairs, 8 for 8 thumbs) enter the mean.
+    Step 2: delta_2 = mean(r_1); the loss is the mean of bco(logps_1, delta_2), with
+    logps_1 the policy after step 1. After step 2 the checkpoint holds count 2 |r_1|
+    and mean (mean(r_1) + mean(r_2)) / 2, the two steps having as many rewards.
+    """
+    config = AlignConfig(loss=loss, cache_ref=False, **SMALL)
+    examples, _ = build_examples(records, tokenizer, config.kind, config.tokenize_config())
+    model = copy.deepcopy(base_model)
+    after_step_1 = []
+
+    def keep_weights_after_step_1(event):
+        if event.kind == "step" and event.global_step == 1:
+            after_step_1.append(copy.deepcopy(model))
+
+    align(records, model, tokenizer, tmp_path, config,
+          TrainConfig(batch_size=8, lr=1e-2, progress=False, schedule="constant", epochs=2),
+          ref_model=copy.deepcopy(other_model), callbacks=[keep_weights_after_step_1])
+
+    reference = _plain_logps(other_model, examples)
+    losses_1, rewards_1 = _pure_bco(loss, _plain_logps(base_model, examples), reference, examples, 0.0)
+    delta_2 = rewards_1.double().mean().item()
+    losses_2, rewards_2 = _pure_bco(
+        loss, _plain_logps(after_step_1[0], examples), reference, examples, delta_2
+    )
+    assert abs(delta_2) > 1e-3  # the check below is not trivially 0 == 0
+    step_1, step_2 = _metrics(tmp_path)
+    assert step_1["reward_shift"] == 0.0
+    assert step_2["reward_shift"] == pytest.approx(delta_2, abs=1e-6)
+    assert step_1["loss"] == pytest.approx(losses_1.mean().item(), abs=1e-5)
+    assert step_2["loss"] == pytest.approx(losses_2.mean().item(), abs=1e-5)
+    state = _task_state(tmp_path)["reward_shift"]
+    assert state["count"] == 2 * len(rewards_1)
+    expected_mean = (rewards_1.double().mean() + rewards_2.double().mean()).item() / 2
+    assert state["mean"] == pytest.approx(expected_mean, abs=1e-6)
+
+
+@pytest.mark.parametrize(("loss", "records"), [("bco_pair", _pairs(16)), ("bco", _thumbs(16))])
+def test_bco_resumes_with_the_same_reward_mean(
+    base_model, other_model, tokenizer, tmp_path, loss, records
+):
+    config = AlignConfig(loss=loss, cache_ref=False, **SMALL)
+    settings = {"batch_size": 8, "lr": 1e-2, "progress": False, "schedule": "constant",
+                "epochs": 2, "checkpoint_every_steps": 1}
+
+    def run(out_dir, callbacks=()):
+        model = copy.deepcopy(base_model)
+        result = align(records, model, tokenizer, out_dir, config, TrainConfig(**settings),
+                       ref_model=copy.deepcopy(other_model), callbacks=callbacks)
+        return model, result
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_3(event):
+        if event.kind == "checkpoint" and event.global_step == 3:
+            raise Stop
+
+    full, _ = run(tmp_path / "full")
+    with pytest.raises(Stop):
+        run(tmp_path / "cut", [stop_at_step_3])
+    assert _task_state(tmp_path / "cut")["reward_shift"]["count"] > 0
+    resumed, result = run(tmp_path / "cut")
+    assert result.train.resumed_from is not None and result.train.resumed_from.name == "step-3"
+    for (name, expected), actual in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(actual, expected), name
+    full_lines, cut_lines = _metrics(tmp_path / "full"), _metrics(tmp_path / "cut")
+    assert [m["reward_shift"] for m in cut_lines] == [m["reward_shift"] for m in full_lines]
+    assert [m["loss"] for m in cut_lines] == [m["loss"] for m in full_lines]
+    assert _task_state(tmp_path / "cut") == _task_state(tmp_path / "full")
+
+
+def test_bco_reward_mean_does_not_depend_on_gradient_accumulation(
+    base_model, other_model, tokenizer, tmp_path
+):
+    config = AlignConfig(loss="bco", cache_ref=False, **SMALL)
+    models, lines = [], []
+    for accum in (1, 4):
+        model = copy.deepcopy(base_model)
+        align(_thumbs(16), model, tokenizer, tmp_path / str(accum), config,
+              TrainConfig(batch_size=8, lr=1e-2, progress=False, epochs=2, grad_accum_steps=accum),
+              ref_model=copy.deepcopy(other_model))
+        models.append(model)
+        lines.append(_metrics(tmp_path / str(accum)))
+    shifts = [[m["reward_shift"] for m in run] for run in lines]
+    assert shifts[1] == pytest.approx(shifts[0], abs=1e-6) and len(set(shifts[0])) == 4
+    for (name, expected), actual in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        torch.testing.assert_close(actual, expected, atol=2e-5, rtol=1e-4, msg=name)
+
+
+# ---------------------------------------------------------------------------
+# the evaluation set
+
+
+def test_evaluation_at_the_reference_is_log_2_with_zero_rewards(base_model, tokenizer):
+    """Policy == reference: every implicit reward is 0, so each DPO loss is
+    -log sigmoid(0) = log 2, margins are 0 and no chosen reward beats its rejected one.
+    Five examples in batches of two check that the uneven last batch is weighted right."""
+    config = AlignConfig(precompute_ref=False, eval_batch_size=2, **SMALL)
+    examples, _ = build_examples(_pairs(5), tokenizer, "paired", config.tokenize_config())
+    task = AlignTask(examples, config, pad_id=0, reference_model=base_model, eval_examples=examples)
+    metrics = task.evaluate(base_model)
+    assert metrics["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    for name in ("reward_margin", "chosen_rewards", "rejected_rewards", "reward_accuracy"):
+        assert metrics[name] == pytest.approx(0.0, abs=1e-6), name
+    assert metrics["num_examples"] == 5
+    assert AlignTask(examples, config, pad_id=0, reference_model=base_model).evaluate is None
+
+
+def test_eval_lines_equal_a_hand_computation(base_model, tokenizer, tmp_path):
+    """After one epoch (2 steps), the eval line holds DPO's means over the 6 held-out pairs:
+    rewards 0.1 * (log pi - log pi_ref) of the trained policy against the initial one,
+    loss -log sigmoid(chosen - rejected), accuracy chosen > rejected. The reference
+    log-probs of the eval set go through the same disk cache as the training set's."""
+    config = AlignConfig(ref_cache_dir=str(tmp_path / "cache"), **SMALL)
+    eval_records = _pairs(6, seed=1)
+    model = copy.deepcopy(base_model)
+    align(_pairs(16), model, tokenizer, tmp_path / "run", config,
+          TrainConfig(batch_size=8, lr=1e-2, progress=False), eval_records=eval_records)
+    (line,) = [m for m in _metrics(tmp_path / "run") if m["split"] == "eval"]
+    assert (line["epoch"], line["step"], line["num_examples"]) == (0, 2, 6)
+
+    examples, _ = build_examples(eval_records, tokenizer, "paired", config.tokenize_config())
+    rewards = 0.1 * (_plain_logps(model, examples) - _plain_logps(base_model, examples))  # (6, 2)
+    margins = rewards[:, 0] - rewards[:, 1]
+    expected = {
+        "loss": -torch.nn.functional.logsigmoid(margins).mean(),
+        "chosen_rewards": rewards[:, 0].mean(),
+        "rejected_rewards": rewards[:, 1].mean(),
+        "reward_margin": margins.mean(),
+        "reward_accuracy": (margins > 0).float().mean(),
+    }
+    for name, value in expected.items():
+        assert line[name] == pytest.approx(value.item(), abs=1e-5), name
+    assert abs(line["reward_margin"]) > 1e-4
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # one entry per set
+
+
+def test_unpaired_evaluation_reports_desirable_and_undesirable_rewards(
+    base_model, other_model, tokenizer
+):
+    config = AlignConfig(loss="bco", **SMALL)
+    examples, _ = build_examples(_thumbs(7), tokenizer, "unpaired", config.tokenize_config())
+    task = AlignTask(examples, AlignConfig(loss="bco", precompute_ref=False, **SMALL), pad_id=0,
+                     reference_model=other_model, eval_examples=examples)
+    metrics = task.evaluate(base_model)
+    rewards = 0.1 * (_plain_logps(base_model, examples) - _plain_logps(other_model, examples))[:, 0]
+    desirable = torch.tensor([example.labels[0] == 1.0 for example in examples])
+    losses, _ = _pure_bco("bco", _plain_logps(base_model, examples),
+                          _plain_logps(other_model, examples), examples, 0.0)
+    assert metrics["loss"] == pytest.approx(losses.mean().item(), abs=1e-5)
+    assert metrics["chosen_rewards"] == pytest.approx(rewards[desirable].mean().item(), abs=1e-5)
+    assert metrics["rejected_rewards"] == pytest.approx(rewards[~desirable].mean().item(), abs=1e-5)
+    assert metrics["reward_margin"] == pytest.approx(
+        metrics["chosen_rewards"] - metrics["rejected_rewards"]
+    )
+    assert task.reward_shift.count == 0  # evaluation does not move delta
+
+
+def test_early_stopping_on_an_eval_metric_stops_and_restores_the_best_weights(
+    base_model, tokenizer, tmp_path
+):
+    """eval_fraction 0.25 of 16 pairs: 4 held out, 12 trained in batches of 4 (3 steps an
+    epoch), evaluated after every step. num_examples never changes, so no evaluation after
+    the first improves on it: with patience 2, training stops after step 3 and puts back
+    the weights of step 1."""
+    model = copy.deepcopy(base_model)
+    snapshots = {}
+
+    def snapshot(event):
+        if event.kind == "eval":
+            snapshots[event.global_step] = copy.deepcopy(model.state_dict())
+
+    result = align(
+        _pairs(16), model, tokenizer, tmp_path, AlignConfig(cache_ref=False, eval_fraction=0.25, **SMALL),
+        TrainConfig(batch_size=4, lr=1e-2, progress=False, epochs=3, eval_every=1,
+                    early_stopping_patience=2, early_stopping_metric="num_examples"),
+        callbacks=[snapshot],
+    )
+    assert result.train.stopped_early and result.train.restored_best
+    assert (result.train.best_step, result.train.global_step) == (1, 3)
+    assert result.data.records == 12 and result.eval_data.records == 4
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, snapshots[1][name]), name
+    eval_lines = [m for m in _metrics(tmp_path) if m["split"] == "eval"]
+    assert [m["step"] for m in eval_lines] == [1, 2, 3]
+
+
+def test_eval_fraction_split_is_seeded_disjoint_and_whole_records():
+    records = _pairs(10)
+    training, held_out = split_eval_records(records, 0.3, seed=0)
+    assert len(held_out) == 3 and len(training) == 7
+    assert sorted(r.id for r in training + held_out) == sorted(r.id for r in records)
+    assert split_eval_records(records, 0.3, seed=0) == (training, held_out)
+    assert split_eval_records(records, 0.3, seed=1)[1] != held_out
+    with pytest.raises(ValueError, match="holds out no record"):
+        split_eval_records(records, 0.04, seed=0)
+    with pytest.raises(ValueError, match="leaves none for training"):
+        split_eval_records(records, 0.96, seed=0)
+
+
+@pytest.mark.parametrize("fraction", [1.0, -0.1, float("nan"), True, "0.1"])
+def test_bad_eval_fraction_is_refused(fraction):
+    with pytest.raises(ValueError, match=r"eval_fraction must be a number in \[0, 1\)"):
+        AlignConfig(eval_fraction=fraction)
+
+
+def test_contradictory_evaluation_settings_fail_before_training(base_model, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="both given"):
+        align(_pairs(4), base_model, tokenizer, tmp_path, AlignConfig(eval_fraction=0.5, **SMALL),
+              TrainConfig(progress=False), eval_records=_pairs(2))
+    with pytest.raises(ValueError, match="no evaluation set"):
+        align(_pairs(4), base_model, tokenizer, tmp_path, AlignConfig(**SMALL),
+              TrainConfig(progress=False, early_stopping_patience=1))
+    with pytest.raises(ValueError, match="no evaluation examples"):
+        tie = PairwiseRecord(id="t", prompt="a :", response_a=" b", response_b=" c", outcome="tie")
+        align(_pairs(4), base_model, tokenizer, tmp_path, AlignConfig(**SMALL),
+              TrainConfig(progress=False), eval_records=[tie])
+    assert not (tmp_path / "checkpoints").exists()

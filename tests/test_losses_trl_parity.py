@@ -10,6 +10,8 @@ TRL's fused head, so the checks cover the log-prob convention as well as the los
 - Every other DPO ``loss_type`` TRL 1.16 shares with prefkit, and KTO: TRL's own
   ``_compute_loss`` runs on a batch from its data loader (no optimiser step).
 - CPO, SimPO and ORPO (``trl.experimental``): ``get_batch_loss_metrics`` on a batch.
+- BCO: ``trl.experimental.bco`` of TRL 1.0 (TRL 1.16 no longer has it; the test skips
+  there), ``get_batch_loss_metrics`` on a batch, against prefkit's trainer task.
 
 Where TRL averages an NLL over all chosen tokens of the batch (``sft``, CPO's and
 ORPO's NLL terms), prefkit averages per example; TRL's value is then the
@@ -52,6 +54,7 @@ from prefkit.losses.preference import (  # noqa: E402
     aot_unpaired,
     apo_down,
     apo_zero,
+    bco,
     bco_pair,
     cpo,
     discopop,
@@ -520,3 +523,66 @@ def test_orpo_matches_trl(tiny):
     _close(trl_metrics["log_odds_chosen"], ours.metrics["log_odds_ratio"].mean(), "log odds ratio")
     _close(trl_metrics["rewards/chosen"], ours.chosen_rewards.mean(), "rewards/chosen")
     _close(trl_metrics["rewards/rejected"], ours.rejected_rewards.mean(), "rewards/rejected")
+
+
+# ---------------------------------------------------------------------------
+# BCO (trl.experimental.bco: in TRL 1.0, gone from 1.16)
+
+
+def test_bco_trainer_loss_matches_trl_at_trls_reward_shift(tiny):
+    """TRL's BCOTrainer on one batch of the pairs split into thumbs, beta 0.5, no UDM.
+
+    TRL folds the batch's rewards into its running mean *before* the loss, so its
+    delta is this batch's mean reward; prefkit's first step uses delta 0 (the mean of
+    no earlier step). Given TRL's delta, prefkit's trainer task and its ``bco`` give
+    TRL's loss. Skipped where the installed TRL has no BCOTrainer (1.16 has none).
+    """
+    bco_module = pytest.importorskip("trl.experimental.bco")
+    from prefkit.align.trainer import AlignConfig, AlignTask, build_examples
+    from prefkit.data.records import BinaryRecord
+
+    policy, reference = tiny.fresh_models()
+    labels = [True] * len(PROMPTS) + [False] * len(PROMPTS)
+    dataset = Dataset.from_dict(
+        {"prompt": PROMPTS + PROMPTS, "completion": CHOSEN + REJECTED, "label": labels}
+    )
+    args = bco_module.BCOConfig(**tiny.trainer_args(per_device_train_batch_size=8, beta=0.5))
+    trainer = _quiet(
+        lambda: bco_module.BCOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tiny.tokenizer,
+        )
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        trl_loss, trl_metrics = trainer.get_batch_loss_metrics(trainer.model, batch)
+    trl_delta = float(trl_metrics["delta"])
+
+    scored = (batch["completion_labels"] != -100).long()
+    inputs = (batch["completion_input_ids"], batch["completion_attention_mask"], scored)
+    policy_logps, _ = _completion_logps(trainer.model, *inputs)
+    ref_logps, _ = _completion_logps(trainer.ref_model, *inputs)
+    is_desirable = torch.as_tensor(batch["label"], dtype=torch.bool)
+    logps = UnpairedLogps(policy_logps, ref_logps, is_desirable)
+    ours = bco(logps, torch.tensor(trl_delta), BetaConfig(beta=0.5))
+    _close(trl_delta, ours.rewards.mean(), "delta = this batch's mean reward")
+    _close(trl_loss, ours.losses.mean(), "bco loss")
+
+    records = [
+        BinaryRecord(id=str(index), prompt=prompt, response=completion, label=label)
+        for index, (prompt, completion, label) in enumerate(
+            zip(PROMPTS + PROMPTS, CHOSEN + REJECTED, labels, strict=True)
+        )
+    ]
+    config = AlignConfig(loss="bco", loss_args={"beta": 0.5}, precompute_ref=False)
+    examples, _ = build_examples(records, tiny.tokenizer, "unpaired", config.tokenize_config())
+    task = AlignTask(
+        examples, config, pad_id=tiny.tokenizer.pad_token_id, reference_model=reference
+    )
+    task.reward_shift.load_state_dict({"count": 1, "mean": trl_delta})
+    with torch.no_grad():
+        task_losses, _ = task.loss(policy, task.collate(list(range(len(examples)))))
+    _close(trl_loss, task_losses.mean(), "AlignTask bco loss")

@@ -6,12 +6,16 @@ The pipeline, one part per module:
    ties skipped and counted), thumbs (``BinaryRecord``, or pairs split into a
    desirable and an undesirable example) or ranked lists (``RankingRecord``);
 2. reference log-probs once, cached on disk (:mod:`prefkit.align.refcache`),
-   unless ``precompute_ref`` is off or the loss needs no reference;
+   unless ``precompute_ref`` is off or the loss needs no reference; the same for
+   the evaluation set, under its own cache key;
 3. :class:`AlignTask` scores the policy (:mod:`prefkit.align.logprobs`: all
    completions of a batch in one forward pass, or the shared-prompt pass) and
    applies a loss from :mod:`prefkit.losses.preference`; the shared loop
    (:func:`prefkit.train.loop.train`) does batching, reduction, accumulation,
-   checkpoints, exact resume and data parallelism;
+   checkpoints, exact resume and data parallelism; with an evaluation set
+   (``eval_records``, or ``eval_fraction`` of the records held out) the task's
+   ``evaluate`` reports loss, rewards, margin and (paired) reward accuracy at each
+   evaluation and early stopping can watch any of them;
 4. the final model is saved with ``save_pretrained(safe_serialization=True)``
    together with the tokenizer (LoRA adapters merged by default).
 
@@ -25,10 +29,28 @@ Departures from TRL 1.16, besides those listed in :mod:`prefkit.losses.preferenc
   the prompt of example b); TRL gathers it over processes. A micro-batch of one
   example has no mismatched pair and uses z0 = 0. KTO is therefore not exactly
   invariant to gradient accumulation; the paired and listwise losses are.
-- ``bco`` and ``bco_pair`` need a running reward mean carried across steps and
-  checkpoints; they are not offered by this trainer yet.
+- ``bco`` and ``bco_pair``: the reward shift delta is the exact mean of the
+  implicit rewards beta * log(pi / pi_ref) of every completion (desirable and
+  undesirable, or chosen and rejected) trained on in all *earlier* optimizer
+  steps; 0 at step 1. It is updated once per optimizer step from the reward sums
+  of all micro-batches and ranks (all-reduced), so it is the same on every rank
+  and does not depend on gradient accumulation or the number of processes. It is
+  saved in each checkpoint (``state.json``, key ``"task"``), so a resumed run
+  continues with the same delta. Evaluation uses the current delta and leaves it
+  unchanged. TRL's BCOTrainer (``trl.experimental.bco`` in TRL 1.0; TRL 1.16 no
+  longer ships it) folds each micro-batch's rewards into its running mean
+  *before* that micro-batch's loss, so its delta includes the current batch (at
+  step 1: the first batch's mean reward) and its updates follow each process's
+  micro-batches; given TRL's delta the losses agree (checked against TRL 1.0 in
+  ``tests/test_losses_trl_parity.py``). BCO's underlying distribution matching
+  (UDM: a classifier on prompt embeddings whose density ratios reweight the
+  undesirable examples) is not implemented. TRL 1.16's DPO ``bco_pair`` has no
+  shift at all.
 - Listwise labels are the record's preference scores rescaled to [0, 1] within
   each list (LiPO's gains 2**label - 1 assume labels of that range).
+- Evaluation batches hold ``eval_batch_size`` examples in data order. Losses whose
+  per-example value depends on the batch (``aot``, ``aot_unpaired``, and KTO's KL
+  estimate) therefore depend on that size in evaluation as in training.
 """
 
 from __future__ import annotations
@@ -38,7 +60,8 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -68,10 +91,11 @@ from prefkit.losses.preference import (
     ListwiseLogps,
     LossTerm,
     PairedLogps,
+    RunningMean,
     UnpairedLogps,
     weighted_sum,
 )
-from prefkit.train.loop import TrainCallback, TrainConfig, TrainResult, train
+from prefkit.train.loop import TrainCallback, TrainConfig, TrainResult, move_to_device, train
 
 __all__ = [
     "REFERENCE_FREE_LOSSES",
@@ -83,16 +107,14 @@ __all__ = [
     "AlignTask",
     "align",
     "build_examples",
+    "check_evaluation_settings",
     "load_causal_lm",
     "save_aligned_model",
+    "split_eval_records",
 ]
 
 REFERENCE_FREE_LOSSES = frozenset({"simpo", "cpo", "orpo", "sft"})
 """Losses computed from policy log-probs alone; no reference model is needed for them."""
-_NOT_SUPPORTED = {
-    "bco": "it needs a running reward mean kept across steps and checkpoints",
-    "bco_pair": "it needs a running reward mean kept across steps and checkpoints",
-}
 
 
 @dataclass
@@ -100,7 +122,7 @@ class AlignConfig:
     """Settings of :func:`align` beyond the training loop's; validated on construction."""
 
     loss: str = "sigmoid"
-    """Loss name from prefkit.losses.preference.LOSSES (sigmoid = DPO, ipo, simpo, orpo, kto, lipo_lambda, ...)."""
+    """Loss name from prefkit.losses.preference.LOSSES (sigmoid = DPO, ipo, simpo, orpo, kto, bco, lipo_lambda, ...)."""
     loss_args: dict[str, float] = field(default_factory=dict)
     """Hyperparameters of the loss, e.g. beta=0.1 or beta=2,gamma=0.5 for simpo."""
     sft_weight: float = 0.0
@@ -137,15 +159,14 @@ class AlignConfig:
     """Save the model with the LoRA adapters merged into the weights (else save the adapters alone)."""
     save_model: bool = True
     """Save the final model and tokenizer under OUT/model."""
+    eval_fraction: float = 0.0
+    """Hold out this fraction of the records, drawn at random with the training seed, as the evaluation set; 0 = none. Not together with separate evaluation data (eval_records, --eval-data)."""
+    eval_batch_size: int = 16
+    """Examples per forward pass when evaluating."""
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"AlignConfig: unknown loss {self.loss!r}; the losses are {sorted(LOSSES)}.")
-        if self.loss in _NOT_SUPPORTED:
-            raise ValueError(
-                f"AlignConfig: loss {self.loss!r} is not supported by the trainer yet: "
-                f"{_NOT_SUPPORTED[self.loss]}. Use kto for thumbs data or a paired loss for pairs."
-            )
         self.loss_config()  # unknown arguments and bad values fail here
         spec = LOSSES[self.loss]
         if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
@@ -156,12 +177,18 @@ class AlignConfig:
                 f"{spec.kind}. Set sft_weight to 0."
             )
         self.tokenize_config()  # checks the lengths
-        for name in ("ref_batch_size", "lora_r"):
+        for name in ("ref_batch_size", "lora_r", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AlignConfig: {name} must be an integer >= 1, got {value!r}.")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"AlignConfig: lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        fraction = self.eval_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+            raise ValueError(
+                f"AlignConfig: eval_fraction must be a number in [0, 1) (0 = no held-out split), "
+                f"got {fraction!r}; e.g. 0.1 holds out a tenth of the records."
+            )
 
     @property
     def kind(self) -> Literal["paired", "unpaired", "listwise"]:
@@ -170,6 +197,11 @@ class AlignConfig:
     @property
     def needs_reference(self) -> bool:
         return self.loss not in REFERENCE_FREE_LOSSES
+
+    @property
+    def uses_reward_shift(self) -> bool:
+        """True for the losses that take BCO's running reward mean delta (bco, bco_pair)."""
+        return "reward_shift" in LOSSES[self.loss].extra_inputs
 
     def loss_config(self) -> Any:
         spec = LOSSES[self.loss]
@@ -232,8 +264,13 @@ def build_examples(
     tokenizer: Any,
     kind: Literal["paired", "unpaired", "listwise"],
     config: TokenizeConfig,
+    *,
+    purpose: str = "training",
 ) -> tuple[list[AlignExample], AlignDataStats]:
-    """Token-id examples for a loss of ``kind``; what is skipped is counted, never dropped silently."""
+    """Token-id examples for a loss of ``kind``; what is skipped is counted, never dropped silently.
+
+    ``purpose`` ("training", "evaluation") names the set in the error raised when no
+    example is left."""
     stats = AlignDataStats()
     examples: list[AlignExample] = []
 
@@ -290,8 +327,51 @@ def build_examples(
             )
     stats.examples = len(examples)
     if not examples:
-        raise ValueError(f"no training examples: {stats.summary()}")
+        raise ValueError(f"no {purpose} examples: {stats.summary()}")
     return examples, stats
+
+
+def split_eval_records(records: Iterable[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """(training, held-out) records: ``round(fraction * N)`` records drawn at random with ``seed``.
+
+    Whole records are held out, so both halves of a pair split into thumbs stay on
+    the same side. Both sides keep the records' order.
+    """
+    records = list(records)
+    count = len(records)
+    held_out = math.floor(fraction * count + 0.5)
+    if held_out == 0:
+        raise ValueError(
+            f"eval_fraction {fraction} of {count} records holds out no record; raise it to at "
+            f"least {1 / max(count, 1):.3g}, or pass separate evaluation data."
+        )
+    if held_out >= count:
+        raise ValueError(
+            f"eval_fraction {fraction} of {count} records holds out all of them and leaves none "
+            "for training; lower it."
+        )
+    chosen = set(random.Random(seed).sample(range(count), held_out))
+    training = [record for index, record in enumerate(records) if index not in chosen]
+    return training, [records[index] for index in sorted(chosen)]
+
+
+def check_evaluation_settings(
+    config: AlignConfig, train_config: TrainConfig, *, eval_records_given: bool
+) -> None:
+    """Raise ValueError when the evaluation settings contradict each other (before any work)."""
+    if eval_records_given and config.eval_fraction > 0:
+        raise ValueError(
+            "evaluation data and eval_fraction are both given; either hold out a fraction of "
+            "the training records (--eval-fraction) or pass an evaluation set (--eval-data)."
+        )
+    if train_config.early_stopping_patience is not None and not (
+        eval_records_given or config.eval_fraction > 0
+    ):
+        raise ValueError(
+            "early_stopping_patience is set but there is no evaluation set to watch; pass "
+            "evaluation data (--eval-data) or eval_fraction (--eval-fraction), or drop early "
+            "stopping."
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -320,8 +400,29 @@ class AlignBatch:
     """(B rows) mismatched prompt/completion pairs for KTO's KL estimate; None otherwise."""
 
 
+@dataclass
+class _ExampleSet:
+    """Examples with their precomputed reference log-probs."""
+
+    examples: list[AlignExample]
+    ref_table: Tensor | None
+    """(N, K) reference log-probs (NaN at empty slots), or None when scored in the step."""
+    num_slots: int
+    """K: the most completions of any example."""
+
+    @classmethod
+    def of(cls, examples: Sequence[AlignExample], ref_table: Tensor | None) -> _ExampleSet:
+        return cls(list(examples), ref_table, max(len(example.completions) for example in examples))
+
+
 class AlignTask:
-    """The :class:`~prefkit.train.loop.TrainTask` of preference optimisation."""
+    """The :class:`~prefkit.train.loop.TrainTask` of preference optimisation.
+
+    For ``bco`` and ``bco_pair`` it is a :class:`~prefkit.train.loop.StatefulTrainTask`:
+    ``loss`` adds up the implicit rewards of each micro-batch, ``after_optimizer_step``
+    folds the step's sums (over all ranks) into the running mean delta, and
+    ``state_dict`` carries delta through checkpoints.
+    """
 
     def __init__(
         self,
@@ -331,17 +432,26 @@ class AlignTask:
         pad_id: int,
         ref_table: Tensor | None = None,
         reference_model: nn.Module | None = None,
+        eval_examples: Sequence[AlignExample] = (),
+        eval_ref_table: Tensor | None = None,
     ) -> None:
         """``ref_table`` is ``(N, K)`` precomputed reference log-probs; without it and with a
         reference-based loss, ``reference_model`` scores each batch, or, when it is None, the
-        policy itself with its LoRA adapters disabled."""
-        self.examples = list(examples)
+        policy itself with its LoRA adapters disabled. ``eval_examples`` (with their own
+        ``eval_ref_table``) make :attr:`evaluate` available."""
         self.config = config
         self.pad_id = pad_id
-        self.ref_table = ref_table
+        self.train_set = _ExampleSet.of(examples, ref_table)
+        self.eval_set = _ExampleSet.of(eval_examples, eval_ref_table) if eval_examples else None
         self.reference_model = reference_model
-        self.num_slots = max(len(example.completions) for example in self.examples)
         self.loss_function = _build_loss_function(config)
+        self.reward_shift = RunningMean() if config.uses_reward_shift else None
+        """BCO's delta: the running mean of the implicit rewards of earlier steps."""
+        self._step_reward_totals: Tensor | None = None  # (2,) float64: sum and count this step
+
+    @property
+    def examples(self) -> list[AlignExample]:
+        return self.train_set.examples
 
     def example_lengths(self) -> list[int]:
         return [
@@ -350,11 +460,15 @@ class AlignTask:
         ]
 
     def collate(self, indices: list[int]) -> AlignBatch:
-        chosen = [self.examples[index] for index in indices]
-        slot_mask = torch.zeros((len(chosen), self.num_slots), dtype=torch.bool)
-        labels = torch.zeros((len(chosen), self.num_slots))
+        return self._collate(self.train_set, indices)
+
+    def _collate(self, example_set: _ExampleSet, indices: list[int]) -> AlignBatch:
+        chosen = [example_set.examples[index] for index in indices]
+        num_slots = example_set.num_slots
+        slot_mask = torch.zeros((len(chosen), num_slots), dtype=torch.bool)
+        labels = torch.zeros((len(chosen), num_slots))
         rows: list[tuple[int, int]] = []  # (example, slot), slot-major
-        for slot in range(self.num_slots):
+        for slot in range(num_slots):
             for position, example in enumerate(chosen):
                 if slot < len(example.completions):
                     rows.append((position, slot))
@@ -372,8 +486,8 @@ class AlignTask:
                 [(chosen[b].prompt_ids, chosen[b].completions[k]) for b, k in rows], self.pad_id
             )
         ref_logps = None
-        if self.ref_table is not None:
-            ref_logps = torch.nan_to_num(self.ref_table[indices], nan=0.0)
+        if example_set.ref_table is not None:
+            ref_logps = torch.nan_to_num(example_set.ref_table[indices], nan=0.0)
         kl_sequences = None
         if self.config.loss == "kto" and len(chosen) > 1:
             kl_rows = []
@@ -392,6 +506,35 @@ class AlignTask:
             ref_logps=ref_logps,
             kl_sequences=kl_sequences,
         )
+
+    # -- state carried across steps (BCO's reward shift)
+
+    def after_optimizer_step(self, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
+        """Fold this step's rewards, summed over micro-batches and ranks, into delta."""
+        if self.reward_shift is None:
+            return
+        totals = self._step_reward_totals
+        if totals is None:  # no example of this step on this rank
+            totals = torch.zeros(2, dtype=torch.float64)
+        reward_sum, reward_count = sum_over_ranks(totals).tolist()
+        self.reward_shift.add_sum(reward_sum, round(reward_count))
+        self._step_reward_totals = None
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.reward_shift is None:
+            return {}
+        return {"reward_shift": self.reward_shift.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            raise ValueError(
+                f"AlignTask: the checkpoint's task state holds {sorted(state)} but loss "
+                f"{self.config.loss!r} keeps {sorted(expected)}; it was written with another "
+                "loss. Resume with the loss it was written with, or use an empty output folder."
+            )
+        if self.reward_shift is not None:
+            self.reward_shift.load_state_dict(state["reward_shift"])
 
     # -- scoring
 
@@ -423,6 +566,23 @@ class AlignTask:
             return score(model)
 
     def loss(self, model: nn.Module, batch: AlignBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-example losses (B,) and metrics of a training micro-batch. With a reward
+        shift (bco, bco_pair) the batch's rewards are also added to this step's sums,
+        which :meth:`after_optimizer_step` folds into delta."""
+        losses, metrics = self._scored(model, batch)
+        if self.reward_shift is not None:
+            if self.config.kind == "paired":
+                rewards = torch.cat([metrics["chosen_rewards"], metrics["rejected_rewards"]])
+            else:
+                rewards = metrics["rewards"]
+            rewards = rewards.detach().double()  # (2B,) paired, (B,) unpaired
+            batch_totals = torch.stack([rewards.sum(), rewards.new_tensor(rewards.numel())])
+            previous = self._step_reward_totals
+            self._step_reward_totals = batch_totals if previous is None else previous + batch_totals
+        return losses, metrics
+
+    def _scored(self, model: nn.Module, batch: AlignBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-example losses (B,) and metrics; changes no state."""
         row_logps, row_lengths = self._row_logps(model, batch)
         policy = self._to_slots(batch, row_logps)  # (B, K)
         lengths = self._to_slots(batch, row_lengths.to(row_logps.dtype)).long()  # (B, K)
@@ -449,6 +609,12 @@ class AlignTask:
             **output.metrics,
         }
 
+    def _shift_inputs(self, like: Tensor) -> tuple[Tensor, ...]:
+        """``(delta,)`` as a 0-dim tensor for the losses with a reward shift, else ``()``."""
+        if self.reward_shift is None:
+            return ()
+        return (like.new_tensor(self.reward_shift.mean),)
+
     def _paired_loss(
         self, policy: Tensor, reference: Tensor | None, lengths: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -460,7 +626,8 @@ class AlignTask:
             chosen_lengths=lengths[:, 0],
             rejected_lengths=lengths[:, 1],
         )
-        output = self.loss_function(logps)
+        shift = self._shift_inputs(policy)
+        output = self.loss_function(logps, *shift)
         chosen_rewards, rejected_rewards = output.chosen_rewards, output.rejected_rewards
         metrics = {
             "chosen_rewards": chosen_rewards,
@@ -471,6 +638,8 @@ class AlignTask:
             "rejected_logps": policy[:, 1].detach(),
             **output.metrics,
         }
+        if shift:
+            metrics["reward_shift"] = shift[0]
         return output.losses, metrics
 
     def _unpaired_loss(
@@ -478,20 +647,76 @@ class AlignTask:
     ) -> tuple[Tensor, dict[str, Tensor]]:
         desirable = batch.labels[:, 0] > 0.5
         logps = UnpairedLogps(policy[:, 0], reference[:, 0], desirable)
-        kl_estimate = policy.new_zeros(())
-        if batch.kl_sequences is not None:
-            kl_sequences = batch.kl_sequences
-            with torch.no_grad():
-                policy_kl = sequence_logps(model, kl_sequences)[0]
-            ref_kl = self._reference_scores(model, lambda m: sequence_logps(m, kl_sequences)[0])
-            kl_estimate = (policy_kl - ref_kl).mean().to(policy.dtype)
-        output = self.loss_function(logps, kl_estimate)
-        return output.losses, {
-            "rewards": output.rewards,
-            "logps": policy[:, 0].detach(),
-            "desirable": desirable.to(policy.dtype),
-            "kl_estimate": kl_estimate.detach(),
-        }
+        metrics = {"logps": policy[:, 0].detach(), "desirable": desirable.to(policy.dtype)}
+        if self.reward_shift is not None:
+            (delta,) = self._shift_inputs(policy)
+            output = self.loss_function(logps, delta)
+            metrics["reward_shift"] = delta
+        else:
+            kl_estimate = policy.new_zeros(())
+            if batch.kl_sequences is not None:
+                kl_sequences = batch.kl_sequences
+                with torch.no_grad():
+                    policy_kl = sequence_logps(model, kl_sequences)[0]
+                ref_kl = self._reference_scores(
+                    model, lambda m: sequence_logps(m, kl_sequences)[0]
+                )
+                kl_estimate = (policy_kl - ref_kl).mean().to(policy.dtype)
+            output = self.loss_function(logps, kl_estimate)
+            metrics["kl_estimate"] = kl_estimate.detach()
+        return output.losses, {"rewards": output.rewards, **metrics}
+
+    # -- evaluation
+
+    @property
+    def evaluate(self) -> Callable[[nn.Module], dict[str, float]] | None:
+        """:meth:`evaluation_metrics` when there are evaluation examples, else None (the
+        training loop then never evaluates)."""
+        return None if self.eval_set is None else self.evaluation_metrics
+
+    @torch.no_grad()
+    def evaluation_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Means over the evaluation examples of the loss and the training metrics.
+
+        Paired losses report ``loss``, ``chosen_rewards``, ``rejected_rewards``,
+        ``reward_margin``, ``reward_accuracy`` (chosen reward above rejected),
+        ``chosen_logps`` and ``rejected_logps``; unpaired losses report ``loss``,
+        ``rewards`` and ``chosen_rewards``/``rejected_rewards`` (means over the
+        desirable / undesirable examples) with ``reward_margin``, their difference;
+        listwise losses report ``loss`` and ``mean_logps``. ``num_examples`` counts
+        the examples. The reward shift of BCO is used, not updated.
+        """
+        if self.eval_set is None:
+            raise ValueError("AlignTask: no evaluation examples were given")
+        device = next(model.parameters()).device
+        count = len(self.eval_set.examples)
+        sums: dict[str, float] = {}
+        rewards_by_label = {True: [0.0, 0], False: [0.0, 0]}  # desirable?: [reward sum, count]
+        for start in range(0, count, self.config.eval_batch_size):
+            indices = list(range(start, min(start + self.config.eval_batch_size, count)))
+            batch = move_to_device(self._collate(self.eval_set, indices), device)
+            losses, metrics = self._scored(model, batch)
+            for name, value in {"loss": losses, **metrics}.items():
+                value = value.detach().double()
+                total = value.sum() if value.ndim else value * len(indices)  # scalar: batch mean
+                sums[name] = sums.get(name, 0.0) + float(total)
+            if self.config.kind == "unpaired":
+                desirable = metrics["desirable"] > 0.5
+                for label in (True, False):
+                    selected = metrics["rewards"][desirable == label].double()
+                    rewards_by_label[label][0] += float(selected.sum())
+                    rewards_by_label[label][1] += selected.numel()
+        result = {name: total / count for name, total in sums.items()}
+        if self.config.kind == "unpaired":
+            for label, name in ((True, "chosen_rewards"), (False, "rejected_rewards")):
+                reward_sum, reward_count = rewards_by_label[label]
+                if reward_count:
+                    result[name] = reward_sum / reward_count
+            if "chosen_rewards" in result and "rejected_rewards" in result:
+                result["reward_margin"] = result["chosen_rewards"] - result["rejected_rewards"]
+            result.pop("desirable", None)
+        result["num_examples"] = float(count)
+        return result
 
 
 def _build_loss_function(config: AlignConfig) -> Callable[..., Any]:
@@ -582,6 +807,8 @@ class AlignResult:
     """Where the final model and tokenizer were saved (None when not saved, or not rank 0)."""
     ref_cache_hit: bool | None
     """True when reference log-probs came from the disk cache; None when none were precomputed."""
+    eval_data: AlignDataStats | None = None
+    """What became of the evaluation records; None without an evaluation set."""
 
 
 def align(
@@ -593,6 +820,7 @@ def align(
     train_config: TrainConfig | None = None,
     *,
     ref_model: nn.Module | str | os.PathLike[str] | None = None,
+    eval_records: Iterable[Any] | None = None,
     resume: bool = True,
     callbacks: Sequence[TrainCallback] = (),
 ) -> AlignResult:
@@ -600,12 +828,18 @@ def align(
 
     ``model`` and ``ref_model`` are modules or paths of Hugging Face causal LMs
     (safetensors). ``tokenizer`` is a Hugging Face tokenizer (or a path to one).
-    Metrics go to ``out_dir/metrics.jsonl``, checkpoints to
+    ``eval_records`` (or ``config.eval_fraction`` of ``records``, not both) are
+    evaluated as ``train_config.eval_every`` says; their metrics go to
+    ``metrics.jsonl`` as lines with ``"split": "eval"`` and early stopping can
+    watch them. Metrics go to ``out_dir/metrics.jsonl``, checkpoints to
     ``out_dir/checkpoints`` and the final model to ``out_dir/model``. A run
     interrupted and started again with the same arguments resumes exactly.
     """
     config = config or AlignConfig()
     train_config = train_config or TrainConfig()
+    check_evaluation_settings(config, train_config, eval_records_given=eval_records is not None)
+    if config.eval_fraction > 0:
+        records, eval_records = split_eval_records(records, config.eval_fraction, train_config.seed)
     out_dir = Path(out_dir)
     if isinstance(tokenizer, str | os.PathLike):
         from transformers import AutoTokenizer
@@ -620,14 +854,24 @@ def align(
     pad_id = _pad_id(tokenizer)
 
     examples, data_stats = build_examples(records, tokenizer, config.kind, config.tokenize_config())
+    eval_examples: list[AlignExample] = []
+    eval_stats = None
+    if eval_records is not None:
+        eval_examples, eval_stats = build_examples(
+            eval_records, tokenizer, config.kind, config.tokenize_config(), purpose="evaluation"
+        )
     device = _training_device(train_config)
 
-    ref_table = None
+    ref_table = eval_ref_table = None
     ref_cache_hit = None
     if config.needs_reference and config.precompute_ref:
-        ref_table, ref_cache_hit = _precompute_reference(
-            ref_model if ref_model is not None else model, examples, config, pad_id, device
+        example_sets = [examples, eval_examples] if eval_examples else [examples]
+        tables = _precompute_reference(
+            ref_model if ref_model is not None else model, example_sets, config, pad_id, device
         )
+        ref_table, ref_cache_hit = tables[0]
+        if eval_examples:
+            eval_ref_table = tables[1][0]
     # KTO's KL estimate scores mismatched pairs that change with every batch, so it keeps a reference.
     reference_in_step = config.needs_reference and (ref_table is None or config.loss == "kto")
     if not reference_in_step:
@@ -645,7 +889,15 @@ def align(
         ref_model.requires_grad_(False)
         ref_model.eval()
 
-    task = AlignTask(examples, config, pad_id=pad_id, ref_table=ref_table, reference_model=ref_model)
+    task = AlignTask(
+        examples,
+        config,
+        pad_id=pad_id,
+        ref_table=ref_table,
+        reference_model=ref_model,
+        eval_examples=eval_examples,
+        eval_ref_table=eval_ref_table,
+    )
     result = train(model, task, train_config, out_dir, resume=resume, callbacks=callbacks)
 
     model_dir = None
@@ -653,7 +905,7 @@ def align(
         model_dir = save_aligned_model(
             model, tokenizer, out_dir / "model", merge_lora=config.merge_lora
         )
-    return AlignResult(result, data_stats, model, model_dir, ref_cache_hit)
+    return AlignResult(result, data_stats, model, model_dir, ref_cache_hit, eval_stats)
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -665,23 +917,19 @@ def _pad_id(tokenizer: Any) -> int:
 
 def _precompute_reference(
     reference: nn.Module,
-    examples: Sequence[AlignExample],
+    example_sets: Sequence[Sequence[AlignExample]],
     config: AlignConfig,
     pad_id: int,
     device: torch.device,
-) -> tuple[Tensor, bool]:
-    """(N, K) reference log-probs (NaN at empty slots) and whether they came from the cache."""
-    rows = [
-        (example.prompt_ids, completion)
-        for example in examples
-        for completion in example.completions
-    ]
-    key = reference_cache_key(weights_digest(reference), rows)
+) -> list[tuple[Tensor, bool]]:
+    """For each set of examples, (N, K) reference log-probs (NaN at empty slots) and whether
+    they came from the cache; each set has its own cache entry."""
+    digest = weights_digest(reference)
     cache_dir = None
     if config.cache_ref:
         cache_dir = Path(config.ref_cache_dir) if config.ref_cache_dir else default_cache_dir()
 
-    def compute() -> Tensor:
+    def compute(rows: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> Tensor:
         original_device = next(reference.parameters()).device
         reference.to(device)
         try:
@@ -696,13 +944,22 @@ def _precompute_reference(
         finally:
             reference.to(original_device)
 
-    flat, hit = cached_reference_logps(compute, key, cache_dir)
-    num_slots = max(len(example.completions) for example in examples)
-    table = torch.full((len(examples), num_slots), math.nan)
-    offset = 0
-    for index, example in enumerate(examples):
-        count = len(example.completions)
-        table[index, :count] = flat[offset : offset + count]
-        offset += count
-    return table, hit
+    tables = []
+    for examples in example_sets:
+        rows = [
+            (example.prompt_ids, completion)
+            for example in examples
+            for completion in example.completions
+        ]
+        key = reference_cache_key(digest, rows)
+        flat, hit = cached_reference_logps(functools.partial(compute, rows), key, cache_dir)
+        num_slots = max(len(example.completions) for example in examples)
+        table = torch.full((len(examples), num_slots), math.nan)
+        offset = 0
+        for index, example in enumerate(examples):
+            count = len(example.completions)
+            table[index, :count] = flat[offset : offset + count]
+            offset += count
+        tables.append((table, hit))
+    return tables
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
@@ -49,3 +50,89 @@ def test_align_command_trains_saves_and_reuses_the_reference_cache(workspace, ca
 def test_align_command_reports_bad_loss_arguments(workspace, capsys):
     assert main(_args(workspace, "--loss", "simpo", "--loss-args", "tau=1")) == 2
     assert "does not take" in capsys.readouterr().err
+
+
+def _write_jsonl(path, rows):
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+
+
+def _lines(workspace):
+    return [json.loads(line) for line in (workspace / "out" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_align_command_trains_bco_on_thumbs_with_a_held_out_fraction(workspace, capsys):
+    rng = random.Random(1)
+    _write_jsonl(workspace / "thumbs.jsonl", [
+        {"prompt": random_prompt(rng), "completion": random_completion(rng), "label": index % 2 == 0}
+        for index in range(10)
+    ])
+    args = _args(workspace, "--loss", "bco", "--eval-fraction", "0.2", "--epochs", "2")
+    args[1] = str(workspace / "thumbs.jsonl")
+    assert main(args) == 0
+    lines = _lines(workspace)
+    train_lines = [line for line in lines if line["split"] == "train"]
+    eval_lines = [line for line in lines if line["split"] == "eval"]
+    assert len(train_lines) == 4 and [line["step"] for line in eval_lines] == [2, 4]
+    assert train_lines[0]["reward_shift"] == 0.0 and train_lines[-1]["reward_shift"] != 0.0
+    assert eval_lines[0]["num_examples"] == 2 and "reward_margin" in eval_lines[0]
+    err = capsys.readouterr().err
+    assert "evaluation: 2 records -> 2 examples" in err and "last evaluation: loss" in err
+
+
+def test_align_command_trains_bco_pair_with_eval_data_every_step(workspace, capsys):
+    rng = random.Random(2)
+    _write_jsonl(workspace / "eval.jsonl", [
+        {"prompt": random_prompt(rng), "chosen": random_completion(rng),
+         "rejected": random_completion(rng)}
+        for _ in range(3)
+    ])
+    assert main(_args(workspace, "--loss", "bco_pair", "--eval-data", str(workspace / "eval.jsonl"),
+                      "--eval-every", "1", "--early-stopping-patience", "5")) == 0
+    eval_lines = [line for line in _lines(workspace) if line["split"] == "eval"]
+    assert [line["step"] for line in eval_lines] == [1, 2]
+    for name in ("loss", "reward_accuracy", "chosen_rewards", "rejected_rewards", "reward_margin"):
+        assert name in eval_lines[0]
+    assert eval_lines[0]["num_examples"] == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--eval-fraction", "1.5"), r"eval_fraction must be a number in \[0, 1\)"),
+        (("--eval-fraction", "0.01"), "holds out no record"),
+        (("--eval-fraction", "0.5", "--eval-data", "pairs.jsonl"), "both given"),
+        (("--early-stopping-patience", "1"), "no evaluation set"),
+    ],
+)
+def test_align_command_explains_bad_evaluation_settings(workspace, capsys, extra, message):
+    extra = [str(workspace / part) if part.endswith(".jsonl") else part for part in extra]
+    assert main(_args(workspace, *extra)) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (workspace / "out" / "checkpoints").exists()
+
+
+def test_align_help_describes_the_evaluation_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["align", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--eval-data PATH held-out feedback data" in text
+    assert "--eval-fraction X Hold out this fraction of the records" in text
+    assert "--eval-every epoch|N" in text and "--early-stopping-patience N" in text
+
+
+def test_eval_every_option_takes_the_word_epoch_or_a_number_of_steps(capsys):
+    import argparse
+
+    from prefkit.config import add_dataclass_arguments
+    from prefkit.train.loop import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, TrainConfig)
+    assert parser.parse_args([]).eval_every == "epoch"
+    assert parser.parse_args(["--eval-every", "epoch"]).eval_every == "epoch"
+    assert parser.parse_args(["--eval-every", "3"]).eval_every == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--eval-every", "soon"])
+    assert "expected 'epoch' or int, found 'soon'" in capsys.readouterr().err

@@ -3,8 +3,9 @@
 A config is a dataclass with a docstring under every field; the docstring is
 the option's ``--help`` text, so help has one source. Field types map to
 argparse types: ``bool`` becomes ``--flag/--no-flag``, ``X | None`` accepts a
-value or ``none``, ``Literal[...]`` becomes ``choices``, ``dict[str, float]``
-takes ``key=value,key=value``.
+value or ``none``, ``Literal[...]`` becomes ``choices``, ``Literal[...] | int``
+takes one of the literal words or a number, ``dict[str, float]`` takes
+``key=value,key=value``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,35 @@ def _parse_mapping(text: str) -> dict[str, float]:
     return mapping
 
 
+def _union_of_words_and_numbers(annotation: Any):
+    """A converter for ``Literal[...] | int`` (or float): a literal word or a number; else None."""
+    if get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    members = get_args(annotation)
+    words = [word for member in members if get_origin(member) is Literal for word in get_args(member)]
+    numbers = [member for member in members if member in (int, float)]
+    if not words or not all(get_origin(member) is Literal or member in numbers for member in members):
+        return None
+
+    def convert(text: str) -> Any:
+        if text in words:
+            return text
+        for number in numbers:
+            try:
+                return number(text)
+            except ValueError:
+                continue
+        expected = " or ".join([*(repr(word) for word in words), *(n.__name__ for n in numbers)])
+        raise argparse.ArgumentTypeError(f"expected {expected}, found {text!r}")
+
+    convert.__name__ = "value"
+    return convert
+
+
 def _converter(annotation: Any, optional: bool):
+    union = _union_of_words_and_numbers(annotation)
+    if union is not None:
+        return union
     base = {int: int, float: float, str: str}.get(annotation)
     if get_origin(annotation) is dict:
         base = _parse_mapping
@@ -78,6 +107,18 @@ def _converter(annotation: Any, optional: bool):
 
     convert.__name__ = getattr(base, "__name__", "value")
     return convert
+
+
+def _metavar(annotation: Any) -> str:
+    simple = {int: "N", float: "X", str: "TEXT"}
+    if get_origin(annotation) in (typing.Union, types.UnionType):
+        return "|".join(
+            "|".join(map(str, get_args(member)))
+            if get_origin(member) is Literal
+            else simple.get(member, "VALUE")
+            for member in get_args(annotation)
+        )
+    return simple.get(annotation, "K=V,..")
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
@@ -107,7 +148,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip:
                 kwargs["type"] = _converter(str, True)
         else:
             kwargs["type"] = _converter(annotation, optional)
-            kwargs["metavar"] = {int: "N", float: "X", str: "TEXT"}.get(annotation, "K=V,..")
+            kwargs["metavar"] = _metavar(annotation)
         group.add_argument(flag, **kwargs)
 
 

@@ -2,8 +2,10 @@
 
 Reads feedback data, aligns a Hugging Face causal LM with a preference loss and
 writes ``OUT/metrics.jsonl``, ``OUT/checkpoints/`` and ``OUT/model/``
-(safetensors + tokenizer). Running the same command again after an
-interruption resumes from the last checkpoint. For several processes, start it
+(safetensors + tokenizer). With an evaluation set (``--eval-data PATH`` or
+``--eval-fraction F``) it also writes eval lines to metrics.jsonl and can stop
+early. Running the same command again after an interruption resumes from the
+last checkpoint. For several processes, start it
 with ``accelerate launch --config_file docs/accelerate_cpu.yaml -m prefkit align ...``
 (or ``torchrun``); the training loop reads WORLD_SIZE/RANK from the environment.
 """
@@ -16,14 +18,8 @@ import sys
 
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 
-# Loop settings that make no sense for this command (it has no evaluation set yet).
-_TRAIN_SKIP = (
-    "eval_every",
-    "early_stopping_patience",
-    "early_stopping_metric",
-    "early_stopping_mode",
-    "progress",
-)
+# Loop settings with a flag of their own (--quiet).
+_TRAIN_SKIP = ("progress",)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -47,7 +43,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--tokenizer", metavar="PATH", default=None,
                         help="tokenizer folder (default: the --model folder)")
     parser.add_argument("--loss", default="sigmoid", choices=sorted(LOSSES),
-                        help="loss name (sigmoid is DPO; default: sigmoid)")
+                        help="loss name (sigmoid is DPO; kto and bco train on thumbs, pairs being split "
+                             "into a desirable and an undesirable example; default: sigmoid)")
+    parser.add_argument("--eval-data", metavar="PATH", default=None,
+                        help="held-out feedback data, read with the same layout options as DATA; "
+                             "evaluated at the end of each epoch (or --eval-every N steps), its "
+                             "loss, rewards, margin and reward accuracy go to metrics.jsonl as "
+                             "lines with split 'eval' (see also --eval-fraction)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_read_arguments(parser)
     add_dataclass_arguments(parser, AlignConfig, skip=("loss",), title="alignment options")
@@ -56,7 +58,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prefkit.align.trainer import AlignConfig, align, load_causal_lm
+    from prefkit.align.trainer import (
+        AlignConfig,
+        align,
+        check_evaluation_settings,
+        load_causal_lm,
+    )
     from prefkit.cli import UserError
     from prefkit.cli.common import open_reader, with_layout_notice
     from prefkit.train.loop import TrainConfig
@@ -64,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = dataclass_from_args(AlignConfig, args, loss=args.loss)
         train_config = dataclass_from_args(TrainConfig, args, progress=not args.quiet)
+        check_evaluation_settings(
+            config, train_config, eval_records_given=args.eval_data is not None
+        )
     except (TypeError, ValueError) as error:
         raise UserError(str(error)) from error
 
@@ -72,17 +82,24 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     reader = open_reader(args, args.data, rejects_for=args.out)
     records = list(with_layout_notice(reader))
+    eval_records = None
+    if args.eval_data is not None:
+        eval_reader = open_reader(args, args.eval_data, rejects_for=f"{args.out}.eval")
+        eval_records = list(with_layout_notice(eval_reader))
     model = load_causal_lm(args.model)
     ref_model = load_causal_lm(args.ref) if args.ref else None
     try:
-        result = align(records, model, tokenizer, args.out, config, train_config, ref_model=ref_model)
+        result = align(records, model, tokenizer, args.out, config, train_config,
+                       ref_model=ref_model, eval_records=eval_records)
     except ValueError as error:
-        if "training examples" in str(error) or "record " in str(error):
+        if any(text in str(error) for text in ("examples:", "record ", "eval_fraction")):
             raise UserError(str(error)) from error
         raise
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports for all processes
     print(result.data.summary(), file=sys.stderr)
+    if result.eval_data is not None:
+        print("evaluation: " + result.eval_data.summary(), file=sys.stderr)
     if result.ref_cache_hit is not None:
         print("reference log-probs: " + ("read from cache" if result.ref_cache_hit else "computed"),
               file=sys.stderr)
@@ -90,6 +107,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {result.train.global_step} steps"
           + (f", last loss {loss:.4f}" if loss is not None else "")
           + f"; metrics: {result.train.metrics_path}", file=sys.stderr)
+    if result.train.last_eval:
+        shown = ", ".join(f"{name} {value:.4g}" for name, value in result.train.last_eval.items())
+        print(f"last evaluation: {shown}", file=sys.stderr)
+    if result.train.stopped_early:
+        print(f"stopped early; kept the weights of step {result.train.best_step} "
+              f"({train_config.early_stopping_metric} {result.train.best_metric:.4g})",
+              file=sys.stderr)
     if result.model_dir is not None:
         print(f"model saved to {result.model_dir}")
     return 0

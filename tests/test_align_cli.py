@@ -21,17 +21,34 @@ def workspace(tmp_path):
     rng = random.Random(0)
     with open(tmp_path / "pairs.jsonl", "w") as handle:
         for _ in range(8):
-            row = {"prompt": random_prompt(rng), "chosen": random_completion(rng),
-                   "rejected": random_completion(rng)}
+            row = {
+                "prompt": random_prompt(rng),
+                "chosen": random_completion(rng),
+                "rejected": random_completion(rng),
+            }
             handle.write(json.dumps(row) + "\n")
     return tmp_path
 
 
 def _args(workspace, *extra):
-    return ["align", str(workspace / "pairs.jsonl"), "--model", str(workspace / "base"),
-            "--out", str(workspace / "out"), "--batch-size", "4", "--max-length", "32",
-            "--max-prompt-length", "16", "--ref-cache-dir", str(workspace / "cache"), "--quiet",
-            *extra]
+    return [
+        "align",
+        str(workspace / "pairs.jsonl"),
+        "--model",
+        str(workspace / "base"),
+        "--out",
+        str(workspace / "out"),
+        "--batch-size",
+        "4",
+        "--max-length",
+        "32",
+        "--max-prompt-length",
+        "16",
+        "--ref-cache-dir",
+        str(workspace / "cache"),
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_align_command_trains_saves_and_reuses_the_reference_cache(workspace, capsys):
@@ -59,15 +76,24 @@ def _write_jsonl(path, rows):
 
 
 def _lines(workspace):
-    return [json.loads(line) for line in (workspace / "out" / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line) for line in (workspace / "out" / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_align_command_trains_bco_on_thumbs_with_a_held_out_fraction(workspace, capsys):
     rng = random.Random(1)
-    _write_jsonl(workspace / "thumbs.jsonl", [
-        {"prompt": random_prompt(rng), "completion": random_completion(rng), "label": index % 2 == 0}
-        for index in range(10)
-    ])
+    _write_jsonl(
+        workspace / "thumbs.jsonl",
+        [
+            {
+                "prompt": random_prompt(rng),
+                "completion": random_completion(rng),
+                "label": index % 2 == 0,
+            }
+            for index in range(10)
+        ],
+    )
     args = _args(workspace, "--loss", "bco", "--eval-fraction", "0.2", "--epochs", "2")
     args[1] = str(workspace / "thumbs.jsonl")
     assert main(args) == 0
@@ -83,13 +109,33 @@ def test_align_command_trains_bco_on_thumbs_with_a_held_out_fraction(workspace, 
 
 def test_align_command_trains_bco_pair_with_eval_data_every_step(workspace, capsys):
     rng = random.Random(2)
-    _write_jsonl(workspace / "eval.jsonl", [
-        {"prompt": random_prompt(rng), "chosen": random_completion(rng),
-         "rejected": random_completion(rng)}
-        for _ in range(3)
-    ])
-    assert main(_args(workspace, "--loss", "bco_pair", "--eval-data", str(workspace / "eval.jsonl"),
-                      "--eval-every", "1", "--early-stopping-patience", "5")) == 0
+    _write_jsonl(
+        workspace / "eval.jsonl",
+        [
+            {
+                "prompt": random_prompt(rng),
+                "chosen": random_completion(rng),
+                "rejected": random_completion(rng),
+            }
+            for _ in range(3)
+        ],
+    )
+    assert (
+        main(
+            _args(
+                workspace,
+                "--loss",
+                "bco_pair",
+                "--eval-data",
+                str(workspace / "eval.jsonl"),
+                "--eval-every",
+                "1",
+                "--early-stopping-patience",
+                "5",
+            )
+        )
+        == 0
+    )
     eval_lines = [line for line in _lines(workspace) if line["split"] == "eval"]
     assert [line["step"] for line in eval_lines] == [1, 2]
     for name in ("loss", "reward_accuracy", "chosen_rewards", "rejected_rewards", "reward_margin"):

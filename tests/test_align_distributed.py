@@ -72,12 +72,22 @@ def _run(out_dir, world_size, loss, epochs):
         for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(name, None)
         if world_size > 1:
-            env.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        processes.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(out_dir), loss, str(epochs)], env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))
+            env.update(
+                WORLD_SIZE=str(world_size),
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+            )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(out_dir), loss, str(epochs)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     for process in processes:
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output[-3000:]

@@ -94,10 +94,22 @@ def test_interrupted_run_resumes_to_identical_weights(base_model, tokenizer, tmp
 
     config = AlignConfig(cache_ref=False, **SMALL)
     with pytest.raises(Stop):
-        align(_pairs(16), copy.deepcopy(base_model), tokenizer, tmp_path / "cut", config,
-              TrainConfig(batch_size=8, lr=1e-2, progress=False, schedule="constant", epochs=2,
-                          checkpoint_every_steps=1),
-              callbacks=[stop_at_step_3])
+        align(
+            _pairs(16),
+            copy.deepcopy(base_model),
+            tokenizer,
+            tmp_path / "cut",
+            config,
+            TrainConfig(
+                batch_size=8,
+                lr=1e-2,
+                progress=False,
+                schedule="constant",
+                epochs=2,
+                checkpoint_every_steps=1,
+            ),
+            callbacks=[stop_at_step_3],
+        )
     resumed, result = _train(
         base_model, tokenizer, tmp_path / "cut", epochs=2, checkpoint_every_steps=1
     )
@@ -112,8 +124,15 @@ def test_interrupted_run_resumes_to_identical_weights(base_model, tokenizer, tmp
 def test_metrics_lines_hold_rewards_accuracy_margins_and_logps(base_model, tokenizer, tmp_path):
     _train(base_model, tokenizer, tmp_path)
     first = _metrics(tmp_path)[0]
-    for name in ("loss", "chosen_rewards", "rejected_rewards", "reward_accuracy",
-                 "reward_margin", "chosen_logps", "rejected_logps"):
+    for name in (
+        "loss",
+        "chosen_rewards",
+        "rejected_rewards",
+        "reward_accuracy",
+        "reward_margin",
+        "chosen_logps",
+        "rejected_logps",
+    ):
         assert name in first
     assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # policy == reference at step 1
     assert first["reward_margin"] == pytest.approx(0.0, abs=1e-6)
@@ -178,7 +197,9 @@ def test_reference_cache_is_reused_across_runs(base_model, tokenizer, tmp_path):
     assert (first.ref_cache_hit, second.ref_cache_hit) == (False, True)
     assert _metrics(tmp_path / "one")[0]["loss"] == _metrics(tmp_path / "two")[0]["loss"]
     # Other truncation settings change the token ids, hence the key.
-    other_data = AlignConfig(ref_cache_dir=str(tmp_path / "cache"), **{**SMALL, "max_prompt_length": 2})
+    other_data = AlignConfig(
+        ref_cache_dir=str(tmp_path / "cache"), **{**SMALL, "max_prompt_length": 2}
+    )
     _, third = _train(base_model, tokenizer, tmp_path / "three", config=other_data)
     assert third.ref_cache_hit is False
 
@@ -193,7 +214,9 @@ def test_unpaired_and_listwise_examples_come_from_the_data_model(tokenizer):
     examples, stats = build_examples(records, tokenizer, "unpaired", config)
     assert [e.labels for e in examples] == [(1.0,), (0.0,), (1.0,)]
     assert stats.skipped_ties == 1 and stats.examples == 3
-    ranking = RankingRecord(id="r", prompt="a :", responses=(" b", " c", " d"), scores=(1.0, None, 3.0))
+    ranking = RankingRecord(
+        id="r", prompt="a :", responses=(" b", " c", " d"), scores=(1.0, None, 3.0)
+    )
     examples, _ = build_examples([ranking], tokenizer, "listwise", config)
     assert examples[0].labels == (0.0, 1.0) and len(examples[0].completions) == 2
     with pytest.raises(ValueError, match="binary record"):
@@ -216,11 +239,18 @@ def test_bad_settings_fail_before_training():
 
 
 def test_rpo_adds_the_sft_term(base_model, tokenizer):
-    examples, _ = build_examples(_pairs(4), tokenizer, "paired", AlignConfig(**SMALL).tokenize_config())
-    plain = AlignTask(examples, AlignConfig(precompute_ref=False, **SMALL), pad_id=0,
-                      reference_model=base_model)
-    rpo = AlignTask(examples, AlignConfig(precompute_ref=False, sft_weight=0.5, **SMALL), pad_id=0,
-                    reference_model=base_model)
+    examples, _ = build_examples(
+        _pairs(4), tokenizer, "paired", AlignConfig(**SMALL).tokenize_config()
+    )
+    plain = AlignTask(
+        examples, AlignConfig(precompute_ref=False, **SMALL), pad_id=0, reference_model=base_model
+    )
+    rpo = AlignTask(
+        examples,
+        AlignConfig(precompute_ref=False, sft_weight=0.5, **SMALL),
+        pad_id=0,
+        reference_model=base_model,
+    )
     batch = plain.collate([0, 1, 2, 3])
     with torch.no_grad():
         plain_losses, _ = plain.loss(base_model, batch)
@@ -306,12 +336,21 @@ def test_bco_steps_use_the_mean_reward_of_the_earlier_steps(
         if event.kind == "step" and event.global_step == 1:
             after_step_1.append(copy.deepcopy(model))
 
-    align(records, model, tokenizer, tmp_path, config,
-          TrainConfig(batch_size=8, lr=1e-2, progress=False, schedule="constant", epochs=2),
-          ref_model=copy.deepcopy(other_model), callbacks=[keep_weights_after_step_1])
+    align(
+        records,
+        model,
+        tokenizer,
+        tmp_path,
+        config,
+        TrainConfig(batch_size=8, lr=1e-2, progress=False, schedule="constant", epochs=2),
+        ref_model=copy.deepcopy(other_model),
+        callbacks=[keep_weights_after_step_1],
+    )
 
     reference = _plain_logps(other_model, examples)
-    losses_1, rewards_1 = _pure_bco(loss, _plain_logps(base_model, examples), reference, examples, 0.0)
+    losses_1, rewards_1 = _pure_bco(
+        loss, _plain_logps(base_model, examples), reference, examples, 0.0
+    )
     delta_2 = rewards_1.double().mean().item()
     losses_2, rewards_2 = _pure_bco(
         loss, _plain_logps(after_step_1[0], examples), reference, examples, delta_2
@@ -333,13 +372,27 @@ def test_bco_resumes_with_the_same_reward_mean(
     base_model, other_model, tokenizer, tmp_path, loss, records
 ):
     config = AlignConfig(loss=loss, cache_ref=False, **SMALL)
-    settings = {"batch_size": 8, "lr": 1e-2, "progress": False, "schedule": "constant",
-                "epochs": 2, "checkpoint_every_steps": 1}
+    settings = {
+        "batch_size": 8,
+        "lr": 1e-2,
+        "progress": False,
+        "schedule": "constant",
+        "epochs": 2,
+        "checkpoint_every_steps": 1,
+    }
 
     def run(out_dir, callbacks=()):
         model = copy.deepcopy(base_model)
-        result = align(records, model, tokenizer, out_dir, config, TrainConfig(**settings),
-                       ref_model=copy.deepcopy(other_model), callbacks=callbacks)
+        result = align(
+            records,
+            model,
+            tokenizer,
+            out_dir,
+            config,
+            TrainConfig(**settings),
+            ref_model=copy.deepcopy(other_model),
+            callbacks=callbacks,
+        )
         return model, result
 
     class Stop(Exception):
@@ -370,14 +423,22 @@ def test_bco_reward_mean_does_not_depend_on_gradient_accumulation(
     models, lines = [], []
     for accum in (1, 4):
         model = copy.deepcopy(base_model)
-        align(_thumbs(16), model, tokenizer, tmp_path / str(accum), config,
-              TrainConfig(batch_size=8, lr=1e-2, progress=False, epochs=2, grad_accum_steps=accum),
-              ref_model=copy.deepcopy(other_model))
+        align(
+            _thumbs(16),
+            model,
+            tokenizer,
+            tmp_path / str(accum),
+            config,
+            TrainConfig(batch_size=8, lr=1e-2, progress=False, epochs=2, grad_accum_steps=accum),
+            ref_model=copy.deepcopy(other_model),
+        )
         models.append(model)
         lines.append(_metrics(tmp_path / str(accum)))
     shifts = [[m["reward_shift"] for m in run] for run in lines]
     assert shifts[1] == pytest.approx(shifts[0], abs=1e-6) and len(set(shifts[0])) == 4
-    for (name, expected), actual in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+    for (name, expected), actual in zip(
+        models[0].state_dict().items(), models[1].state_dict().values()
+    ):
         torch.testing.assert_close(actual, expected, atol=2e-5, rtol=1e-4, msg=name)
 
 
@@ -408,8 +469,15 @@ def test_eval_lines_equal_a_hand_computation(base_model, tokenizer, tmp_path):
     config = AlignConfig(ref_cache_dir=str(tmp_path / "cache"), **SMALL)
     eval_records = _pairs(6, seed=1)
     model = copy.deepcopy(base_model)
-    align(_pairs(16), model, tokenizer, tmp_path / "run", config,
-          TrainConfig(batch_size=8, lr=1e-2, progress=False), eval_records=eval_records)
+    align(
+        _pairs(16),
+        model,
+        tokenizer,
+        tmp_path / "run",
+        config,
+        TrainConfig(batch_size=8, lr=1e-2, progress=False),
+        eval_records=eval_records,
+    )
     (line,) = [m for m in _metrics(tmp_path / "run") if m["split"] == "eval"]
     assert (line["epoch"], line["step"], line["num_examples"]) == (0, 2, 6)
 
@@ -434,13 +502,23 @@ def test_unpaired_evaluation_reports_desirable_and_undesirable_rewards(
 ):
     config = AlignConfig(loss="bco", **SMALL)
     examples, _ = build_examples(_thumbs(7), tokenizer, "unpaired", config.tokenize_config())
-    task = AlignTask(examples, AlignConfig(loss="bco", precompute_ref=False, **SMALL), pad_id=0,
-                     reference_model=other_model, eval_examples=examples)
+    task = AlignTask(
+        examples,
+        AlignConfig(loss="bco", precompute_ref=False, **SMALL),
+        pad_id=0,
+        reference_model=other_model,
+        eval_examples=examples,
+    )
     metrics = task.evaluate(base_model)
     rewards = 0.1 * (_plain_logps(base_model, examples) - _plain_logps(other_model, examples))[:, 0]
     desirable = torch.tensor([example.labels[0] == 1.0 for example in examples])
-    losses, _ = _pure_bco("bco", _plain_logps(base_model, examples),
-                          _plain_logps(other_model, examples), examples, 0.0)
+    losses, _ = _pure_bco(
+        "bco",
+        _plain_logps(base_model, examples),
+        _plain_logps(other_model, examples),
+        examples,
+        0.0,
+    )
     assert metrics["loss"] == pytest.approx(losses.mean().item(), abs=1e-5)
     assert metrics["chosen_rewards"] == pytest.approx(rewards[desirable].mean().item(), abs=1e-5)
     assert metrics["rejected_rewards"] == pytest.approx(rewards[~desirable].mean().item(), abs=1e-5)
@@ -465,9 +543,20 @@ def test_early_stopping_on_an_eval_metric_stops_and_restores_the_best_weights(
             snapshots[event.global_step] = copy.deepcopy(model.state_dict())
 
     result = align(
-        _pairs(16), model, tokenizer, tmp_path, AlignConfig(cache_ref=False, eval_fraction=0.25, **SMALL),
-        TrainConfig(batch_size=4, lr=1e-2, progress=False, epochs=3, eval_every=1,
-                    early_stopping_patience=2, early_stopping_metric="num_examples"),
+        _pairs(16),
+        model,
+        tokenizer,
+        tmp_path,
+        AlignConfig(cache_ref=False, eval_fraction=0.25, **SMALL),
+        TrainConfig(
+            batch_size=4,
+            lr=1e-2,
+            progress=False,
+            epochs=3,
+            eval_every=1,
+            early_stopping_patience=2,
+            early_stopping_metric="num_examples",
+        ),
         callbacks=[snapshot],
     )
     assert result.train.stopped_early and result.train.restored_best
@@ -500,13 +589,33 @@ def test_bad_eval_fraction_is_refused(fraction):
 
 def test_contradictory_evaluation_settings_fail_before_training(base_model, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="both given"):
-        align(_pairs(4), base_model, tokenizer, tmp_path, AlignConfig(eval_fraction=0.5, **SMALL),
-              TrainConfig(progress=False), eval_records=_pairs(2))
+        align(
+            _pairs(4),
+            base_model,
+            tokenizer,
+            tmp_path,
+            AlignConfig(eval_fraction=0.5, **SMALL),
+            TrainConfig(progress=False),
+            eval_records=_pairs(2),
+        )
     with pytest.raises(ValueError, match="no evaluation set"):
-        align(_pairs(4), base_model, tokenizer, tmp_path, AlignConfig(**SMALL),
-              TrainConfig(progress=False, early_stopping_patience=1))
+        align(
+            _pairs(4),
+            base_model,
+            tokenizer,
+            tmp_path,
+            AlignConfig(**SMALL),
+            TrainConfig(progress=False, early_stopping_patience=1),
+        )
     with pytest.raises(ValueError, match="no evaluation examples"):
         tie = PairwiseRecord(id="t", prompt="a :", response_a=" b", response_b=" c", outcome="tie")
-        align(_pairs(4), base_model, tokenizer, tmp_path, AlignConfig(**SMALL),
-              TrainConfig(progress=False), eval_records=[tie])
+        align(
+            _pairs(4),
+            base_model,
+            tokenizer,
+            tmp_path,
+            AlignConfig(**SMALL),
+            TrainConfig(progress=False),
+            eval_records=[tie],
+        )
     assert not (tmp_path / "checkpoints").exists()

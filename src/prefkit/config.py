@@ -35,8 +35,10 @@ def field_docs(cls: type) -> dict[str, str]:
         body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
         for node, following in zip(body, body[1:], strict=False):
             if (
-                isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
                 and isinstance(following.value.value, str)
             ):
                 docs[node.target.id] = " ".join(following.value.value.split())
@@ -70,9 +72,13 @@ def _union_of_words_and_numbers(annotation: Any):
     if get_origin(annotation) not in (typing.Union, types.UnionType):
         return None
     members = get_args(annotation)
-    words = [word for member in members if get_origin(member) is Literal for word in get_args(member)]
+    words = [
+        word for member in members if get_origin(member) is Literal for word in get_args(member)
+    ]
     numbers = [member for member in members if member in (int, float)]
-    if not words or not all(get_origin(member) is Literal or member in numbers for member in members):
+    if not words or not all(
+        get_origin(member) is Literal or member in numbers for member in members
+    ):
         return None
 
     def convert(text: str) -> Any:
@@ -121,8 +127,13 @@ def _metavar(annotation: Any) -> str:
     return simple.get(annotation, "K=V,..")
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
-                            title: str | None = None) -> None:
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    skip: tuple[str, ...] = (),
+    title: str | None = None,
+) -> None:
     """Add one ``--option`` per field of ``cls`` (except ``skip``)."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
@@ -132,16 +143,28 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip:
             continue
         annotation, optional = _unwrap_optional(hints[item.name])
         flag = "--" + item.name.replace("_", "-")
-        default = item.default if item.default is not dataclasses.MISSING else (
-            item.default_factory() if item.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        default = (
+            item.default
+            if item.default is not dataclasses.MISSING
+            else (
+                item.default_factory() if item.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+            )
         )
         help_text = docs.get(item.name, "").replace("``", "'")
         if annotation is bool:
-            group.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction,
-                               default=default, help=f"{help_text} (default: {default})")
+            group.add_argument(
+                flag,
+                dest=item.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=f"{help_text} (default: {default})",
+            )
             continue
-        kwargs: dict[str, Any] = {"dest": item.name, "default": default,
-                                  "help": f"{help_text} (default: {default})"}
+        kwargs: dict[str, Any] = {
+            "dest": item.name,
+            "default": default,
+            "help": f"{help_text} (default: {default})",
+        }
         if get_origin(annotation) is Literal:
             kwargs["choices"] = list(get_args(annotation))
             if optional:
@@ -156,7 +179,8 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -
     """Build ``cls`` from parsed arguments (fields absent from ``args`` keep their defaults)."""
     values = {
         item.name: getattr(args, item.name)
-        for item in dataclasses.fields(cls) if item.init and hasattr(args, item.name)
+        for item in dataclasses.fields(cls)
+        if item.init and hasattr(args, item.name)
     }
     values.update(overrides)
     return cls(**values)

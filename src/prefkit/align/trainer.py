@@ -166,12 +166,16 @@ class AlignConfig:
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise ValueError(f"AlignConfig: unknown loss {self.loss!r}; the losses are {sorted(LOSSES)}.")
+            raise ValueError(
+                f"AlignConfig: unknown loss {self.loss!r}; the losses are {sorted(LOSSES)}."
+            )
         self.loss_config()  # unknown arguments and bad values fail here
         spec = LOSSES[self.loss]
         if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
             raise ValueError(f"AlignConfig: sft_weight must be >= 0, got {self.sft_weight}.")
-        if self.sft_weight > 0 and (spec.kind != "paired" or spec.extra_inputs or self.loss == "sft"):
+        if self.sft_weight > 0 and (
+            spec.kind != "paired" or spec.extra_inputs or self.loss == "sft"
+        ):
             raise ValueError(
                 f"AlignConfig: sft_weight adds an SFT term to a paired loss; {self.loss!r} is "
                 f"{spec.kind}. Set sft_weight to 0."
@@ -182,9 +186,15 @@ class AlignConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AlignConfig: {name} must be an integer >= 1, got {value!r}.")
         if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"AlignConfig: lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+            raise ValueError(
+                f"AlignConfig: lora_dropout must be in [0, 1), got {self.lora_dropout}."
+            )
         fraction = self.eval_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not 0 <= fraction < 1
+        ):
             raise ValueError(
                 f"AlignConfig: eval_fraction must be a number in [0, 1) (0 = no held-out split), "
                 f"got {fraction!r}; e.g. 0.1 holds out a tenth of the records."
@@ -331,7 +341,9 @@ def build_examples(
     return examples, stats
 
 
-def split_eval_records(records: Iterable[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+def split_eval_records(
+    records: Iterable[Any], fraction: float, seed: int
+) -> tuple[list[Any], list[Any]]:
     """(training, held-out) records: ``round(fraction * N)`` records drawn at random with ``seed``.
 
     Whole records are held out, so both halves of a pair split into thumbs stay on
@@ -658,9 +670,7 @@ class AlignTask:
                 kl_sequences = batch.kl_sequences
                 with torch.no_grad():
                     policy_kl = sequence_logps(model, kl_sequences)[0]
-                ref_kl = self._reference_scores(
-                    model, lambda m: sequence_logps(m, kl_sequences)[0]
-                )
+                ref_kl = self._reference_scores(model, lambda m: sequence_logps(m, kl_sequences)[0])
                 kl_estimate = (policy_kl - ref_kl).mean().to(policy.dtype)
             output = self.loss_function(logps, kl_estimate)
             metrics["kl_estimate"] = kl_estimate.detach()
@@ -962,4 +972,3 @@ def _precompute_reference(
             offset += count
         tables.append((table, hit))
     return tables
-

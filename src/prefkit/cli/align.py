@@ -34,22 +34,42 @@ def register(commands: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     parser.add_argument("data", metavar="DATA", help="feedback data (pairs, thumbs or rankings)")
-    parser.add_argument("--model", required=True, metavar="PATH",
-                        help="policy to train: a local Hugging Face model folder (safetensors)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH",
+        help="policy to train: a local Hugging Face model folder (safetensors)",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--ref", metavar="PATH", default=None,
-                        help="reference model (default: the policy before training; with --lora, "
-                             "the adapter-disabled policy)")
-    parser.add_argument("--tokenizer", metavar="PATH", default=None,
-                        help="tokenizer folder (default: the --model folder)")
-    parser.add_argument("--loss", default="sigmoid", choices=sorted(LOSSES),
-                        help="loss name (sigmoid is DPO; kto and bco train on thumbs, pairs being split "
-                             "into a desirable and an undesirable example; default: sigmoid)")
-    parser.add_argument("--eval-data", metavar="PATH", default=None,
-                        help="held-out feedback data, read with the same layout options as DATA; "
-                             "evaluated at the end of each epoch (or --eval-every N steps), its "
-                             "loss, rewards, margin and reward accuracy go to metrics.jsonl as "
-                             "lines with split 'eval' (see also --eval-fraction)")
+    parser.add_argument(
+        "--ref",
+        metavar="PATH",
+        default=None,
+        help="reference model (default: the policy before training; with --lora, "
+        "the adapter-disabled policy)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        default=None,
+        help="tokenizer folder (default: the --model folder)",
+    )
+    parser.add_argument(
+        "--loss",
+        default="sigmoid",
+        choices=sorted(LOSSES),
+        help="loss name (sigmoid is DPO; kto and bco train on thumbs, pairs being split "
+        "into a desirable and an undesirable example; default: sigmoid)",
+    )
+    parser.add_argument(
+        "--eval-data",
+        metavar="PATH",
+        default=None,
+        help="held-out feedback data, read with the same layout options as DATA; "
+        "evaluated at the end of each epoch (or --eval-every N steps), its "
+        "loss, rewards, margin and reward accuracy go to metrics.jsonl as "
+        "lines with split 'eval' (see also --eval-fraction)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_read_arguments(parser)
     add_dataclass_arguments(parser, AlignConfig, skip=("loss",), title="alignment options")
@@ -89,8 +109,16 @@ def run(args: argparse.Namespace) -> int:
     model = load_causal_lm(args.model)
     ref_model = load_causal_lm(args.ref) if args.ref else None
     try:
-        result = align(records, model, tokenizer, args.out, config, train_config,
-                       ref_model=ref_model, eval_records=eval_records)
+        result = align(
+            records,
+            model,
+            tokenizer,
+            args.out,
+            config,
+            train_config,
+            ref_model=ref_model,
+            eval_records=eval_records,
+        )
     except ValueError as error:
         if any(text in str(error) for text in ("examples:", "record ", "eval_fraction")):
             raise UserError(str(error)) from error
@@ -101,19 +129,26 @@ def run(args: argparse.Namespace) -> int:
     if result.eval_data is not None:
         print("evaluation: " + result.eval_data.summary(), file=sys.stderr)
     if result.ref_cache_hit is not None:
-        print("reference log-probs: " + ("read from cache" if result.ref_cache_hit else "computed"),
-              file=sys.stderr)
+        print(
+            "reference log-probs: " + ("read from cache" if result.ref_cache_hit else "computed"),
+            file=sys.stderr,
+        )
     loss = result.train.last_train_loss
-    print(f"trained {result.train.global_step} steps"
-          + (f", last loss {loss:.4f}" if loss is not None else "")
-          + f"; metrics: {result.train.metrics_path}", file=sys.stderr)
+    print(
+        f"trained {result.train.global_step} steps"
+        + (f", last loss {loss:.4f}" if loss is not None else "")
+        + f"; metrics: {result.train.metrics_path}",
+        file=sys.stderr,
+    )
     if result.train.last_eval:
         shown = ", ".join(f"{name} {value:.4g}" for name, value in result.train.last_eval.items())
         print(f"last evaluation: {shown}", file=sys.stderr)
     if result.train.stopped_early:
-        print(f"stopped early; kept the weights of step {result.train.best_step} "
-              f"({train_config.early_stopping_metric} {result.train.best_metric:.4g})",
-              file=sys.stderr)
+        print(
+            f"stopped early; kept the weights of step {result.train.best_step} "
+            f"({train_config.early_stopping_metric} {result.train.best_metric:.4g})",
+            file=sys.stderr,
+        )
     if result.model_dir is not None:
         print(f"model saved to {result.model_dir}")
     return 0

@@ -11,6 +11,7 @@ the prompt.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -289,6 +290,67 @@ def test_validation_errors_are_clear(tiny_bert, tmp_path):
     (tmp_path / "not-mo" / "config.json").write_text(json.dumps({"format_version": 1, "mode": "embedding"}))
     with pytest.raises(ValueError, match="not a multi-objective model"):
         MultiObjectiveRewardModel.load(tmp_path / "not-mo")
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_truncation_counts_per_stage_and_drop(tiny_bert, tmp_path):
+    """max_length 16 and a 42-token text (40 words + [CLS] and [SEP]). Ratings: records 0 and 1
+    share a long response under two prompts (2 items, 1 unique text), record 2 has a long prompt.
+    Pairs: pair 0 has a long prompt, pair 1 a long response_b.
+    Regression features "response,length" do not read prompts, so stage 1 counts 0 prompts and
+    1 response and drops records 0 and 1 (18 of 20 kept); the gate always reads prompts, so stage 2
+    counts 1 prompt and 1 response and drops pairs 0 and 1 (10 of 12 kept). With "response,prompt"
+    features stage 1 also counts record 2's prompt and drops it (17 kept)."""
+    long_text = " ".join(["word"] * 40)
+    ratings = rating_data(20, seed=11)
+    ratings[0] = RatingRecord(id="long-0", prompt="first", response=long_text, ratings={"A": 1.0, "B": 0.0})
+    ratings[1] = RatingRecord(id="long-1", prompt="second", response=long_text, ratings={"A": 0.0, "B": 1.0})
+    ratings[2] = RatingRecord(id="long-p", prompt=long_text, response="short", ratings={"A": 2.0, "B": 2.0})
+    pairs = pair_data(12, seed=12)
+    pairs[0] = PairwiseRecord(id="long-p", prompt=long_text, response_a="x", response_b="y", outcome="a")
+    pairs[1] = PairwiseRecord(id="long-b", prompt="p", response_a="x", response_b=long_text, outcome="a")
+    lines: list[str] = []
+    config = quick_config(tiny_bert, tmp_path, max_length=16, regression_epochs=1, gate_epochs=1)
+    kept = train_multiobjective(ratings, pairs, config, tmp_path / "truncate", log=lines.append)
+    report = kept.report
+    assert (report.regression_truncation.prompts_truncated, report.regression_truncation.responses_truncated,
+            report.regression_truncation.examples_dropped, report.regression_truncation.examples_kept) == (0, 1, 0, 20)
+    assert (report.gate_truncation.prompts_truncated, report.gate_truncation.responses_truncated,
+            report.gate_truncation.examples_dropped, report.gate_truncation.examples_kept) == (1, 1, 0, 12)
+    assert lines == [
+        "rating records (regression): max length 16: 0 prompts and 1 responses truncated; 20 examples used",
+        "pair records (gate): max length 16: 1 prompts and 1 responses truncated; 12 examples used",
+    ]
+
+    dropped = train_multiobjective(ratings, pairs, dataclasses.replace(config, truncation="drop"),
+                                   tmp_path / "drop", log=lambda _: None)
+    saved = json.loads((tmp_path / "drop" / "config.json").read_text())
+    assert saved["truncation"] == "drop"
+    assert saved["training"]["truncation"] == {
+        "regression": {"max_length": 16, "policy": "drop", "prompts_truncated": 0, "responses_truncated": 1,
+                       "examples_dropped": 2, "examples_kept": 18},
+        "gate": {"max_length": 16, "policy": "drop", "prompts_truncated": 1, "responses_truncated": 1,
+                 "examples_dropped": 2, "examples_kept": 10},
+    }
+    # The dropped examples are not trained on: one step per epoch sees the kept ones only.
+    assert [line["num_examples"] for line in read_metrics(tmp_path / "drop" / "training" / "regression")] == [18]
+    assert [line["num_examples"] for line in read_metrics(tmp_path / "drop" / "training" / "gate")] == [10]
+    assert dropped.report.gate_truncation.examples_kept == 10
+
+    with_prompt = dataclasses.replace(config, truncation="drop", features="response,prompt")
+    prompt_read = train_multiobjective(ratings, pairs, with_prompt, tmp_path / "prompt", log=lambda _: None)
+    assert (prompt_read.report.regression_truncation.prompts_truncated,
+            prompt_read.report.regression_truncation.examples_kept) == (1, 17)
+
+    every_pair_long = [PairwiseRecord(id="l", prompt=long_text, response_a="x", response_b="y", outcome="a")]
+    with pytest.raises(ValueError, match="no pair records left after truncation policy 'drop' at max_length 16"):
+        train_multiobjective(ratings, every_pair_long, dataclasses.replace(config, truncation="drop"),
+                             tmp_path / "none", log=lambda _: None)
+    with pytest.raises(ValueError, match="truncation must be truncate or drop"):
+        quick_config(tiny_bert, tmp_path, truncation="cut")
 
 
 def test_rerun_resumes_and_fresh_runs_are_deterministic(tiny_bert, tmp_path):

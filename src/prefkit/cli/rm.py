@@ -137,7 +137,8 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
     ratings = _read_all(args, args.ratings, out / "ratings")
     pairs = _read_all(args, args.pairs, out / "pairs")
     try:
-        model = train_multiobjective(ratings, pairs, config, out, resume=args.resume)
+        model = train_multiobjective(ratings, pairs, config, out, resume=args.resume,
+                                     log=lambda line: print(line, file=sys.stderr))
     except ValueError as error:
         raise UserError(str(error)) from error
     report = model.report

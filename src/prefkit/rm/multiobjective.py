@@ -19,6 +19,14 @@ arXiv:2406.12845), on frozen-encoder embeddings:
    ``R(x, y) = s * sum_k g_k(x) r'_k(x, y)``; the gate and the scale ``s`` are
    trained with Bradley-Terry on pair records.
 
+Truncation is explicit, as in :mod:`prefkit.rm.train`: each text is embedded
+within ``max_length`` tokens (a prompt keeps its end, a response its start).
+Stage 1 reads prompts only when the regression features do (``prompt``,
+``product``); the gate always reads them. With ``truncation="drop"`` a rating
+record (stage 1) or pair record (stage 2) holding a truncated text that its
+stage reads is left out. The counts of each stage are printed and saved in
+config.json (``training.truncation``).
+
 How this departs from the paper:
 
 - The backbone is any frozen encoder (mean-pooled), not Llama-3 8B's last token,
@@ -50,7 +58,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -69,7 +77,14 @@ from prefkit.rm.model import (
     RewardModel,
     backbone_spec,
 )
-from prefkit.rm.train import ItemIndex, build_examples, rating_attributes
+from prefkit.rm.train import (
+    Examples,
+    ItemIndex,
+    TruncationCounts,
+    build_examples,
+    rating_attributes,
+    subset_examples,
+)
 from prefkit.train.loop import TrainConfig, TrainResult, train
 
 MODE = "multi-objective"
@@ -100,6 +115,9 @@ class MultiObjectiveConfig:
     fitted on the pair data's responses (ArmoRM's verbosity penalty; see the module docstring)."""
     max_length: int = 256
     """Longest text in tokens given to the encoder (longer prompts keep their end, responses their start)."""
+    truncation: Literal["truncate", "drop"] = "truncate"
+    """Texts over max-length: truncate them, or drop the rating record (stage 1) or pair record
+    (stage 2) holding one that its stage reads. Counts are printed and saved per stage either way."""
     regression_epochs: int = 30
     """Stage 1 passes over the rating records."""
     gate_epochs: int = 30
@@ -142,6 +160,10 @@ class MultiObjectiveConfig:
             raise ValueError(f"MultiObjectiveConfig: gate_temperature must be > 0, got {self.gate_temperature}.")
         if self.max_length < 4:
             raise ValueError(f"MultiObjectiveConfig: max_length must be >= 4, got {self.max_length}.")
+        if self.truncation not in ("truncate", "drop"):
+            raise ValueError(
+                f"MultiObjectiveConfig: truncation must be truncate or drop, got {self.truncation!r}."
+            )
         # The loop's config validates lr, weight decay, seed and device.
         self.stage_config("regression")
         self.stage_config("gate")
@@ -263,6 +285,11 @@ class MultiObjectiveRewardModel(EmbeddingRewardModel):
 
     def featurize_items(self, prompts: Sequence[str], responses: Sequence[str]) -> MultiObjectiveItems:
         """Embed prompts and responses (through the cache) into the model's inputs."""
+        return self.featurize_with_token_counts(prompts, responses)[0]
+
+    def featurize_with_token_counts(self, prompts: Sequence[str], responses: Sequence[str]
+                                    ) -> tuple[MultiObjectiveItems, np.ndarray, np.ndarray]:
+        """The model's inputs plus (N,) prompt and (N,) response token counts before truncation."""
         if len(prompts) != len(responses):
             raise ValueError(
                 f"multi-objective model: got {len(prompts)} prompts and {len(responses)} responses; "
@@ -276,10 +303,11 @@ class MultiObjectiveRewardModel(EmbeddingRewardModel):
             self.features, prompt_encoded.embeddings, response_encoded.embeddings, chars,
             response_encoded.num_tokens.astype(np.float32), responses,
         )
-        return MultiObjectiveItems(
+        items = MultiObjectiveItems(
             torch.from_numpy(features), torch.from_numpy(prompt_encoded.embeddings),
             torch.from_numpy(response_log_lengths(responses)),
         )
+        return items, prompt_encoded.num_tokens, response_encoded.num_tokens
 
     @torch.no_grad()
     def evaluate_items(self, items: MultiObjectiveItems, *, batch_size: int = 256
@@ -442,6 +470,43 @@ class GateTask:
 
 
 @dataclass
+class StageData:
+    """The examples of one stage over their items, after the truncation policy."""
+
+    items: MultiObjectiveItems
+    """The U unique (prompt, response) items of the records, dropped or not."""
+    examples: Examples
+    """The E examples kept; ``positions`` (E, 1) or (E, 2) are rows of ``items``."""
+    truncation: TruncationCounts
+
+
+def prepare_stage(model: MultiObjectiveRewardModel, records: Sequence[RatingRecord] | Sequence[PairwiseRecord],
+                  attributes: list[str] | None, config: MultiObjectiveConfig, *, reads_prompt: bool) -> StageData:
+    """Featurize the records of one stage and apply ``config.truncation``, counting what it did.
+
+    A text counts as truncated when its untruncated token count exceeds
+    ``max_length``; a prompt counts only when the stage reads it (``reads_prompt``).
+    Counts are of unique texts; with the drop policy an example goes when any text
+    it reads was truncated.
+    """
+    index = ItemIndex()
+    examples = build_examples(list(records), index, attributes)
+    prompts, responses = index.prompts, index.responses
+    items, prompt_tokens, response_tokens = model.featurize_with_token_counts(prompts, responses)
+    prompt_cut = (prompt_tokens > config.max_length) & reads_prompt  # (U,)
+    response_cut = response_tokens > config.max_length  # (U,)
+    counts = TruncationCounts(config.max_length, config.truncation)
+    counts.prompts_truncated = len({text for text, cut in zip(prompts, prompt_cut, strict=True) if cut})
+    counts.responses_truncated = len({text for text, cut in zip(responses, response_cut, strict=True) if cut})
+    if config.truncation == "drop":
+        touched = torch.from_numpy(prompt_cut | response_cut)[examples.positions].any(dim=1)  # (E,)
+        counts.examples_dropped = int(touched.sum())
+        examples = subset_examples(examples, ~touched)
+    counts.examples_kept = len(examples)
+    return StageData(items, examples, counts)
+
+
+@dataclass
 class MultiObjectiveReport:
     """What :func:`train_multiobjective` did."""
 
@@ -453,6 +518,10 @@ class MultiObjectiveReport:
     """Mean squared error per attribute on the rating records ("mse/<name>")."""
     gate_metrics: dict[str, float]
     """Bradley-Terry loss and pairwise accuracy on the pair records."""
+    regression_truncation: TruncationCounts
+    """What max_length did to the rating records (stage 1)."""
+    gate_truncation: TruncationCounts
+    """What max_length did to the pair records (stage 2)."""
 
 
 def _check_records(rating_records: Sequence[Any], pair_records: Sequence[Any]) -> list[str]:
@@ -494,12 +563,14 @@ def train_multiobjective(
     *,
     resume: bool = True,
     encoder: FrozenEncoder | None = None,
+    log: Callable[[str], None] = print,
 ) -> MultiObjectiveRewardModel:
     """Train both stages and save the model folder to ``out_dir``; return the model.
 
     ``out_dir`` also receives ``training/regression/`` and ``training/gate/``
     (metrics.jsonl and checkpoints of the shared loop; a rerun resumes). The full
-    report is in ``model.report`` (a :class:`MultiObjectiveReport`).
+    report is in ``model.report`` (a :class:`MultiObjectiveReport`). ``log`` gets
+    the truncation counts of each stage.
     """
     attributes = _check_records(rating_records, pair_records)
     out = Path(out_dir)
@@ -509,7 +580,7 @@ def train_multiobjective(
         "backbone": backbone,
         "embedding_dim": backbone["hidden_size"],
         "max_length": config.max_length,
-        "truncation": "truncate",
+        "truncation": config.truncation,
         "loss": "regression+bradley-terry",
         "attributes": attributes,
         "features": ",".join(parse_feature_spec(config.features)),
@@ -522,11 +593,20 @@ def train_multiobjective(
     torch.manual_seed(config.seed)
     model = MultiObjectiveRewardModel(spec, cache_dir=config.cache_dir, encoder=encoder)
 
-    rating_index, pair_index = ItemIndex(), ItemIndex()
-    rating_examples = build_examples(list(rating_records), rating_index, attributes)
-    pair_examples = build_examples(list(pair_records), pair_index, None)
-    rating_items = model.featurize_items(rating_index.prompts, rating_index.responses)
-    pair_items = model.featurize_items(pair_index.prompts, pair_index.responses)
+    # Stage 1 reads prompts only through the regression features; the gate always reads them.
+    regression_reads_prompt = any(name in ("prompt", "product") for name in model.features)
+    ratings = prepare_stage(model, rating_records, attributes, config, reads_prompt=regression_reads_prompt)
+    log(f"rating records (regression): {ratings.truncation.summary()}")
+    pairs = prepare_stage(model, pair_records, None, config, reads_prompt=True)
+    log(f"pair records (gate): {pairs.truncation.summary()}")
+    for stage_name, stage in (("rating", ratings), ("pair", pairs)):
+        if len(stage.examples) == 0:
+            raise ValueError(
+                f"train_multiobjective: no {stage_name} records left after truncation policy "
+                f"'{config.truncation}' at max_length {config.max_length}; raise max_length or use truncate."
+            )
+    rating_items, rating_examples = ratings.items, ratings.examples
+    pair_items, pair_examples = pairs.items, pairs.examples
     model.head.set_standardization(rating_items.features)
     model.gate.set_standardization(pair_items.prompt_embeddings)
 
@@ -538,13 +618,16 @@ def train_multiobjective(
                               out / "training" / "regression", resume=resume)
     model.eval()
 
-    # Length decorrelation on the pair responses, then the frozen attributes stage 2 reads.
-    pair_attributes = torch.from_numpy(model.evaluate_items(pair_items)[0])
+    # Length decorrelation on the responses of the pairs kept, then the frozen attributes stage 2 reads.
+    reference = torch.unique(pair_examples.positions)  # items the kept pairs read
+    pair_attributes = torch.from_numpy(model.evaluate_items(pair_items)[0])  # (U, K)
     if config.length_decorrelation:
-        coefficients, center = length_decorrelation_coefficients(pair_attributes, pair_items.log_lengths)
+        coefficients, center = length_decorrelation_coefficients(
+            pair_attributes[reference], pair_items.log_lengths[reference]
+        )
         model.length_coefficients.copy_(coefficients)
         model.length_center.copy_(center)
-    adjusted = model.adjusted_attributes(pair_attributes, pair_items.log_lengths).detach()
+    adjusted = _adjusted_attributes(model, pair_attributes, pair_items.log_lengths)
 
     # Stage 2: the gate and the reward scale, on frozen attributes.
     _set_trainable(model, regression=False)
@@ -559,7 +642,7 @@ def train_multiobjective(
 
     regression_metrics = _regression_metrics(model, regression_task, attributes)
     gate_metrics = _gate_metrics(model, gate_task)
-    all_rewards = model.evaluate_items(pair_items)[2]
+    all_rewards = model.evaluate_items(pair_items.select(reference))[2]
     model.spec.update({
         "reward_mean": float(all_rewards.mean()),
         "reward_std": float(all_rewards.std()) or 1.0,
@@ -568,13 +651,24 @@ def train_multiobjective(
             "config": dataclasses.asdict(config),
             "regression_metrics": regression_metrics, "gate_metrics": gate_metrics,
             "regression_steps": regression_result.global_step, "gate_steps": gate_result.global_step,
+            "truncation": {"regression": dataclasses.asdict(ratings.truncation),
+                           "gate": dataclasses.asdict(pairs.truncation)},
         },
     })
     model.save(out)
     model.report = MultiObjectiveReport(  # type: ignore[attr-defined]
-        model, out, regression_result, gate_result, regression_metrics, gate_metrics
+        model, out, regression_result, gate_result, regression_metrics, gate_metrics,
+        ratings.truncation, pairs.truncation,
     )
     return model
+
+
+@torch.no_grad()
+def _adjusted_attributes(model: MultiObjectiveRewardModel, attribute_values: torch.Tensor,
+                         log_lengths: torch.Tensor) -> torch.Tensor:
+    """(U, K) length-adjusted attributes on the CPU; the model's buffers may sit on the training device."""
+    device = model.length_center.device
+    return model.adjusted_attributes(attribute_values.to(device), log_lengths.to(device)).cpu()
 
 
 def _set_trainable(model: MultiObjectiveRewardModel, *, regression: bool) -> None:

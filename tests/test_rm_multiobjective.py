@@ -316,10 +316,12 @@ def test_truncation_counts_per_stage_and_drop(tiny_bert, tmp_path):
     config = quick_config(tiny_bert, tmp_path, max_length=16, regression_epochs=1, gate_epochs=1)
     kept = train_multiobjective(ratings, pairs, config, tmp_path / "truncate", log=lines.append)
     report = kept.report
-    assert (report.regression_truncation.prompts_truncated, report.regression_truncation.responses_truncated,
-            report.regression_truncation.examples_dropped, report.regression_truncation.examples_kept) == (0, 1, 0, 20)
-    assert (report.gate_truncation.prompts_truncated, report.gate_truncation.responses_truncated,
-            report.gate_truncation.examples_dropped, report.gate_truncation.examples_kept) == (1, 1, 0, 12)
+    regression, gate = report.regression.truncation, report.gate.truncation
+    assert (regression.prompts_truncated, regression.responses_truncated, regression.examples_dropped,
+            regression.examples_kept) == (0, 1, 0, 20)
+    assert (gate.prompts_truncated, gate.responses_truncated, gate.examples_dropped,
+            gate.examples_kept) == (1, 1, 0, 12)
+    assert report.regression.eval_truncation is None and report.regression.eval_metrics == {}
     assert lines == [
         "rating records (regression): max length 16: 0 prompts and 1 responses truncated; 20 examples used",
         "pair records (gate): max length 16: 1 prompts and 1 responses truncated; 12 examples used",
@@ -329,28 +331,178 @@ def test_truncation_counts_per_stage_and_drop(tiny_bert, tmp_path):
                                    tmp_path / "drop", log=lambda _: None)
     saved = json.loads((tmp_path / "drop" / "config.json").read_text())
     assert saved["truncation"] == "drop"
-    assert saved["training"]["truncation"] == {
-        "regression": {"max_length": 16, "policy": "drop", "prompts_truncated": 0, "responses_truncated": 1,
-                       "examples_dropped": 2, "examples_kept": 18},
-        "gate": {"max_length": 16, "policy": "drop", "prompts_truncated": 1, "responses_truncated": 1,
-                 "examples_dropped": 2, "examples_kept": 10},
+    assert saved["training"]["regression"]["truncation"] == {
+        "max_length": 16, "policy": "drop", "prompts_truncated": 0, "responses_truncated": 1,
+        "examples_dropped": 2, "examples_kept": 18,
+    }
+    assert saved["training"]["gate"]["truncation"] == {
+        "max_length": 16, "policy": "drop", "prompts_truncated": 1, "responses_truncated": 1,
+        "examples_dropped": 2, "examples_kept": 10,
     }
     # The dropped examples are not trained on: one step per epoch sees the kept ones only.
     assert [line["num_examples"] for line in read_metrics(tmp_path / "drop" / "training" / "regression")] == [18]
     assert [line["num_examples"] for line in read_metrics(tmp_path / "drop" / "training" / "gate")] == [10]
-    assert dropped.report.gate_truncation.examples_kept == 10
+    assert dropped.report.gate.truncation.examples_kept == 10
 
     with_prompt = dataclasses.replace(config, truncation="drop", features="response,prompt")
     prompt_read = train_multiobjective(ratings, pairs, with_prompt, tmp_path / "prompt", log=lambda _: None)
-    assert (prompt_read.report.regression_truncation.prompts_truncated,
-            prompt_read.report.regression_truncation.examples_kept) == (1, 17)
+    assert (prompt_read.report.regression.truncation.prompts_truncated,
+            prompt_read.report.regression.truncation.examples_kept) == (1, 17)
 
     every_pair_long = [PairwiseRecord(id="l", prompt=long_text, response_a="x", response_b="y", outcome="a")]
-    with pytest.raises(ValueError, match="no pair records left after truncation policy 'drop' at max_length 16"):
+    with pytest.raises(ValueError, match=r"no pair records \(gate\) left after truncation policy 'drop' at max_length 16"):
         train_multiobjective(ratings, every_pair_long, dataclasses.replace(config, truncation="drop"),
                              tmp_path / "none", log=lambda _: None)
     with pytest.raises(ValueError, match="truncation must be truncate or drop"):
         quick_config(tiny_bert, tmp_path, truncation="cut")
+
+
+def held_out_regression_loss(model: MultiObjectiveRewardModel, records: list[RatingRecord]) -> float:
+    """Stage 1 loss recomputed from scores: the mean over records of the squared error averaged
+    over the attributes (every record here rates both)."""
+    predicted = model.score_attributes([r.prompt for r in records], [r.response for r in records])
+    errors = [(predicted[name] - np.array([r.ratings[name] for r in records])) ** 2 for name in ("A", "B")]
+    return float(np.mean((errors[0] + errors[1]) / 2))
+
+
+def held_out_gate_metrics(model: MultiObjectiveRewardModel, records: list[PairwiseRecord]) -> tuple[float, float]:
+    """Stage 2 loss -log sigmoid(R_chosen - R_rejected) and accuracy, recomputed from scores."""
+    prompts = [r.prompt for r in records]
+    chosen = model.score(prompts, [r.chosen for r in records]).astype(np.float64)
+    rejected = model.score(prompts, [r.rejected for r in records]).astype(np.float64)
+    margins = chosen - rejected
+    return float(np.mean(np.logaddexp(0.0, -margins))), float(np.mean(margins > 0))
+
+
+def test_held_out_fraction_is_evaluated_every_epoch(tiny_bert, tmp_path):
+    """eval_fraction 0.25 of 40 ratings and 24 pairs holds out 10 and 6 (the split of
+    split_eval_records with the config's seed); batch 100 gives one step per epoch, so each
+    stage logs eval lines at steps 1, 2, 3. The last ones must equal the held-out loss (and
+    accuracy) recomputed from the saved model's scores."""
+    from prefkit.align.trainer import split_eval_records
+
+    ratings, pairs = rating_data(40, seed=13), pair_data(24, seed=14)
+    config = quick_config(tiny_bert, tmp_path, regression_epochs=3, gate_epochs=3, eval_fraction=0.25)
+    model = train_multiobjective(ratings, pairs, config, tmp_path / "rm", log=lambda _: None)
+    train_ratings, held_ratings = split_eval_records(ratings, 0.25, 0)
+    train_pairs, held_pairs = split_eval_records(pairs, 0.25, 0)
+    assert (len(train_ratings), len(held_ratings), len(train_pairs), len(held_pairs)) == (30, 10, 18, 6)
+
+    training = json.loads((tmp_path / "rm" / "config.json").read_text())["training"]
+    assert (training["rating_records"], training["eval_rating_records"]) == (30, 10)
+    assert (training["pair_records"], training["eval_pair_records"]) == (18, 6)
+    assert training["regression"]["eval_truncation"]["examples_kept"] == 10
+
+    regression_lines = read_metrics(tmp_path / "rm" / "training" / "regression")
+    gate_lines = read_metrics(tmp_path / "rm" / "training" / "gate")
+    for lines, trained in ((regression_lines, 30), (gate_lines, 18)):
+        assert [line["num_examples"] for line in lines if line["split"] == "train"] == [trained] * 3
+        assert [(line["epoch"], line["step"]) for line in lines if line["split"] == "eval"] == [(0, 1), (1, 2), (2, 3)]
+    last_regression, last_gate = regression_lines[-1], gate_lines[-1]
+    assert set(last_regression) == {"split", "epoch", "step", "loss", "mse/A", "mse/B"}
+    assert last_regression["loss"] == pytest.approx(held_out_regression_loss(model, held_ratings), rel=1e-5)
+    gate_loss, gate_accuracy = held_out_gate_metrics(model, held_pairs)
+    assert last_gate["loss"] == pytest.approx(gate_loss, rel=1e-5)
+    assert last_gate["accuracy"] == pytest.approx(gate_accuracy, abs=1e-9)
+    assert model.report.regression.eval_metrics["loss"] == pytest.approx(last_regression["loss"], rel=1e-6)
+    assert model.report.gate.eval_metrics["accuracy"] == pytest.approx(gate_accuracy, abs=1e-9)
+    assert not model.report.regression.result.stopped_early
+
+
+def test_early_stopping_keeps_the_best_weights_of_each_stage(tiny_bert, tmp_path):
+    """Held-out data that training makes worse: ratings with negated targets and pairs with the
+    outcome flipped. Each stage's held-out loss is lowest after its first epoch, so with patience 2
+    it stops after epoch 3 (step 3) and restores step 1. The saved model's held-out losses,
+    recomputed from its scores, must equal the logged step-1 losses, not the last ones."""
+    ratings, pairs = rating_data(60, seed=15), pair_data(40, seed=16)
+    negated = [RatingRecord(id=r.id, prompt=r.prompt, response=r.response,
+                            ratings={name: -value for name, value in r.ratings.items()}) for r in ratings[:20]]
+    flipped = [PairwiseRecord(id=r.id, prompt=r.prompt, response_a=r.response_a, response_b=r.response_b,
+                              outcome="b" if r.outcome == "a" else "a") for r in pairs[:20]]
+    config = quick_config(tiny_bert, tmp_path, regression_epochs=10, gate_epochs=10, early_stopping_patience=2)
+    lines: list[str] = []
+    model = train_multiobjective(ratings, pairs, config, tmp_path / "rm", eval_rating_records=negated,
+                                 eval_pair_records=flipped, log=lines.append)
+    report = model.report
+    for stage in (report.regression, report.gate):
+        assert stage.result.stopped_early and stage.result.restored_best
+        assert (stage.result.best_step, stage.result.global_step) == (1, 3)
+    assert "regression: stopped early at step 3; kept the weights of step 1" in lines[-2]
+    assert "gate: stopped early at step 3; kept the weights of step 1" in lines[-1]
+
+    regression_eval = [line["loss"] for line in read_metrics(tmp_path / "rm" / "training" / "regression")
+                       if line["split"] == "eval"]
+    gate_eval = [line["loss"] for line in read_metrics(tmp_path / "rm" / "training" / "gate")
+                 if line["split"] == "eval"]
+    assert len(regression_eval) == len(gate_eval) == 3
+    assert regression_eval[0] < min(regression_eval[1:]) and gate_eval[0] < min(gate_eval[1:])
+    assert held_out_regression_loss(model, negated) == pytest.approx(regression_eval[0], rel=1e-5)
+    assert held_out_gate_metrics(model, flipped)[0] == pytest.approx(gate_eval[0], rel=1e-5)
+    assert report.gate.eval_metrics["loss"] == pytest.approx(gate_eval[0], rel=1e-6)
+    saved = json.loads((tmp_path / "rm" / "config.json").read_text())["training"]
+    assert (saved["gate"]["stopped_early"], saved["gate"]["best_step"], saved["gate"]["steps"]) == (True, 1, 3)
+
+
+def test_held_out_settings_are_checked(tiny_bert, tmp_path):
+    ratings, pairs = rating_data(20, seed=17), pair_data(8, seed=18)
+    config = quick_config(tiny_bert, tmp_path)
+    with pytest.raises(ValueError, match="held-out records and eval_fraction are both given"):
+        train_multiobjective(ratings, pairs, dataclasses.replace(config, eval_fraction=0.2), tmp_path / "a",
+                             eval_pair_records=pairs[:2])
+    with pytest.raises(ValueError, match="early_stopping_patience is set but --eval-ratings held-out"):
+        train_multiobjective(ratings, pairs, dataclasses.replace(config, early_stopping_patience=2),
+                             tmp_path / "b", eval_pair_records=pairs[:2])
+    with pytest.raises(ValueError, match="--eval-ratings and --eval-pairs held-out records are missing"):
+        train_multiobjective(ratings, pairs, dataclasses.replace(config, early_stopping_patience=2),
+                             tmp_path / "b")
+    with pytest.raises(ValueError, match=r"pair records: eval_fraction 0.05 of 8 records holds out no record"):
+        train_multiobjective(ratings, pairs, dataclasses.replace(config, eval_fraction=0.05), tmp_path / "c")
+    tie = PairwiseRecord(id="t", prompt="p", response_a="x", response_b="y", outcome="tie")
+    with pytest.raises(ValueError, match=r"eval_pair_records\[0\] \(id 't'\) is a tie"):
+        train_multiobjective(ratings, pairs, config, tmp_path / "d", eval_pair_records=[tie])
+    other = [RatingRecord(id="o", prompt="p", response="r", ratings={"A": 1.0, "C": 2.0})]
+    with pytest.raises(ValueError, match="held-out rating records rate C, which no training rating record rates"):
+        train_multiobjective(ratings, pairs, config, tmp_path / "e", eval_rating_records=other)
+    for bad in (1.0, -0.1, True):
+        with pytest.raises(ValueError, match=r"eval_fraction must be a number in \[0, 1\)"):
+            quick_config(tiny_bert, tmp_path, eval_fraction=bad)
+    with pytest.raises(ValueError, match="early_stopping_patience must be an integer >= 1"):
+        quick_config(tiny_bert, tmp_path, early_stopping_patience=0)
+
+
+def test_cli_trains_with_held_out_records(tiny_bert, tmp_path, capsys):
+    from prefkit.cli import main
+    from prefkit.data import write_records
+
+    write_records(rating_data(40, seed=19), tmp_path / "ratings.jsonl")
+    write_records(pair_data(20, seed=20), tmp_path / "pairs.jsonl")
+    write_records(rating_data(10, seed=21), tmp_path / "dev-ratings.jsonl")
+    write_records(pair_data(6, seed=22), tmp_path / "dev-pairs.jsonl")
+    common = ["--backbone", tiny_bert, "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+              "--regression-epochs", "3", "--gate-epochs", "2", "--features", "response,length"]
+    code = main(["rm", "train-multiobjective", str(tmp_path / "ratings.jsonl"), str(tmp_path / "pairs.jsonl"),
+                 "--eval-ratings", str(tmp_path / "dev-ratings.jsonl"), "--eval-pairs", str(tmp_path / "dev-pairs.jsonl"),
+                 "--out", str(tmp_path / "rm"), "--early-stopping-patience", "5", "--max-length", "16", *common])
+    assert code == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert set(summary["regression"]["eval"]) == {"loss", "mse/A", "mse/B"}
+    assert set(summary["gate"]["eval"]) == {"loss", "accuracy"}
+    assert (summary["regression"]["steps"], summary["gate"]["steps"]) == (3 * 2, 2 * 1)  # batch 32
+    assert "rating records (regression): max length 16:" in captured.err
+    assert "held-out pair records: max length 16:" in captured.err
+
+    code = main(["rm", "train-multiobjective", str(tmp_path / "ratings.jsonl"), str(tmp_path / "pairs.jsonl"),
+                 "--out", str(tmp_path / "rm2"), "--eval-fraction", "0.2", "--eval-pairs",
+                 str(tmp_path / "dev-pairs.jsonl"), *common])
+    assert code != 0 and "eval_fraction are both given" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        main(["rm", "train-multiobjective", "--help"])
+    help_text = capsys.readouterr().out
+    for flag in ("--eval-ratings", "--eval-pairs", "--eval-fraction", "--early-stopping-patience",
+                 "--truncation", "--max-length", "Rerunning the same command resumes"):
+        assert flag in help_text, flag
 
 
 def test_rerun_resumes_and_fresh_runs_are_deterministic(tiny_bert, tmp_path):
@@ -360,7 +512,7 @@ def test_rerun_resumes_and_fresh_runs_are_deterministic(tiny_bert, tmp_path):
     config = quick_config(tiny_bert, tmp_path, regression_epochs=3, gate_epochs=3)
     first = train_multiobjective(ratings, pairs, config, tmp_path / "first")
     again = train_multiobjective(ratings, pairs, config, tmp_path / "first")
-    assert again.report.gate_result.resumed_from is not None
+    assert again.report.gate.result.resumed_from is not None
     fresh = train_multiobjective(ratings, pairs, config, tmp_path / "fresh")
     prompts, responses = [p.prompt for p in pairs], [p.response_a for p in pairs]
     expected = first.score(prompts, responses)

@@ -22,6 +22,18 @@ examples:
 Rerunning the same command resumes from the newest checkpoint in OUT/training/.
 """
 
+MULTIOBJECTIVE_EXAMPLES = """\
+examples:
+  prefkit rm train-multiobjective ratings.jsonl pairs.jsonl --out runs/armo
+  prefkit rm train-multiobjective ratings.jsonl pairs.jsonl --out runs/armo --eval-fraction 0.1 \\
+      --early-stopping-patience 3
+  prefkit rm train-multiobjective ratings.jsonl pairs.jsonl --eval-ratings dev-ratings.jsonl \\
+      --eval-pairs dev-pairs.jsonl --out runs/armo --truncation drop --max-length 128
+Truncation counts of each stage are printed; they and the held-out metrics are saved in
+OUT/config.json under "training". Rerunning the same command resumes from the newest
+checkpoints in OUT/training/regression/ and OUT/training/gate/.
+"""
+
 SCORE_EXAMPLES = """\
 examples:
   prefkit rm score runs/rm pairs.jsonl --out scores.jsonl
@@ -61,10 +73,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         "train-multiobjective", help="train a multi-objective reward model (ArmoRM: attributes + gate)",
         description="Stage 1: regress the rating attributes of RATINGS; stage 2: train a gate over the "
                     "prompt that mixes them into one reward, with Bradley-Terry on PAIRS. Saves to --out.",
+        epilog=MULTIOBJECTIVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     multi.add_argument("ratings", metavar="RATINGS", help="rating records (two or more attributes)")
     multi.add_argument("pairs", metavar="PAIRS", help="pairwise records (no ties)")
     multi.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
+    multi.add_argument("--eval-ratings", metavar="DATA", default=None,
+                       help="held-out rating records, evaluated after every epoch of stage 1 "
+                            "(loss, mse per attribute); see also --eval-fraction")
+    multi.add_argument("--eval-pairs", metavar="DATA", default=None,
+                       help="held-out pair records, evaluated after every epoch of stage 2 (loss, accuracy)")
     multi.add_argument("--no-resume", dest="resume", action="store_false",
                        help="refuse to continue from checkpoints already in DIR/training")
     add_read_arguments(multi)
@@ -127,23 +145,30 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_train_multiobjective(args: argparse.Namespace) -> int:
     from prefkit.cli import UserError
-    from prefkit.rm.multiobjective import train_multiobjective
+    from prefkit.rm.multiobjective import check_evaluation_settings, train_multiobjective
 
     try:
         config = dataclass_from_args(MultiObjectiveConfig, args)
+        check_evaluation_settings(config, eval_ratings_given=args.eval_ratings is not None,
+                                  eval_pairs_given=args.eval_pairs is not None)
     except ValueError as error:
         raise UserError(str(error)) from error
     out = Path(args.out)
     ratings = _read_all(args, args.ratings, out / "ratings")
     pairs = _read_all(args, args.pairs, out / "pairs")
+    eval_ratings = _read_all(args, args.eval_ratings, out / "eval-ratings") if args.eval_ratings else None
+    eval_pairs = _read_all(args, args.eval_pairs, out / "eval-pairs") if args.eval_pairs else None
     try:
-        model = train_multiobjective(ratings, pairs, config, out, resume=args.resume,
+        model = train_multiobjective(ratings, pairs, config, out, eval_rating_records=eval_ratings,
+                                     eval_pair_records=eval_pairs, resume=args.resume,
                                      log=lambda line: print(line, file=sys.stderr))
     except ValueError as error:
         raise UserError(str(error)) from error
     report = model.report
-    print(json.dumps({"model_dir": str(out), "attributes": model.attributes,
-                      "regression": report.regression_metrics, "gate": report.gate_metrics}))
+    summary = {"model_dir": str(out), "attributes": model.attributes}
+    for name, stage in (("regression", report.regression), ("gate", report.gate)):
+        summary[name] = {"steps": stage.result.global_step, "train": stage.metrics, "eval": stage.eval_metrics}
+    print(json.dumps(summary))
     return 0
 
 

@@ -25,7 +25,15 @@ Stage 1 reads prompts only when the regression features do (``prompt``,
 ``product``); the gate always reads them. With ``truncation="drop"`` a rating
 record (stage 1) or pair record (stage 2) holding a truncated text that its
 stage reads is left out. The counts of each stage are printed and saved in
-config.json (``training.truncation``).
+config.json (``training.regression.truncation``, ``training.gate.truncation``).
+
+Each stage can be evaluated after every epoch on held-out records: a seeded
+``eval_fraction`` of the rating and of the pair records, or held-out records
+given separately. Stage 1 reports the mean squared error (``loss``, and
+``mse/<attribute>``), stage 2 the Bradley-Terry ``loss`` and pairwise
+``accuracy``. With ``early_stopping_patience`` each stage stops after that many
+epochs without a lower held-out loss and keeps its best weights, so stage 2
+reads the attributes of stage 1's best head.
 
 How this departs from the paper:
 
@@ -59,7 +67,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,8 +75,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from prefkit.align.trainer import split_eval_records
 from prefkit.data.records import PairwiseRecord, RatingRecord
-from prefkit.losses.reward import bradley_terry_loss, rating_regression_loss
+from prefkit.losses.reward import OUTCOME_A_WINS, bradley_terry_loss, rating_regression_loss
 from prefkit.rm.encoder import FrozenEncoder, encode_texts, resolve_backbone
 from prefkit.rm.heads import RewardHead, build_features, parse_feature_spec
 from prefkit.rm.model import (
@@ -85,7 +94,7 @@ from prefkit.rm.train import (
     rating_attributes,
     subset_examples,
 )
-from prefkit.train.loop import TrainConfig, TrainResult, train
+from prefkit.train.loop import TrainConfig, TrainResult, move_to_device, train
 
 MODE = "multi-objective"
 
@@ -131,7 +140,14 @@ class MultiObjectiveConfig:
     weight_decay: float = 0.0
     """AdamW weight decay on matrices, both stages."""
     seed: int = 0
-    """Seed of initialisation, dropout and batch order."""
+    """Seed of initialisation, dropout, batch order and the held-out split."""
+    eval_fraction: float = 0.0
+    """Hold out this fraction of the rating records and of the pair records, drawn at random with the
+    seed, and evaluate each stage on its held-out records after every epoch; 0 = none. Not together
+    with held-out records given separately (--eval-ratings, --eval-pairs)."""
+    early_stopping_patience: int | None = None
+    """With held-out records for both stages: stop a stage after this many epochs without a lower
+    held-out loss (stage 1: squared error, stage 2: Bradley-Terry) and keep its best weights."""
     cache_dir: str | None = None
     """Embedding cache folder; none = $PREFKIT_CACHE/embeddings or ~/.cache/prefkit/embeddings."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -164,7 +180,13 @@ class MultiObjectiveConfig:
             raise ValueError(
                 f"MultiObjectiveConfig: truncation must be truncate or drop, got {self.truncation!r}."
             )
-        # The loop's config validates lr, weight decay, seed and device.
+        fraction = self.eval_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+            raise ValueError(
+                f"MultiObjectiveConfig: eval_fraction must be a number in [0, 1) (0 = no held-out split), "
+                f"got {fraction!r}; e.g. 0.1 holds out a tenth of the rating and of the pair records."
+            )
+        # The loop's config validates lr, weight decay, seed, device and early stopping.
         self.stage_config("regression")
         self.stage_config("gate")
 
@@ -175,6 +197,7 @@ class MultiObjectiveConfig:
             batch_size=self.batch_size, lr=self.regression_lr if regression else self.gate_lr,
             weight_decay=self.weight_decay, schedule="linear", seed=self.seed,
             group_by_length=False,  # cached features have no length to group by
+            early_stopping_patience=self.early_stopping_patience,  # watches the held-out "loss"
             device=self.device, progress=self.progress,
         )
 
@@ -424,51 +447,6 @@ def gate_losses(model: MultiObjectiveRewardModel, batch: GateBatch) -> tuple[tor
     return result.losses * batch.weights, result.metrics
 
 
-class RegressionTask:
-    """Stage 1 as a :class:`~prefkit.train.loop.TrainTask`: one example per rating record."""
-
-    def __init__(self, items: MultiObjectiveItems, positions: torch.Tensor, ratings: torch.Tensor,
-                 observed: torch.Tensor):
-        self.items = items
-        self.positions = positions  # (E,)
-        self.ratings = torch.where(observed, ratings, torch.full_like(ratings, float("nan")))  # (E, K)
-        self.observed = observed  # (E, K)
-
-    def example_lengths(self) -> list[int]:
-        return [1] * len(self.positions)
-
-    def collate(self, indices: list[int]) -> RegressionBatch:
-        rows = torch.as_tensor(indices, dtype=torch.long)
-        return RegressionBatch(self.items.select(self.positions[rows]), self.ratings[rows], self.observed[rows])
-
-    def loss(self, model: nn.Module, batch: RegressionBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return regression_losses(model, batch)  # type: ignore[arg-type]
-
-
-class GateTask:
-    """Stage 2 as a :class:`~prefkit.train.loop.TrainTask`: one example per pair record."""
-
-    def __init__(self, adjusted: torch.Tensor, prompt_embeddings: torch.Tensor, chosen: torch.Tensor,
-                 rejected: torch.Tensor, weights: torch.Tensor):
-        self.adjusted = adjusted  # (U, K) fixed after stage 1
-        self.prompt_embeddings = prompt_embeddings  # (U, D)
-        self.chosen = chosen  # (E,) item of the preferred response
-        self.rejected = rejected  # (E,)
-        self.weights = weights  # (E,)
-
-    def example_lengths(self) -> list[int]:
-        return [1] * len(self.chosen)
-
-    def collate(self, indices: list[int]) -> GateBatch:
-        rows = torch.as_tensor(indices, dtype=torch.long)
-        chosen, rejected = self.chosen[rows], self.rejected[rows]
-        return GateBatch(self.adjusted[chosen], self.adjusted[rejected], self.prompt_embeddings[chosen],
-                         self.weights[rows])
-
-    def loss(self, model: nn.Module, batch: GateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return gate_losses(model, batch)  # type: ignore[arg-type]
-
-
 @dataclass
 class StageData:
     """The examples of one stage over their items, after the truncation policy."""
@@ -507,52 +485,243 @@ def prepare_stage(model: MultiObjectiveRewardModel, records: Sequence[RatingReco
 
 
 @dataclass
+class RatedItems:
+    """Stage 1 examples, one per rating record, over cached items."""
+
+    items: MultiObjectiveItems
+    """The U items the examples point into."""
+    positions: torch.Tensor
+    """(E,) item of each example."""
+    ratings: torch.Tensor
+    """(E, K) targets; NaN where not rated."""
+    observed: torch.Tensor
+    """(E, K) True where rated."""
+
+    @classmethod
+    def from_stage(cls, data: StageData) -> RatedItems:
+        observed = data.examples.targets["observed"]
+        ratings = torch.where(observed, data.examples.targets["ratings"], torch.tensor(float("nan")))
+        return cls(data.items, data.examples.positions[:, 0], ratings, observed)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def batch(self, indices: list[int]) -> RegressionBatch:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        return RegressionBatch(self.items.select(self.positions[rows]), self.ratings[rows], self.observed[rows])
+
+
+@dataclass
+class GatePairs:
+    """Stage 2 examples, one per pair record, over items whose attributes are frozen."""
+
+    adjusted: torch.Tensor
+    """(U, K) length-adjusted attributes of the items, fixed after stage 1."""
+    prompt_embeddings: torch.Tensor
+    """(U, D) prompt embedding of each item."""
+    chosen: torch.Tensor
+    """(E,) item of the preferred response."""
+    rejected: torch.Tensor
+    """(E,) item of the other response."""
+    weights: torch.Tensor
+    """(E,) record weights (1 when absent)."""
+
+    @classmethod
+    def from_stage(cls, model: MultiObjectiveRewardModel, data: StageData) -> GatePairs:
+        """The pairs of ``data`` with the attributes the model now gives their items."""
+        attribute_values = torch.from_numpy(model.evaluate_items(data.items)[0])  # (U, K)
+        adjusted = _adjusted_attributes(model, attribute_values, data.items.log_lengths)
+        a_wins = data.examples.targets["outcomes"] == OUTCOME_A_WINS
+        first, second = data.examples.positions[:, 0], data.examples.positions[:, 1]
+        return cls(adjusted, data.items.prompt_embeddings, torch.where(a_wins, first, second),
+                   torch.where(a_wins, second, first), data.examples.targets["weights"])
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def batch(self, indices: list[int]) -> GateBatch:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        chosen, rejected = self.chosen[rows], self.rejected[rows]
+        return GateBatch(self.adjusted[chosen], self.adjusted[rejected], self.prompt_embeddings[chosen],
+                         self.weights[rows])
+
+
+@torch.no_grad()
+def regression_metrics(model: MultiObjectiveRewardModel, rated: RatedItems) -> dict[str, float]:
+    """``loss``, the mean stage 1 loss over the examples, and ``mse/<attribute>``, the mean
+    squared error of each attribute over the examples that rate it."""
+    predicted = torch.from_numpy(model.evaluate_items(rated.items)[0])[rated.positions]  # (E, K)
+    losses = rating_regression_loss(predicted, rated.ratings, rated.observed).losses  # (E,)
+    squared = torch.where(rated.observed, predicted - rated.ratings, torch.zeros_like(predicted)).square()
+    counts = rated.observed.sum(dim=0).clamp(min=1)  # (K,)
+    metrics = {"loss": float(losses.double().mean())}
+    for column, name in enumerate(model.attributes or []):
+        metrics[f"mse/{name}"] = float(squared[:, column].double().sum() / counts[column])
+    return metrics
+
+
+@torch.no_grad()
+def gate_metrics(model: MultiObjectiveRewardModel, pairs: GatePairs) -> dict[str, float]:
+    """``loss``, the mean stage 2 loss (record-weighted Bradley-Terry), and pairwise ``accuracy``."""
+    was_training = model.training
+    model.eval()
+    batch = move_to_device(pairs.batch(list(range(len(pairs)))), next(model.parameters()).device)
+    losses, metrics = gate_losses(model, batch)
+    model.train(was_training)
+    return {"loss": float(losses.double().mean()), "accuracy": float(metrics["accuracy"].double().mean())}
+
+
+StageLosses = Callable[[MultiObjectiveRewardModel, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+StageMetrics = Callable[[MultiObjectiveRewardModel, Any], dict[str, float]]
+
+
+class StageTask:
+    """One stage as a :class:`~prefkit.train.loop.TrainTask`: one example per record of
+    ``examples`` (:class:`RatedItems` for stage 1, :class:`GatePairs` for stage 2)."""
+
+    def __init__(self, examples: RatedItems | GatePairs, losses: StageLosses):
+        self.examples = examples
+        self.losses = losses
+
+    def example_lengths(self) -> list[int]:
+        return [1] * len(self.examples)
+
+    def collate(self, indices: list[int]) -> RegressionBatch | GateBatch:
+        return self.examples.batch(indices)
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.losses(model, batch)  # type: ignore[arg-type]
+
+
+class EvaluatedStageTask(StageTask):
+    """A stage that the loop also evaluates on held-out examples (a class of its own, so that
+    a run without held-out records writes no empty eval lines)."""
+
+    def __init__(self, examples: RatedItems | GatePairs, losses: StageLosses,
+                 held_out: RatedItems | GatePairs, metrics: StageMetrics):
+        super().__init__(examples, losses)
+        self.held_out = held_out
+        self.metrics = metrics
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return self.metrics(model, self.held_out)  # type: ignore[arg-type]
+
+
+def stage_task(examples: RatedItems | GatePairs, losses: StageLosses,
+               held_out: RatedItems | GatePairs | None, metrics: StageMetrics) -> StageTask:
+    """The task of a stage, evaluated on ``held_out`` when there is one."""
+    if held_out is None:
+        return StageTask(examples, losses)
+    return EvaluatedStageTask(examples, losses, held_out, metrics)
+
+
+@dataclass
+class StageReport:
+    """What one stage did."""
+
+    result: TrainResult
+    truncation: TruncationCounts
+    """What max_length did to the stage's training records."""
+    metrics: dict[str, float]
+    """Final model on the training records: stage 1 ``loss`` and ``mse/<attribute>``,
+    stage 2 ``loss`` and ``accuracy``."""
+    eval_truncation: TruncationCounts | None = None
+    """What max_length did to the held-out records; None without them."""
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    """Final model on the held-out records (the best weights under early stopping); empty without them."""
+
+    def as_json(self) -> dict[str, Any]:
+        result = self.result
+        return {
+            "steps": result.global_step, "stopped_early": result.stopped_early,
+            "best_step": result.best_step if result.restored_best else None,
+            "truncation": dataclasses.asdict(self.truncation),
+            "eval_truncation": dataclasses.asdict(self.eval_truncation) if self.eval_truncation else None,
+            "metrics": self.metrics, "eval_metrics": self.eval_metrics,
+        }
+
+
+@dataclass
 class MultiObjectiveReport:
     """What :func:`train_multiobjective` did."""
 
     model: MultiObjectiveRewardModel
     out_dir: Path
-    regression_result: TrainResult
-    gate_result: TrainResult
-    regression_metrics: dict[str, float]
-    """Mean squared error per attribute on the rating records ("mse/<name>")."""
-    gate_metrics: dict[str, float]
-    """Bradley-Terry loss and pairwise accuracy on the pair records."""
-    regression_truncation: TruncationCounts
-    """What max_length did to the rating records (stage 1)."""
-    gate_truncation: TruncationCounts
-    """What max_length did to the pair records (stage 2)."""
+    regression: StageReport
+    """Stage 1, on the rating records."""
+    gate: StageReport
+    """Stage 2, on the pair records."""
 
 
-def _check_records(rating_records: Sequence[Any], pair_records: Sequence[Any]) -> list[str]:
+def _check_records(records: Sequence[Any], expected: type[RatingRecord] | type[PairwiseRecord],
+                   name: str) -> None:
+    for position, record in enumerate(records):
+        if not isinstance(record, expected):
+            raise ValueError(
+                f"train_multiobjective: {name}[{position}] (id {getattr(record, 'id', '?')!r}) is a "
+                f"{getattr(record, 'kind', type(record).__name__)} record; expected {expected.kind} records."
+            )
+        if isinstance(record, PairwiseRecord) and record.is_tie:
+            raise ValueError(
+                f"train_multiobjective: {name}[{position}] (id {record.id!r}) is a tie; the gate is "
+                "trained with Bradley-Terry, which has no ties. Remove tied pairs first."
+            )
+
+
+def _check_all_records(rating_records: Sequence[Any], pair_records: Sequence[Any],
+                       eval_rating_records: Sequence[Any] | None,
+                       eval_pair_records: Sequence[Any] | None) -> list[str]:
+    """The attributes to regress, after checking every record's kind."""
     if not rating_records:
         raise ValueError("train_multiobjective: no rating records; stage 1 needs attribute ratings.")
     if not pair_records:
         raise ValueError("train_multiobjective: no pair records; stage 2 (the gate) needs preferences.")
-    for position, record in enumerate(rating_records):
-        if not isinstance(record, RatingRecord):
-            raise ValueError(
-                f"train_multiobjective: rating_records[{position}] (id {getattr(record, 'id', '?')!r}) is a "
-                f"{getattr(record, 'kind', type(record).__name__)} record; expected rating records."
-            )
-    for position, record in enumerate(pair_records):
-        if not isinstance(record, PairwiseRecord):
-            raise ValueError(
-                f"train_multiobjective: pair_records[{position}] (id {getattr(record, 'id', '?')!r}) is a "
-                f"{getattr(record, 'kind', type(record).__name__)} record; expected pairwise records."
-            )
-        if record.is_tie:
-            raise ValueError(
-                f"train_multiobjective: pair_records[{position}] (id {record.id!r}) is a tie; the gate is "
-                "trained with Bradley-Terry, which has no ties. Remove tied pairs first."
-            )
+    _check_records(rating_records, RatingRecord, "rating_records")
+    _check_records(pair_records, PairwiseRecord, "pair_records")
+    _check_records(eval_rating_records or [], RatingRecord, "eval_rating_records")
+    _check_records(eval_pair_records or [], PairwiseRecord, "eval_pair_records")
     attributes = rating_attributes(rating_records) or []
     if len(attributes) < 2:
         raise ValueError(
             f"train_multiobjective: the rating records rate {len(attributes)} attribute(s) "
             f"({', '.join(attributes) or 'none'}); a gate needs at least 2. Use prefkit rm train for one."
         )
+    unknown = sorted(set(rating_attributes(eval_rating_records or []) or []) - set(attributes))
+    if unknown:
+        raise ValueError(
+            f"train_multiobjective: the held-out rating records rate {', '.join(unknown)}, which no "
+            f"training rating record rates (those rate {', '.join(attributes)}); the model would "
+            "not predict them. Remove them or rate them in the training records too."
+        )
     return attributes
+
+
+def check_evaluation_settings(config: MultiObjectiveConfig, *, eval_ratings_given: bool,
+                              eval_pairs_given: bool) -> None:
+    """Raise ValueError when the held-out data settings contradict each other (before any work)."""
+    if config.eval_fraction > 0 and (eval_ratings_given or eval_pairs_given):
+        raise ValueError(
+            "train_multiobjective: held-out records and eval_fraction are both given; either hold out "
+            "a fraction of the training records (--eval-fraction) or pass held-out records "
+            "(--eval-ratings, --eval-pairs)."
+        )
+    if config.early_stopping_patience is not None and config.eval_fraction == 0:
+        missing = [flag for flag, given in (("--eval-ratings", eval_ratings_given),
+                                            ("--eval-pairs", eval_pairs_given)) if not given]
+        if missing:
+            raise ValueError(
+                f"train_multiobjective: early_stopping_patience is set but {' and '.join(missing)} "
+                "held-out records are missing; each stage stops on its own held-out loss. Set "
+                "eval_fraction (--eval-fraction), pass held-out records for both stages, or drop "
+                "early stopping."
+            )
+
+
+def _hold_out(records: Sequence[Any], config: MultiObjectiveConfig, name: str) -> tuple[list[Any], list[Any]]:
+    try:
+        return split_eval_records(records, config.eval_fraction, config.seed)
+    except ValueError as error:
+        raise ValueError(f"train_multiobjective: {name}: {error}") from None
 
 
 def train_multiobjective(
@@ -561,18 +730,30 @@ def train_multiobjective(
     config: MultiObjectiveConfig,
     out_dir: str | os.PathLike[str],
     *,
+    eval_rating_records: Sequence[RatingRecord] | None = None,
+    eval_pair_records: Sequence[PairwiseRecord] | None = None,
     resume: bool = True,
     encoder: FrozenEncoder | None = None,
     log: Callable[[str], None] = print,
 ) -> MultiObjectiveRewardModel:
     """Train both stages and save the model folder to ``out_dir``; return the model.
 
-    ``out_dir`` also receives ``training/regression/`` and ``training/gate/``
-    (metrics.jsonl and checkpoints of the shared loop; a rerun resumes). The full
-    report is in ``model.report`` (a :class:`MultiObjectiveReport`). ``log`` gets
-    the truncation counts of each stage.
+    ``eval_rating_records`` and ``eval_pair_records`` (or ``config.eval_fraction``
+    of each, not both) are evaluated after every epoch of their stage; early
+    stopping watches their loss. ``out_dir`` also receives
+    ``training/regression/`` and ``training/gate/`` (metrics.jsonl and
+    checkpoints of the shared loop; a rerun resumes). The full report is in
+    ``model.report`` (a :class:`MultiObjectiveReport`). ``log`` gets the
+    truncation counts of each stage and early stops.
     """
-    attributes = _check_records(rating_records, pair_records)
+    eval_rating_records = list(eval_rating_records) if eval_rating_records is not None else None
+    eval_pair_records = list(eval_pair_records) if eval_pair_records is not None else None
+    attributes = _check_all_records(rating_records, pair_records, eval_rating_records, eval_pair_records)
+    check_evaluation_settings(config, eval_ratings_given=bool(eval_rating_records),
+                              eval_pairs_given=bool(eval_pair_records))
+    if config.eval_fraction > 0:
+        rating_records, eval_rating_records = _hold_out(rating_records, config, "rating records")
+        pair_records, eval_pair_records = _hold_out(pair_records, config, "pair records")
     out = Path(out_dir)
     backbone = backbone_spec(resolve_backbone(config.backbone))
     spec: dict[str, Any] = {
@@ -595,72 +776,94 @@ def train_multiobjective(
 
     # Stage 1 reads prompts only through the regression features; the gate always reads them.
     regression_reads_prompt = any(name in ("prompt", "product") for name in model.features)
-    ratings = prepare_stage(model, rating_records, attributes, config, reads_prompt=regression_reads_prompt)
-    log(f"rating records (regression): {ratings.truncation.summary()}")
-    pairs = prepare_stage(model, pair_records, None, config, reads_prompt=True)
-    log(f"pair records (gate): {pairs.truncation.summary()}")
-    for stage_name, stage in (("rating", ratings), ("pair", pairs)):
-        if len(stage.examples) == 0:
+    stages = {
+        "rating records (regression)": (rating_records, attributes, regression_reads_prompt),
+        "pair records (gate)": (pair_records, None, True),
+        "held-out rating records": (eval_rating_records, attributes, regression_reads_prompt),
+        "held-out pair records": (eval_pair_records, None, True),
+    }
+    prepared: dict[str, StageData | None] = {}
+    for name, (records, stage_attributes, reads_prompt) in stages.items():
+        if not records:
+            prepared[name] = None
+            continue
+        data = prepare_stage(model, records, stage_attributes, config, reads_prompt=reads_prompt)
+        log(f"{name}: {data.truncation.summary()}")
+        if len(data.examples) == 0:
             raise ValueError(
-                f"train_multiobjective: no {stage_name} records left after truncation policy "
+                f"train_multiobjective: no {name} left after truncation policy "
                 f"'{config.truncation}' at max_length {config.max_length}; raise max_length or use truncate."
             )
-    rating_items, rating_examples = ratings.items, ratings.examples
-    pair_items, pair_examples = pairs.items, pairs.examples
-    model.head.set_standardization(rating_items.features)
-    model.gate.set_standardization(pair_items.prompt_embeddings)
+        prepared[name] = data
+    ratings, pairs, eval_ratings, eval_pairs = prepared.values()
+    assert ratings is not None and pairs is not None
+    model.head.set_standardization(ratings.items.features)
+    model.gate.set_standardization(pairs.items.prompt_embeddings)
 
     # Stage 1: the regression head alone.
     _set_trainable(model, regression=True)
-    regression_task = RegressionTask(rating_items, rating_examples.positions[:, 0],
-                                     rating_examples.targets["ratings"], rating_examples.targets["observed"])
+    rated = RatedItems.from_stage(ratings)
+    held_out_rated = RatedItems.from_stage(eval_ratings) if eval_ratings is not None else None
+    regression_task = stage_task(rated, regression_losses, held_out_rated, regression_metrics)
     regression_result = train(model, regression_task, config.stage_config("regression"),
                               out / "training" / "regression", resume=resume)
+    _log_early_stop("regression", regression_result, log)
     model.eval()
 
     # Length decorrelation on the responses of the pairs kept, then the frozen attributes stage 2 reads.
-    reference = torch.unique(pair_examples.positions)  # items the kept pairs read
-    pair_attributes = torch.from_numpy(model.evaluate_items(pair_items)[0])  # (U, K)
+    reference = torch.unique(pairs.examples.positions)  # items the kept pairs read
     if config.length_decorrelation:
+        pair_attributes = torch.from_numpy(model.evaluate_items(pairs.items.select(reference))[0])
         coefficients, center = length_decorrelation_coefficients(
-            pair_attributes[reference], pair_items.log_lengths[reference]
+            pair_attributes, pairs.items.log_lengths[reference]
         )
         model.length_coefficients.copy_(coefficients)
         model.length_center.copy_(center)
-    adjusted = _adjusted_attributes(model, pair_attributes, pair_items.log_lengths)
 
     # Stage 2: the gate and the reward scale, on frozen attributes.
     _set_trainable(model, regression=False)
-    a_wins = pair_examples.targets["outcomes"] == 0
-    first, second = pair_examples.positions[:, 0], pair_examples.positions[:, 1]
-    gate_task = GateTask(adjusted, pair_items.prompt_embeddings, torch.where(a_wins, first, second),
-                         torch.where(a_wins, second, first), pair_examples.targets["weights"])
+    gate_pairs = GatePairs.from_stage(model, pairs)
+    held_out_pairs = GatePairs.from_stage(model, eval_pairs) if eval_pairs is not None else None
+    gate_task = stage_task(gate_pairs, gate_losses, held_out_pairs, gate_metrics)
     gate_result = train(model, gate_task, config.stage_config("gate"), out / "training" / "gate", resume=resume)
+    _log_early_stop("gate", gate_result, log)
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(True)
 
-    regression_metrics = _regression_metrics(model, regression_task, attributes)
-    gate_metrics = _gate_metrics(model, gate_task)
-    all_rewards = model.evaluate_items(pair_items.select(reference))[2]
+    regression = StageReport(
+        regression_result, ratings.truncation, regression_metrics(model, rated),
+        eval_ratings.truncation if eval_ratings is not None else None,
+        regression_metrics(model, held_out_rated) if held_out_rated is not None else {},
+    )
+    gate = StageReport(
+        gate_result, pairs.truncation, gate_metrics(model, gate_pairs),
+        eval_pairs.truncation if eval_pairs is not None else None,
+        gate_metrics(model, held_out_pairs) if held_out_pairs is not None else {},
+    )
+    all_rewards = model.evaluate_items(pairs.items.select(reference))[2]
     model.spec.update({
         "reward_mean": float(all_rewards.mean()),
         "reward_std": float(all_rewards.std()) or 1.0,
         "training": {
             "rating_records": len(rating_records), "pair_records": len(pair_records),
+            "eval_rating_records": len(eval_rating_records or []),
+            "eval_pair_records": len(eval_pair_records or []),
             "config": dataclasses.asdict(config),
-            "regression_metrics": regression_metrics, "gate_metrics": gate_metrics,
-            "regression_steps": regression_result.global_step, "gate_steps": gate_result.global_step,
-            "truncation": {"regression": dataclasses.asdict(ratings.truncation),
-                           "gate": dataclasses.asdict(pairs.truncation)},
+            "regression": regression.as_json(), "gate": gate.as_json(),
         },
     })
     model.save(out)
-    model.report = MultiObjectiveReport(  # type: ignore[attr-defined]
-        model, out, regression_result, gate_result, regression_metrics, gate_metrics,
-        ratings.truncation, pairs.truncation,
-    )
+    model.report = MultiObjectiveReport(model, out, regression, gate)  # type: ignore[attr-defined]
     return model
+
+
+def _log_early_stop(stage: str, result: TrainResult, log: Callable[[str], None]) -> None:
+    if result.stopped_early:
+        log(f"{stage}: stopped early at step {result.global_step}; kept the weights of step "
+            f"{result.best_step} (held-out loss {result.best_metric:.4g})")
+    elif result.restored_best:
+        log(f"{stage}: kept the weights of step {result.best_step} (held-out loss {result.best_metric:.4g})")
 
 
 @torch.no_grad()
@@ -676,21 +879,3 @@ def _set_trainable(model: MultiObjectiveRewardModel, *, regression: bool) -> Non
         parameter.requires_grad_(regression)
     for parameter in [*model.gate.parameters(), model.log_reward_scale]:
         parameter.requires_grad_(not regression)
-
-
-@torch.no_grad()
-def _regression_metrics(model: MultiObjectiveRewardModel, task: RegressionTask,
-                        attributes: list[str]) -> dict[str, float]:
-    predicted = torch.from_numpy(model.evaluate_items(task.items)[0])[task.positions]  # (E, K)
-    squared = torch.where(task.observed, predicted - task.ratings, torch.zeros_like(predicted)).square()
-    counts = task.observed.sum(dim=0).clamp(min=1)
-    return {f"mse/{name}": float(squared[:, k].sum() / counts[k]) for k, name in enumerate(attributes)}
-
-
-@torch.no_grad()
-def _gate_metrics(model: MultiObjectiveRewardModel, task: GateTask) -> dict[str, float]:
-    device = next(model.parameters()).device
-    batch = task.collate(list(range(len(task.chosen))))
-    batch = GateBatch(*(getattr(batch, field.name).to(device) for field in dataclasses.fields(batch)))
-    losses, metrics = gate_losses(model, batch)
-    return {"loss": float(losses.mean()), "accuracy": float(metrics["accuracy"].mean())}

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from prefkit.data.records import PairwiseRecord, RatingRecord
 from prefkit.rm.multiobjective import (
@@ -518,6 +519,59 @@ def test_rerun_resumes_and_fresh_runs_are_deterministic(tiny_bert, tmp_path):
     expected = first.score(prompts, responses)
     np.testing.assert_array_equal(again.score(prompts, responses), expected)
     np.testing.assert_array_equal(fresh.score(prompts, responses), expected)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [5, 9 + 3], ids=["in-stage-1", "in-stage-2"])
+def test_interrupted_run_resumes_to_the_uninterrupted_weights(tiny_bert, tmp_path, stop_at):
+    """96 training ratings and 64 training pairs (eval_fraction 0.2) in batches of 32: stage 1
+    runs 3 steps an epoch for 3 epochs (steps 1-9 of the run), stage 2 2 steps an epoch (steps
+    10-15). A callback raises at step 5 (stage 1, epoch 1, after its first checkpoint) or at
+    step 12 (stage 2's step 3, epoch 1). Rerunning resumes; the model folder and every train and
+    eval line must equal those of the uninterrupted run, bit for bit (dropout in the MLP head
+    makes the RNG state matter). Resumed in stage 2, stage 1 is reloaded, not retrained."""
+    ratings, pairs = rating_data(120, seed=23), pair_data(80, seed=24)
+    config = quick_config(tiny_bert, tmp_path, regression_epochs=3, gate_epochs=3, batch_size=32,
+                          eval_fraction=0.2, regression_head="mlp", hidden_size=16, dropout=0.2)
+    train_multiobjective(ratings, pairs, config, tmp_path / "full", log=lambda _: None)
+
+    steps_seen = []
+
+    def interrupt(event):
+        if event.kind == "step":
+            steps_seen.append(event.global_step)
+            if len(steps_seen) == stop_at:
+                raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_multiobjective(ratings, pairs, config, tmp_path / "resumed", callbacks=[interrupt],
+                             log=lambda _: None)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    resumed = train_multiobjective(ratings, pairs, config, tmp_path / "resumed", log=lambda _: None)
+    report = resumed.report
+    assert report.regression.result.resumed_from is not None
+    if stop_at > 9:
+        assert steps_seen == [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]
+        assert report.regression.result.last_train_loss is None  # stage 1 ran no step again
+        assert report.gate.result.resumed_from is not None
+    else:
+        assert report.regression.result.resumed_from.name == "step-3"
+
+    full_state = load_file(tmp_path / "full" / "model.safetensors")
+    resumed_state = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert set(full_state) == set(resumed_state)
+    for name, tensor in full_state.items():
+        assert torch.equal(tensor, resumed_state[name]), name
+    assert json.loads((tmp_path / "resumed" / "config.json").read_text()) == json.loads(
+        (tmp_path / "full" / "config.json").read_text())
+    for stage in ("regression", "gate"):
+        def lines(folder, stage=stage):
+            return [{key: value for key, value in line.items() if key != "examples_per_s"}
+                    for line in read_metrics(folder / "training" / stage)]
+        assert lines(tmp_path / "resumed") == lines(tmp_path / "full"), stage
 
 
 def test_cli_options_generate_from_the_config():

@@ -35,6 +35,11 @@ given separately. Stage 1 reports the mean squared error (``loss``, and
 epochs without a lower held-out loss and keeps its best weights, so stage 2
 reads the attributes of stage 1's best head.
 
+Both stages run in the shared loop (:mod:`prefkit.train.loop`) with their own
+checkpoints; a run interrupted in either stage and started again resumes where
+it stopped (a finished stage 1 is reloaded from its last checkpoint, not
+retrained) and ends with the weights of the uninterrupted run.
+
 How this departs from the paper:
 
 - The backbone is any frozen encoder (mean-pooled), not Llama-3 8B's last token,
@@ -94,7 +99,7 @@ from prefkit.rm.train import (
     rating_attributes,
     subset_examples,
 )
-from prefkit.train.loop import TrainConfig, TrainResult, move_to_device, train
+from prefkit.train.loop import TrainCallback, TrainConfig, TrainResult, move_to_device, train
 
 MODE = "multi-objective"
 
@@ -734,6 +739,7 @@ def train_multiobjective(
     eval_pair_records: Sequence[PairwiseRecord] | None = None,
     resume: bool = True,
     encoder: FrozenEncoder | None = None,
+    callbacks: Sequence[TrainCallback] = (),
     log: Callable[[str], None] = print,
 ) -> MultiObjectiveRewardModel:
     """Train both stages and save the model folder to ``out_dir``; return the model.
@@ -743,8 +749,10 @@ def train_multiobjective(
     stopping watches their loss. ``out_dir`` also receives
     ``training/regression/`` and ``training/gate/`` (metrics.jsonl and
     checkpoints of the shared loop; a rerun resumes). The full report is in
-    ``model.report`` (a :class:`MultiObjectiveReport`). ``log`` gets the
-    truncation counts of each stage and early stops.
+    ``model.report`` (a :class:`MultiObjectiveReport`). ``callbacks`` go to the
+    loop of each stage in turn (stage 1's events first; ``global_step`` counts
+    each stage from 1). ``log`` gets the truncation counts of each stage and
+    early stops.
     """
     eval_rating_records = list(eval_rating_records) if eval_rating_records is not None else None
     eval_pair_records = list(eval_pair_records) if eval_pair_records is not None else None
@@ -806,7 +814,7 @@ def train_multiobjective(
     held_out_rated = RatedItems.from_stage(eval_ratings) if eval_ratings is not None else None
     regression_task = stage_task(rated, regression_losses, held_out_rated, regression_metrics)
     regression_result = train(model, regression_task, config.stage_config("regression"),
-                              out / "training" / "regression", resume=resume)
+                              out / "training" / "regression", resume=resume, callbacks=callbacks)
     _log_early_stop("regression", regression_result, log)
     model.eval()
 
@@ -825,7 +833,8 @@ def train_multiobjective(
     gate_pairs = GatePairs.from_stage(model, pairs)
     held_out_pairs = GatePairs.from_stage(model, eval_pairs) if eval_pairs is not None else None
     gate_task = stage_task(gate_pairs, gate_losses, held_out_pairs, gate_metrics)
-    gate_result = train(model, gate_task, config.stage_config("gate"), out / "training" / "gate", resume=resume)
+    gate_result = train(model, gate_task, config.stage_config("gate"), out / "training" / "gate", resume=resume,
+                        callbacks=callbacks)
     _log_early_stop("gate", gate_result, log)
     model.eval()
     for parameter in model.parameters():

@@ -14,7 +14,6 @@ import torch
 from prefkit.align.synthetic import build_model, build_tokenizer, random_completion, random_prompt
 from prefkit.align.trainer import (
     AlignConfig,
-    AlignExample,
     AlignTask,
     align,
     build_examples,
@@ -620,16 +619,3 @@ def test_contradictory_evaluation_settings_fail_before_training(base_model, toke
             eval_records=[tie],
         )
     assert not (tmp_path / "checkpoints").exists()
-
-
-def test_batches_are_grouped_by_the_width_of_the_rows_of_each_layout():
-    examples = [
-        AlignExample(prompt_ids=(1, 2, 3), completions=((4, 5), (6,)), labels=(1.0, 0.0), record_id="a"),
-        AlignExample(prompt_ids=(1,), completions=((4, 5, 6, 7), (8, 9)), labels=(1.0, 0.0), record_id="b"),
-    ]
-    plain = AlignTask(examples, AlignConfig(loss="sigmoid"), pad_id=0, ref_table=torch.zeros(2, 2))
-    shared = AlignTask(
-        examples, AlignConfig(loss="sigmoid", shared_prompt=True), pad_id=0, ref_table=torch.zeros(2, 2)
-    )
-    assert plain.example_lengths() == [3 + 2, 1 + 4]  # prompt + longest completion
-    assert shared.example_lengths() == [3 + 2 + 1, 1 + 4 + 2]  # prompt + every completion

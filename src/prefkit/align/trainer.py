@@ -466,16 +466,6 @@ class AlignTask:
         return self.train_set.examples
 
     def example_lengths(self) -> list[int]:
-        """Width of each example's rows, which the sampler groups by to limit padding.
-
-        Plain layout: prompt + longest completion (every row of the batch is padded
-        to that). Shared-prompt layout: prompt + all completions (the packed row).
-        """
-        if self.config.shared_prompt:
-            return [
-                len(example.prompt_ids) + sum(len(c) for c in example.completions)
-                for example in self.examples
-            ]
         return [
             len(example.prompt_ids) + max(len(c) for c in example.completions)
             for example in self.examples

@@ -80,8 +80,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prefkit.align.trainer import split_eval_records
 from prefkit.data.records import PairwiseRecord, RatingRecord
+from prefkit.data.split import split_eval_records
 from prefkit.losses.reward import OUTCOME_A_WINS, bradley_terry_loss, rating_regression_loss
 from prefkit.rm.encoder import FrozenEncoder, encode_texts, resolve_backbone
 from prefkit.rm.heads import RewardHead, build_features, parse_feature_spec

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -330,6 +331,36 @@ def test_encoder_fast_path_matches_tokenizer_truncation(tiny_bert, side):
     expected_counts = [len(ids) for ids in encoder.tokenizer(ENCODER_TEXTS)["input_ids"]]
     assert fast.num_tokens.tolist() == expected_counts
     assert fast.num_tokens[2] > 24  # the long text was truncated, and counted before truncation
+
+
+def test_encoder_runs_batches_side_by_side_on_cpu_and_matches_one_at_a_time(tiny_bert, monkeypatch):
+    encoder = FrozenEncoder(tiny_bert, max_length=24, batch_size=2)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert encoder.cpu_workers(3) == (1, 1)
+        serial = encoder.encode(ENCODER_TEXTS)
+        torch.set_num_threads(2)
+        assert encoder.cpu_workers(3) == (2, 1)
+        assert encoder.cpu_workers(1) == (1, 2)  # one batch: intra-op threads instead
+        seen = []
+        original = FrozenEncoder._encode_batch
+
+        def recording(self, item):
+            seen.append((threading.current_thread().name, torch.get_num_threads()))
+            return original(self, item)
+
+        monkeypatch.setattr(FrozenEncoder, "_encode_batch", recording)
+        calls_before = encoder.calls
+        parallel = encoder.encode(ENCODER_TEXTS)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(previous)
+    assert len(seen) == 3 and encoder.calls == calls_before + 3
+    assert all(name.startswith("prefkit-encode") and threads == 1 for name, threads in seen)
+    np.testing.assert_allclose(parallel.embeddings, serial.embeddings, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(parallel.num_tokens, serial.num_tokens)
+    np.testing.assert_allclose(parallel.embeddings, plain_encode(encoder, ENCODER_TEXTS, "right"), rtol=1e-5, atol=1e-5)
 
 
 def test_evaluate_examples_matches_batchwise_forward(tiny_bert, tmp_path):

@@ -244,8 +244,10 @@ class EmbeddingRewardModel(RewardModel):
     """A head on frozen-encoder features; the encoder is loaded only to embed uncached texts."""
 
     def __init__(self, spec: dict[str, Any], *, cache_dir: str | os.PathLike[str] | None = None,
-                 device: str = "cpu", encoder: FrozenEncoder | None = None, use_cache: bool = True):
+                 device: str = "cpu", encoder: FrozenEncoder | None = None, use_cache: bool = True,
+                 embed_batch_size: int = 16):
         super().__init__(spec)
+        self.embed_batch_size = embed_batch_size
         self.features = parse_feature_spec(spec["features"])
         dim = feature_dim(self.features, spec["embedding_dim"])
         self.head = RewardHead(dim, spec["hidden_sizes"], self.num_outputs, spec.get("dropout", 0.0))
@@ -259,7 +261,7 @@ class EmbeddingRewardModel(RewardModel):
             backbone = self.spec["backbone"]
             self._encoder = FrozenEncoder(
                 backbone["path"], max_length=self.spec["max_length"], pooling=backbone["pooling"],
-                device=self._device,
+                device=self._device, batch_size=self.embed_batch_size,
             )
             if self._encoder.weights_hash != backbone["weights_hash"]:
                 raise ValueError(

@@ -273,12 +273,14 @@ class MultiObjectiveRewardModel(EmbeddingRewardModel):
     """
 
     def __init__(self, spec: dict[str, Any], *, cache_dir: str | os.PathLike[str] | None = None,
-                 device: str = "cpu", encoder: FrozenEncoder | None = None, use_cache: bool = True):
+                 device: str = "cpu", encoder: FrozenEncoder | None = None, use_cache: bool = True,
+                 embed_batch_size: int = 16):
         if spec.get("mode") != MODE:
             raise ValueError(f"MultiObjectiveRewardModel: spec mode must be {MODE!r}, got {spec.get('mode')!r}.")
         if not spec.get("attributes"):
             raise ValueError("MultiObjectiveRewardModel: spec needs a non-empty 'attributes' list.")
-        super().__init__(spec, cache_dir=cache_dir, device=device, encoder=encoder, use_cache=use_cache)
+        super().__init__(spec, cache_dir=cache_dir, device=device, encoder=encoder, use_cache=use_cache,
+                         embed_batch_size=embed_batch_size)
         num_attributes = self.num_outputs
         self.gate = RewardHead(int(spec["embedding_dim"]), spec["gate_hidden_sizes"], num_attributes)
         self.gate_temperature = float(spec["gate_temperature"])

@@ -144,7 +144,7 @@ class RMTrainConfig:
     """Dropout on the LoRA path."""
     cache_dir: str | None = None
     """Embedding cache folder; none = $PREFKIT_CACHE/embeddings or ~/.cache/prefkit/embeddings."""
-    embed_batch_size: int = 32
+    embed_batch_size: int = 16
     """Texts per encoder forward pass when embedding."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto picks CUDA when available."""
@@ -584,7 +584,7 @@ def new_model(config: RMTrainConfig, loss_name: str, attributes: list[str] | Non
             "hidden_sizes": [config.hidden_size] if config.head == "mlp" else [],
             "dropout": config.dropout,
         })
-        return EmbeddingRewardModel(spec, cache_dir=config.cache_dir)
+        return EmbeddingRewardModel(spec, cache_dir=config.cache_dir, embed_batch_size=config.embed_batch_size)
     lora = None
     if config.mode == "lora":
         lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout}

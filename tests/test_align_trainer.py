@@ -149,9 +149,12 @@ def test_metrics_lines_hold_rewards_accuracy_margins_and_logps(base_model, token
     ],
 )
 def test_training_paths_match_the_default_path(base_model, tokenizer, tmp_path, variant):
-    default, _ = _train(base_model, tokenizer, tmp_path / "default")
+    # The shared-prompt layout groups batches by its own row width (see
+    # AlignTask.example_lengths), so compare it with length grouping off: same batches.
+    grouping = {"group_by_length": not variant.get("shared_prompt", False)}
+    default, _ = _train(base_model, tokenizer, tmp_path / "default", **grouping)
     config = AlignConfig(cache_ref=False, **SMALL, **variant)
-    other, _ = _train(base_model, tokenizer, tmp_path / "other", config=config)
+    other, _ = _train(base_model, tokenizer, tmp_path / "other", config=config, **grouping)
     # Adam divides by sqrt(v), so float-rounding differences in near-zero gradients can move a
     # weight by up to ~lr; compare the losses tightly and the weights at that scale.
     default_lines, other_lines = _metrics(tmp_path / "default"), _metrics(tmp_path / "other")
@@ -161,6 +164,37 @@ def test_training_paths_match_the_default_path(base_model, tokenizer, tmp_path, 
         )
     for (name, expected), actual in zip(default.state_dict().items(), other.state_dict().values()):
         torch.testing.assert_close(actual, expected, atol=1e-3, rtol=0, msg=name)
+
+
+def test_batches_are_grouped_by_the_width_of_the_rows_the_layout_builds(tokenizer):
+    from prefkit.align.trainer import AlignTask, build_examples
+    from prefkit.train.sampler import LengthGroupedBatchSampler
+
+    rng = random.Random(5)
+    records = [
+        PairwiseRecord(
+            id=str(i), prompt=" ".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 12))) + " :",
+            response_a=" " + " ".join("x" * rng.randint(1, 14)), response_b=" " + " ".join("y" * rng.randint(1, 14)),
+            outcome="a",
+        )
+        for i in range(64)
+    ]
+
+    def padded_tokens(shared_prompt: bool, lengths_from: bool) -> int:
+        config = AlignConfig(cache_ref=False, shared_prompt=shared_prompt, **SMALL)
+        examples, _ = build_examples(records, tokenizer, config.kind, config.tokenize_config())
+        key_config = AlignConfig(cache_ref=False, shared_prompt=lengths_from, **SMALL)
+        keyed = AlignTask(examples, key_config, pad_id=tokenizer.pad_token_id)
+        task = AlignTask(examples, config, pad_id=tokenizer.pad_token_id)
+        total = 0
+        for batch in LengthGroupedBatchSampler(keyed.example_lengths(), 8, seed=0).batches(0):
+            collated = task.collate(batch)
+            total += (collated.shared or collated.sequences).input_ids.numel()
+        return total
+
+    shared_widths = padded_tokens(True, True)
+    assert shared_widths < padded_tokens(True, False)  # shared rows grouped by the plain width pad more
+    assert padded_tokens(False, False) < padded_tokens(False, True)  # and the other way round
 
 
 def test_lora_reference_is_the_adapter_disabled_model(base_model, tokenizer, tmp_path):

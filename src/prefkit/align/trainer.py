@@ -142,7 +142,7 @@ class AlignConfig:
     ref_batch_size: int = 16
     """Completions per forward pass when precomputing reference log-probs."""
     shared_prompt: bool = False
-    """Run each prompt once, with all its completions packed after it in the same row (saves compute on long prompts; needs sdpa or eager attention)."""
+    """Run each prompt once, with all its completions packed after it in the same row (saves compute on long prompts; needs sdpa or eager attention). Batches are then grouped by the packed width."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about a third more compute)."""
     lora: bool = False
@@ -440,6 +440,22 @@ class AlignTask:
         return self.train_set.examples
 
     def example_lengths(self) -> list[int]:
+        """Width of the row(s) each example becomes, the key the sampler groups batches by.
+
+        Plain layout: ``prompt + completion`` rows, padded to the widest, so the
+        longest completion counts. Shared-prompt layout: one row of ``prompt +
+        every completion``, so all completions count. Grouping by the width of
+        the layout in use keeps padding low in both (on the align speed bench,
+        grouping shared-prompt batches by the plain width padded 9.5% of the
+        tokens, by their own width 4%). So the two layouts form different
+        batches when ``group_by_length`` is on; with the same batches they give
+        the same results (tested).
+        """
+        if self.config.shared_prompt:
+            return [
+                len(example.prompt_ids) + sum(len(c) for c in example.completions)
+                for example in self.examples
+            ]
         return [
             len(example.prompt_ids) + max(len(c) for c in example.completions)
             for example in self.examples

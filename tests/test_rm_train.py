@@ -363,6 +363,26 @@ def test_encoder_runs_batches_side_by_side_on_cpu_and_matches_one_at_a_time(tiny
     np.testing.assert_allclose(parallel.embeddings, plain_encode(encoder, ENCODER_TEXTS, "right"), rtol=1e-5, atol=1e-5)
 
 
+def test_parallel_encoding_keeps_order_and_pads_only_a_few_batches_ahead():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefkit.rm.encoder import _bounded_map
+
+    pulled = []
+
+    def items():
+        for number in range(20):
+            pulled.append(number)
+            yield number
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = _bounded_map(pool, lambda number: number * number, items(), 4)
+        first = [next(results) for _ in range(3)]
+        assert len(pulled) <= 3 + 4  # consumed plus at most 4 in flight
+        rest = list(results)
+    assert first + rest == [number * number for number in range(20)]
+
+
 def test_evaluate_examples_matches_batchwise_forward(tiny_bert, tmp_path):
     records = keyword_pairs(37, seed=3)
     config = RMTrainConfig(mode="finetune", backbone=tiny_bert, max_length=32, progress=False, device="cpu")

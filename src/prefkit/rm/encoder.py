@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import uuid
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,21 +262,24 @@ class FrozenEncoder:
         budget = self.max_length - len(before) - len(after)  # room for the text's own tokens
         # Longest first: similar lengths share a batch, and memory peaks at once.
         order = np.argsort(-num_tokens, kind="stable")
-        batches = []
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            sequences = [_truncate(full_ids[row], len(before), len(after), budget, side) for row in rows]
-            batches.append((rows, tokenizer.pad({"input_ids": sequences}, return_tensors="pt")))
+
+        def batches() -> Iterator[tuple[np.ndarray, Any]]:
+            for start in range(0, len(texts), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                sequences = [_truncate(full_ids[row], len(before), len(after), budget, side) for row in rows]
+                yield rows, tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
+
         self.model  # noqa: B018 (loads the model here, before any worker thread starts)
-        workers, threads_each = self.cpu_workers(len(batches))
+        workers, threads_each = self.cpu_workers(math.ceil(len(texts) / self.batch_size))
         if workers <= 1:
-            self._collect(map(self._encode_batch, batches), embeddings, progress)
+            self._collect(map(self._encode_batch, batches()), embeddings, progress)
             return EncodedTexts(embeddings, num_tokens)
         previous = torch.get_num_threads()
         torch.set_num_threads(threads_each)
         try:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefkit-encode") as pool:
-                self._collect(pool.map(self._encode_batch, batches), embeddings, progress)
+                self._collect(_bounded_map(pool, self._encode_batch, batches(), 2 * workers),
+                              embeddings, progress)
         finally:
             torch.set_num_threads(previous)
         return EncodedTexts(embeddings, num_tokens)
@@ -306,6 +311,19 @@ class FrozenEncoder:
             self.calls += 1
             if progress is not None:
                 progress(len(rows))
+
+
+def _bounded_map(pool: ThreadPoolExecutor, function: Callable[[Any], Any], items: Iterator[Any],
+                 in_flight: int) -> Iterator[Any]:
+    """``pool.map(function, items)`` in order, with at most ``in_flight`` items submitted
+    and not yet consumed (``Executor.map`` would pad every batch of the data up front)."""
+    pending: deque[Future[Any]] = deque()
+    for item in items:
+        pending.append(pool.submit(function, item))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _truncate(ids: list[int], num_before: int, num_after: int, budget: int, side: str) -> list[int]:

@@ -28,9 +28,11 @@ Runs, each in its own subprocess (peak RSS is per run); the whole set is repeate
   shared-prompt pass, so this is its fastest equivalent setting;
 - ``trl``: DPOTrainer with the reference scored at every step.
 
-Throughput runs from the start of ``align`` / ``train`` (so it includes any reference
-pass; prefkit's also includes its tokenization, TRL's does not) to the end of the
-last optimizer step. prefkit writes a checkpoint after the last step and TRL
+Throughput runs from raw pairs to the end of the last optimizer step: for prefkit
+from the call of ``align``, for TRL from the construction of ``DPOTrainer`` (which
+tokenizes the data and, with ``precompute_ref_log_probs``, runs the whole reference
+pass in its ``__init__``; ``setup_seconds`` records that part). Both clocks
+therefore include tokenization and any reference pass. prefkit writes a checkpoint after the last step and TRL
 (``save_strategy="no"``) does not, so that write is left out. Tokens/s counts the
 prompt + completion tokens of every pair as two sequences, the same number for
 every run whatever layout the tool uses. The step-1 loss is measured separately on
@@ -179,6 +181,10 @@ def run_trl(steps, precompute, with_ref_model, best=False):
             bf16=False, gradient_checkpointing=False,
             **extra,
         )
+        # The clock starts before the trainer is built: TRL tokenizes the data set and, with
+        # precompute_ref_log_probs, runs the whole reference pass inside DPOTrainer.__init__.
+        # prefkit's clock likewise starts before its tokenization and reference pass.
+        started = time.perf_counter()
         trainer = DPOTrainer(model=policy, ref_model=ref, args=args,
                              train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
         if best:
@@ -192,13 +198,14 @@ def run_trl(steps, precompute, with_ref_model, best=False):
             # Trainer drops columns the model does not take before it builds the sampler.
             trainer._set_signature_columns_if_needed()
             trainer._signature_columns.append("length")
-        started = time.perf_counter()
+        setup_seconds = time.perf_counter() - started
         trainer.train()
         elapsed = time.perf_counter() - started
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
-        "seconds": elapsed, "steps": steps, "tokens": _count_tokens(tokenizer, pairs),
-        "step1_loss": losses[0], "threads": torch.get_num_threads(),
+        "seconds": elapsed, "setup_seconds": setup_seconds, "steps": steps,
+        "tokens": _count_tokens(tokenizer, pairs), "step1_loss": losses[0],
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -288,6 +295,8 @@ def main() -> None:
             "steps_per_s_each_repeat": [run["steps_per_s"] for run in repeats[name]],
             "steps": repeats[name][0]["steps"], "tokens": repeats[name][0]["tokens"],
             "threads": repeats[name][0]["threads"],
+            **({"setup_seconds": median(name, "setup_seconds")}
+               if "setup_seconds" in repeats[name][0] else {}),
         }
         for name in SPEED_RUNS
     }
@@ -314,6 +323,15 @@ def main() -> None:
             "abs_difference_plain": abs(losses["loss_prefkit_plain"] - losses["loss_trl"]),
         },
         "speedup_of_medians": ratios,
+        "speedup_each_repeat": {
+            "prefkit_vs_trl_precompute_best": [
+                mine["steps_per_s"] / theirs["steps_per_s"]
+                for mine, theirs in zip(repeats["prefkit"], repeats["trl_precompute_best"], strict=True)
+            ],
+        },
+        "clock": ("from raw pairs to the last optimizer step: prefkit from the call of align, TRL "
+                  "from the construction of DPOTrainer (tokenization and, with precomputed reference "
+                  "log-probs, the reference pass happen there: setup_seconds)"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

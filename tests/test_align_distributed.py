@@ -1,7 +1,8 @@
 """Two CPU processes (gloo) train exactly like one process on the same global batch.
 
 With ``bco_pair`` each rank also records the running reward mean delta after every
-step: it must be the same on every rank, and the single process's.
+step: it must be the same on every rank, and the single process's. With ``kto`` the
+KL estimate of every step must be the single process's.
 """
 
 from __future__ import annotations
@@ -98,14 +99,19 @@ def _run(out_dir, world_size, loss, epochs):
     return lines, load_file(str(out_dir / "model" / "model.safetensors")), shifts
 
 
-@pytest.mark.parametrize(("loss", "epochs"), [("sigmoid", 1), ("bco_pair", 2)])
+@pytest.mark.parametrize(("loss", "epochs"), [("sigmoid", 1), ("bco_pair", 2), ("kto", 1)])
 def test_two_processes_match_one_process(tmp_path, loss, epochs):
     single_lines, single_weights, (single_shifts,) = _run(tmp_path / "one", 1, loss, epochs)
     double_lines, double_weights, (rank_0_shifts, rank_1_shifts) = _run(
         tmp_path / "two", 2, loss, epochs
     )
-    assert len(single_lines) == len(double_lines) == 2 * epochs
+    # kto splits each of the 16 pairs into a desirable and an undesirable example.
+    steps_per_epoch = 4 if loss == "kto" else 2
+    assert len(single_lines) == len(double_lines) == steps_per_epoch * epochs
     names = ["loss", "reward_accuracy", "chosen_logps", "rejected_logps", "grad_norm"]
+    if loss == "kto":  # the KL estimate z0 comes from the whole global batch, on both ranks
+        names = ["loss", "kl_estimate", "rewards", "grad_norm"]
+        assert all(line["kl_estimate"] != 0 for line in single_lines[1:])
     if loss == "bco_pair":
         names.append("reward_shift")
         assert len(single_shifts) == 2 * epochs and all(single_shifts)

@@ -69,7 +69,7 @@ def _metrics(out_dir):
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "simpo", "lipo_lambda"])
+@pytest.mark.parametrize("loss", ["sigmoid", "simpo", "lipo_lambda", "kto"])
 def test_gradient_accumulation_does_not_change_training(base_model, tokenizer, tmp_path, loss):
     config = AlignConfig(loss=loss, cache_ref=False, **SMALL)
     whole, _ = _train(base_model, tokenizer, tmp_path / "a", config=config, epochs=1)
@@ -80,6 +80,10 @@ def test_gradient_accumulation_does_not_change_training(base_model, tokenizer, t
         torch.testing.assert_close(actual, expected, atol=2e-5, rtol=1e-4, msg=name)
     first_a, first_b = _metrics(tmp_path / "a")[0], _metrics(tmp_path / "b")[0]
     assert first_a["loss"] == pytest.approx(first_b["loss"], abs=1e-6)
+    if loss == "kto":  # z0 of every step comes from the whole global batch
+        kl_a = [line["kl_estimate"] for line in _metrics(tmp_path / "a")]
+        kl_b = [line["kl_estimate"] for line in _metrics(tmp_path / "b")]
+        assert kl_a == pytest.approx(kl_b, abs=1e-6) and any(value > 0 for value in kl_a)
 
 
 def test_interrupted_run_resumes_to_identical_weights(base_model, tokenizer, tmp_path):
@@ -263,6 +267,19 @@ def test_kto_trains_and_reports_its_kl_estimate(base_model, tokenizer, tmp_path)
     lines = _metrics(tmp_path)
     assert "kl_estimate" in lines[0] and lines[0]["loss"] == pytest.approx(0.5, abs=1e-6)
     assert lines[-1]["kl_estimate"] > 0
+
+
+def test_kto_loss_outside_a_step_asks_for_the_step_kl_estimate(base_model, tokenizer):
+    from prefkit.align.trainer import AlignTask, build_examples
+
+    config = AlignConfig(loss="kto", cache_ref=False, **SMALL)
+    examples, _ = build_examples(_pairs(4), tokenizer, config.kind, config.tokenize_config())
+    task = AlignTask(examples, config, pad_id=tokenizer.pad_token_id, reference_model=base_model)
+    with pytest.raises(RuntimeError, match="before_step"):
+        task.loss(base_model, task.collate([0, 1]))
+    task.before_step(base_model, [0, 1, 2, 3], [[0, 1], [2, 3]], lambda totals: totals)
+    losses, metrics = task.loss(base_model, task.collate([0, 1]))
+    assert losses.shape == (2,) and float(metrics["kl_estimate"]) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_bad_settings_fail_before_training():

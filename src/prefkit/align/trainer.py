@@ -24,11 +24,17 @@ LoRA it is the same model with its adapters disabled, so no second copy is held.
 
 Departures from TRL 1.16, besides those listed in :mod:`prefkit.losses.preference`:
 
-- KTO's KL estimate z0 is the mean log-ratio of mismatched (prompt, completion)
-  pairs of the *micro-batch* on each process (completion of example b - 1 with
-  the prompt of example b); TRL gathers it over processes. A micro-batch of one
-  example has no mismatched pair and uses z0 = 0. KTO is therefore not exactly
-  invariant to gradient accumulation; the paired and listwise losses are.
+- KTO's KL estimate z0 is the mean log-ratio log(pi / pi_ref) of the mismatched
+  (prompt, completion) pairs of the whole *optimizer step*: in the global batch,
+  example b's prompt is paired with the first completion of example b - 1 (the
+  last example for b = 0). Before the step's first micro-batch, every process
+  scores its share of these pairs without gradient, and the sums are all-reduced,
+  so z0 is the same for every micro-batch and process, and KTO, like the other
+  losses, does not change with gradient accumulation or the number of processes.
+  TRL estimates z0 per micro-batch (shifting completions within the micro-batch)
+  and averages it over processes; with one micro-batch per step the two agree.
+  A global batch of one example has no mismatched pair and uses z0 = 0.
+  Evaluation pairs the examples of each evaluation batch the same way.
 - ``bco`` and ``bco_pair``: the reward shift delta is the exact mean of the
   implicit rewards beta * log(pi / pi_ref) of every completion (desirable and
   undesirable, or chosen and rejected) trained on in all *earlier* optimizer
@@ -407,7 +413,8 @@ class AlignTask:
     For ``bco`` and ``bco_pair`` it is a :class:`~prefkit.train.loop.StatefulTrainTask`:
     ``loss`` adds up the implicit rewards of each micro-batch, ``after_optimizer_step``
     folds the step's sums (over all ranks) into the running mean delta, and
-    ``state_dict`` carries delta through checkpoints.
+    ``state_dict`` carries delta through checkpoints. For ``kto``, ``before_step``
+    estimates the step's KL term z0 from the whole global batch.
     """
 
     def __init__(
@@ -434,6 +441,8 @@ class AlignTask:
         self.reward_shift = RunningMean() if config.uses_reward_shift else None
         """BCO's delta: the running mean of the implicit rewards of earlier steps."""
         self._step_reward_totals: Tensor | None = None  # (2,) float64: sum and count this step
+        self._step_kl: Tensor | None = None
+        """KTO's z0 for the current optimizer step, set by :meth:`before_step`."""
 
     @property
     def examples(self) -> list[AlignExample]:
@@ -462,9 +471,13 @@ class AlignTask:
         ]
 
     def collate(self, indices: list[int]) -> AlignBatch:
-        return self._collate(self.train_set, indices)
+        return self._collate(self.train_set, indices, kl_rows=False)
 
-    def _collate(self, example_set: _ExampleSet, indices: list[int]) -> AlignBatch:
+    def _collate(
+        self, example_set: _ExampleSet, indices: list[int], *, kl_rows: bool = True
+    ) -> AlignBatch:
+        """The batch of ``indices``; with ``kl_rows``, KTO's mismatched pairs of these examples
+        (training takes them from the whole step instead, in :meth:`before_step`)."""
         chosen = [example_set.examples[index] for index in indices]
         num_slots = example_set.num_slots
         slot_mask = torch.zeros((len(chosen), num_slots), dtype=torch.bool)
@@ -491,13 +504,9 @@ class AlignTask:
         if example_set.ref_table is not None:
             ref_logps = torch.nan_to_num(example_set.ref_table[indices], nan=0.0)
         kl_sequences = None
-        if self.config.loss == "kto" and len(chosen) > 1:
-            kl_rows = []
-            for position, example in enumerate(chosen):
-                other = chosen[position - 1].completions[0]
-                room = self.config.max_length - len(example.prompt_ids)
-                kl_rows.append((example.prompt_ids, other[:room]))
-            kl_sequences = pack_sequences(kl_rows, self.pad_id)
+        if kl_rows and self.config.loss == "kto" and len(chosen) > 1:
+            previous = [chosen[position - 1] for position in range(len(chosen))]
+            kl_sequences = self._mismatched_pairs(chosen, previous)
         return AlignBatch(
             sequences=sequences,
             shared=shared,
@@ -509,10 +518,47 @@ class AlignTask:
             kl_sequences=kl_sequences,
         )
 
-    # -- state carried across steps (BCO's reward shift)
+    def _mismatched_pairs(self, examples: Sequence[AlignExample],
+                          others: Sequence[AlignExample]) -> SequenceBatch:
+        """Rows ``prompt of examples[i] + first completion of others[i]`` (KTO's KL pairs),
+        the completion cut to fit ``max_length``."""
+        rows = []
+        for example, other in zip(examples, others, strict=True):
+            room = self.config.max_length - len(example.prompt_ids)
+            rows.append((example.prompt_ids, other.completions[0][:room]))
+        return pack_sequences(rows, self.pad_id)
+
+    # -- state carried across steps (KTO's KL estimate, BCO's reward shift)
+
+    def before_step(self, model: nn.Module, global_batch: Sequence[int],
+                    micro_batches: Sequence[Sequence[int]],
+                    sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
+        """KTO: z0 of this step, the mean log(pi / pi_ref) of the mismatched pairs of the
+        global batch (example b's prompt with example b - 1's completion), summed over
+        this rank's ``micro_batches`` (its share, in micro-batches) and over the ranks."""
+        if self.config.loss != "kto":
+            return
+        device = next(model.parameters()).device
+        totals = torch.zeros(2, dtype=torch.float64, device=device)  # sum of log-ratios, pairs
+        if len(global_batch) > 1:
+            position = {index: number for number, index in enumerate(global_batch)}
+            examples = self.train_set.examples
+            for micro_batch in micro_batches:
+                previous = [examples[global_batch[position[index] - 1]] for index in micro_batch]
+                pairs = move_to_device(
+                    self._mismatched_pairs([examples[index] for index in micro_batch], previous), device
+                )
+                with torch.no_grad():
+                    policy_kl = sequence_logps(model, pairs)[0]
+                    ref_kl = self._reference_scores(model, lambda m, pairs=pairs: sequence_logps(m, pairs)[0])
+                log_ratios = (policy_kl - ref_kl).double()
+                totals += torch.stack([log_ratios.sum(), log_ratios.new_tensor(len(micro_batch))])
+        total, count = sum_over_ranks(totals).tolist()
+        self._step_kl = torch.tensor(total / count if count else 0.0, dtype=torch.float32, device=device)
 
     def after_optimizer_step(self, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
         """Fold this step's rewards, summed over micro-batches and ranks, into delta."""
+        self._step_kl = None
         if self.reward_shift is None:
             return
         totals = self._step_reward_totals
@@ -571,6 +617,11 @@ class AlignTask:
         """Per-example losses (B,) and metrics of a training micro-batch. With a reward
         shift (bco, bco_pair) the batch's rewards are also added to this step's sums,
         which :meth:`after_optimizer_step` folds into delta."""
+        if self.config.loss == "kto" and self._step_kl is None:
+            raise RuntimeError(
+                "AlignTask.loss with kto needs the step's KL estimate: call before_step(model, "
+                "global_batch, micro_batches, sum_over_ranks) first, as the training loop does"
+            )
         losses, metrics = self._scored(model, batch)
         if self.reward_shift is not None:
             if self.config.kind == "paired":
@@ -656,12 +707,14 @@ class AlignTask:
             metrics["reward_shift"] = delta
         else:
             kl_estimate = policy.new_zeros(())
-            if batch.kl_sequences is not None:
+            if batch.kl_sequences is not None:  # evaluation: the evaluation batch's own pairs
                 kl_sequences = batch.kl_sequences
                 with torch.no_grad():
                     policy_kl = sequence_logps(model, kl_sequences)[0]
                 ref_kl = self._reference_scores(model, lambda m: sequence_logps(m, kl_sequences)[0])
                 kl_estimate = (policy_kl - ref_kl).mean().to(policy.dtype)
+            elif self._step_kl is not None:  # training: the whole step's estimate
+                kl_estimate = self._step_kl.to(policy.dtype)
             output = self.loss_function(logps, kl_estimate)
             metrics["kl_estimate"] = kl_estimate.detach()
         return output.losses, {"rewards": output.rewards, **metrics}

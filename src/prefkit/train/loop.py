@@ -24,7 +24,9 @@ either and does the rest:
   mean) defines ``state_dict``/``load_state_dict`` (JSON values, stored in the
   checkpoint's ``state.json``) and ``after_optimizer_step``, which the loop calls
   once per optimizer step on every rank with a function that sums a tensor over
-  the ranks; see :class:`StatefulTrainTask`.
+  the ranks; see :class:`StatefulTrainTask`. A task whose losses need a statistic
+  of the whole step (KTO's KL estimate) defines ``before_step``, called with the
+  global batch before the step's first micro-batch.
 * **Early stopping.** With ``early_stopping_patience`` set, the loop keeps the
   weights of the best evaluation and puts them back into the model when
   training ends (``TrainResult.restored_best`` says whether it did).
@@ -233,8 +235,25 @@ class EvaluatingTrainTask(TrainTask[BatchT], Protocol):
 class StatefulTrainTask(TrainTask[BatchT], Protocol):
     """A :class:`TrainTask` with state that changes during training and must survive a resume.
 
-    The three methods are optional each; the loop calls those the task has.
+    The four methods are optional each; the loop calls those the task has.
     """
+
+    def before_step(
+        self,
+        model: nn.Module,
+        global_batch: Sequence[int],
+        micro_batches: Sequence[Sequence[int]],
+        sum_over_ranks: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        """Called on every rank at the start of each optimizer step, before the first
+        micro-batch, with the step's whole ``global_batch`` and this rank's share of it
+        cut into ``micro_batches`` (empty when the rank has no example this step).
+
+        For statistics of the whole step that every micro-batch's loss uses (KTO's KL
+        estimate). Runs with gradients enabled unless the task disables them; the
+        model is in training mode. ``sum_over_ranks`` is as in :meth:`after_optimizer_step`.
+        """
+        ...
 
     def after_optimizer_step(self, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Called on every rank after each optimizer step, before evaluation and checkpointing.
@@ -632,6 +651,7 @@ class _Trainer:
         self.evaluate: Callable[[nn.Module], Mapping[str, float]] | None = getattr(
             task, "evaluate", None
         )
+        self.before_step = getattr(task, "before_step", None)
         self.after_optimizer_step = getattr(task, "after_optimizer_step", None)
         if config.early_stopping_patience is not None and self.evaluate is None:
             raise ValueError(
@@ -752,7 +772,11 @@ class _Trainer:
         num_examples = len(global_batch)
         totals = _StepTotals()
         rank_share = shard_batch(global_batch, runtime.rank, runtime.world_size)
-        for micro_indices in split_micro_batches(rank_share, self.micro_batch_size):
+        micro_batches = split_micro_batches(rank_share, self.micro_batch_size)
+        if self.before_step is not None:
+            with runtime.autocast():
+                self.before_step(self.model, global_batch, micro_batches, runtime.sum_over_ranks)
+        for micro_indices in micro_batches:
             batch = move_to_device(self.task.collate(micro_indices), runtime.device)
             with runtime.autocast():
                 per_example_losses, metrics = self.task.loss(self.model, batch)

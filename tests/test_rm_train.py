@@ -363,6 +363,37 @@ def test_encoder_runs_batches_side_by_side_on_cpu_and_matches_one_at_a_time(tiny
     np.testing.assert_allclose(parallel.embeddings, plain_encode(encoder, ENCODER_TEXTS, "right"), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["bert", "llama-base", "llama-causal-lm"])
+def test_encoder_loads_the_same_model_as_from_pretrained(tiny_bert, tiny_llama, tmp_path, monkeypatch, kind):
+    from transformers import AutoModel, LlamaModel
+
+    from prefkit.rm import encoder as encoder_module
+
+    if kind == "bert":
+        checkpoint = tiny_bert
+    elif kind == "llama-causal-lm":  # keys carry the "model." prefix: Hugging Face's loader maps them
+        checkpoint = tiny_llama
+    else:
+        checkpoint = str(tmp_path / "llama-base")
+        LlamaModel.from_pretrained(tiny_llama).save_pretrained(checkpoint, safe_serialization=True)
+    calls = []
+    original = AutoModel.from_pretrained
+    monkeypatch.setattr(AutoModel, "from_pretrained", lambda *a, **k: calls.append(a) or original(*a, **k))
+    loaded = encoder_module.load_base_model(checkpoint).eval()
+    assert len(calls) == (1 if kind == "llama-causal-lm" else 0)  # direct load for exact base-model keys
+    reference = original(checkpoint, use_safetensors=True, dtype=torch.float32).eval()
+    ours, theirs = dict(loaded.named_buffers()), dict(reference.named_buffers())
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0, msg=name)
+    for (name, expected), actual in zip(reference.state_dict().items(), loaded.state_dict().values()):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0, msg=name)
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).last_hidden_state,
+                                   reference(input_ids=ids).last_hidden_state, rtol=0, atol=0)
+
+
 def test_parallel_encoding_keeps_order_and_pads_only_a_few_batches_ahead():
     from concurrent.futures import ThreadPoolExecutor
 

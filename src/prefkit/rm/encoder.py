@@ -103,6 +103,52 @@ def weights_hash(checkpoint: str | os.PathLike[str]) -> str:
     return _weights_hash_memo[memo_key]
 
 
+def load_base_model(checkpoint: str | os.PathLike[str]) -> torch.nn.Module:
+    """The checkpoint's base model (``AutoModel``) in float32, weights from safetensors.
+
+    When the checkpoint's tensors are exactly the base model's (same names and
+    shapes; the usual case for sentence encoders), the model is built without
+    random initialisation and the tensors are loaded directly: the same weights
+    as ``AutoModel.from_pretrained``, about 0.15 s sooner for MiniLM here, as
+    Hugging Face's loader first builds its key-conversion rules for every
+    architecture it knows. Any other checkpoint (prefixed or renamed keys, tied
+    or missing weights, quantised) goes through ``AutoModel.from_pretrained``.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    files = sorted(Path(checkpoint).glob("*.safetensors"))
+    config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=False)
+    if files and getattr(config, "quantization_config", None) is None:
+        try:
+            from transformers.initialization import no_init_weights
+        except ImportError:  # another transformers layout: use its own loader
+            no_init_weights = None
+        if no_init_weights is not None:
+            with no_init_weights():
+                model = AutoModel.from_config(config, dtype=torch.float32, trust_remote_code=False)
+            # Buffers that are not saved (position ids, rotary frequencies) get the values the
+            # model's own initialisation gives them, as from_pretrained does; the parameters
+            # are all overwritten below.
+            for module in model.modules():
+                if getattr(module, "_non_persistent_buffers_set", None):
+                    model._init_weights(module)
+            expected = model.state_dict()
+            tensors: dict[str, torch.Tensor] = {}
+            for path in files:
+                tensors.update(load_file(str(path)))
+            # Buffers the model rebuilds itself (e.g. BERT's position_ids) may be stored too.
+            rebuilt = {name for name, _ in model.named_buffers()} - set(expected)
+            tensors = {name: tensor for name, tensor in tensors.items() if name not in rebuilt}
+            if set(tensors) == set(expected) and all(
+                tensors[name].shape == expected[name].shape for name in expected
+            ):
+                model.load_state_dict({name: t.float() for name, t in tensors.items()}, strict=True)
+                return model
+    return AutoModel.from_pretrained(
+        checkpoint, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
+    )
+
+
 def is_decoder_checkpoint(config: object) -> bool:
     """True for causal language models (pooled at the last real token)."""
     architectures = getattr(config, "architectures", None) or []
@@ -221,12 +267,7 @@ class FrozenEncoder:
     @property
     def model(self) -> torch.nn.Module:
         if self._model is None:
-            from transformers import AutoModel
-
-            model = AutoModel.from_pretrained(
-                self.checkpoint, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
-            )
-            self._model = model.to(self.device).eval()
+            self._model = load_base_model(self.checkpoint).to(self.device).eval()
         return self._model
 
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:

@@ -10,8 +10,10 @@ TRL's fused head, so the checks cover the log-prob convention as well as the los
 - Every other DPO ``loss_type`` TRL 1.16 shares with prefkit, and KTO: TRL's own
   ``_compute_loss`` runs on a batch from its data loader (no optimiser step).
 - CPO, SimPO and ORPO (``trl.experimental``): ``get_batch_loss_metrics`` on a batch.
-- BCO: ``trl.experimental.bco`` of TRL 1.0 (TRL 1.16 no longer has it; the test skips
-  there), ``get_batch_loss_metrics`` on a batch, against prefkit's trainer task.
+- BCO: ``trl.experimental.bco`` of TRL 1.0 (TRL 1.16 no longer has it),
+  ``get_batch_loss_metrics`` on a batch, against prefkit's trainer task. Under TRL
+  1.16 the test runs in a subprocess with TRL 1.0 first on the path; ``make test``
+  installs TRL 1.0's files in ``.venv/trl-1.0`` for it.
 
 Where TRL averages an NLL over all chosen tokens of the batch (``sft``, CPO's and
 ORPO's NLL terms), prefkit averages per example; TRL's value is then the
@@ -23,8 +25,13 @@ the order) are compared.
 from __future__ import annotations
 
 import copy
+import importlib.util
+import os
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -586,3 +593,21 @@ def test_bco_trainer_loss_matches_trl_at_trls_reward_shift(tiny):
     with torch.no_grad():
         task_losses, _ = task.loss(policy, task.collate(list(range(len(examples)))))
     _close(trl_loss, task_losses.mean(), "AlignTask bco loss")
+
+
+TRL_1_0 = Path(__file__).resolve().parents[1] / ".venv" / "trl-1.0"
+
+
+def test_bco_parity_runs_under_trl_1_0():
+    """Runs the BCO parity test above with TRL 1.0, where the installed TRL has no BCO."""
+    if importlib.util.find_spec("trl.experimental.bco") is not None:
+        pytest.skip("the installed TRL has BCOTrainer: the test above runs directly")
+    if not (TRL_1_0 / "trl").is_dir():
+        pytest.skip(f"TRL 1.0 is not installed in {TRL_1_0} (make test installs it)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TRL_1_0), os.environ.get("PYTHONPATH")]))}
+    test_id = f"{__file__}::test_bco_trainer_loss_matches_trl_at_trls_reward_shift"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_id],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]

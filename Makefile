@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 # TRL 1.16 no longer ships BCOTrainer; the BCO parity test runs TRL 1.0's (files only,
 # beside the environment, put first on the path of that one test's subprocess).
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/trl-1.0 'trl==1.0.0'
 	touch $@

@@ -394,6 +394,31 @@ def test_encoder_loads_the_same_model_as_from_pretrained(tiny_bert, tiny_llama, 
                                    reference(input_ids=ids).last_hidden_state, rtol=0, atol=0)
 
 
+def test_embedding_progress_learns_its_total_before_the_first_batch(tiny_bert, tmp_path):
+    from prefkit.progress import ProgressCounter
+
+    events = []
+
+    class Recorder(ProgressCounter):
+        def expect(self, count):
+            events.append(("expect", count))
+            super().expect(count)
+
+        def __call__(self, count):
+            events.append(("done", count))
+            super().__call__(count)
+
+    encoder = FrozenEncoder(tiny_bert, max_length=24, batch_size=2)
+    cache = EmbeddingCache(tmp_path / "cache")
+    counter = Recorder("embedding", "text", enabled=False)
+    cache.encode(encoder, ENCODER_TEXTS[:3], progress=counter)
+    cache.encode(encoder, ENCODER_TEXTS, progress=counter)  # 3 cached, 2 to embed
+    counter.close()
+    assert events[0] == ("expect", 3) and events[3] == ("expect", 2)
+    assert sum(n for kind, n in events if kind == "done") == 5
+    assert counter._bar.total == 5
+
+
 def test_parallel_encoding_keeps_order_and_pads_only_a_few_batches_ahead():
     from concurrent.futures import ThreadPoolExecutor
 

@@ -11,6 +11,7 @@ from typing import TypeVar
 from prefkit.data.errors import rejects_path_for
 from prefkit.data.layouts import parse_map_args
 from prefkit.data.read import DEFAULT_MAX_TEXT_CHARS, FeedbackReader, known_formats
+from prefkit.progress import progress_iter
 
 T = TypeVar("T")
 
@@ -87,9 +88,4 @@ def with_layout_notice(reader: FeedbackReader) -> Iterator:
 def progress(items: Iterable[T], *, description: str, unit: str = "rec", total: int | None = None,
              enabled: bool = True) -> Iterable[T]:
     """A tqdm progress bar on stderr (rate and ETA when the total is known)."""
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=description, unit=unit, total=total, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5, disable=None)
+    return progress_iter(items, description=description, unit=unit, total=total, enabled=enabled)

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -63,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from prefkit.data.records import Message, Text, render_text, text_length
+from prefkit.progress import progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -127,12 +127,7 @@ def _check_items(prompts: Sequence[Text], responses: Sequence[Text]) -> None:
 
 def _progress_bar(total: int, description: str, enabled: bool) -> Any:
     """A tqdm bar on stderr; hidden when ``enabled`` is false or stderr is not a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, desc=description, unit="item", file=sys.stderr, dynamic_ncols=True,
-        mininterval=0.5, disable=None if enabled else True,
-    )
+    return progress_bar(total=total, description=description, unit="item", enabled=enabled)
 
 
 def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:

@@ -295,6 +295,9 @@ class FrozenEncoder:
         1.2x faster on 2 cores for MiniLM). Each batch's embeddings do not
         depend on which thread computed it.
         """
+        expect = getattr(progress, "expect", None)  # a ProgressCounter learns its total here
+        if expect is not None:
+            expect(len(texts))
         tokenizer = self.tokenizer
         before, after = special_token_template(tokenizer).single
         full_ids = self._tokenize(texts)

@@ -83,6 +83,7 @@ from torch import nn
 from prefkit.data.records import PairwiseRecord, RatingRecord
 from prefkit.data.split import split_eval_records
 from prefkit.losses.reward import OUTCOME_A_WINS, bradley_terry_loss, rating_regression_loss
+from prefkit.progress import ProgressCounter
 from prefkit.rm.encoder import FrozenEncoder, encode_texts, resolve_backbone
 from prefkit.rm.heads import RewardHead, build_features, parse_feature_spec
 from prefkit.rm.model import (
@@ -317,7 +318,8 @@ class MultiObjectiveRewardModel(EmbeddingRewardModel):
         """Embed prompts and responses (through the cache) into the model's inputs."""
         return self.featurize_with_token_counts(prompts, responses)[0]
 
-    def featurize_with_token_counts(self, prompts: Sequence[str], responses: Sequence[str]
+    def featurize_with_token_counts(self, prompts: Sequence[str], responses: Sequence[str],
+                                    progress: Callable[[int], None] | None = None,
                                     ) -> tuple[MultiObjectiveItems, np.ndarray, np.ndarray]:
         """The model's inputs plus (N,) prompt and (N,) response token counts before truncation."""
         if len(prompts) != len(responses):
@@ -326,8 +328,10 @@ class MultiObjectiveRewardModel(EmbeddingRewardModel):
                 "give one prompt per response."
             )
         encoder = self.encoder
-        response_encoded = encode_texts(encoder, list(responses), side="right", cache=self.cache)
-        prompt_encoded = encode_texts(encoder, list(prompts), side="left", cache=self.cache)
+        response_encoded = encode_texts(encoder, list(responses), side="right", cache=self.cache,
+                                        progress=progress)
+        prompt_encoded = encode_texts(encoder, list(prompts), side="left", cache=self.cache,
+                                      progress=progress)
         chars = np.array([len(text) for text in responses], dtype=np.float32)
         features = build_features(
             self.features, prompt_encoded.embeddings, response_encoded.embeddings, chars,
@@ -477,7 +481,12 @@ def prepare_stage(model: MultiObjectiveRewardModel, records: Sequence[RatingReco
     index = ItemIndex()
     examples = build_examples(list(records), index, attributes)
     prompts, responses = index.prompts, index.responses
-    items, prompt_tokens, response_tokens = model.featurize_with_token_counts(prompts, responses)
+    progress = ProgressCounter("embedding", "text") if config.progress else None
+    try:
+        items, prompt_tokens, response_tokens = model.featurize_with_token_counts(prompts, responses, progress)
+    finally:
+        if progress is not None:
+            progress.close()
     prompt_cut = (prompt_tokens > config.max_length) & reads_prompt  # (U,)
     response_cut = response_tokens > config.max_length  # (U,)
     counts = TruncationCounts(config.max_length, config.truncation)

@@ -63,6 +63,7 @@ from prefkit.losses.reward import (
     soft_label_loss,
     strength_scaled_bradley_terry_loss,
 )
+from prefkit.progress import ProgressCounter
 from prefkit.rm.encoder import resolve_backbone
 from prefkit.rm.heads import parse_feature_spec
 from prefkit.rm.model import (
@@ -625,9 +626,15 @@ def build_store(model: RewardModel, index: ItemIndex, config: RMTrainConfig,
 def prepare(model: RewardModel, records: Sequence[AnyRecord], config: RMTrainConfig,
             attributes: list[str] | None, counts: TruncationCounts,
             progress: Callable[[int], None] | None = None) -> tuple[ItemStore, Examples]:
+    """Examples of ``records`` and their items; closes ``progress`` (when it has ``close``)."""
     index = ItemIndex()
     examples = build_examples(records, index, attributes)
-    store, truncated = build_store(model, index, config, counts, progress)
+    try:
+        store, truncated = build_store(model, index, config, counts, progress)
+    finally:
+        close = getattr(progress, "close", None)
+        if close is not None:
+            close()
     if config.truncation == "drop":
         touched = torch.as_tensor(truncated)[examples.positions.clamp(min=0)] & (examples.positions >= 0)
         keep = ~touched.any(dim=1)
@@ -635,6 +642,12 @@ def prepare(model: RewardModel, records: Sequence[AnyRecord], config: RMTrainCon
         examples = subset_examples(examples, keep)
     counts.examples_kept += len(examples)
     return store, examples
+
+
+def _embedding_progress(config: RMTrainConfig, description: str) -> ProgressCounter | None:
+    """A bar for the embedding pass (it learns its total before the first batch); none
+    in the other modes, whose tokenization is quick."""
+    return ProgressCounter(description, "text") if config.progress and config.mode == "embedding" else None
 
 
 @dataclass
@@ -681,16 +694,16 @@ def train_reward_model(
     log(f"{len(records)} {kind} records; loss: {loss_name}; mode: {config.mode}; "
         f"backbone: {model.spec['backbone']['path']}")
 
-    progress = _progress_bar("embedding" if config.mode == "embedding" else "tokenizing", config.progress)
     counts = TruncationCounts(config.max_length, config.truncation)
-    store, examples = prepare(model, records, config, attributes, counts, progress)
+    store, examples = prepare(model, records, config, attributes, counts, _embedding_progress(config, "embedding"))
     log(counts.summary())
     if len(examples) == 0:
         raise ValueError(f"{source}: no examples left after truncation policy '{config.truncation}'.")
     eval_counts = eval_examples = eval_store = None
     if eval_records:
         eval_counts = TruncationCounts(config.max_length, config.truncation)
-        eval_store, eval_examples = prepare(model, eval_records, config, attributes, eval_counts, progress)
+        eval_store, eval_examples = prepare(model, eval_records, config, attributes, eval_counts,
+                                            _embedding_progress(config, "embedding eval data"))
         log("eval: " + eval_counts.summary())
     if isinstance(store, FeatureStore):
         model.head.set_standardization(store.features)  # type: ignore[union-attr]
@@ -724,10 +737,3 @@ def train_reward_model(
     return RMTrainReport(model, out, loss_name, kind, counts, eval_counts, result, eval_metrics, train_metrics)
 
 
-def _progress_bar(description: str, enabled: bool) -> Callable[[int], None] | None:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc=description, unit="text", disable=None, mininterval=0.5)
-    return bar.update

@@ -343,6 +343,10 @@ def test_encoder_runs_batches_side_by_side_on_cpu_and_matches_one_at_a_time(tiny
         torch.set_num_threads(2)
         assert encoder.cpu_workers(3) == (2, 1)
         assert encoder.cpu_workers(1) == (1, 2)  # one batch: intra-op threads instead
+        torch.set_num_threads(16)
+        assert encoder.cpu_workers(100) == (4, 4)  # at most 4 batches' activations at once
+        torch.set_num_threads(2)
+        assert encoder.encode([]).embeddings.shape == (0, encoder.hidden_size)
         seen = []
         original = FrozenEncoder._encode_batch
 
@@ -417,6 +421,24 @@ def test_embedding_progress_learns_its_total_before_the_first_batch(tiny_bert, t
     assert events[0] == ("expect", 3) and events[3] == ("expect", 2)
     assert sum(n for kind, n in events if kind == "done") == 5
     assert counter._bar.total == 5
+
+
+def test_models_whose_rotary_embedding_changes_during_forward_embed_one_batch_at_a_time(tiny_llama, tmp_path):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_llama)
+    config.rope_scaling = {"rope_type": "dynamic", "factor": 2.0}
+    config.save_pretrained(tmp_path)
+    for name in Path(tiny_llama).iterdir():
+        if name.name != "config.json":
+            shutil.copy(name, tmp_path / name.name)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert FrozenEncoder(str(tmp_path), max_length=24).cpu_workers(5) == (1, 2)
+        assert FrozenEncoder(tiny_llama, max_length=24).cpu_workers(5) == (2, 1)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_parallel_encoding_keeps_order_and_pads_only_a_few_batches_ahead():

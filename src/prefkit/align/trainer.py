@@ -622,7 +622,7 @@ class AlignTask:
                 "AlignTask.loss with kto needs the step's KL estimate: call before_step(model, "
                 "global_batch, micro_batches, sum_over_ranks) first, as the training loop does"
             )
-        losses, metrics = self._scored(model, batch)
+        losses, metrics = self._scored(model, batch, step_kl=self._step_kl)
         if self.reward_shift is not None:
             if self.config.kind == "paired":
                 rewards = torch.cat([metrics["chosen_rewards"], metrics["rejected_rewards"]])
@@ -634,8 +634,10 @@ class AlignTask:
             self._step_reward_totals = batch_totals if previous is None else previous + batch_totals
         return losses, metrics
 
-    def _scored(self, model: nn.Module, batch: AlignBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """Per-example losses (B,) and metrics; changes no state."""
+    def _scored(self, model: nn.Module, batch: AlignBatch, *, step_kl: Tensor | None = None
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-example losses (B,) and metrics; changes no state. ``step_kl`` is KTO's z0 of
+        the training step (evaluation batches carry their own mismatched pairs instead)."""
         row_logps, row_lengths = self._row_logps(model, batch)
         policy = self._to_slots(batch, row_logps)  # (B, K)
         lengths = self._to_slots(batch, row_lengths.to(row_logps.dtype)).long()  # (B, K)
@@ -651,7 +653,7 @@ class AlignTask:
             return self._paired_loss(policy, reference, lengths)
         if kind == "unpaired":
             assert reference is not None
-            return self._unpaired_loss(model, batch, policy, reference)
+            return self._unpaired_loss(model, batch, policy, reference, step_kl)
         assert reference is not None
         output = self.loss_function(
             ListwiseLogps(policy, reference, batch.labels.to(policy.dtype), batch.slot_mask)
@@ -696,7 +698,8 @@ class AlignTask:
         return output.losses, metrics
 
     def _unpaired_loss(
-        self, model: nn.Module, batch: AlignBatch, policy: Tensor, reference: Tensor
+        self, model: nn.Module, batch: AlignBatch, policy: Tensor, reference: Tensor,
+        step_kl: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         desirable = batch.labels[:, 0] > 0.5
         logps = UnpairedLogps(policy[:, 0], reference[:, 0], desirable)
@@ -713,8 +716,8 @@ class AlignTask:
                     policy_kl = sequence_logps(model, kl_sequences)[0]
                 ref_kl = self._reference_scores(model, lambda m: sequence_logps(m, kl_sequences)[0])
                 kl_estimate = (policy_kl - ref_kl).mean().to(policy.dtype)
-            elif self._step_kl is not None:  # training: the whole step's estimate
-                kl_estimate = self._step_kl.to(policy.dtype)
+            elif step_kl is not None:  # training: the whole step's estimate
+                kl_estimate = step_kl.to(policy.dtype)
             output = self.loss_function(logps, kl_estimate)
             metrics["kl_estimate"] = kl_estimate.detach()
         return output.losses, {"rewards": output.rewards, **metrics}

@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +40,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 _HASH_CHUNK_BYTES = 1 << 22
+MAX_PARALLEL_BATCHES = 4
+"""At most this many batches are embedded at once on CPU (peak memory grows with it)."""
+_THREAD_COUNT_LOCK = threading.Lock()
 _DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
@@ -142,7 +146,9 @@ def load_base_model(checkpoint: str | os.PathLike[str]) -> torch.nn.Module:
             if set(tensors) == set(expected) and all(
                 tensors[name].shape == expected[name].shape for name in expected
             ):
-                model.load_state_dict({name: t.float() for name, t in tensors.items()}, strict=True)
+                model.load_state_dict(
+                    {name: tensor.to(expected[name].dtype) for name, tensor in tensors.items()}, strict=True
+                )
                 return model
     return AutoModel.from_pretrained(
         checkpoint, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
@@ -253,6 +259,8 @@ class FrozenEncoder:
         config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=False)
         self.pooling = pooling or ("last" if is_decoder_checkpoint(config) else "mean")
         self.hidden_size = int(config.hidden_size)
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        self._rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
         self.weights_hash = weights_hash(checkpoint)
         self._tokenizer = None
         self._model = None
@@ -313,32 +321,40 @@ class FrozenEncoder:
                 sequences = [_truncate(full_ids[row], len(before), len(after), budget, side) for row in rows]
                 yield rows, tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
 
+        if not texts:
+            return EncodedTexts(embeddings, num_tokens)
         self.model  # noqa: B018 (loads the model here, before any worker thread starts)
         workers, threads_each = self.cpu_workers(math.ceil(len(texts) / self.batch_size))
         if workers <= 1:
             self._collect(map(self._encode_batch, batches()), embeddings, progress)
             return EncodedTexts(embeddings, num_tokens)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads_each)
-        try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefkit-encode") as pool:
-                self._collect(_bounded_map(pool, self._encode_batch, batches(), 2 * workers),
-                              embeddings, progress)
-        finally:
-            torch.set_num_threads(previous)
+        # torch's thread count is process-wide: one parallel encode at a time sets and restores it.
+        with _THREAD_COUNT_LOCK:
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads_each)
+            try:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefkit-encode") as pool:
+                    self._collect(_bounded_map(pool, self._encode_batch, batches(), 2 * workers),
+                                  embeddings, progress)
+            finally:
+                torch.set_num_threads(previous)
         return EncodedTexts(embeddings, num_tokens)
 
     def cpu_workers(self, num_batches: int) -> tuple[int, int]:
         """(batches run at once, torch threads per batch) for ``num_batches`` batches.
 
         One batch at a time with every thread off CPU, with a single torch
-        thread, or with a single batch; otherwise up to ``torch.get_num_threads()``
-        batches at once, sharing the threads.
+        thread, with a single batch, or for a model whose rotary embedding
+        rewrites itself during the forward pass ("dynamic" or "longrope"
+        scaling); otherwise up to ``torch.get_num_threads()`` batches at once,
+        at most :data:`MAX_PARALLEL_BATCHES` (each holds its own activations),
+        sharing the threads.
         """
         threads = torch.get_num_threads()
-        if torch.device(self.device).type != "cpu" or threads <= 1 or num_batches <= 1:
+        if (torch.device(self.device).type != "cpu" or threads <= 1 or num_batches <= 1
+                or self._rope_type in ("dynamic", "longrope")):
             return 1, threads
-        workers = min(threads, num_batches)
+        workers = min(threads, num_batches, MAX_PARALLEL_BATCHES)
         return workers, max(1, threads // workers)
 
     def _encode_batch(self, item: tuple[np.ndarray, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -184,9 +184,10 @@ def run_trl(steps, precompute, with_ref_model, best=False):
         # The clock starts before the trainer is built: TRL tokenizes the data set and, with
         # precompute_ref_log_probs, runs the whole reference pass inside DPOTrainer.__init__.
         # prefkit's clock likewise starts before its tokenization and reference pass.
+        dataset = Dataset.from_list(pairs)  # raw pairs as TRL takes them (prefkit: records)
         started = time.perf_counter()
         trainer = DPOTrainer(model=policy, ref_model=ref, args=args,
-                             train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
+                             train_dataset=dataset, processing_class=tokenizer)
         if best:
             # The sampler groups by this column: the longer of the two tokenized sequences.
             tokenized = trainer.train_dataset

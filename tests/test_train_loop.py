@@ -291,6 +291,20 @@ def test_resume_mid_epoch_matches_uninterrupted_run_bitwise(tmp_path):
     ]
 
 
+def test_resume_warns_when_the_examples_differ_from_the_checkpoints(tmp_path):
+    run_interrupted_at(tmp_path, step=17)
+    same = tmp_path / "same"
+    run_interrupted_at(same, step=17)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same data resumes without a warning
+        train(make_mlp(dropout=0.3), RegressionTask(), resume_config(), same)
+
+    other = RegressionTask()
+    other.lengths = [length + 1 if index % 2 else length for index, length in enumerate(other.lengths)]
+    with pytest.warns(UserWarning, match="batch order differs"):
+        train(make_mlp(dropout=0.3), other, resume_config(), tmp_path)
+
+
 class ShiftedRegressionTask(RegressionTask):
     """Squared error around a running mean of earlier steps' errors (state, as BCO's delta).
 

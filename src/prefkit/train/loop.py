@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -880,6 +881,7 @@ class _Trainer:
                     "loop": dataclasses.asdict(self.state),
                     "world_size": self.runtime.world_size,
                     "config": dataclasses.asdict(self.config),
+                    "examples_digest": self._examples_digest(),
                     **self._task_state(),
                 },
             )
@@ -932,7 +934,21 @@ class _Trainer:
             checkpoint = read_checkpoint(Path(chosen), rank=self.runtime.rank)
         return checkpoint
 
+    def _examples_digest(self) -> str:
+        """sha256 of the example lengths the batch order is computed from."""
+        lengths = ",".join(str(length) for length in self.sampler.lengths)
+        return hashlib.sha256(lengths.encode()).hexdigest()
+
     def _restore(self, checkpoint: Checkpoint) -> None:
+        saved_digest = checkpoint.state.get("examples_digest")
+        if saved_digest is not None and saved_digest != self._examples_digest():
+            warnings.warn(
+                f"Resuming from {checkpoint.path}, but the training examples (their number or "
+                "lengths) differ from that run's, so the batch order differs: the resumed epoch "
+                "may skip some examples and repeat others. Resume with the same data and "
+                "settings, or use an empty output folder.",
+                stacklevel=3,
+            )
         saved_config = checkpoint.state.get("config", {})
         changed = {
             name: (saved_config.get(name), value)

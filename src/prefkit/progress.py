@@ -42,7 +42,8 @@ class ProgressCounter:
     is coming calls :meth:`expect`, which grows the bar's total (and so gives an ETA).
 
     Passed where prefkit takes a ``progress`` callback, e.g. to the embedding pass,
-    which expects the number of texts it has to embed before it starts.
+    which expects the number of texts it has to embed before it starts. A disabled
+    counter counts silently; ``with ProgressCounter(...) as counter:`` closes it.
     """
 
     def __init__(self, description: str, unit: str, enabled: bool = True):
@@ -57,3 +58,9 @@ class ProgressCounter:
 
     def close(self) -> None:
         self._bar.close()
+
+    def __enter__(self) -> ProgressCounter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

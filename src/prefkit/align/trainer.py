@@ -528,6 +528,13 @@ class AlignTask:
             rows.append((example.prompt_ids, other.completions[0][:room]))
         return pack_sequences(rows, self.pad_id)
 
+    def _kl_log_ratios(self, model: nn.Module, pairs: SequenceBatch) -> Tensor:
+        """(R,) log pi - log pi_ref of KTO's mismatched pairs, without gradient."""
+        with torch.no_grad():
+            policy_logps = sequence_logps(model, pairs)[0]
+            ref_logps = self._reference_scores(model, lambda m: sequence_logps(m, pairs)[0])
+        return policy_logps - ref_logps
+
     # -- state carried across steps (KTO's KL estimate, BCO's reward shift)
 
     def before_step(self, model: nn.Module, global_batch: Sequence[int],
@@ -548,10 +555,7 @@ class AlignTask:
                 pairs = move_to_device(
                     self._mismatched_pairs([examples[index] for index in micro_batch], previous), device
                 )
-                with torch.no_grad():
-                    policy_kl = sequence_logps(model, pairs)[0]
-                    ref_kl = self._reference_scores(model, lambda m, pairs=pairs: sequence_logps(m, pairs)[0])
-                log_ratios = (policy_kl - ref_kl).double()
+                log_ratios = self._kl_log_ratios(model, pairs).double()
                 totals += torch.stack([log_ratios.sum(), log_ratios.new_tensor(len(micro_batch))])
         total, count = sum_over_ranks(totals).tolist()
         self._step_kl = torch.tensor(total / count if count else 0.0, dtype=torch.float32, device=device)
@@ -711,11 +715,7 @@ class AlignTask:
         else:
             kl_estimate = policy.new_zeros(())
             if batch.kl_sequences is not None:  # evaluation: the evaluation batch's own pairs
-                kl_sequences = batch.kl_sequences
-                with torch.no_grad():
-                    policy_kl = sequence_logps(model, kl_sequences)[0]
-                ref_kl = self._reference_scores(model, lambda m: sequence_logps(m, kl_sequences)[0])
-                kl_estimate = (policy_kl - ref_kl).mean().to(policy.dtype)
+                kl_estimate = self._kl_log_ratios(model, batch.kl_sequences).mean().to(policy.dtype)
             elif step_kl is not None:  # training: the whole step's estimate
                 kl_estimate = step_kl.to(policy.dtype)
             output = self.loss_function(logps, kl_estimate)

@@ -481,12 +481,8 @@ def prepare_stage(model: MultiObjectiveRewardModel, records: Sequence[RatingReco
     index = ItemIndex()
     examples = build_examples(list(records), index, attributes)
     prompts, responses = index.prompts, index.responses
-    progress = ProgressCounter("embedding", "text") if config.progress else None
-    try:
+    with ProgressCounter("embedding", "text", enabled=config.progress) as progress:
         items, prompt_tokens, response_tokens = model.featurize_with_token_counts(prompts, responses, progress)
-    finally:
-        if progress is not None:
-            progress.close()
     prompt_cut = (prompt_tokens > config.max_length) & reads_prompt  # (U,)
     response_cut = response_tokens > config.max_length  # (U,)
     counts = TruncationCounts(config.max_length, config.truncation)

@@ -626,15 +626,9 @@ def build_store(model: RewardModel, index: ItemIndex, config: RMTrainConfig,
 def prepare(model: RewardModel, records: Sequence[AnyRecord], config: RMTrainConfig,
             attributes: list[str] | None, counts: TruncationCounts,
             progress: Callable[[int], None] | None = None) -> tuple[ItemStore, Examples]:
-    """Examples of ``records`` and their items; closes ``progress`` (when it has ``close``)."""
     index = ItemIndex()
     examples = build_examples(records, index, attributes)
-    try:
-        store, truncated = build_store(model, index, config, counts, progress)
-    finally:
-        close = getattr(progress, "close", None)
-        if close is not None:
-            close()
+    store, truncated = build_store(model, index, config, counts, progress)
     if config.truncation == "drop":
         touched = torch.as_tensor(truncated)[examples.positions.clamp(min=0)] & (examples.positions >= 0)
         keep = ~touched.any(dim=1)
@@ -644,10 +638,10 @@ def prepare(model: RewardModel, records: Sequence[AnyRecord], config: RMTrainCon
     return store, examples
 
 
-def _embedding_progress(config: RMTrainConfig, description: str) -> ProgressCounter | None:
-    """A bar for the embedding pass (it learns its total before the first batch); none
-    in the other modes, whose tokenization is quick."""
-    return ProgressCounter(description, "text") if config.progress and config.mode == "embedding" else None
+def _embedding_progress(config: RMTrainConfig, description: str) -> ProgressCounter:
+    """A bar for the embedding pass (it learns its total before the first batch); shown
+    in embedding mode only, the other modes' tokenization is quick."""
+    return ProgressCounter(description, "text", enabled=config.progress and config.mode == "embedding")
 
 
 @dataclass
@@ -695,15 +689,16 @@ def train_reward_model(
         f"backbone: {model.spec['backbone']['path']}")
 
     counts = TruncationCounts(config.max_length, config.truncation)
-    store, examples = prepare(model, records, config, attributes, counts, _embedding_progress(config, "embedding"))
+    with _embedding_progress(config, "embedding") as progress:
+        store, examples = prepare(model, records, config, attributes, counts, progress)
     log(counts.summary())
     if len(examples) == 0:
         raise ValueError(f"{source}: no examples left after truncation policy '{config.truncation}'.")
     eval_counts = eval_examples = eval_store = None
     if eval_records:
         eval_counts = TruncationCounts(config.max_length, config.truncation)
-        eval_store, eval_examples = prepare(model, eval_records, config, attributes, eval_counts,
-                                            _embedding_progress(config, "embedding eval data"))
+        with _embedding_progress(config, "embedding eval data") as progress:
+            eval_store, eval_examples = prepare(model, eval_records, config, attributes, eval_counts, progress)
         log("eval: " + eval_counts.summary())
     if isinstance(store, FeatureStore):
         model.head.set_standardization(store.features)  # type: ignore[union-attr]

@@ -665,6 +665,10 @@ class _Trainer:
             seed=config.seed,
             group_by_length=config.group_by_length,
         )
+        self.examples_digest = hashlib.sha256(
+            ",".join(str(length) for length in self.sampler.lengths).encode()
+        ).hexdigest()
+        """sha256 of the example lengths the batch order is computed from (saved in checkpoints)."""
         self.micro_batch_size = config.micro_batch_size(runtime.world_size)
         self.total_steps = config.epochs * len(self.sampler)
         self.state = _LoopState()
@@ -881,7 +885,7 @@ class _Trainer:
                     "loop": dataclasses.asdict(self.state),
                     "world_size": self.runtime.world_size,
                     "config": dataclasses.asdict(self.config),
-                    "examples_digest": self._examples_digest(),
+                    "examples_digest": self.examples_digest,
                     **self._task_state(),
                 },
             )
@@ -934,14 +938,9 @@ class _Trainer:
             checkpoint = read_checkpoint(Path(chosen), rank=self.runtime.rank)
         return checkpoint
 
-    def _examples_digest(self) -> str:
-        """sha256 of the example lengths the batch order is computed from."""
-        lengths = ",".join(str(length) for length in self.sampler.lengths)
-        return hashlib.sha256(lengths.encode()).hexdigest()
-
     def _restore(self, checkpoint: Checkpoint) -> None:
         saved_digest = checkpoint.state.get("examples_digest")
-        if saved_digest is not None and saved_digest != self._examples_digest():
+        if saved_digest is not None and saved_digest != self.examples_digest:
             warnings.warn(
                 f"Resuming from {checkpoint.path}, but the training examples (their number or "
                 "lengths) differ from that run's, so the batch order differs: the resumed epoch "

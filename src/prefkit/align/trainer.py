@@ -454,9 +454,10 @@ class AlignTask:
         Plain layout: ``prompt + completion`` rows, padded to the widest, so the
         longest completion counts. Shared-prompt layout: one row of ``prompt +
         every completion``, so all completions count. Grouping by the width of
-        the layout in use keeps padding low in both (on the align speed bench,
-        grouping shared-prompt batches by the plain width padded 9.5% of the
-        tokens, by their own width 4%). So the two layouts form different
+        the layout in use keeps padding low in both (``bench/align_padding.py``:
+        on the align speed bench's pairs, shared-prompt batches grouped by the
+        plain width pad 9.5% of their positions, by their own width 4.1%). So
+        the two layouts form different
         batches when ``group_by_length`` is on; with the same batches they give
         the same results (tested).
         """

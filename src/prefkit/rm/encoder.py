@@ -113,7 +113,7 @@ def load_base_model(checkpoint: str | os.PathLike[str]) -> torch.nn.Module:
     When the checkpoint's tensors are exactly the base model's (same names and
     shapes; the usual case for sentence encoders), the model is built without
     random initialisation and the tensors are loaded directly: the same weights
-    as ``AutoModel.from_pretrained``, about 0.15 s sooner for MiniLM here, as
+    as ``AutoModel.from_pretrained``, sooner (``bench/encoder_speed.py``), as
     Hugging Face's loader first builds its key-conversion rules for every
     architecture it knows. Any other checkpoint (prefixed or renamed keys, tied
     or missing weights, quantised) goes through ``AutoModel.from_pretrained``.
@@ -299,9 +299,9 @@ class FrozenEncoder:
         On CPU with more than one torch thread, batches run side by side, one
         per thread with one intra-op thread each (see :meth:`cpu_workers`):
         the matrices of a small encoder are too small for torch's intra-op
-        parallelism to use every core, and whole batches in parallel do (about
-        1.2x faster on 2 cores for MiniLM). Each batch's embeddings do not
-        depend on which thread computed it.
+        parallelism to use every core, and whole batches in parallel do (see
+        ``bench/encoder_speed.py``). Each batch's embeddings do not depend on
+        which thread computed it.
         """
         expect = getattr(progress, "expect", None)  # a ProgressCounter learns its total here
         if expect is not None:

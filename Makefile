@@ -26,6 +26,7 @@ quickstart: $(VENV)/.installed
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 test: $(VENV)/.installed-test lint
 	$(BIN)/python -m pytest -q

@@ -31,18 +31,29 @@ def main() -> None:
 
     tokenizer = _tokenizer()
     seed = TrainConfig().seed
-    report = {"what": __doc__.split("\n\n")[1].replace("\n", " "), "batch_size": BATCH, "seed": seed}
+    report = {
+        "what": __doc__.split("\n\n")[1].replace("\n", " "),
+        "batch_size": BATCH,
+        "seed": seed,
+    }
     for count in (128, 1024):
         records = _records(_pairs(count))
         tasks = {}
         for layout, shared in (("plain", False), ("shared_prompt", True)):
-            config = AlignConfig(max_length=MAX_LENGTH, max_prompt_length=MAX_LENGTH - 2,
-                                 shared_prompt=shared, cache_ref=False)
+            config = AlignConfig(
+                max_length=MAX_LENGTH,
+                max_prompt_length=MAX_LENGTH - 2,
+                shared_prompt=shared,
+                cache_ref=False,
+            )
             examples, _ = build_examples(records, tokenizer, config.kind, config.tokenize_config())
             tasks[layout] = AlignTask(examples, config, pad_id=tokenizer.pad_token_id)
         results = {}
         for layout, task in tasks.items():
-            for key, keyed in (("plain_width", tasks["plain"]), ("packed_width", tasks["shared_prompt"])):
+            for key, keyed in (
+                ("plain_width", tasks["plain"]),
+                ("packed_width", tasks["shared_prompt"]),
+            ):
                 sampler = LengthGroupedBatchSampler(keyed.example_lengths(), BATCH, seed=seed)
                 real = padded = 0
                 for batch in sampler.batches(0):
@@ -51,11 +62,16 @@ def main() -> None:
                     padded += rows.input_ids.numel()
                     real += int((rows.input_ids != tokenizer.pad_token_id).sum())
                 results[f"{layout}_grouped_by_{key}"] = {
-                    "tokens": real, "positions": padded, "padding_share": 1 - real / padded}
+                    "tokens": real,
+                    "positions": padded,
+                    "padding_share": 1 - real / padded,
+                }
         report[f"{count}_pairs"] = results
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({key: value for key, value in report.items() if key.endswith("pairs")}, indent=2))
+    print(
+        json.dumps({key: value for key, value in report.items() if key.endswith("pairs")}, indent=2)
+    )
 
 
 if __name__ == "__main__":

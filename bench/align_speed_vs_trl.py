@@ -80,8 +80,9 @@ def _tokenizer():
 def _model(tokenizer, seed):
     from prefkit.align.synthetic import build_model
 
-    return build_model(tokenizer, hidden_size=256, num_layers=4, num_heads=4,
-                       intermediate_size=1024, seed=seed)
+    return build_model(
+        tokenizer, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, seed=seed
+    )
 
 
 def _pairs(count, seed=0):
@@ -92,8 +93,11 @@ def _pairs(count, seed=0):
         return " ".join(rng.choice(VOCAB_WORDS) for _ in range(words))
 
     return [
-        {"prompt": text(*PROMPT_WORDS) + " :", "chosen": " " + text(*COMPLETION_WORDS),
-         "rejected": " " + text(*COMPLETION_WORDS)}
+        {
+            "prompt": text(*PROMPT_WORDS) + " :",
+            "chosen": " " + text(*COMPLETION_WORDS),
+            "rejected": " " + text(*COMPLETION_WORDS),
+        }
         for _ in range(count)
     ]
 
@@ -102,8 +106,13 @@ def _records(pairs):
     from prefkit.data.records import PairwiseRecord
 
     return [
-        PairwiseRecord(id=str(i), prompt=p["prompt"], response_a=p["chosen"],
-                       response_b=p["rejected"], outcome="a")
+        PairwiseRecord(
+            id=str(i),
+            prompt=p["prompt"],
+            response_a=p["chosen"],
+            response_b=p["rejected"],
+            outcome="a",
+        )
         for i, p in enumerate(pairs)
     ]
 
@@ -126,12 +135,26 @@ def run_prefkit(steps, cache_dir, with_ref_model, shared_prompt):
     pairs = _pairs(steps * BATCH)
     policy = _model(tokenizer, seed=0)
     ref = _model(tokenizer, seed=1) if with_ref_model else None
-    config = AlignConfig(loss="sigmoid", loss_args={"beta": BETA}, max_length=MAX_LENGTH,
-                         max_prompt_length=MAX_LENGTH - 2, cache_ref=cache_dir is not None,
-                         ref_cache_dir=cache_dir, save_model=False,
-                         ref_batch_size=2 * REF_BATCH_PAIRS, shared_prompt=shared_prompt)
-    train_config = TrainConfig(batch_size=BATCH, lr=LR, schedule="constant", max_grad_norm=1.0,
-                               progress=False, device="cpu", keep_checkpoints=1)
+    config = AlignConfig(
+        loss="sigmoid",
+        loss_args={"beta": BETA},
+        max_length=MAX_LENGTH,
+        max_prompt_length=MAX_LENGTH - 2,
+        cache_ref=cache_dir is not None,
+        ref_cache_dir=cache_dir,
+        save_model=False,
+        ref_batch_size=2 * REF_BATCH_PAIRS,
+        shared_prompt=shared_prompt,
+    )
+    train_config = TrainConfig(
+        batch_size=BATCH,
+        lr=LR,
+        schedule="constant",
+        max_grad_norm=1.0,
+        progress=False,
+        device="cpu",
+        keep_checkpoints=1,
+    )
     records = _records(pairs)
     step_times = []
 
@@ -141,16 +164,27 @@ def run_prefkit(steps, cache_dir, with_ref_model, shared_prompt):
 
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        result = align(records, policy, tokenizer, out, config, train_config, ref_model=ref,
-                       callbacks=[on_event])
+        result = align(
+            records,
+            policy,
+            tokenizer,
+            out,
+            config,
+            train_config,
+            ref_model=ref,
+            callbacks=[on_event],
+        )
         lines = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
     stats = result.data.tokenize
     if stats.truncated_prompts or stats.truncated_completions:
         raise SystemExit(f"the data must fit max_length untruncated: {result.data.summary()}")
     return {
-        "seconds": step_times[-1] - started, "steps": result.train.global_step,
-        "tokens": _count_tokens(tokenizer, pairs), "step1_loss": lines[0]["loss"],
-        "ref_cache_hit": result.ref_cache_hit, "threads": torch.get_num_threads(),
+        "seconds": step_times[-1] - started,
+        "steps": result.train.global_step,
+        "tokens": _count_tokens(tokenizer, pairs),
+        "step1_loss": lines[0]["loss"],
+        "ref_cache_hit": result.ref_cache_hit,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -169,16 +203,28 @@ def run_trl(steps, precompute, with_ref_model, best=False):
         extra = {"train_sampling_strategy": "group_by_length", "length_column_name": "length"}
     with tempfile.TemporaryDirectory() as out:
         args = DPOConfig(
-            output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=LR,
-            lr_scheduler_type="constant", beta=BETA, loss_type=["sigmoid"],
+            output_dir=out,
+            per_device_train_batch_size=BATCH,
+            max_steps=steps,
+            learning_rate=LR,
+            lr_scheduler_type="constant",
+            beta=BETA,
+            loss_type=["sigmoid"],
             precompute_ref_log_probs=precompute,
             precompute_ref_batch_size=REF_BATCH_PAIRS if best else BATCH,
-            max_length=MAX_LENGTH, use_cpu=True, report_to="none", logging_steps=1,
-            save_strategy="no", max_grad_norm=1.0, seed=0, dataloader_num_workers=0,
+            max_length=MAX_LENGTH,
+            use_cpu=True,
+            report_to="none",
+            logging_steps=1,
+            save_strategy="no",
+            max_grad_norm=1.0,
+            seed=0,
+            dataloader_num_workers=0,
             disable_tqdm=True,
             # TRL 1.16 defaults to bf16 autocast and gradient checkpointing; both off here so the
             # two tools do the same float32 computation (bf16 is also far slower on CPU).
-            bf16=False, gradient_checkpointing=False,
+            bf16=False,
+            gradient_checkpointing=False,
             **extra,
         )
         # The clock starts before the trainer is built: TRL tokenizes the data set and, with
@@ -186,16 +232,25 @@ def run_trl(steps, precompute, with_ref_model, best=False):
         # prefkit's clock likewise starts before its tokenization and reference pass.
         dataset = Dataset.from_list(pairs)  # raw pairs as TRL takes them (prefkit: records)
         started = time.perf_counter()
-        trainer = DPOTrainer(model=policy, ref_model=ref, args=args,
-                             train_dataset=dataset, processing_class=tokenizer)
+        trainer = DPOTrainer(
+            model=policy,
+            ref_model=ref,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
         if best:
             # The sampler groups by this column: the longer of the two tokenized sequences.
             tokenized = trainer.train_dataset
-            trainer.train_dataset = tokenized.add_column("length", [
-                len(prompt) + max(len(chosen), len(rejected))
-                for prompt, chosen, rejected in zip(
-                    tokenized["prompt_ids"], tokenized["chosen_ids"], tokenized["rejected_ids"])
-            ])
+            trainer.train_dataset = tokenized.add_column(
+                "length",
+                [
+                    len(prompt) + max(len(chosen), len(rejected))
+                    for prompt, chosen, rejected in zip(
+                        tokenized["prompt_ids"], tokenized["chosen_ids"], tokenized["rejected_ids"]
+                    )
+                ],
+            )
             # Trainer drops columns the model does not take before it builds the sampler.
             trainer._set_signature_columns_if_needed()
             trainer._signature_columns.append("length")
@@ -204,8 +259,11 @@ def run_trl(steps, precompute, with_ref_model, best=False):
         elapsed = time.perf_counter() - started
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
-        "seconds": elapsed, "setup_seconds": setup_seconds, "steps": steps,
-        "tokens": _count_tokens(tokenizer, pairs), "step1_loss": losses[0],
+        "seconds": elapsed,
+        "setup_seconds": setup_seconds,
+        "steps": steps,
+        "tokens": _count_tokens(tokenizer, pairs),
+        "step1_loss": losses[0],
         "threads": torch.get_num_threads(),
     }
 
@@ -221,11 +279,24 @@ RUNS = {
     "loss_prefkit_plain": lambda steps, cache: run_prefkit(1, None, True, False),
     "loss_trl": lambda steps, cache: run_trl(1, False, True),
 }
-SPEED_RUNS = ["prefkit", "prefkit_plain", "prefkit_cached", "trl_precompute",
-              "trl_precompute_best", "trl"]
+SPEED_RUNS = [
+    "prefkit",
+    "prefkit_plain",
+    "prefkit_cached",
+    "trl_precompute",
+    "trl_precompute_best",
+    "trl",
+]
 # prefkit and TRL alternate, so a change in machine load hits both tools alike.
-ORDER = ["prefkit", "trl_precompute", "prefkit_plain", "trl_precompute_best", "prefkit_fill",
-         "prefkit_cached", "trl"]
+ORDER = [
+    "prefkit",
+    "trl_precompute",
+    "prefkit_plain",
+    "trl_precompute_best",
+    "prefkit_fill",
+    "prefkit_cached",
+    "trl",
+]
 
 
 def _one(name, steps, cache, threads):
@@ -240,10 +311,24 @@ def _one(name, steps, cache, threads):
 
 def _launch(name, args, cache):
     run_name = "prefkit_cached" if name == "prefkit_fill" else name
-    command = [sys.executable, __file__, "--one", run_name, "--steps", str(args.steps),
-               "--cache", cache, "--threads", str(args.threads)]
-    output = subprocess.run(command, capture_output=True, text=True,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        run_name,
+        "--steps",
+        str(args.steps),
+        "--cache",
+        cache,
+        "--threads",
+        str(args.threads),
+    ]
+    output = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
     if output.returncode != 0:
         raise SystemExit(f"{name} failed:\n{output.stderr[-4000:]}")
     result = json.loads(output.stdout.strip().splitlines()[-1])
@@ -256,8 +341,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads in every run; 0 keeps torch's default")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads in every run; 0 keeps torch's default"
+    )
     parser.add_argument("--out", default="bench/results/align_speed.json")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)
@@ -294,10 +380,14 @@ def main() -> None:
             "seconds": median(name, "seconds"),
             "peak_rss_mib": median(name, "peak_rss_mib"),
             "steps_per_s_each_repeat": [run["steps_per_s"] for run in repeats[name]],
-            "steps": repeats[name][0]["steps"], "tokens": repeats[name][0]["tokens"],
+            "steps": repeats[name][0]["steps"],
+            "tokens": repeats[name][0]["tokens"],
             "threads": repeats[name][0]["threads"],
-            **({"setup_seconds": median(name, "setup_seconds")}
-               if "setup_seconds" in repeats[name][0] else {}),
+            **(
+                {"setup_seconds": median(name, "setup_seconds")}
+                if "setup_seconds" in repeats[name][0]
+                else {}
+            ),
         }
         for name in SPEED_RUNS
     }
@@ -309,16 +399,35 @@ def main() -> None:
     }
     report = {
         "what": __doc__.split("\n\n")[1].replace("\n", " "),
-        "command": " ".join(["python", "bench/align_speed_vs_trl.py", "--steps", str(args.steps),
-                             "--repeats", str(args.repeats), "--threads", str(args.threads)]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count()},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "trl": trl.__version__},
-        "batch_size": BATCH, "steps": args.steps, "repeats": args.repeats,
+        "command": " ".join(
+            [
+                "python",
+                "bench/align_speed_vs_trl.py",
+                "--steps",
+                str(args.steps),
+                "--repeats",
+                str(args.repeats),
+                "--threads",
+                str(args.threads),
+            ]
+        ),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+        },
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+        },
+        "batch_size": BATCH,
+        "steps": args.steps,
+        "repeats": args.repeats,
         "runs": runs,
         "step1_loss": {
-            "prefkit": losses["loss_prefkit"], "prefkit_plain": losses["loss_prefkit_plain"],
+            "prefkit": losses["loss_prefkit"],
+            "prefkit_plain": losses["loss_prefkit_plain"],
             "trl": losses["loss_trl"],
             "abs_difference": abs(losses["loss_prefkit"] - losses["loss_trl"]),
             "abs_difference_plain": abs(losses["loss_prefkit_plain"] - losses["loss_trl"]),
@@ -327,12 +436,16 @@ def main() -> None:
         "speedup_each_repeat": {
             "prefkit_vs_trl_precompute_best": [
                 mine["steps_per_s"] / theirs["steps_per_s"]
-                for mine, theirs in zip(repeats["prefkit"], repeats["trl_precompute_best"], strict=True)
+                for mine, theirs in zip(
+                    repeats["prefkit"], repeats["trl_precompute_best"], strict=True
+                )
             ],
         },
-        "clock": ("from raw pairs to the last optimizer step: prefkit from the call of align, TRL "
-                  "from the construction of DPOTrainer (tokenization and, with precomputed reference "
-                  "log-probs, the reference pass happen there: setup_seconds)"),
+        "clock": (
+            "from raw pairs to the last optimizer step: prefkit from the call of align, TRL "
+            "from the construction of DPOTrainer (tokenization and, with precomputed reference "
+            "log-probs, the reference pass happen there: setup_seconds)"
+        ),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

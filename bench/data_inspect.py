@@ -48,7 +48,8 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
         for index in range(n):
             prompt = " ".join(rng.choices(words, k=rng.randint(5, 30)))
             row = {
-                "id": str(index), "prompt": prompt,
+                "id": str(index),
+                "prompt": prompt,
                 "response_a": " ".join(rng.choices(words, k=rng.randint(5, 60))),
                 "response_b": " ".join(rng.choices(words, k=rng.randint(5, 60))),
                 "winner": rng.choice(("a", "b", "b", "tie")),
@@ -61,31 +62,47 @@ def measure(command: list[str], repeats: int) -> dict:
     for _ in range(repeats):
         # ru_maxrss of RUSAGE_CHILDREN is the max over all children so far, so each
         # measurement runs under a fresh intermediate process.
-        wrapper = [sys.executable, "-c",
-                   "import resource, subprocess, sys, time;"
-                   "t = time.perf_counter();"
-                   "p = subprocess.run(sys.argv[1:], capture_output=True, text=True, check=True);"
-                   "e = time.perf_counter() - t;"
-                   "m = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
-                   "print(repr((e, m, p.stdout)))", *command]
+        wrapper = [
+            sys.executable,
+            "-c",
+            "import resource, subprocess, sys, time;"
+            "t = time.perf_counter();"
+            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True, check=True);"
+            "e = time.perf_counter() - t;"
+            "m = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
+            "print(repr((e, m, p.stdout)))",
+            *command,
+        ]
         result = subprocess.run(wrapper, capture_output=True, text=True, check=True)
         elapsed, max_rss_kib, output = eval(result.stdout.strip())  # our own repr above
         times.append(elapsed)
         peaks.append(max_rss_kib / 1024)
-    return {"seconds": times, "median_seconds": statistics.median(times),
-            "peak_rss_mib": peaks, "median_peak_rss_mib": statistics.median(peaks), "output": output[-2000:]}
+    return {
+        "seconds": times,
+        "median_seconds": statistics.median(times),
+        "peak_rss_mib": peaks,
+        "median_peak_rss_mib": statistics.median(peaks),
+        "output": output[-2000:],
+    }
 
 
 def merge(measurements: list[dict]) -> dict:
     """One result from several single-run measurements: all values plus medians."""
     times = [value for m in measurements for value in m["seconds"]]
     peaks = [value for m in measurements for value in m["peak_rss_mib"]]
-    return {"seconds": times, "median_seconds": statistics.median(times), "peak_rss_mib": peaks,
-            "median_peak_rss_mib": statistics.median(peaks), "output": measurements[-1]["output"]}
+    return {
+        "seconds": times,
+        "median_seconds": statistics.median(times),
+        "peak_rss_mib": peaks,
+        "median_peak_rss_mib": statistics.median(peaks),
+        "output": measurements[-1]["output"],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -94,10 +111,29 @@ def main() -> None:
         generate(data, args.records)
         size_mib = data.stat().st_size / 2**20
         print(f"generated {args.records:,} records ({size_mib:.0f} MiB)", file=sys.stderr)
-        mapping = ["--map", "id=id", "--map", "prompt=prompt", "--map", "response_a=response_a",
-                   "--map", "response_b=response_b", "--map", "winner=winner"]
-        prefkit_command = [sys.executable, "-m", "prefkit", "data", "inspect", str(data), "--json",
-                           "--no-progress", *mapping]
+        mapping = [
+            "--map",
+            "id=id",
+            "--map",
+            "prompt=prompt",
+            "--map",
+            "response_a=response_a",
+            "--map",
+            "response_b=response_b",
+            "--map",
+            "winner=winner",
+        ]
+        prefkit_command = [
+            sys.executable,
+            "-m",
+            "prefkit",
+            "data",
+            "inspect",
+            str(data),
+            "--json",
+            "--no-progress",
+            *mapping,
+        ]
         cache = Path(folder) / "hf-cache"
         reference_command = [sys.executable, "-c", DATASETS_SNIPPET, str(data), str(cache)]
         try:
@@ -114,18 +150,25 @@ def main() -> None:
         summary = json.loads(prefkit.pop("output"))
         assert summary["n_records"] == args.records, summary["n_records"]
         prefkit["median_records_per_s"] = args.records / prefkit["median_seconds"]
-        results = {"records": args.records, "file_mib": round(size_mib, 1), "repeats": args.repeats,
-                   "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                   "prefkit_inspect": prefkit}
+        results = {
+            "records": args.records,
+            "file_mib": round(size_mib, 1),
+            "repeats": args.repeats,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "prefkit_inspect": prefkit,
+        }
         if reference_command is None:
             results["datasets_load_json"] = "not installed"
         else:
             reference = merge(runs["datasets"])
             reference["median_records_per_s"] = args.records / reference["median_seconds"]
             results["datasets_load_json"] = reference
-            results["ratio_time_prefkit_over_datasets"] = prefkit["median_seconds"] / reference["median_seconds"]
+            results["ratio_time_prefkit_over_datasets"] = (
+                prefkit["median_seconds"] / reference["median_seconds"]
+            )
             results["ratio_peak_rss_prefkit_over_datasets"] = (
-                prefkit["median_peak_rss_mib"] / reference["median_peak_rss_mib"])
+                prefkit["median_peak_rss_mib"] / reference["median_peak_rss_mib"]
+            )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({key: value for key, value in results.items()}, indent=2))

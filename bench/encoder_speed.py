@@ -30,7 +30,13 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "encoder_speed.json"
-METHODS = ("encode_parallel", "encode_serial_16", "encode_serial_32", "load_direct", "load_from_pretrained")
+METHODS = (
+    "encode_parallel",
+    "encode_serial_16",
+    "encode_serial_32",
+    "load_direct",
+    "load_from_pretrained",
+)
 
 
 def texts() -> list[str]:
@@ -72,10 +78,18 @@ def padding(batch_size: int) -> dict[str, float]:
     from prefkit.rm.encoder import FrozenEncoder, default_backbone
 
     encoder = FrozenEncoder(default_backbone(), max_length=128)
-    lengths = sorted((min(int(count), 128) for count in encoder.count_tokens(texts())), reverse=True)
-    padded = sum(max(lengths[start : start + batch_size]) * len(lengths[start : start + batch_size])
-                 for start in range(0, len(lengths), batch_size))
-    return {"tokens": sum(lengths), "padded_positions": padded, "padding_share": 1 - sum(lengths) / padded}
+    lengths = sorted(
+        (min(int(count), 128) for count in encoder.count_tokens(texts())), reverse=True
+    )
+    padded = sum(
+        max(lengths[start : start + batch_size]) * len(lengths[start : start + batch_size])
+        for start in range(0, len(lengths), batch_size)
+    )
+    return {
+        "tokens": sum(lengths),
+        "padded_positions": padded,
+        "padding_share": 1 - sum(lengths) / padded,
+    }
 
 
 def main() -> None:
@@ -90,9 +104,15 @@ def main() -> None:
     seconds: dict[str, list[float]] = {method: [] for method in METHODS}
     for repeat in range(args.repeats):
         for method in METHODS:
-            output = subprocess.run([sys.executable, __file__, "--worker", method],
-                                    capture_output=True, text=True, check=True).stdout
-            value = float(next(line for line in output.splitlines() if line.startswith("SECONDS")).split()[1])
+            output = subprocess.run(
+                [sys.executable, __file__, "--worker", method],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            value = float(
+                next(line for line in output.splitlines() if line.startswith("SECONDS")).split()[1]
+            )
             seconds[method].append(value)
             print(repeat, method, f"{value:.3f} s", file=sys.stderr)
     medians = {method: statistics.median(values) for method, values in seconds.items()}
@@ -110,7 +130,12 @@ def main() -> None:
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({"median_seconds": medians, "ratios": report["ratios"], "padding": report["padding"]}, indent=2))
+    print(
+        json.dumps(
+            {"median_seconds": medians, "ratios": report["ratios"], "padding": report["padding"]},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

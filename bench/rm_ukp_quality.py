@@ -62,22 +62,32 @@ def pairwise_accuracy(model, test) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", default="embedding")
-    parser.add_argument("--out-dir", default=None, help="where to put the fold models (default: a temp folder)")
+    parser.add_argument(
+        "--out-dir", default=None, help="where to put the fold models (default: a temp folder)"
+    )
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--folds", default="0,1,2,3")
     parser.add_argument("--results", default=str(RESULTS))
-    parser.add_argument("--train-pairs", type=int, default=None,
-                        help="train each fold on a seeded sample of this many training pairs")
+    parser.add_argument(
+        "--train-pairs",
+        type=int,
+        default=None,
+        help="train each fold on a seeded sample of this many training pairs",
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     records, stats = load_feedback(DATA)
     print(stats.summary(), file=sys.stderr)
     wanted_folds = {int(k) for k in args.folds.split(",")}
     results: dict = {
-        "data": "UKPConvArg1Strict-CSV", "pairs": len(records),
+        "data": "UKPConvArg1Strict-CSV",
+        "pairs": len(records),
         "protocol": "topics sorted; fold k tests on topics[k::4], trains on the rest; mean over folds",
-        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.is_available()},
+        "machine": {
+            "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+        },
         "train_pairs_per_fold": args.train_pairs or "all",
         "methods": {},
     }
@@ -85,12 +95,15 @@ def main() -> None:
     for k, _, test in folds(records):
         if k in wanted_folds:
             per_fold["longer-wins"].append(longer_wins(test))
-    results["methods"]["longer-wins"] = {"fold_accuracy": per_fold["longer-wins"],
-                                         "mean_accuracy": float(np.mean(per_fold["longer-wins"]))}
+    results["methods"]["longer-wins"] = {
+        "fold_accuracy": per_fold["longer-wins"],
+        "mean_accuracy": float(np.mean(per_fold["longer-wins"])),
+    }
     configs = {
         "embedding": RMTrainConfig(cache_dir=args.cache_dir, progress=False),
         "embedding-linear-bt-response-only": RMTrainConfig(
-            head="linear", features="response", cache_dir=args.cache_dir, progress=False),
+            head="linear", features="response", cache_dir=args.cache_dir, progress=False
+        ),
         "finetune": RMTrainConfig(mode="finetune", epochs=1, max_length=128, progress=False),
         "lora": RMTrainConfig(mode="lora", epochs=1, max_length=128, progress=False),
     }
@@ -108,21 +121,33 @@ def main() -> None:
                 if args.train_pairs is not None and args.train_pairs < len(train):
                     train = random.Random(k).sample(train, args.train_pairs)
                 start = time.perf_counter()
-                report = train_reward_model(train, config, root / f"{name}-fold{k}", resume=False,
-                                            log=lambda line: print(line, file=sys.stderr))
+                report = train_reward_model(
+                    train,
+                    config,
+                    root / f"{name}-fold{k}",
+                    resume=False,
+                    log=lambda line: print(line, file=sys.stderr),
+                )
                 accuracy = pairwise_accuracy(report.model, test)
                 seconds.append(time.perf_counter() - start)
                 accuracies.append(accuracy)
-                print(f"{name} fold {k}: accuracy {accuracy:.4f} ({seconds[-1]:.1f} s)", file=sys.stderr)
+                print(
+                    f"{name} fold {k}: accuracy {accuracy:.4f} ({seconds[-1]:.1f} s)",
+                    file=sys.stderr,
+                )
             results["methods"][name] = {
                 "config": {key: value for key, value in vars(config).items() if key != "cache_dir"},
-                "fold_accuracy": accuracies, "mean_accuracy": float(np.mean(accuracies)),
-                "seconds_per_fold": seconds, "train_pairs_per_fold": args.train_pairs or "all",
+                "fold_accuracy": accuracies,
+                "mean_accuracy": float(np.mean(accuracies)),
+                "seconds_per_fold": seconds,
+                "train_pairs_per_fold": args.train_pairs or "all",
             }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
     for name, method in results["methods"].items():
-        print(f"{name:40s} mean accuracy {method['mean_accuracy']:.4f}  folds {np.round(method['fold_accuracy'], 4).tolist()}")
+        print(
+            f"{name:40s} mean accuracy {method['mean_accuracy']:.4f}  folds {np.round(method['fold_accuracy'], 4).tolist()}"
+        )
 
 
 if __name__ == "__main__":

@@ -240,8 +240,12 @@ class Chromium:
             self._write("Page.handleJavaScriptDialog", {"accept": True}, message.get("sessionId"))
 
     def send(
-        self, method: str, params: dict[str, Any] | None = None, *,
-        session: str | None = None, timeout_s: float = 30.0,
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        session: str | None = None,
+        timeout_s: float = 30.0,
     ) -> dict[str, Any]:
         """Send one command and return its result; events that arrive meanwhile are kept."""
         command_id = self._write(method, params, session)
@@ -255,7 +259,9 @@ class Chromium:
 
     def _wait_for_event(self, method: str, session: str, deadline: float) -> None:
         while True:
-            if any(e.get("method") == method and e.get("sessionId") == session for e in self._events):
+            if any(
+                e.get("method") == method and e.get("sessionId") == session for e in self._events
+            ):
                 return
             self._pump(deadline)
 
@@ -297,7 +303,9 @@ class Chromium:
                 description = details.get("exception", {}).get("description", "")
                 page.console_errors.append(f"uncaught: {details.get('text', '')} {description}")
             elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                values = [str(a.get("value", a.get("description", ""))) for a in params.get("args", [])]
+                values = [
+                    str(a.get("value", a.get("description", ""))) for a in params.get("args", [])
+                ]
                 page.console_errors.append(f"console.{params['type']}: {' '.join(values)}")
             elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
                 page.console_errors.append(f"log: {params['entry'].get('text', '')}")
@@ -413,4 +421,6 @@ if __name__ == "__main__":  # python tests/browser.py FILE.html: print what the 
     finally:
         browser.close()
     print(json.dumps({**loaded.dom, "text": loaded.dom.get("text", "")[:200]}, indent=1))
-    print("errors:", loaded.console_errors, "requests:", loaded.requests, "dialogs:", loaded.dialogs)
+    print(
+        "errors:", loaded.console_errors, "requests:", loaded.requests, "dialogs:", loaded.dialogs
+    )

@@ -50,7 +50,9 @@ def world():
     for _ in range(80):
         rows = []
         for _ in range(32):
-            encoded = encode_completion(tokenizer, random_prompt(rng), random_completion(rng), TOKENIZE)
+            encoded = encode_completion(
+                tokenizer, random_prompt(rng), random_completion(rng), TOKENIZE
+            )
             rows.append((encoded.prompt_ids, encoded.completion_ids))
         logps, lengths = sequence_logps(model, pack_sequences(rows, tokenizer.pad_token_id))
         loss = -logps.sum() / lengths.sum()
@@ -66,8 +68,11 @@ def world():
         if good_fraction(a) == good_fraction(b):
             continue
         outcome = "a" if good_fraction(a) > good_fraction(b) else "b"
-        pairs.append(PairwiseRecord(id=str(index), prompt=prompt, response_a=a, response_b=b,
-                                    outcome=outcome))
+        pairs.append(
+            PairwiseRecord(
+                id=str(index), prompt=prompt, response_a=a, response_b=b, outcome=outcome
+            )
+        )
     held_out = [random_prompt(rng) for _ in range(200)]
     return tokenizer, model, pairs, held_out
 
@@ -94,10 +99,22 @@ def test_trained_policy_beats_the_reference_by_the_rule(world, tmp_path, loss, l
     tokenizer, reference, pairs, _ = world
     assert len(pairs) > 150
     policy = copy.deepcopy(reference)
-    config = AlignConfig(loss=loss, loss_args=loss_args, max_length=32, max_prompt_length=16,
-                         cache_ref=False, save_model=False)
-    align(pairs, policy, tokenizer, tmp_path, config,
-          TrainConfig(batch_size=16, lr=1e-3, schedule="constant", progress=False))
+    config = AlignConfig(
+        loss=loss,
+        loss_args=loss_args,
+        max_length=32,
+        max_prompt_length=16,
+        cache_ref=False,
+        save_model=False,
+    )
+    align(
+        pairs,
+        policy,
+        tokenizer,
+        tmp_path,
+        config,
+        TrainConfig(batch_size=16, lr=1e-3, schedule="constant", progress=False),
+    )
     share, reference_share, win_rate = _judge(world, policy)
     assert 0.35 < reference_share < 0.65  # the reference writes good words about half the time
     assert win_rate >= 0.7, (share, reference_share, win_rate)

@@ -72,7 +72,8 @@ def test_shared_prompt_pass_equals_plain_pass_in_values_and_gradients(setup):
     model.zero_grad()
     shared_batch = pack_shared_prompts(
         [p for p, _, _ in pairs],
-        [(i, c) for i, (_, c, _) in enumerate(pairs)] + [(i, r) for i, (_, _, r) in enumerate(pairs)],
+        [(i, c) for i, (_, c, _) in enumerate(pairs)]
+        + [(i, r) for i, (_, _, r) in enumerate(pairs)],
         0,
     )
     shared, shared_lengths = shared_prompt_logps(model, shared_batch)

@@ -88,7 +88,9 @@ def test_conversations_use_the_chat_template_and_split_at_the_generation_prompt(
     user, assistant, bar = 13, 14, 15
     assert encoded.prompt_ids == (BOS, user, bar, A, B, assistant, bar)  # one BOS
     assert encoded.completion_ids == (C, D, EOS)
-    same = encode_completion(tokenizer, prompt, (Message("assistant", "c d"),), TokenizeConfig(32, 16))
+    same = encode_completion(
+        tokenizer, prompt, (Message("assistant", "c d"),), TokenizeConfig(32, 16)
+    )
     assert same == encoded
 
 

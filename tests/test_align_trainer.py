@@ -177,8 +177,10 @@ def test_batches_are_grouped_by_the_width_of_the_rows_the_layout_builds(tokenize
     rng = random.Random(5)
     records = [
         PairwiseRecord(
-            id=str(i), prompt=" ".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 12))) + " :",
-            response_a=" " + " ".join("x" * rng.randint(1, 14)), response_b=" " + " ".join("y" * rng.randint(1, 14)),
+            id=str(i),
+            prompt=" ".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 12))) + " :",
+            response_a=" " + " ".join("x" * rng.randint(1, 14)),
+            response_b=" " + " ".join("y" * rng.randint(1, 14)),
             outcome="a",
         )
         for i in range(64)
@@ -197,7 +199,9 @@ def test_batches_are_grouped_by_the_width_of_the_rows_the_layout_builds(tokenize
         return total
 
     shared_widths = padded_tokens(True, True)
-    assert shared_widths < padded_tokens(True, False)  # shared rows grouped by the plain width pad more
+    assert shared_widths < padded_tokens(
+        True, False
+    )  # shared rows grouped by the plain width pad more
     assert padded_tokens(False, False) < padded_tokens(False, True)  # and the other way round
 
 

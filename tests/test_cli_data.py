@@ -23,8 +23,18 @@ ROWS = [
     {"q": "3+3?", "r1": "7", "r2": "6", "v": [2, 0, 2]},
     {"q": "1+1?", "r1": "2", "r2": "two", "v": [0, 0, 1]},
 ]
-MAP = ["--map", "prompt=q", "--map", "response_a=r1", "--map", "response_b=r2", "--map", "votes=v",
-       "--winner-values", "a=1,b=2,tie=0"]
+MAP = [
+    "--map",
+    "prompt=q",
+    "--map",
+    "response_a=r1",
+    "--map",
+    "response_b=r2",
+    "--map",
+    "votes=v",
+    "--winner-values",
+    "a=1,b=2,tie=0",
+]
 
 
 def test_version_and_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,7 +48,9 @@ def test_version_and_help_on_every_command(capsys: pytest.CaptureFixture[str]) -
         assert "examples:" in capsys.readouterr().out
 
 
-def test_inspect_json_has_the_documented_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_json_has_the_documented_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_jsonl(tmp_path / "votes.jsonl", ROWS)
     assert main(["data", "inspect", str(path), "--json", "--no-progress", *MAP]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -47,9 +59,16 @@ def test_inspect_json_has_the_documented_keys(tmp_path: Path, capsys: pytest.Cap
     assert summary["n_ties"] == 1 and summary["n_rejected"] == 0  # majorities: a, b, tie
 
 
-def test_inspect_counts_rejects_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"},
-                                                  {"prompt": "p", "chosen": "", "rejected": "b"}])
+def test_inspect_counts_rejects_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": "p", "chosen": "a", "rejected": "b"},
+            {"prompt": "p", "chosen": "", "rejected": "b"},
+        ],
+    )
     assert main(["data", "inspect", str(path), "--json", "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert "detected layout: trl" in captured.err
@@ -61,17 +80,29 @@ def test_inspect_counts_rejects_by_default(tmp_path: Path, capsys: pytest.Captur
 def test_convert_votes_to_soft_labels_and_parquet_round_trip(tmp_path: Path, capsys) -> None:
     path = write_jsonl(tmp_path / "votes.jsonl", ROWS)
     out = tmp_path / "soft.parquet"
-    assert main(["data", "convert", str(path), str(out), "--votes", "soft", "--no-progress", *MAP]) == 0
+    assert (
+        main(["data", "convert", str(path), str(out), "--votes", "soft", "--no-progress", *MAP])
+        == 0
+    )
     assert "read 3, wrote 3, dropped 0" in capsys.readouterr().err
     records, _ = load_feedback(out)
     # [a, a, b] -> 2/3; [b, tie, b] -> 0.5/3; [tie, tie, a] -> 2/3
-    assert [round(r.soft_label, 6) for r in records] == [round(2 / 3, 6), round(0.5 / 3, 6), round(2 / 3, 6)]
+    assert [round(r.soft_label, 6) for r in records] == [
+        round(2 / 3, 6),
+        round(0.5 / 3, 6),
+        round(2 / 3, 6),
+    ]
     assert [r.votes for r in records] == [("a", "a", "b"), ("b", "tie", "b"), ("tie", "tie", "a")]
 
 
 def test_convert_bad_row_raises_with_location_and_leaves_no_output(tmp_path: Path, capsys) -> None:
-    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"},
-                                                  {"prompt": "p", "chosen": "a", "rejected": 3}])
+    path = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": "p", "chosen": "a", "rejected": "b"},
+            {"prompt": "p", "chosen": "a", "rejected": 3},
+        ],
+    )
     out = tmp_path / "out.jsonl"
     assert main(["data", "convert", str(path), str(out), "--to", "binary", "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -80,14 +111,37 @@ def test_convert_bad_row_raises_with_location_and_leaves_no_output(tmp_path: Pat
 
 
 def test_convert_skip_writes_rejects_next_to_output(tmp_path: Path, capsys) -> None:
-    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"},
-                                                  {"prompt": "p", "chosen": "a", "rejected": 3}])
+    path = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": "p", "chosen": "a", "rejected": "b"},
+            {"prompt": "p", "chosen": "a", "rejected": 3},
+        ],
+    )
     out = tmp_path / "out.jsonl"
-    assert main(["data", "convert", str(path), str(out), "--to", "binary", "--on-error", "skip",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                str(path),
+                str(out),
+                "--to",
+                "binary",
+                "--on-error",
+                "skip",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert [r.label for r in load_feedback(out)[0]] == [True, False]
-    rejects = [json.loads(line) for line in (tmp_path / "out.jsonl.rejects.jsonl").read_text().splitlines()]
-    assert [(r["line"], r["field"], r["reason"]) for r in rejects] == [(2, "response_b", "wrong_type")]
+    rejects = [
+        json.loads(line) for line in (tmp_path / "out.jsonl.rejects.jsonl").read_text().splitlines()
+    ]
+    assert [(r["line"], r["field"], r["reason"]) for r in rejects] == [
+        (2, "response_b", "wrong_type")
+    ]
 
 
 def test_interrupted_convert_leaves_no_partial_output(tmp_path: Path) -> None:
@@ -95,8 +149,21 @@ def test_interrupted_convert_leaves_no_partial_output(tmp_path: Path) -> None:
     rows = [{"prompt": f"p{i}", "chosen": "a" * 200, "rejected": "b"} for i in range(50_000)]
     path = write_jsonl(tmp_path / "big.jsonl", rows)
     out = tmp_path / "out.jsonl"
-    process = subprocess.Popen([sys.executable, "-m", "prefkit", "data", "convert", str(path), str(out),
-                                "--to", "binary", "--no-progress"], stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefkit",
+            "data",
+            "convert",
+            str(path),
+            str(out),
+            "--to",
+            "binary",
+            "--no-progress",
+        ],
+        stderr=subprocess.PIPE,
+    )
     partial = tmp_path / "out.jsonl.partial"
     import time
 

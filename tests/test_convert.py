@@ -26,7 +26,9 @@ from prefkit.data import (
 from prefkit.data.convert import ConversionOptions, ConversionStats, convert_records
 
 
-def rated(record_id: str, response: str, prompt: str = "p", **ratings: float | None) -> RatingRecord:
+def rated(
+    record_id: str, response: str, prompt: str = "p", **ratings: float | None
+) -> RatingRecord:
     return RatingRecord(id=record_id, prompt=prompt, response=response, ratings=ratings)
 
 
@@ -40,7 +42,9 @@ def run(records, **options) -> tuple[list, ConversionStats]:
 
 
 def summary(pairs: list[PairwiseRecord]) -> list[tuple[str, str, str, str, float]]:
-    return [(pair.id, pair.response_a, pair.response_b, pair.outcome, pair.margin) for pair in pairs]
+    return [
+        (pair.id, pair.response_a, pair.response_b, pair.outcome, pair.margin) for pair in pairs
+    ]
 
 
 # --------------------------------------------------------------------------- ratings -> pairs
@@ -50,23 +54,38 @@ def test_three_rated_responses_give_three_pairs_with_the_right_winners() -> None
     """Scores r1=3, r2=5, r3=4. Pairs in reading order, margin = |difference|:
     (r1, r2): 3 - 5 = -2 -> b, margin 2; (r1, r3): -1 -> b, margin 1; (r2, r3): +1 -> a, margin 1.
     """
-    records = [rated("r1", "x", overall=3), rated("r2", "y", overall=5), rated("r3", "z", overall=4)]
+    records = [
+        rated("r1", "x", overall=3),
+        rated("r2", "y", overall=5),
+        rated("r3", "z", overall=4),
+    ]
     pairs, stats = run(records, attribute="overall")
     assert summary(pairs) == [
         ("r1-vs-r2", "x", "y", "b", 2.0),
         ("r1-vs-r3", "x", "z", "b", 1.0),
         ("r2-vs-r3", "y", "z", "a", 1.0),
     ]
-    assert pairs[0].metadata["source_ids"] == ["r1", "r2"] and pairs[0].metadata["scores"] == [3.0, 5.0]
+    assert pairs[0].metadata["source_ids"] == ["r1", "r2"] and pairs[0].metadata["scores"] == [
+        3.0,
+        5.0,
+    ]
     assert (stats.n_read, stats.n_written, stats.n_used, stats.n_dropped) == (3, 3, 3, 0)
     assert stats.summary() == "read 3, wrote 3, dropped 0"
 
 
 def test_tie_threshold_makes_a_tie_that_is_kept_unless_drop_ties() -> None:
     """Scores 3, 3.5, 5 with threshold 0.5: |3 - 3.5| = 0.5 <= 0.5 -> tie; the others are b wins."""
-    records = [rated("r1", "x", overall=3), rated("r2", "y", overall=3.5), rated("r3", "z", overall=5)]
+    records = [
+        rated("r1", "x", overall=3),
+        rated("r2", "y", overall=3.5),
+        rated("r3", "z", overall=5),
+    ]
     pairs, stats = run(records, attribute="overall", tie_threshold=0.5)
-    assert [(pair.id, pair.outcome) for pair in pairs] == [("r1-vs-r2", "tie"), ("r1-vs-r3", "b"), ("r2-vs-r3", "b")]
+    assert [(pair.id, pair.outcome) for pair in pairs] == [
+        ("r1-vs-r2", "tie"),
+        ("r1-vs-r3", "b"),
+        ("r2-vs-r3", "b"),
+    ]
     assert pairs[0].margin == 0.5
     # Just above the threshold is not a tie.
     pairs, _ = run(records, attribute="overall", tie_threshold=0.49)
@@ -80,7 +99,9 @@ def test_a_response_whose_only_pairs_are_dropped_ties_is_counted_as_dropped() ->
     records = [rated("r1", "x", overall=3), rated("r2", "y", overall=3)]
     pairs, stats = run(records, attribute="overall", drop_ties=True)
     assert pairs == []
-    assert stats.dropped == Counter({"all_pairs_omitted": 2}) and stats.omitted == Counter({"tie_dropped": 1})
+    assert stats.dropped == Counter({"all_pairs_omitted": 2}) and stats.omitted == Counter(
+        {"tie_dropped": 1}
+    )
 
 
 def test_best_vs_worst_picks_the_highest_and_the_first_lowest() -> None:
@@ -97,8 +118,12 @@ def test_best_vs_random_is_seeded_and_independent_of_group_order() -> None:
     group_two = [rated(f"q{i}", f"text {i}", prompt="two", overall=-i) for i in range(6)]
     partners = set()
     for seed in range(12):
-        forward, stats = run(group_one + group_two, attribute="overall", pairs="best-vs-random", seed=seed)
-        backward, _ = run(group_two + group_one, attribute="overall", pairs="best-vs-random", seed=seed)
+        forward, stats = run(
+            group_one + group_two, attribute="overall", pairs="best-vs-random", seed=seed
+        )
+        backward, _ = run(
+            group_two + group_one, attribute="overall", pairs="best-vs-random", seed=seed
+        )
         assert sorted(summary(forward)) == sorted(summary(backward))
         assert len(forward) == 2 and stats.dropped == Counter({"not_selected": 8})
         by_prompt = {pair.prompt: pair for pair in forward}
@@ -111,8 +136,10 @@ def test_best_vs_random_is_seeded_and_independent_of_group_order() -> None:
 
 def test_missing_attribute_value_skips_that_response_and_counts_it() -> None:
     records = [
-        rated("r1", "x", overall=2), rated("r2", "y", overall=None),
-        rated("r3", "z", helpfulness=4), rated("r4", "w", overall=1),
+        rated("r1", "x", overall=2),
+        rated("r2", "y", overall=None),
+        rated("r3", "z", helpfulness=4),
+        rated("r4", "w", overall=1),
     ]
     pairs, stats = run(records, attribute="overall")
     assert summary(pairs) == [("r1-vs-r4", "x", "w", "a", 1.0)]
@@ -122,7 +149,9 @@ def test_missing_attribute_value_skips_that_response_and_counts_it() -> None:
 def test_weighted_sum_of_attributes() -> None:
     """Weights h=1, v=-0.5: r1 = 4 - 0.5*4 = 2; r2 = 3 - 0.5*0 = 3 -> b wins by 1; r3 lacks v -> missing."""
     records = [
-        rated("r1", "x", h=4, v=4), rated("r2", "y", h=3, v=0), rated("r3", "z", h=5, v=None),
+        rated("r1", "x", h=4, v=4),
+        rated("r2", "y", h=3, v=0),
+        rated("r3", "z", h=5, v=None),
     ]
     pairs, stats = run(records, weights={"h": 1.0, "v": -0.5})
     assert summary(pairs) == [("r1-vs-r2", "x", "y", "b", 1.0)]
@@ -132,10 +161,18 @@ def test_weighted_sum_of_attributes() -> None:
 
 def test_groups_by_prompt_text_and_prompt_id() -> None:
     records = [
-        RatingRecord(id="a1", prompt="same", response="x", ratings={"s": 1}, metadata={"prompt_id": 1}),
-        RatingRecord(id="b1", prompt="same", response="y", ratings={"s": 2}, metadata={"prompt_id": 2}),
-        RatingRecord(id="a2", prompt="same", response="z", ratings={"s": 3}, metadata={"prompt_id": 1}),
-        RatingRecord(id="c1", prompt=[{"role": "user", "content": "hi"}], response="q", ratings={"s": 1}),
+        RatingRecord(
+            id="a1", prompt="same", response="x", ratings={"s": 1}, metadata={"prompt_id": 1}
+        ),
+        RatingRecord(
+            id="b1", prompt="same", response="y", ratings={"s": 2}, metadata={"prompt_id": 2}
+        ),
+        RatingRecord(
+            id="a2", prompt="same", response="z", ratings={"s": 3}, metadata={"prompt_id": 1}
+        ),
+        RatingRecord(
+            id="c1", prompt=[{"role": "user", "content": "hi"}], response="q", ratings={"s": 1}
+        ),
     ]
     pairs, stats = run(records, attribute="s")
     assert [(pair.id, pair.outcome) for pair in pairs] == [("a1-vs-a2", "b")]
@@ -158,13 +195,24 @@ def test_rating_conversion_needs_a_score() -> None:
 
 
 def test_ratings_to_ranking_one_per_prompt() -> None:
-    records = [rated("r1", "x", s=1), rated("r2", "y", s=None), rated("r3", "z", s=3), rated("o", "w", "other", s=2)]
+    records = [
+        rated("r1", "x", s=1),
+        rated("r2", "y", s=None),
+        rated("r3", "z", s=3),
+        rated("o", "w", "other", s=2),
+    ]
     rankings, stats = run(records, to="ranking", attribute="s")
     assert len(rankings) == 1
     ranking = rankings[0]
     assert (ranking.id, ranking.responses, ranking.scores, ranking.response_ids) == (
-        "r1", ("x", "z"), (1.0, 3.0), ("r1", "r3"))
-    assert stats.dropped == Counter({"missing_score": 1, "single_response": 1}) and stats.n_used == 2
+        "r1",
+        ("x", "z"),
+        (1.0, 3.0),
+        ("r1", "r3"),
+    )
+    assert (
+        stats.dropped == Counter({"missing_score": 1, "single_response": 1}) and stats.n_used == 2
+    )
 
 
 # --------------------------------------------------------------------------- rankings -> pairs
@@ -174,15 +222,26 @@ def test_ranking_scores_to_all_pairs_with_missing_scores_skipped() -> None:
     """Scores [0.9, None, 0.2, 0.9]: scored indices 0, 2, 3.
     (0, 2): 0.9 - 0.2 > 0 -> a; (0, 3): 0 -> tie; (2, 3): -0.7 -> b.
     """
-    record = RankingRecord(id="k", prompt="q", responses=("w", "x", "y", "z"), scores=(0.9, None, 0.2, 0.9),
-                           response_ids=("s0", "s1", "s2", "s3"))
+    record = RankingRecord(
+        id="k",
+        prompt="q",
+        responses=("w", "x", "y", "z"),
+        scores=(0.9, None, 0.2, 0.9),
+        response_ids=("s0", "s1", "s2", "s3"),
+    )
     pairs, stats = run([record])
     assert [(pair.id, pair.response_a, pair.response_b, pair.outcome) for pair in pairs] == [
-        ("k/0-vs-2", "w", "y", "a"), ("k/0-vs-3", "w", "z", "tie"), ("k/2-vs-3", "y", "z", "b"),
+        ("k/0-vs-2", "w", "y", "a"),
+        ("k/0-vs-3", "w", "z", "tie"),
+        ("k/2-vs-3", "y", "z", "b"),
     ]
     assert pairs[0].margin == pytest.approx(0.7)
     assert pairs[2].metadata["response_ids"] == ["s2", "s3"]
-    assert stats.omitted == Counter({"missing_score": 1}) and stats.n_used == 1 and stats.n_written == 3
+    assert (
+        stats.omitted == Counter({"missing_score": 1})
+        and stats.n_used == 1
+        and stats.n_written == 3
+    )
 
 
 def test_ranking_ranks_are_inverted() -> None:
@@ -191,7 +250,11 @@ def test_ranking_ranks_are_inverted() -> None:
     """
     record = RankingRecord(id="k", prompt="q", responses=("x", "y", "z"), ranks=(2, 1, 3))
     pairs, _ = run([record])
-    assert [(pair.id, pair.outcome) for pair in pairs] == [("k/0-vs-1", "b"), ("k/0-vs-2", "a"), ("k/1-vs-2", "a")]
+    assert [(pair.id, pair.outcome) for pair in pairs] == [
+        ("k/0-vs-1", "b"),
+        ("k/0-vs-2", "a"),
+        ("k/1-vs-2", "a"),
+    ]
     pairs, _ = run([record], pairs="best-vs-worst")
     assert summary(pairs) == [("k/1-vs-2", "y", "z", "a", 2.0)]
 
@@ -206,7 +269,10 @@ def test_ranking_with_fewer_than_two_scores_is_dropped() -> None:
 def test_ranking_to_binary_by_threshold() -> None:
     record = RankingRecord(id="k", prompt="q", responses=("x", "y", "z"), scores=(0.2, None, 0.5))
     records, stats = run([record], to="binary", binary_threshold=0.5)
-    assert [(r.id, r.response, r.label) for r in records] == [("k/0", "x", False), ("k/2", "z", True)]
+    assert [(r.id, r.response, r.label) for r in records] == [
+        ("k/0", "x", False),
+        ("k/2", "z", True),
+    ]
     assert stats.omitted == Counter({"missing_score": 1})
 
 
@@ -214,7 +280,9 @@ def test_ranking_to_binary_by_threshold() -> None:
 
 
 def voted(record_id: str, votes: tuple, **fields) -> PairwiseRecord:
-    return PairwiseRecord(id=record_id, prompt="p", response_a="x", response_b="y", votes=votes, **fields)
+    return PairwiseRecord(
+        id=record_id, prompt="p", response_a="x", response_b="y", votes=votes, **fields
+    )
 
 
 def test_majority_votes_set_the_outcome() -> None:
@@ -237,9 +305,13 @@ def test_split_votes_follow_the_tie_policy() -> None:
 
 def test_soft_labels_count_a_tie_vote_as_half() -> None:
     """[a, a, b] -> 2/3; [a, b] -> 1/2; [tie, tie, a] -> (1 + 2*0.5)/3 = 2/3; [a, None, tie] -> 1.5/2."""
-    records = [voted("1", ("a", "a", "b")), voted("2", ("a", "b")), voted("3", ("tie", "tie", "a")),
-               voted("4", ("a", None, "tie")), PairwiseRecord(id="5", prompt="p", response_a="x",
-                                                              response_b="y", outcome="a")]
+    records = [
+        voted("1", ("a", "a", "b")),
+        voted("2", ("a", "b")),
+        voted("3", ("tie", "tie", "a")),
+        voted("4", ("a", None, "tie")),
+        PairwiseRecord(id="5", prompt="p", response_a="x", response_b="y", outcome="a"),
+    ]
     pairs, stats = run(records, votes="soft")
     assert [pair.soft_label for pair in pairs[:4]] == pytest.approx([2 / 3, 1 / 2, 2 / 3, 0.75])
     # The outcome is kept as read ([a, None, tie] is an even split: a tie); no votes -> unchanged.
@@ -260,14 +332,23 @@ def test_drop_ties_on_pairwise_records() -> None:
 def test_pairwise_to_binary_gives_two_records_per_decided_pair_and_drops_ties() -> None:
     records = [
         PairwiseRecord(id="1", prompt="p", response_a="x", response_b="y", outcome="a", weight=2.0),
-        PairwiseRecord(id="2", prompt="p", response_a="u", response_b="v", outcome="b", category="c"),
+        PairwiseRecord(
+            id="2", prompt="p", response_a="u", response_b="v", outcome="b", category="c"
+        ),
         PairwiseRecord(id="3", prompt="p", response_a="s", response_b="t", outcome="tie"),
     ]
     outputs, stats = run(records, to="binary")
     assert [(r.id, r.response, r.label) for r in outputs] == [
-        ("1/chosen", "x", True), ("1/rejected", "y", False), ("2/chosen", "v", True), ("2/rejected", "u", False),
+        ("1/chosen", "x", True),
+        ("1/rejected", "y", False),
+        ("2/chosen", "v", True),
+        ("2/rejected", "u", False),
     ]
-    assert outputs[0].weight == 2.0 and outputs[2].category == "c" and outputs[3].metadata["source_id"] == "2"
+    assert (
+        outputs[0].weight == 2.0
+        and outputs[2].category == "c"
+        and outputs[3].metadata["source_id"] == "2"
+    )
     assert stats.dropped == Counter({"tie": 1}) and stats.n_used == 2
     assert stats.summary() == "read 3, wrote 4, dropped 1: 1 tie"
 
@@ -275,7 +356,10 @@ def test_pairwise_to_binary_gives_two_records_per_decided_pair_and_drops_ties() 
 def test_majority_votes_then_binary() -> None:
     records = [voted("1", ("b", "b", "a")), voted("2", ("a", "b"))]
     outputs, stats = run(records, to="binary", votes="majority", tie_policy="drop")
-    assert [(r.id, r.response, r.label) for r in outputs] == [("1/chosen", "y", True), ("1/rejected", "x", False)]
+    assert [(r.id, r.response, r.label) for r in outputs] == [
+        ("1/chosen", "y", True),
+        ("1/rejected", "x", False),
+    ]
     assert stats.dropped == Counter({"split_votes": 1})
 
 
@@ -293,11 +377,17 @@ def test_rating_to_binary_by_threshold() -> None:
 # --------------------------------------------------------------------------- kinds and options
 
 
-@pytest.mark.parametrize(("record", "target"), [
-    (BinaryRecord(id="b", prompt="p", response="x", label=True), "pairwise"),
-    (PairwiseRecord(id="p", prompt="p", response_a="x", response_b="y", outcome="a"), "ranking"),
-    (RankingRecord(id="k", prompt="p", responses=("x", "y"), scores=(1, 2)), "rating"),
-])
+@pytest.mark.parametrize(
+    ("record", "target"),
+    [
+        (BinaryRecord(id="b", prompt="p", response="x", label=True), "pairwise"),
+        (
+            PairwiseRecord(id="p", prompt="p", response_a="x", response_b="y", outcome="a"),
+            "ranking",
+        ),
+        (RankingRecord(id="k", prompt="p", responses=("x", "y"), scores=(1, 2)), "rating"),
+    ],
+)
 def test_unconvertible_kinds_raise_naming_both(record, target) -> None:
     with pytest.raises(ValueError, match=f"cannot convert {record.kind} records to {target}"):
         list(convert_records([record], ConversionOptions(to=target)))
@@ -307,7 +397,10 @@ def test_records_of_the_target_kind_pass_through_unchanged() -> None:
     records = [rated("r1", "x", s=1), rated("r2", "y", s=2)]
     outputs, stats = run(records, to="rating")
     assert all(out is original for out, original in zip(outputs, records, strict=True))
-    assert stats.n_passed_through == 2 and stats.summary() == "read 2, wrote 2, dropped 0; 2 passed through unchanged"
+    assert (
+        stats.n_passed_through == 2
+        and stats.summary() == "read 2, wrote 2, dropped 0; 2 passed through unchanged"
+    )
 
 
 def test_non_rating_records_stream_one_at_a_time() -> None:
@@ -316,7 +409,9 @@ def test_non_rating_records_stream_one_at_a_time() -> None:
     def source():
         for index in range(3):
             consumed.append(index)
-            yield PairwiseRecord(id=str(index), prompt="p", response_a="x", response_b="y", outcome="a")
+            yield PairwiseRecord(
+                id=str(index), prompt="p", response_a="x", response_b="y", outcome="a"
+            )
 
     conversion = convert_records(source(), ConversionOptions(to="binary"))
     iterator = iter(conversion)
@@ -326,22 +421,25 @@ def test_non_rating_records_stream_one_at_a_time() -> None:
         iter(conversion)
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"to": "pairs"}, "to must be one of"),
-    ({"pairs": "best"}, "pairs must be one of"),
-    ({"to": "binary", "pairs": "best-vs-worst"}, "applies to to='pairwise'"),
-    ({"tie_threshold": -0.1}, "tie_threshold must be >= 0"),
-    ({"tie_threshold": float("nan")}, "finite"),
-    ({"to": "binary", "drop_ties": True}, "always dropped"),
-    ({"votes": "mean"}, "votes must be one of"),
-    ({"to": "binary", "votes": "soft"}, "soft"),
-    ({"tie_policy": "drop"}, "votes='majority'"),
-    ({"binary_threshold": 3.0}, "binary_threshold applies"),
-    ({"seed": 3}, "best-vs-random"),
-    ({"weights": {}}, "non-empty"),
-    ({"weights": {"h": "1"}}, "finite"),
-    ({"to": "rating", "attribute": "s"}, "keeps ratings"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"to": "pairs"}, "to must be one of"),
+        ({"pairs": "best"}, "pairs must be one of"),
+        ({"to": "binary", "pairs": "best-vs-worst"}, "applies to to='pairwise'"),
+        ({"tie_threshold": -0.1}, "tie_threshold must be >= 0"),
+        ({"tie_threshold": float("nan")}, "finite"),
+        ({"to": "binary", "drop_ties": True}, "always dropped"),
+        ({"votes": "mean"}, "votes must be one of"),
+        ({"to": "binary", "votes": "soft"}, "soft"),
+        ({"tie_policy": "drop"}, "votes='majority'"),
+        ({"binary_threshold": 3.0}, "binary_threshold applies"),
+        ({"seed": 3}, "best-vs-random"),
+        ({"weights": {}}, "non-empty"),
+        ({"weights": {"h": "1"}}, "finite"),
+        ({"to": "rating", "attribute": "s"}, "keeps ratings"),
+    ],
+)
 def test_options_are_validated(options, message) -> None:
     with pytest.raises(ValueError, match=message):
         ConversionOptions(**options)
@@ -349,17 +447,26 @@ def test_options_are_validated(options, message) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    groups=st.lists(st.lists(st.one_of(st.none(), st.integers(0, 4)), min_size=1, max_size=5), min_size=1, max_size=5),
+    groups=st.lists(
+        st.lists(st.one_of(st.none(), st.integers(0, 4)), min_size=1, max_size=5),
+        min_size=1,
+        max_size=5,
+    ),
     strategy=st.sampled_from(["all", "best-vs-worst", "best-vs-random"]),
     threshold=st.sampled_from([0.0, 1.0]),
     drop_ties=st.booleans(),
 )
-def test_every_rating_is_used_or_dropped_with_a_reason(groups, strategy, threshold, drop_ties) -> None:
+def test_every_rating_is_used_or_dropped_with_a_reason(
+    groups, strategy, threshold, drop_ties
+) -> None:
     records = [
         rated(f"g{g}r{r}", f"response {g}.{r}", prompt=f"prompt {g}", s=score)
-        for g, scores in enumerate(groups) for r, score in enumerate(scores)
+        for g, scores in enumerate(groups)
+        for r, score in enumerate(scores)
     ]
-    pairs, stats = run(records, attribute="s", pairs=strategy, tie_threshold=threshold, drop_ties=drop_ties)
+    pairs, stats = run(
+        records, attribute="s", pairs=strategy, tie_threshold=threshold, drop_ties=drop_ties
+    )
     sources = {source for pair in pairs for source in pair.metadata["source_ids"]}
     assert stats.n_used == len(sources) and stats.n_read == len(records)
     for pair in pairs:
@@ -377,15 +484,17 @@ def test_every_rating_is_used_or_dropped_with_a_reason(groups, strategy, thresho
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 CONVERSATION = st.lists(
     st.builds(Message, role=st.sampled_from(["system", "user", "assistant", "tool"]), content=TEXT),
-    min_size=1, max_size=3,
+    min_size=1,
+    max_size=3,
 ).map(tuple)
 TEXTS = st.one_of(TEXT, CONVERSATION)
 NUMBER = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
 OPTIONAL_NUMBER = st.one_of(st.none(), NUMBER)
 OPTIONAL_WEIGHT = st.one_of(st.none(), st.floats(0, 1e3, allow_nan=False))
 JSON_VALUES = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53), NUMBER, TEXT),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3), max_leaves=6,
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53), NUMBER, TEXT),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=6,
 )
 COMMON = {
     "id": st.one_of(st.integers(0, 10**6), TEXT.filter(bool)),
@@ -404,9 +513,14 @@ def pairwise_records(draw) -> PairwiseRecord:
     if response_a == response_b:
         outcome = "tie"
     return PairwiseRecord(
-        response_a=response_a, response_b=response_b, outcome=outcome, votes=votes,
-        strength=draw(OPTIONAL_WEIGHT), margin=draw(OPTIONAL_NUMBER),
-        soft_label=draw(st.one_of(st.none(), st.floats(0, 1))), weight=draw(OPTIONAL_WEIGHT),
+        response_a=response_a,
+        response_b=response_b,
+        outcome=outcome,
+        votes=votes,
+        strength=draw(OPTIONAL_WEIGHT),
+        margin=draw(OPTIONAL_NUMBER),
+        soft_label=draw(st.one_of(st.none(), st.floats(0, 1))),
+        weight=draw(OPTIONAL_WEIGHT),
         **{key: draw(value) for key, value in COMMON.items()},
     )
 
@@ -414,20 +528,33 @@ def pairwise_records(draw) -> PairwiseRecord:
 @st.composite
 def ranking_records(draw) -> RankingRecord:
     responses = draw(st.lists(TEXTS, min_size=2, max_size=4))
-    values = st.lists(st.one_of(st.none(), st.floats(1, 100)), min_size=len(responses), max_size=len(responses))
+    values = st.lists(
+        st.one_of(st.none(), st.floats(1, 100)), min_size=len(responses), max_size=len(responses)
+    )
     numbers = {draw(st.sampled_from(["scores", "ranks"])): draw(values)}
-    ids = draw(st.one_of(st.none(), st.lists(TEXT, min_size=len(responses), max_size=len(responses))))
-    return RankingRecord(responses=responses, response_ids=ids, **numbers,
-                         **{key: draw(value) for key, value in COMMON.items()})
+    ids = draw(
+        st.one_of(st.none(), st.lists(TEXT, min_size=len(responses), max_size=len(responses)))
+    )
+    return RankingRecord(
+        responses=responses,
+        response_ids=ids,
+        **numbers,
+        **{key: draw(value) for key, value in COMMON.items()},
+    )
 
 
 RECORD_STRATEGIES = {
     "pairwise": pairwise_records(),
     "ranking": ranking_records(),
-    "rating": st.builds(RatingRecord, response=TEXTS,
-                        ratings=st.dictionaries(TEXT.filter(bool), OPTIONAL_NUMBER, min_size=1, max_size=3),
-                        **COMMON),
-    "binary": st.builds(BinaryRecord, response=TEXTS, label=st.booleans(), weight=OPTIONAL_WEIGHT, **COMMON),
+    "rating": st.builds(
+        RatingRecord,
+        response=TEXTS,
+        ratings=st.dictionaries(TEXT.filter(bool), OPTIONAL_NUMBER, min_size=1, max_size=3),
+        **COMMON,
+    ),
+    "binary": st.builds(
+        BinaryRecord, response=TEXTS, label=st.booleans(), weight=OPTIONAL_WEIGHT, **COMMON
+    ),
 }
 
 

@@ -41,10 +41,17 @@ def test_jsonl_gz_json_list_csv_tsv_parquet_read_the_same(tmp_path: Path) -> Non
         handle.writelines(json.dumps(row) + "\n" for row in rows)
     (tmp_path / "a.json").write_text(json.dumps(rows), encoding="utf-8")
     header = "id,prompt,chosen,rejected\n"
-    (tmp_path / "a.csv").write_text(header + "".join(
-        f'{r["id"]},"{r["prompt"]}",{r["chosen"]},{r["rejected"]}\n' for r in rows), encoding="utf-8")
-    (tmp_path / "a.tsv").write_text("#" + header.replace(",", "\t") + "".join(
-        f'{r["id"]}\t{r["prompt"]}\t{r["chosen"]}\t{r["rejected"]}\n' for r in rows), encoding="utf-8")
+    (tmp_path / "a.csv").write_text(
+        header
+        + "".join(f'{r["id"]},"{r["prompt"]}",{r["chosen"]},{r["rejected"]}\n' for r in rows),
+        encoding="utf-8",
+    )
+    (tmp_path / "a.tsv").write_text(
+        "#"
+        + header.replace(",", "\t")
+        + "".join(f"{r['id']}\t{r['prompt']}\t{r['chosen']}\t{r['rejected']}\n" for r in rows),
+        encoding="utf-8",
+    )
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -62,21 +69,32 @@ def test_folder_adds_file_name_as_field_and_category(tmp_path: Path) -> None:
     folder.mkdir()
     for topic in ("cats", "dogs"):
         (folder / f"{topic}.csv").write_text(
-            "#id\tlabel\ta1\ta2\n" f"{topic}1\ta1\tgood {topic}\tbad {topic}\n" f"{topic}2\ta2\tx {topic}\ty {topic}\n",
+            "#id\tlabel\ta1\ta2\n"
+            f"{topic}1\ta1\tgood {topic}\tbad {topic}\n"
+            f"{topic}2\ta2\tx {topic}\ty {topic}\n",
             encoding="utf-8",
         )
     records, _ = load_feedback(folder)
     assert [(r.id, r.category, r.outcome) for r in records] == [
-        ("cats1", "cats", "a"), ("cats2", "cats", "b"), ("dogs1", "dogs", "a"), ("dogs2", "dogs", "b"),
+        ("cats1", "cats", "a"),
+        ("cats2", "cats", "b"),
+        ("dogs1", "dogs", "a"),
+        ("dogs2", "dogs", "b"),
     ]
 
 
 def test_hf_save_to_disk_folder(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     dataset = datasets.Dataset.from_list([PAIR, dict(PAIR, chosen="four")])
-    datasets.DatasetDict({"train": dataset, "test": dataset.select([0])}).save_to_disk(tmp_path / "dd")
+    datasets.DatasetDict({"train": dataset, "test": dataset.select([0])}).save_to_disk(
+        tmp_path / "dd"
+    )
     records, _ = load_feedback(tmp_path / "dd")
-    assert [(r.response_a, r.metadata["_split"]) for r in records] == [("4", "train"), ("four", "train"), ("4", "test")]
+    assert [(r.response_a, r.metadata["_split"]) for r in records] == [
+        ("4", "train"),
+        ("four", "train"),
+        ("4", "test"),
+    ]
     dataset.save_to_disk(tmp_path / "one")
     assert len(load_feedback(tmp_path / "one")[0]) == 2
 
@@ -97,7 +115,11 @@ def test_hh_rlhf_splits_prompt_and_final_turn(tmp_path: Path) -> None:
     reader = FeedbackReader(write_jsonl(tmp_path / "hh.jsonl", [row]))
     (record,) = list(reader)
     assert reader.format_name == "hh-rlhf" and reader.detected
-    assert record.prompt == (Message("user", "Hi"), Message("assistant", "Hello!"), Message("user", "Name a color"))
+    assert record.prompt == (
+        Message("user", "Hi"),
+        Message("assistant", "Hello!"),
+        Message("user", "Name a color"),
+    )
     assert (record.chosen, record.rejected) == ("Blue", "No")
 
 
@@ -116,46 +138,95 @@ def test_trl_standard_conversational_implicit_and_unpaired(tmp_path: Path) -> No
     }
     implicit = {
         "chosen": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Blue"}],
-        "rejected": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Green"}],
+        "rejected": [
+            {"role": "user", "content": "Sky?"},
+            {"role": "assistant", "content": "Green"},
+        ],
     }
-    records, _ = load_feedback(write_jsonl(tmp_path / "t.jsonl", [PAIR, conversational, implicit]), format="trl")
+    records, _ = load_feedback(
+        write_jsonl(tmp_path / "t.jsonl", [PAIR, conversational, implicit]), format="trl"
+    )
     assert records[0].chosen == "4"
     assert records[1].prompt == (Message("user", "Sky color?"),) and records[1].chosen == "Blue"
     assert records[2].prompt == (Message("user", "Sky?"),) and records[2].rejected == "Green"
-    unpaired = [{"prompt": "p", "completion": "good", "label": True}, {"prompt": "p", "completion": "bad", "label": False}]
+    unpaired = [
+        {"prompt": "p", "completion": "good", "label": True},
+        {"prompt": "p", "completion": "bad", "label": False},
+    ]
     reader = FeedbackReader(write_jsonl(tmp_path / "u.jsonl", unpaired))
-    assert [(r.kind, r.response, r.label) for r in reader] == [("binary", "good", True), ("binary", "bad", False)]
+    assert [(r.kind, r.response, r.label) for r in reader] == [
+        ("binary", "good", True),
+        ("binary", "bad", False),
+    ]
     assert reader.format_name == "trl-unpaired"
 
 
 def test_helpsteer_and_ultrafeedback(tmp_path: Path) -> None:
-    helpsteer = {"prompt": "p", "response": "r", "helpfulness": 3, "correctness": 4, "coherence": 4,
-                 "complexity": 1, "verbosity": None}
+    helpsteer = {
+        "prompt": "p",
+        "response": "r",
+        "helpfulness": 3,
+        "correctness": 4,
+        "coherence": 4,
+        "complexity": 1,
+        "verbosity": None,
+    }
     (record,) = load_feedback(write_jsonl(tmp_path / "h.jsonl", [helpsteer]))[0]
-    assert record.ratings == {"helpfulness": 3.0, "correctness": 4.0, "coherence": 4.0, "complexity": 1.0,
-                              "verbosity": None}
-    annotations = {aspect: {"Rating": str(value), "Rationale": "..."} for aspect, value in
-                   zip(("helpfulness", "honesty", "instruction_following", "truthfulness"), (5, 4, 3, "N/A"), strict=True)}
-    ultra = {"instruction": "Say hi", "source": "evol", "completions": [
-        {"model": "m1", "response": "hi", "annotations": annotations, "overall_score": 7.5},
-        {"model": "m2", "response": "hello", "annotations": annotations, "overall_score": 6},
-    ]}
+    assert record.ratings == {
+        "helpfulness": 3.0,
+        "correctness": 4.0,
+        "coherence": 4.0,
+        "complexity": 1.0,
+        "verbosity": None,
+    }
+    annotations = {
+        aspect: {"Rating": str(value), "Rationale": "..."}
+        for aspect, value in zip(
+            ("helpfulness", "honesty", "instruction_following", "truthfulness"),
+            (5, 4, 3, "N/A"),
+            strict=True,
+        )
+    }
+    ultra = {
+        "instruction": "Say hi",
+        "source": "evol",
+        "completions": [
+            {"model": "m1", "response": "hi", "annotations": annotations, "overall_score": 7.5},
+            {"model": "m2", "response": "hello", "annotations": annotations, "overall_score": 6},
+        ],
+    }
     records, _ = load_feedback(write_jsonl(tmp_path / "uf.jsonl", [ultra]))
     assert [r.response for r in records] == ["hi", "hello"]
-    assert records[0].ratings == {"helpfulness": 5.0, "honesty": 4.0, "instruction_following": 3.0,
-                                  "truthfulness": None, "overall": 7.5}
+    assert records[0].ratings == {
+        "helpfulness": 5.0,
+        "honesty": 4.0,
+        "instruction_following": 3.0,
+        "truthfulness": None,
+        "overall": 7.5,
+    }
     assert records[1].metadata["model"] == "m2" and records[0].category == "evol"
 
 
 def test_helpsteer2_preference_sign_and_strength(tmp_path: Path) -> None:
-    rows = [{"prompt": "p", "response_1": "x", "response_2": "y", "preference_strength": s} for s in (-3, 0, 2)]
+    rows = [
+        {"prompt": "p", "response_1": "x", "response_2": "y", "preference_strength": s}
+        for s in (-3, 0, 2)
+    ]
     records, _ = load_feedback(write_jsonl(tmp_path / "hs2.jsonl", rows))
     assert [(r.outcome, r.strength) for r in records] == [("a", 3.0), ("tie", 0.0), ("b", 2.0)]
 
 
 def test_canonical_records_round_trip_through_jsonl(tmp_path: Path) -> None:
-    original = PairwiseRecord(id="x", prompt=(Message("user", "hi"),), response_a="a", response_b="b",
-                              votes=("a", None, "tie", "a"), strength=2.0, category="c", metadata={"k": [1]})
+    original = PairwiseRecord(
+        id="x",
+        prompt=(Message("user", "hi"),),
+        response_a="a",
+        response_b="b",
+        votes=("a", None, "tie", "a"),
+        strength=2.0,
+        category="c",
+        metadata={"k": [1]},
+    )
     write_records([original], tmp_path / "c.jsonl")
     (back,) = load_feedback(tmp_path / "c.jsonl")[0]
     assert back == original and back.outcome == "a"
@@ -165,12 +236,25 @@ def test_canonical_records_round_trip_through_jsonl(tmp_path: Path) -> None:
 
 
 def test_mapping_joins_fields_and_reads_votes_and_winner_values(tmp_path: Path) -> None:
-    rows = [{"idx": 7, "instruction": "Fix:", "input": "teh cat", "r1": "the cat", "r2": "teh cat",
-             "j1": 1, "j2": 2, "j3": 0, "extra": "kept"}]
-    mapping = parse_map_args(["id=idx", "prompt=instruction+input", "response_a=r1", "response_b=r2",
-                              "votes=j1+j2+j3"])
-    (record,) = load_feedback(write_jsonl(tmp_path / "m.jsonl", rows), mapping=mapping,
-                              winner_values="a=1,b=2,tie=0")[0]
+    rows = [
+        {
+            "idx": 7,
+            "instruction": "Fix:",
+            "input": "teh cat",
+            "r1": "the cat",
+            "r2": "teh cat",
+            "j1": 1,
+            "j2": 2,
+            "j3": 0,
+            "extra": "kept",
+        }
+    ]
+    mapping = parse_map_args(
+        ["id=idx", "prompt=instruction+input", "response_a=r1", "response_b=r2", "votes=j1+j2+j3"]
+    )
+    (record,) = load_feedback(
+        write_jsonl(tmp_path / "m.jsonl", rows), mapping=mapping, winner_values="a=1,b=2,tie=0"
+    )[0]
     assert record.prompt == "Fix:\n\nteh cat"
     assert record.votes == ("a", "b", "tie") and record.outcome == "tie"
     assert record.id == "7" and record.metadata == {"extra": "kept"}
@@ -178,35 +262,50 @@ def test_mapping_joins_fields_and_reads_votes_and_winner_values(tmp_path: Path) 
 
 def test_mapping_votes_majority_is_not_swapped(tmp_path: Path) -> None:
     rows = [{"a": "x", "b": "y", "v": [2, 2, 1]}, {"a": "x", "b": "y", "v": [1, 1, 2]}]
-    records, _ = load_feedback(write_jsonl(tmp_path / "v.jsonl", rows),
-                               mapping={"response_a": "a", "response_b": "b", "votes": "v"},
-                               winner_values="a=1,b=2,tie=0")
+    records, _ = load_feedback(
+        write_jsonl(tmp_path / "v.jsonl", rows),
+        mapping={"response_a": "a", "response_b": "b", "votes": "v"},
+        winner_values="a=1,b=2,tie=0",
+    )
     assert [r.outcome for r in records] == ["b", "a"]
     assert records[0].votes == ("b", "b", "a")
 
 
 def test_mapping_ratings_ranking_and_binary(tmp_path: Path) -> None:
     rows = [{"q": "p", "ans": "r", "s": {"help": "4", "safe": None}}]
-    (rating,) = load_feedback(write_jsonl(tmp_path / "r.jsonl", rows),
-                              mapping={"prompt": "q", "response": "ans", "rating.helpfulness": "s.help",
-                                       "rating.safety": "s.safe"})[0]
+    (rating,) = load_feedback(
+        write_jsonl(tmp_path / "r.jsonl", rows),
+        mapping={
+            "prompt": "q",
+            "response": "ans",
+            "rating.helpfulness": "s.help",
+            "rating.safety": "s.safe",
+        },
+    )[0]
     assert rating.ratings == {"helpfulness": 4.0, "safety": None}
     rows = [{"q": "p", "outs": ["x", "y", "z"], "sc": [1, None, 3]}]
-    (ranking,) = load_feedback(write_jsonl(tmp_path / "k.jsonl", rows),
-                               mapping={"prompt": "q", "responses": "outs", "scores": "sc"})[0]
+    (ranking,) = load_feedback(
+        write_jsonl(tmp_path / "k.jsonl", rows),
+        mapping={"prompt": "q", "responses": "outs", "scores": "sc"},
+    )[0]
     assert isinstance(ranking, RankingRecord) and ranking.scores == (1.0, None, 3.0)
     rows = [{"q": "p", "a": "r", "thumb": "down"}]
-    (binary,) = load_feedback(write_jsonl(tmp_path / "b.jsonl", rows),
-                              mapping={"prompt": "q", "response": "a", "label": "thumb"})[0]
+    (binary,) = load_feedback(
+        write_jsonl(tmp_path / "b.jsonl", rows),
+        mapping={"prompt": "q", "response": "a", "label": "thumb"},
+    )[0]
     assert binary.label is False
 
 
-@pytest.mark.parametrize(("items", "message"), [
-    (["prompt"], "KEY=FIELD"),
-    (["bogus=x", "chosen=a", "rejected=b"], "unknown key 'bogus'"),
-    (["response_a=a", "response_b=b"], "needs winner"),
-    (["prompt=p"], "cannot tell the record kind"),
-])
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["prompt"], "KEY=FIELD"),
+        (["bogus=x", "chosen=a", "rejected=b"], "unknown key 'bogus'"),
+        (["response_a=a", "response_b=b"], "needs winner"),
+        (["prompt=p"], "cannot tell the record kind"),
+    ],
+)
 def test_bad_mappings_are_explained(items: list[str], message: str) -> None:
     with pytest.raises(LayoutError, match=message):
         from prefkit.data import MappingLayout
@@ -220,27 +319,40 @@ def test_bad_mappings_are_explained(items: list[str], message: str) -> None:
 def bad_rows_file(tmp_path: Path) -> Path:
     good = json.dumps(PAIR)
     lines = [
-        good,                                                       # 1 ok
-        '{"prompt": "p", "chosen": "a", ',                          # 2 malformed JSON
-        json.dumps({"prompt": "p", "chosen": "a"}),                 # 3 missing field (unknown layout for trl? rejected missing)
+        good,  # 1 ok
+        '{"prompt": "p", "chosen": "a", ',  # 2 malformed JSON
+        json.dumps(
+            {"prompt": "p", "chosen": "a"}
+        ),  # 3 missing field (unknown layout for trl? rejected missing)
         json.dumps({"prompt": "p", "chosen": 5, "rejected": "b"}),  # 4 wrong type
         json.dumps({"prompt": "p", "chosen": "", "rejected": "b"}),  # 5 empty response
         json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"}),  # 6 identical
-        json.dumps({"prompt": [{"role": "robot", "content": "x"}], "chosen": "a", "rejected": "b"}),  # 7 bad role
+        json.dumps(
+            {"prompt": [{"role": "robot", "content": "x"}], "chosen": "a", "rejected": "b"}
+        ),  # 7 bad role
         json.dumps({"prompt": "p", "chosen": "x" * 101, "rejected": "b"}),  # 8 too long
-        json.dumps([1, 2]),                                         # 9 not an object
-        good,                                                       # 10 ok
+        json.dumps([1, 2]),  # 9 not an object
+        good,  # 10 ok
     ]
     path = tmp_path / "bad.jsonl"
-    data = "\n".join(lines).encode("utf-8") + b"\n" + b'{"prompt": "\xff\xfe", "chosen": "a", "rejected": "b"}\n'
+    data = (
+        "\n".join(lines).encode("utf-8")
+        + b"\n"
+        + b'{"prompt": "\xff\xfe", "chosen": "a", "rejected": "b"}\n'
+    )
     path.write_bytes(data)  # line 11: bytes that are not UTF-8
     return path
 
 
 EXPECTED_REJECTS = {
-    2: ("malformed_json", None), 3: ("missing_field", "rejected"), 4: ("wrong_type", "response_a"),
-    5: ("empty_text", "response_a"), 6: ("identical_responses", "response_b"),
-    7: ("bad_role", "prompt[0].role"), 8: ("text_too_long", "response_a"), 9: ("wrong_type", None),
+    2: ("malformed_json", None),
+    3: ("missing_field", "rejected"),
+    4: ("wrong_type", "response_a"),
+    5: ("empty_text", "response_a"),
+    6: ("identical_responses", "response_b"),
+    7: ("bad_role", "prompt[0].role"),
+    8: ("text_too_long", "response_a"),
+    9: ("wrong_type", None),
     11: ("bad_encoding", None),
 }
 
@@ -248,7 +360,9 @@ EXPECTED_REJECTS = {
 def test_skip_counts_every_bad_row_and_writes_rejects(tmp_path: Path) -> None:
     path = bad_rows_file(tmp_path)
     rejects = tmp_path / "out.jsonl.rejects.jsonl"
-    reader = FeedbackReader(path, format="trl", on_error="skip", rejects_path=rejects, max_text_chars=100)
+    reader = FeedbackReader(
+        path, format="trl", on_error="skip", rejects_path=rejects, max_text_chars=100
+    )
     records = list(reader)
     assert len(records) == 2
     assert reader.stats.n_rows == 11 and reader.stats.rejects.total == 9
@@ -278,8 +392,14 @@ def test_unknown_winner_value_and_non_numeric_rating(tmp_path: Path) -> None:
         list(FeedbackReader(path, mapping={"response_a": "a", "response_b": "b", "winner": "w"}))
     assert info.value.reason == "unknown_value"
     path = write_jsonl(tmp_path / "r.jsonl", [{"p": "q", "r": "x", "score": "high"}])
-    with pytest.raises(DataError, match="field 'score': expected a number, found str 'high'") as info:
-        list(FeedbackReader(path, mapping={"prompt": "p", "response": "r", "rating.quality": "score"}))
+    with pytest.raises(
+        DataError, match="field 'score': expected a number, found str 'high'"
+    ) as info:
+        list(
+            FeedbackReader(
+                path, mapping={"prompt": "p", "response": "r", "rating.quality": "score"}
+            )
+        )
     assert info.value.reason == "non_numeric"
 
 

@@ -20,7 +20,9 @@ def pairs_file(tmp_path: Path) -> Path:
         PairwiseRecord("1", "Say hi", "hello there", "hi", "a", category="greeting"),
         PairwiseRecord("2", "Say hi", "yo", "good morning", "b", category="greeting"),
         PairwiseRecord("3", "Add 2 and 2", "4", "The answer is four.", "a", category="math"),
-        PairwiseRecord("4", "Add 1 and 1", "2", "two", "tie", votes=("tie", "a", "tie"), category="math"),
+        PairwiseRecord(
+            "4", "Add 1 and 1", "2", "two", "tie", votes=("tie", "a", "tie"), category="math"
+        ),
     ]
     path = tmp_path / "pairs.jsonl"
     write_records(records, path)
@@ -32,14 +34,28 @@ def test_length_baseline_with_json(pairs_file: Path, tmp_path: Path, capsys) -> 
     assert main(["eval", "length", str(pairs_file), "--json", str(out), "--bootstrap", "50"]) == 0
     table = capsys.readouterr().out
     assert "accuracy [95% CI]" in table and "length" in table
-    document = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    document = json.loads(
+        out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON")
+    )
     # Length is right on 1 and 2, wrong on 3; pair 4 is a human tie.
-    assert (document["n"], document["n_human_ties"], document["accuracy"]) == (3, 1, pytest.approx(2 / 3))
-    for key in ("accuracy_ci95", "accuracy_half_credit", "by_category", "calibration", "length_bias"):
+    assert (document["n"], document["n_human_ties"], document["accuracy"]) == (
+        3,
+        1,
+        pytest.approx(2 / 3),
+    )
+    for key in (
+        "accuracy_ci95",
+        "accuracy_half_credit",
+        "by_category",
+        "calibration",
+        "length_bias",
+    ):
         assert key in document
     assert set(document["calibration"]) >= {"ece", "brier"}
     assert set(document["length_bias"]) >= {
-        "spearman", "accuracy_when_chosen_longer", "accuracy_when_chosen_shorter",
+        "spearman",
+        "accuracy_when_chosen_longer",
+        "accuracy_when_chosen_shorter",
     }
     assert set(document["by_category"]) == {"greeting", "math"}
     assert document["models"][0]["name"] == "length" and document["data"] == str(pairs_file)
@@ -50,8 +66,21 @@ def test_a_model_and_a_judge_side_by_side(pairs_file: Path, tmp_path: Path, caps
     server = FakeServer(prefers_longer)
     try:
         out = tmp_path / "metrics.json"
-        code = main(["eval", "length", str(pairs_file), "--judge-url", server.url,
-                     "--judge-model", "fake", "--json", str(out), "--bootstrap", "0"])
+        code = main(
+            [
+                "eval",
+                "length",
+                str(pairs_file),
+                "--judge-url",
+                server.url,
+                "--judge-model",
+                "fake",
+                "--json",
+                str(out),
+                "--bootstrap",
+                "0",
+            ]
+        )
     finally:
         server.close()
     assert code == 0
@@ -85,16 +114,22 @@ def test_errors_are_reported_without_a_trace(pairs_file: Path, tmp_path: Path, c
     assert "no record has this field" in capsys.readouterr().err
 
 
-def test_report_without_the_report_module(pairs_file: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_report_without_the_report_module(
+    pairs_file: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     monkeypatch.setitem(sys.modules, "prefkit.eval.report", None)  # as if the module were absent
     assert main(["eval", "length", str(pairs_file), "--report", str(tmp_path / "r.html")]) == 2
     assert "--report needs prefkit.eval.report" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("prefkit.eval.report") is None, reason="no report module")
+@pytest.mark.skipif(
+    importlib.util.find_spec("prefkit.eval.report") is None, reason="no report module"
+)
 def test_report_is_written(pairs_file: Path, tmp_path: Path) -> None:
     report = tmp_path / "report.html"
-    assert main(["eval", "length", str(pairs_file), "--report", str(report), "--bootstrap", "20"]) == 0
+    assert (
+        main(["eval", "length", str(pairs_file), "--report", str(report), "--bootstrap", "20"]) == 0
+    )
     assert report.is_file() and report.stat().st_size > 0
 
 

@@ -39,11 +39,23 @@ class FixedJudge:
 
     def compare_pairs(self, prompts, responses_a, responses_b):
         self.calls += len(prompts)
-        return [JudgeVerdict(self.outcomes[(a, b)], None, None) for a, b in zip(responses_a, responses_b)]
+        return [
+            JudgeVerdict(self.outcomes[(a, b)], None, None)
+            for a, b in zip(responses_a, responses_b)
+        ]
 
 
-REWARDS = {"good": 3.0, "bad": 1.0, "okay": 2.0, "x": 5.0, "y": 5.0, "long answer": 0.0, "z": 4.0,
-           "m": 1.0, "n": 1.0}
+REWARDS = {
+    "good": 3.0,
+    "bad": 1.0,
+    "okay": 2.0,
+    "x": 5.0,
+    "y": 5.0,
+    "long answer": 0.0,
+    "z": 4.0,
+    "m": 1.0,
+    "n": 1.0,
+}
 
 
 def hand_pairs() -> list[PairwiseRecord]:
@@ -70,13 +82,21 @@ def test_pairwise_metrics_worked_by_hand() -> None:
     r5 tie ok -> 3 / 5."""
     run = evaluate(TableScorer(REWARDS), hand_pairs(), n_resamples=0)
     metrics = run.models[0].metrics
-    assert (metrics["n_total"], metrics["n"], metrics["n_human_ties"], metrics["n_tied_scores"]) == (5, 4, 1, 1)
+    assert (
+        metrics["n_total"],
+        metrics["n"],
+        metrics["n_human_ties"],
+        metrics["n_tied_scores"],
+    ) == (5, 4, 1, 1)
     assert metrics["accuracy"] == 0.5
     assert metrics["accuracy_half_credit"] == 0.625
     assert metrics["tie_band"] == 0.0 and metrics["three_way_accuracy"] == pytest.approx(0.6)
     assert metrics["accuracy_ci95"] is None  # no resampling asked for
     # Categories: chat holds r1, r2 (both right) and the tie r5; code holds r3 (0.5 half) and r4.
-    assert metrics["by_category"]["chat"]["n"] == 2 and metrics["by_category"]["chat"]["accuracy"] == 1.0
+    assert (
+        metrics["by_category"]["chat"]["n"] == 2
+        and metrics["by_category"]["chat"]["accuracy"] == 1.0
+    )
     assert metrics["by_category"]["code"]["accuracy"] == 0.0
     assert metrics["by_category"]["code"]["accuracy_half_credit"] == 0.25
     assert metrics["rewardbench_v1"] is None  # 'chat' and 'code' are not RewardBench subsets
@@ -92,7 +112,9 @@ def test_pairwise_metrics_worked_by_hand() -> None:
 def test_tie_band_changes_three_way_accuracy() -> None:
     """Band 1.5: r1 |2| > 1.5 -> a ok; r2 |1| -> tie vs b no; r3 tie vs a no; r4 |4| -> b vs a no;
     r5 tie ok -> 2 / 5."""
-    metrics = evaluate(TableScorer(REWARDS), hand_pairs(), tie_band=1.5, n_resamples=0).models[0].metrics
+    metrics = (
+        evaluate(TableScorer(REWARDS), hand_pairs(), tie_band=1.5, n_resamples=0).models[0].metrics
+    )
     assert metrics["three_way_accuracy"] == pytest.approx(0.4)
     assert metrics["tie_band"] == 1.5
 
@@ -101,9 +123,11 @@ def test_annotator_agreement_worked_by_hand() -> None:
     """Annotator 0 votes a, b, a, a, tie: on its a/b votes (r1..r4) credit 1, 1, 0, 0 -> 0.5.
     Annotator 2 votes b, -, a, a, a: model says a on r1 (no), ties r3 (no), b on r4 (no),
     ties r5 (no) -> 0.0 on 4 votes. Majority: a, b, a, a, tie -> like the outcomes."""
-    agreement = evaluate(TableScorer(REWARDS), hand_pairs(), n_resamples=0).models[0].metrics[
-        "annotator_agreement"
-    ]
+    agreement = (
+        evaluate(TableScorer(REWARDS), hand_pairs(), n_resamples=0)
+        .models[0]
+        .metrics["annotator_agreement"]
+    )
     assert agreement["n_annotators"] == 3
     first, _, third = agreement["per_annotator"]
     assert (first["n_votes"], first["n_tie_votes"], first["accuracy"]) == (5, 1, 0.5)
@@ -122,7 +146,10 @@ def test_each_distinct_item_is_scored_once() -> None:
 
 def test_same_response_under_different_prompts_is_scored_separately() -> None:
     scorer = TableScorer({"yes": 1.0, "no": 0.0})
-    records = [PairwiseRecord("1", "q1", "yes", "no", "a"), PairwiseRecord("2", "q2", "yes", "no", "a")]
+    records = [
+        PairwiseRecord("1", "q1", "yes", "no", "a"),
+        PairwiseRecord("2", "q2", "yes", "no", "a"),
+    ]
     evaluate(scorer, records, n_resamples=0)
     assert len(scorer.items_scored) == 4
 
@@ -142,7 +169,13 @@ def test_several_scorers_side_by_side() -> None:
     assert "accuracy" not in document  # several models: no single top-level block
     json.dumps(document, allow_nan=False)
     pair = run.models[1].pairs[0]
-    assert (pair.id, pair.reward_a, pair.reward_b, pair.category, pair.length_a) == ("r1", -3.0, -1.0, "chat", 4)
+    assert (pair.id, pair.reward_a, pair.reward_b, pair.category, pair.length_a) == (
+        "r1",
+        -3.0,
+        -1.0,
+        "chat",
+        4,
+    )
 
 
 def test_scorer_names_must_differ() -> None:
@@ -156,9 +189,15 @@ def test_by_metadata_field_and_missing_values() -> None:
         PairwiseRecord("2", "p", "c", "dd", "a", metadata={"source": "books"}),
         PairwiseRecord("3", "q", "ee", "f", "a"),
     ]
-    by_source = evaluate(LengthScorer(), records, by="source", n_resamples=0).models[0].metrics["by_category"]
+    by_source = (
+        evaluate(LengthScorer(), records, by="source", n_resamples=0)
+        .models[0]
+        .metrics["by_category"]
+    )
     assert {name: entry["accuracy"] for name, entry in by_source.items()} == {
-        "books": 0.0, "web": 1.0, MISSING_CATEGORY: 1.0,
+        "books": 0.0,
+        "web": 1.0,
+        MISSING_CATEGORY: 1.0,
     }
     with pytest.raises(ValueError, match="no record has this field.*source"):
         evaluate(LengthScorer(), records, by="topic")
@@ -170,15 +209,30 @@ def test_rewardbench_sections_when_categories_are_subsets() -> None:
     Chat Hard and Safety have no subset -> null, so the overall score is null."""
     records = [
         PairwiseRecord(r.id, r.prompt, r.response_a, r.response_b, r.outcome, category=subset)
-        for r, subset in zip(hand_pairs()[:4], ["alpacaeval-easy", "alpacaeval-easy", "hep-cpp", "hep-cpp"])
+        for r, subset in zip(
+            hand_pairs()[:4], ["alpacaeval-easy", "alpacaeval-easy", "hep-cpp", "hep-cpp"]
+        )
     ]
-    sections = evaluate(TableScorer(REWARDS), records, n_resamples=0).models[0].metrics["rewardbench_v1"]
+    sections = (
+        evaluate(TableScorer(REWARDS), records, n_resamples=0).models[0].metrics["rewardbench_v1"]
+    )
     assert sections["Chat"] == 1.0 and sections["Reasoning"] == 0.0
-    assert sections["Chat Hard"] is None and sections["Safety"] is None and sections["score"] is None
+    assert (
+        sections["Chat Hard"] is None and sections["Safety"] is None and sections["score"] is None
+    )
     assert sections["subsets"]["hep-cpp"] == {"n": 2, "accuracy": 0.0}
 
 
-RANK_REWARDS = {"r1": 2.0, "r2": 3.0, "r3": 1.0, "s1": 0.0, "s2": 0.0, "t1": 1.0, "t2": 2.0, "t3": 9.0}
+RANK_REWARDS = {
+    "r1": 2.0,
+    "r2": 3.0,
+    "r3": 1.0,
+    "s1": 0.0,
+    "s2": 0.0,
+    "t1": 1.0,
+    "t2": 2.0,
+    "t3": 9.0,
+}
 
 
 def hand_rankings() -> list[RankingRecord]:
@@ -204,7 +258,11 @@ def test_ranking_metrics_worked_by_hand() -> None:
     ranking, best = metrics["ranking"], metrics["best_of_n"]
     assert ranking["kendall_tau_b"] == pytest.approx(2 / 3)
     assert ranking["spearman"] == pytest.approx(0.75)
-    assert (ranking["n_prompts"], ranking["n_skipped_constant_gold"], ranking["n_missing_items"]) == (2, 1, 1)
+    assert (
+        ranking["n_prompts"],
+        ranking["n_skipped_constant_gold"],
+        ranking["n_missing_items"],
+    ) == (2, 1, 1)
     r1_ndcg = (1 + 7 / math.log2(3)) / (7 + 1 / math.log2(3))
     assert ranking["ndcg"]["ndcg"] == pytest.approx((r1_ndcg + 1 + 1) / 3)
     assert ranking["ndcg"]["k"] == 10
@@ -215,7 +273,9 @@ def test_ranking_metrics_worked_by_hand() -> None:
 
 def test_ranks_give_correlations_but_no_ndcg() -> None:
     records = [RankingRecord("R", "q", ("r1", "r2", "r3"), ranks=(1, 2, 3))]
-    ranking = evaluate(TableScorer(RANK_REWARDS), records, n_resamples=0).models[0].metrics["ranking"]
+    ranking = (
+        evaluate(TableScorer(RANK_REWARDS), records, n_resamples=0).models[0].metrics["ranking"]
+    )
     # Gold scores -1, -2, -3 vs predicted 2, 3, 1: tau = (1 - 2) / 3... pairs (1,2) disc, (1,3) conc, (2,3) conc.
     assert ranking["kendall_tau_b"] == pytest.approx(1 / 3)
     assert ranking["ndcg"] is None and "graded relevance" in ranking["ndcg_note"]
@@ -224,7 +284,9 @@ def test_ranks_give_correlations_but_no_ndcg() -> None:
 def test_mixed_pairwise_and_ranking_records() -> None:
     scorer = TableScorer({**REWARDS, **RANK_REWARDS})
     metrics = evaluate(scorer, hand_pairs() + hand_rankings(), n_resamples=0).models[0].metrics
-    assert metrics["accuracy"] == 0.5 and metrics["ranking"]["kendall_tau_b"] == pytest.approx(2 / 3)
+    assert metrics["accuracy"] == 0.5 and metrics["ranking"]["kendall_tau_b"] == pytest.approx(
+        2 / 3
+    )
 
 
 def test_bootstrap_is_seeded_and_resamples_prompts_when_they_repeat() -> None:
@@ -234,16 +296,31 @@ def test_bootstrap_is_seeded_and_resamples_prompts_when_they_repeat() -> None:
     assert first["bootstrap"]["unit"] == "prompt" and first["bootstrap"]["n_prompts"] == 4
     low, high = first["accuracy_ci95"]
     assert 0.0 <= low <= 0.5 <= high <= 1.0
-    unique_prompts = [PairwiseRecord("1", "a", "xx", "y", "a"), PairwiseRecord("2", "b", "xx", "y", "a")]
-    assert evaluate(LengthScorer(), unique_prompts, n_resamples=10).models[0].metrics["bootstrap"]["unit"] == "pair"
+    unique_prompts = [
+        PairwiseRecord("1", "a", "xx", "y", "a"),
+        PairwiseRecord("2", "b", "xx", "y", "a"),
+    ]
+    assert (
+        evaluate(LengthScorer(), unique_prompts, n_resamples=10)
+        .models[0]
+        .metrics["bootstrap"]["unit"]
+        == "pair"
+    )
 
 
 def test_pairwise_judge_verdicts_become_rewards() -> None:
     """Verdicts a, b, tie, b, tie -> rewards (1, 0), (0, 1), (0.5, 0.5), (0, 1), (0.5, 0.5):
     strict (1 + 1 + 0 + 0) / 4 = 0.5, half credit (1 + 1 + 0.5 + 0) / 4 = 0.625,
     three-way r1 ok, r2 ok, r3 no, r4 no, r5 ok = 0.6."""
-    judge = FixedJudge({("good", "bad"): "a", ("bad", "okay"): "b", ("x", "y"): "tie",
-                        ("long answer", "z"): "b", ("m", "n"): "tie"})
+    judge = FixedJudge(
+        {
+            ("good", "bad"): "a",
+            ("bad", "okay"): "b",
+            ("x", "y"): "tie",
+            ("long answer", "z"): "b",
+            ("m", "n"): "tie",
+        }
+    )
     records = hand_pairs() + [PairwiseRecord("r1-again", "p1", "good", "bad", "a")]
     run = evaluate([judge, TableScorer(REWARDS)], records, n_resamples=0)
     metrics = run.models[0].metrics
@@ -272,7 +349,9 @@ def test_other_record_kinds_and_bad_rewards_are_refused() -> None:
         evaluate(NanScorer(), hand_pairs())
 
 
-def test_prefkit_reward_model_folder_is_scored_through_its_load(tmp_path: Path, monkeypatch) -> None:
+def test_prefkit_reward_model_folder_is_scored_through_its_load(
+    tmp_path: Path, monkeypatch
+) -> None:
     """A prefkit folder is recognised by its config.json and scored with RewardModel.score."""
     from prefkit.eval import scorers
     from prefkit.rm.model import RewardModel

@@ -32,7 +32,12 @@ CORPUS = [
     "Name a primary colour. Red is a primary colour, and so are blue and yellow.",
     "user: assistant: Question: Answer:",
 ]
-PROMPTS = ["What is the capital of France?", "How many legs does a spider have?", "Name a colour.", ""]
+PROMPTS = [
+    "What is the capital of France?",
+    "How many legs does a spider have?",
+    "Name a colour.",
+    "",
+]
 RESPONSES = [" Paris.", " A spider has eight legs, I think.", " Red", " blue and yellow"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n{% endfor %}"
@@ -47,7 +52,8 @@ def build_tokenizer(chat_template: str | None = None) -> PreTrainedTokenizerFast
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
+        vocab_size=300,
+        special_tokens=["<pad>", "<s>", "</s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     backend.train_from_iterator(CORPUS, trainer)
@@ -65,10 +71,17 @@ def build_tokenizer(chat_template: str | None = None) -> PreTrainedTokenizerFast
 
 def tiny_config(tokenizer: PreTrainedTokenizerFast, **extra) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, **extra,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **extra,
     )
 
 
@@ -89,7 +102,9 @@ def policy_folders(tmp_path_factory) -> tuple[Path, Path]:
 
 @functools.cache
 def load_causal_lm(folder: Path) -> tuple[PreTrainedTokenizerFast, LlamaForCausalLM]:
-    return PreTrainedTokenizerFast.from_pretrained(folder), LlamaForCausalLM.from_pretrained(folder).eval()
+    return PreTrainedTokenizerFast.from_pretrained(folder), LlamaForCausalLM.from_pretrained(
+        folder
+    ).eval()
 
 
 def direct_token_logps(folder: Path, prompt: str, response: str) -> torch.Tensor:
@@ -109,7 +124,9 @@ def direct_token_logps(folder: Path, prompt: str, response: str) -> torch.Tensor
     ids = [tokenizer.bos_token_id, *prompt_ids, *response_ids, tokenizer.eos_token_id]
     start = 1 + len(prompt_ids)
     with torch.no_grad():
-        log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)  # (T, V)
+        log_probs = torch.log_softmax(
+            model(torch.tensor([ids])).logits[0].double(), dim=-1
+        )  # (T, V)
     return torch.stack([log_probs[t - 1, ids[t]] for t in range(start, len(ids))])
 
 
@@ -121,8 +138,13 @@ def test_reference_free_rewards_match_direct_log_probs(policy_folders, reward: s
     expected = []
     for prompt, response in zip(PROMPTS, RESPONSES):
         token_logps = direct_token_logps(policy, prompt, response)
-        expected.append({"sum": token_logps.sum(), "mean": token_logps.mean(),
-                         "norm": -token_logps.pow(2).sum().sqrt()}[reward].item())
+        expected.append(
+            {
+                "sum": token_logps.sum(),
+                "mean": token_logps.mean(),
+                "norm": -token_logps.pow(2).sum().sqrt(),
+            }[reward].item()
+        )
     np.testing.assert_allclose(rewards, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -132,8 +154,12 @@ def test_dpo_reward_is_the_log_ratio_and_batching_does_not_change_it(policy_fold
         (direct_token_logps(policy, p, r).sum() - direct_token_logps(reference, p, r).sum()).item()
         for p, r in zip(PROMPTS, RESPONSES)
     ]
-    one_by_one = ImplicitRewardScorer(policy, reference=reference, batch_size=1, device="cpu", progress=False)
-    batched = ImplicitRewardScorer(policy, reference=reference, batch_size=4, device="cpu", progress=False)
+    one_by_one = ImplicitRewardScorer(
+        policy, reference=reference, batch_size=1, device="cpu", progress=False
+    )
+    batched = ImplicitRewardScorer(
+        policy, reference=reference, batch_size=4, device="cpu", progress=False
+    )
     assert one_by_one.reward == "dpo"
     # Each side sums ~10 float32 log-probs of about -5.6, so the difference carries ~1e-5 of
     # rounding from sums near -60; the direct computation is in float64 from the same logits.
@@ -165,8 +191,9 @@ def test_chat_template_turns_plain_texts_into_turns() -> None:
     from prefkit.eval.scorers import _as_conversation
 
     tokenizer = build_tokenizer(CHAT_TEMPLATE)
-    item = encode_completion(tokenizer, *_as_conversation(tokenizer, "Name a colour.", " Red"),
-                             TokenizeConfig())
+    item = encode_completion(
+        tokenizer, *_as_conversation(tokenizer, "Name a colour.", " Red"), TokenizeConfig()
+    )
     assert tokenizer.decode(item.prompt_ids) == "<s><|user|>Name a colour.\n<|assistant|>"
     assert tokenizer.decode(item.completion_ids) == " Red\n</s>"
     plain = build_tokenizer()
@@ -192,9 +219,14 @@ def test_sequence_classifier_matches_direct_logits(classifier_folder: Path) -> N
     model = LlamaForSequenceClassification.from_pretrained(classifier_folder).eval()
     expected = []
     for prompt, response in zip(prompts, RESPONSES):
-        turns = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
-                 else [message.to_dict() for message in prompt])
-        text = tokenizer.apply_chat_template([*turns, {"role": "assistant", "content": response}], tokenize=False)
+        turns = (
+            [{"role": "user", "content": prompt}]
+            if isinstance(prompt, str)
+            else [message.to_dict() for message in prompt]
+        )
+        text = tokenizer.apply_chat_template(
+            [*turns, {"role": "assistant", "content": response}], tokenize=False
+        )
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             expected.append(model(torch.tensor([ids])).logits[0, 0].item())

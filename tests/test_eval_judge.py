@@ -16,7 +16,9 @@ from prefkit.data import PairwiseRecord
 from prefkit.eval.evaluate import evaluate
 from prefkit.eval.scorers import ChatJudge, JudgeError, chat_completions_url, parse_judge_answer
 
-Reply = tuple[int, Any, float]  # status, body (dict or raw bytes), delay in seconds before answering
+Reply = tuple[
+    int, Any, float
+]  # status, body (dict or raw bytes), delay in seconds before answering
 
 
 class FakeServer:
@@ -85,8 +87,11 @@ def serve() -> Iterator[Callable[[Callable[[int, dict[str, Any]], Reply]], FakeS
 
 
 def completion(text: str) -> dict[str, Any]:
-    return {"id": "x", "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+    }
 
 
 def shown(body: dict[str, Any]) -> tuple[str, str]:
@@ -112,7 +117,10 @@ def test_each_pair_is_asked_in_both_orders(serve) -> None:
     verdict = judge(server).compare("Say hi", "hello there", "hi")
     assert (verdict.outcome, verdict.first, verdict.second) == ("a", "a", "a")
     assert len(server.requests) == 2
-    assert sorted(shown(body) for body in server.requests) == [("hello there", "hi"), ("hi", "hello there")]
+    assert sorted(shown(body) for body in server.requests) == [
+        ("hello there", "hi"),
+        ("hi", "hello there"),
+    ]
     assert server.paths == ["/v1/chat/completions"] * 2
     request = server.requests[0]
     assert request["model"] == "fake-judge" and request["temperature"] == 0
@@ -197,7 +205,9 @@ def test_concurrency_limit(serve) -> None:
         return status, reply, 0.05
 
     server = serve(slow)
-    verdicts = judge(server, concurrency=2).compare_pairs(["p"] * 4, ["aaa", "b", "cc", "d"], ["x", "yy", "z", "ww"])
+    verdicts = judge(server, concurrency=2).compare_pairs(
+        ["p"] * 4, ["aaa", "b", "cc", "d"], ["x", "yy", "z", "ww"]
+    )
     assert [verdict.outcome for verdict in verdicts] == ["a", "b", "a", "b"]
     assert len(server.requests) == 8 and server.max_in_flight == 2
 
@@ -212,8 +222,17 @@ def test_unreadable_answers_count_as_ties(serve) -> None:
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("A", "a"), ("b", "b"), ("[[B]]", "b"), ("**A**.", "a"), ("Response B is better", "b"),
-     ("Tie", "tie"), ("Both are fine", None), ("", None), ("AB", None)],
+    [
+        ("A", "a"),
+        ("b", "b"),
+        ("[[B]]", "b"),
+        ("**A**.", "a"),
+        ("Response B is better", "b"),
+        ("Tie", "tie"),
+        ("Both are fine", None),
+        ("", None),
+        ("AB", None),
+    ],
 )
 def test_parse_judge_answer(text: str, expected: str | None) -> None:
     assert parse_judge_answer(text) == expected
@@ -222,4 +241,7 @@ def test_parse_judge_answer(text: str, expected: str | None) -> None:
 def test_endpoint_url_forms() -> None:
     assert chat_completions_url("http://h:1") == "http://h:1/v1/chat/completions"
     assert chat_completions_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"
-    assert chat_completions_url("http://h:1/api/v1/chat/completions") == "http://h:1/api/v1/chat/completions"
+    assert (
+        chat_completions_url("http://h:1/api/v1/chat/completions")
+        == "http://h:1/api/v1/chat/completions"
+    )

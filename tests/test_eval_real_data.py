@@ -21,7 +21,9 @@ from prefkit.eval.scorers import LengthScorer
 def test_pandalm_with_ties_and_three_annotators(shared_data: Path) -> None:
     records, stats_ = load_feedback(
         shared_data / "pandalm-testset" / "testset-v1.json",
-        format="pandalm", on_error="skip", allow_empty_responses=True,
+        format="pandalm",
+        on_error="skip",
+        allow_empty_responses=True,
     )
     assert len(records) == 993 and stats_.rejects.total == 6
     run = evaluate(LengthScorer(), records, n_resamples=200, n_rejected=stats_.rejects.total)
@@ -39,9 +41,13 @@ def test_pandalm_with_ties_and_three_annotators(shared_data: Path) -> None:
     assert low < metrics["accuracy"] < high
     # Three-way accuracy with band 0: a tie is predicted only for equal lengths.
     equal_and_tied = sum(
-        len(render_text(r.response_a)) == len(render_text(r.response_b)) for r in records if r.outcome == "tie"
+        len(render_text(r.response_a)) == len(render_text(r.response_b))
+        for r in records
+        if r.outcome == "tie"
     )
-    assert metrics["three_way_accuracy"] == pytest.approx((longer_wins + equal_and_tied) / len(records))
+    assert metrics["three_way_accuracy"] == pytest.approx(
+        (longer_wins + equal_and_tied) / len(records)
+    )
     agreement = metrics["annotator_agreement"]
     assert agreement["n_annotators"] == 3 and len(agreement["per_annotator"]) == 3
     tie_votes = Counter(record.votes[0] for record in records)["tie"]
@@ -83,7 +89,9 @@ STOPWORDS = frozenset(
 
 
 def words(text: Text) -> list[str]:
-    return [word for word in re.findall(r"[a-z]+", render_text(text).lower()) if word not in STOPWORDS]
+    return [
+        word for word in re.findall(r"[a-z]+", render_text(text).lower()) if word not in STOPWORDS
+    ]
 
 
 class BM25Scorer:
@@ -120,10 +128,14 @@ def test_cranfield_graded_relevance_ndcg_at_10(shared_data: Path) -> None:
     for record in records:
         kept = [i for i, grade in enumerate(record.metadata["grades"]) if grade > 0]
         if len(kept) >= 2:
-            graded.append(RankingRecord(
-                record.id, record.prompt, tuple(record.responses[i] for i in kept),
-                scores=tuple(record.scores[i] for i in kept),
-            ))
+            graded.append(
+                RankingRecord(
+                    record.id,
+                    record.prompt,
+                    tuple(record.responses[i] for i in kept),
+                    scores=tuple(record.scores[i] for i in kept),
+                )
+            )
     assert len(graded) > 200
     run = evaluate([BM25Scorer(), LengthScorer()], graded, n_resamples=100)
     bm25, length = (model.metrics["ranking"] for model in run.models)

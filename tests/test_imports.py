@@ -27,7 +27,9 @@ def test_package_and_data_layer_import_without_heavy_libraries() -> None:
         "heavy = [m for m in ('torch', 'transformers', 'pyarrow', 'datasets', 'peft') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert output.strip() == ""
 
 
@@ -36,5 +38,7 @@ def test_losses_import_only_torch() -> None:
         "import sys, prefkit.losses.reward, prefkit.losses.preference; "
         "print(','.join(m for m in ('transformers', 'pyarrow', 'trl', 'scipy') if m in sys.modules))"
     )
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert output.strip() == ""

@@ -15,9 +15,18 @@ from prefkit.data.inspect import format_report, inspect_records, report_dict
 from prefkit.data.read import ReadStats
 
 
-def pair(record_id: str, votes=None, *, prompt="p", a="x", b="y", outcome=None, category=None) -> PairwiseRecord:
-    return PairwiseRecord(id=record_id, prompt=prompt, response_a=a, response_b=b, outcome=outcome, votes=votes,
-                          category=category)
+def pair(
+    record_id: str, votes=None, *, prompt="p", a="x", b="y", outcome=None, category=None
+) -> PairwiseRecord:
+    return PairwiseRecord(
+        id=record_id,
+        prompt=prompt,
+        response_a=a,
+        response_b=b,
+        outcome=outcome,
+        votes=votes,
+        category=category,
+    )
 
 
 def summarise(records, **options) -> dict:
@@ -41,15 +50,30 @@ def test_agreement_worked_by_hand_for_three_items_and_three_annotators() -> None
     Majorities: a, a, tie. Agreement with the majority:
         annotator 1 (a, a, b): 2/3;  annotator 2 (a, a, tie): 3/3;  annotator 3 (a, b, tie): 2/3
     """
-    records = [pair("1", ("a", "a", "a")), pair("2", ("a", "a", "b")), pair("3", ("b", "tie", "tie"))]
+    records = [
+        pair("1", ("a", "a", "a")),
+        pair("2", ("a", "a", "b")),
+        pair("3", ("b", "tie", "tie")),
+    ]
     votes = summarise(records)["votes"]
     assert votes["fleiss_kappa"] == pytest.approx(0.25)
     assert votes["pairwise_agreement"] == pytest.approx(
-        {"annotator1/annotator2": 2 / 3, "annotator1/annotator3": 1 / 3, "annotator2/annotator3": 2 / 3})
+        {
+            "annotator1/annotator2": 2 / 3,
+            "annotator1/annotator3": 1 / 3,
+            "annotator2/annotator3": 2 / 3,
+        }
+    )
     assert votes["percent_agreement"] == pytest.approx(5 / 9)
     assert votes["agreement_with_majority"] == pytest.approx(
-        {"annotator1": 2 / 3, "annotator2": 1.0, "annotator3": 2 / 3})
-    assert (votes["n_with_votes"], votes["n_votes"], votes["n_tie_votes"], votes["n_split"]) == (3, 9, 2, 0)
+        {"annotator1": 2 / 3, "annotator2": 1.0, "annotator3": 2 / 3}
+    )
+    assert (votes["n_with_votes"], votes["n_votes"], votes["n_tie_votes"], votes["n_split"]) == (
+        3,
+        9,
+        2,
+        0,
+    )
     assert votes["vote_counts"] == {"a": 5, "b": 2, "tie": 2}
 
 
@@ -61,10 +85,17 @@ def test_missing_votes_and_splits() -> None:
     Pairs: (1, 3) agree on item 1 -> 1/1; (1, 2) disagree on item 2 -> 0/1; mean 1/2.
     Majority only on item 1 (item 2 is split): annotators 1 and 3 agree with it.
     """
-    records = [pair("1", ("a", None, "a")), pair("2", ("a", "b", None)), pair("3", (None, None, "tie"))]
+    records = [
+        pair("1", ("a", None, "a")),
+        pair("2", ("a", "b", None)),
+        pair("3", (None, None, "tie")),
+    ]
     votes = summarise(records)["votes"]
     assert votes["fleiss_kappa"] == pytest.approx(-1 / 3)
-    assert votes["pairwise_agreement"] == {"annotator1/annotator2": 0.0, "annotator1/annotator3": 1.0}
+    assert votes["pairwise_agreement"] == {
+        "annotator1/annotator2": 0.0,
+        "annotator1/annotator3": 1.0,
+    }
     assert votes["percent_agreement"] == pytest.approx(0.5)
     assert votes["agreement_with_majority"] == {"annotator1": 1.0, "annotator3": 1.0}
     assert (votes["n_with_votes"], votes["n_votes"], votes["n_missing_votes"]) == (3, 5, 4)
@@ -79,11 +110,13 @@ def test_unanimous_votes_in_one_category_have_no_kappa() -> None:
 def test_ties_outcomes_duplicates_and_prompts() -> None:
     records = [
         pair("1", outcome="a"),
-        pair("2", outcome="a"),                       # same content as 1 under another id: a duplicate
-        pair("3", outcome="b"),                       # same texts, other outcome: not a duplicate
+        pair("2", outcome="a"),  # same content as 1 under another id: a duplicate
+        pair("3", outcome="b"),  # same texts, other outcome: not a duplicate
         pair("4", outcome="tie", prompt="q"),
-        pair("5", outcome="a", category="c"),         # same content as 1 again (category is not content)
-        pair("6", outcome="tie", prompt=[{"role": "user", "content": "q"}]),  # a conversation is another prompt
+        pair("5", outcome="a", category="c"),  # same content as 1 again (category is not content)
+        pair(
+            "6", outcome="tie", prompt=[{"role": "user", "content": "q"}]
+        ),  # a conversation is another prompt
     ]
     summary = summarise(records)
     assert summary["n_records"] == 6 and summary["kinds"] == {"pairwise": 6}
@@ -115,13 +148,36 @@ def test_lengths_in_characters() -> None:
     Conversation lengths count the content only: "ab" + "cde" = 5.
     """
     prompts = ["a", "bb", "ccc", "dddd", "e" * 100]
-    records = [BinaryRecord(id=str(i), prompt=text, response="r" * (i + 1), label=True)
-               for i, text in enumerate(prompts)]
-    records.append(BinaryRecord(id="c", prompt="", label=False, response=[
-        {"role": "assistant", "content": "ab"}, {"role": "assistant", "content": "cde"}]))
+    records = [
+        BinaryRecord(id=str(i), prompt=text, response="r" * (i + 1), label=True)
+        for i, text in enumerate(prompts)
+    ]
+    records.append(
+        BinaryRecord(
+            id="c",
+            prompt="",
+            label=False,
+            response=[
+                {"role": "assistant", "content": "ab"},
+                {"role": "assistant", "content": "cde"},
+            ],
+        )
+    )
     lengths = summarise(records[:5])["lengths"]
-    assert lengths["prompt"] == {"min": 1, "median": 3.0, "mean": 22.0, "p95": pytest.approx(80.8), "max": 100}
-    assert lengths["response"] == {"min": 1, "median": 3.0, "mean": 3.0, "p95": pytest.approx(4.8), "max": 5}
+    assert lengths["prompt"] == {
+        "min": 1,
+        "median": 3.0,
+        "mean": 22.0,
+        "p95": pytest.approx(80.8),
+        "max": 100,
+    }
+    assert lengths["response"] == {
+        "min": 1,
+        "median": 3.0,
+        "mean": 3.0,
+        "p95": pytest.approx(4.8),
+        "max": 5,
+    }
     assert summarise(records)["lengths"]["response"]["max"] == 5
     assert summarise([])["lengths"] == {"prompt": None, "response": None}
 
@@ -146,8 +202,12 @@ def test_ranking_statistics() -> None:
     ]
     ranking = summarise(records)["ranking"]
     assert ranking == {
-        "n_rankings": 2, "responses_per_ranking": {"min": 2, "median": 2.5, "mean": 2.5, "max": 3},
-        "n_responses": 5, "n_missing_scores": 1, "n_by_ranks": 1, "n_with_tied_scores": 1,
+        "n_rankings": 2,
+        "responses_per_ranking": {"min": 2, "median": 2.5, "mean": 2.5, "max": 3},
+        "n_responses": 5,
+        "n_missing_scores": 1,
+        "n_by_ranks": 1,
+        "n_with_tied_scores": 1,
     }
 
 
@@ -155,11 +215,30 @@ def test_report_dict_includes_the_read_ledger_and_renders_as_text() -> None:
     stats = ReadStats(n_rows=5)
     stats.rejects.add(DataError("f.jsonl", 3, "prompt", "bad", reason="wrong_type"))
     stats.dropped["unit with no text"] += 1
-    records = [pair("1", ("a", "b", "tie")), RatingRecord(id="2", prompt="p", response="x", ratings={"s": 1})]
+    records = [
+        pair("1", ("a", "b", "tie")),
+        RatingRecord(id="2", prompt="p", response="x", ratings={"s": 1}),
+    ]
     summary = summarise(records, format_name="prefkit", read_stats=stats)
-    for key in ("format", "n_records", "kinds", "n_ties", "n_rejected", "rejected_by_reason", "dropped",
-                "n_distinct_prompts", "n_exact_duplicates", "tie_rate", "outcomes", "votes", "lengths",
-                "rating_attributes", "ranking", "binary", "categories"):
+    for key in (
+        "format",
+        "n_records",
+        "kinds",
+        "n_ties",
+        "n_rejected",
+        "rejected_by_reason",
+        "dropped",
+        "n_distinct_prompts",
+        "n_exact_duplicates",
+        "tie_rate",
+        "outcomes",
+        "votes",
+        "lengths",
+        "rating_attributes",
+        "ranking",
+        "binary",
+        "categories",
+    ):
         assert key in summary
     assert (summary["format"], summary["n_rows"], summary["n_rejected"]) == ("prefkit", 5, 1)
     assert summary["rejected_by_reason"] == {"wrong_type": 1}
@@ -167,11 +246,13 @@ def test_report_dict_includes_the_read_ledger_and_renders_as_text() -> None:
     text = format_report(summary)
     lines = text.splitlines()
     assert lines[0].split() == ["format", "prefkit"]
-    assert lines[1].split()[:2] == ["records", "2"] and re.search(r"^rejected +1 \(wrong_type 1\)$", text, re.M)
+    assert lines[1].split()[:2] == ["records", "2"] and re.search(
+        r"^rejected +1 \(wrong_type 1\)$", text, re.M
+    )
     assert "Fleiss kappa" in text and "ratings" in text
     # Labels are aligned: every line's text starts in the same column, after two spaces.
     column = len(lines[0]) - len("prefkit")
-    assert all(line[column - 2:column] == "  " and line[column] != " " for line in lines)
+    assert all(line[column - 2 : column] == "  " and line[column] != " " for line in lines)
     assert summarise([])["n_rejected"] is None
 
 
@@ -180,8 +261,15 @@ def test_report_dict_includes_the_read_ledger_and_renders_as_text() -> None:
 # PandaLM vote patterns over the 993 readable records, tallied from the raw file (1 = response1,
 # 2 = response2, 0 = tie; sorted per record).
 PANDALM_PATTERNS = {
-    (0, 0, 0): 85, (0, 0, 1): 7, (0, 0, 2): 13, (0, 1, 1): 18, (0, 2, 2): 9,
-    (1, 1, 1): 367, (1, 1, 2): 33, (1, 2, 2): 36, (2, 2, 2): 425,
+    (0, 0, 0): 85,
+    (0, 0, 1): 7,
+    (0, 0, 2): 13,
+    (0, 1, 1): 18,
+    (0, 2, 2): 9,
+    (1, 1, 1): 367,
+    (1, 1, 2): 33,
+    (1, 2, 2): 36,
+    (2, 2, 2): 425,
 }
 
 
@@ -192,12 +280,19 @@ def test_pandalm_votes_ties_and_agreement(shared_data: Path) -> None:
     """
     path = shared_data / "pandalm-testset" / "testset-v1.json"
     reader = read_feedback(path, format="pandalm", on_error="skip", allow_empty_responses=True)
-    summary = report_dict(inspect_records(reader), format_name=reader.format_name, read_stats=reader.stats)
+    summary = report_dict(
+        inspect_records(reader), format_name=reader.format_name, read_stats=reader.stats
+    )
     assert (summary["format"], summary["n_records"], summary["n_rejected"]) == ("pandalm", 993, 6)
     assert summary["rejected_by_reason"] == {"wrong_type": 6}
     assert summary["n_ties"] == 105 and summary["outcomes"] == {"a": 418, "b": 470, "tie": 105}
     votes = summary["votes"]
-    assert (votes["n_with_votes"], votes["n_votes"], votes["n_tie_votes"], votes["n_split"]) == (993, 2979, 322, 0)
+    assert (votes["n_with_votes"], votes["n_votes"], votes["n_tie_votes"], votes["n_split"]) == (
+        993,
+        2979,
+        322,
+        0,
+    )
     totals = Counter()
     agreement = 0.0
     for pattern, count in PANDALM_PATTERNS.items():
@@ -214,8 +309,14 @@ def test_pandalm_votes_ties_and_agreement(shared_data: Path) -> None:
 
 def test_ukp_folder_pairs_topics_and_no_ties(shared_data: Path) -> None:
     reader = read_feedback(shared_data / "ukpconvarg1" / "UKPConvArg1Strict-CSV")
-    summary = report_dict(inspect_records(reader), format_name=reader.format_name, read_stats=reader.stats)
-    assert (summary["format"], summary["n_records"], summary["n_rejected"]) == ("ukp-convarg", 11_650, 0)
+    summary = report_dict(
+        inspect_records(reader), format_name=reader.format_name, read_stats=reader.stats
+    )
+    assert (summary["format"], summary["n_records"], summary["n_rejected"]) == (
+        "ukp-convarg",
+        11_650,
+        0,
+    )
     assert summary["categories"]["n_distinct"] == 32 and summary["categories"]["n_missing"] == 0
     assert summary["n_ties"] == 0 and summary["outcomes"] == {"a": 5872, "b": 5778, "tie": 0}
     assert summary["votes"]["n_with_votes"] == 0
@@ -225,10 +326,18 @@ def test_ukp_folder_pairs_topics_and_no_ties(shared_data: Path) -> None:
 
 def test_usr_rating_attributes(shared_data: Path) -> None:
     reader = read_feedback(shared_data / "usr-topicalchat-ratings" / "topical_chat.json")
-    summary = report_dict(inspect_records(reader), format_name=reader.format_name, read_stats=reader.stats)
+    summary = report_dict(
+        inspect_records(reader), format_name=reader.format_name, read_stats=reader.stats
+    )
     attributes = summary["rating_attributes"]
-    assert list(attributes) == ["understandability", "naturalness", "coherence", "engagingness",
-                                "groundedness", "overall"]
+    assert list(attributes) == [
+        "understandability",
+        "naturalness",
+        "coherence",
+        "engagingness",
+        "groundedness",
+        "overall",
+    ]
     assert all(stats["count"] == 360 and stats["missing"] == 0 for stats in attributes.values())
     assert (attributes["overall"]["min"], attributes["overall"]["max"]) == (1.0, 5.0)
     assert summary["n_distinct_prompts"] == 60 and summary["categories"]["n_distinct"] == 6

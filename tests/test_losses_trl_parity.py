@@ -604,10 +604,18 @@ def test_bco_parity_runs_under_trl_1_0():
         pytest.skip("the installed TRL has BCOTrainer: the test above runs directly")
     if not (TRL_1_0 / "trl").is_dir():
         pytest.skip(f"TRL 1.0 is not installed in {TRL_1_0} (make test installs it)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TRL_1_0), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(TRL_1_0), os.environ.get("PYTHONPATH")])),
+    }
     test_id = f"{__file__}::test_bco_trainer_loss_matches_trl_at_trls_reward_shift"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_id],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+    assert result.returncode == 0 and "1 passed" in result.stdout, (
+        result.stdout[-3000:] + result.stderr[-2000:]
+    )

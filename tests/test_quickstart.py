@@ -32,7 +32,9 @@ def test_quickstart_end_to_end(tmp_path: Path, capsys) -> None:
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "reward model accuracy on held-out pairs" in printed and str(out / "report.html") in printed
+    assert (
+        "reward model accuracy on held-out pairs" in printed and str(out / "report.html") in printed
+    )
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     model, baseline = metrics["models"]
     # The true reward is learnable from the frozen embeddings; length is not informative.

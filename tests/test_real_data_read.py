@@ -30,7 +30,14 @@ def test_pandalm_votes_and_wrong_type_rejects(shared_data: Path) -> None:
     assert reader.stats.n_rows == 999
     assert len(records) == 993
     assert dict(reader.stats.rejects.counts) == {"wrong_type": 6}
-    assert sorted(int(e.raw["idx"]) for e in reader.stats.rejects.examples) == [157, 158, 159, 161, 162, 164]
+    assert sorted(int(e.raw["idx"]) for e in reader.stats.rejects.examples) == [
+        157,
+        158,
+        159,
+        161,
+        162,
+        164,
+    ]
     assert all(len(record.votes) == 3 for record in records)
     # Without --allow-empty-responses the 54 records with an empty response are rejected too.
     _, stats = load_feedback(path, format="pandalm", on_error="skip")
@@ -44,7 +51,9 @@ def test_wmt_mqm_reads_one_ranking_per_rated_segment(shared_data: Path) -> None:
     # 606 segments; 77 were rated by no system (all scores None, no texts) and are counted as dropped.
     assert len(records) == 529
     assert dict(reader.stats.dropped) == {"segment with no texts (not rated by any system)": 77}
-    assert all(isinstance(record, RankingRecord) and len(record.responses) == 14 for record in records)
+    assert all(
+        isinstance(record, RankingRecord) and len(record.responses) == 14 for record in records
+    )
     first = records[0]
     assert first.id == "seg-1" and first.response_ids[0] == "Facebook-AI"
     assert first.scores[0] == -1.0  # "Facebook-AI -1.000000 1"
@@ -68,7 +77,12 @@ def test_usr_ratings_have_six_attributes(shared_data: Path) -> None:
     assert len(records) == 360 and stats.rejects.total == 0
     assert all(isinstance(record, RatingRecord) for record in records)
     assert set(records[0].ratings) == {
-        "understandability", "naturalness", "coherence", "engagingness", "groundedness", "overall",
+        "understandability",
+        "naturalness",
+        "coherence",
+        "engagingness",
+        "groundedness",
+        "overall",
     }
     assert records[0].ratings["overall"] == 4.6666666667
     assert len({record.category for record in records}) == 6  # six systems

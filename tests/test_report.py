@@ -72,10 +72,16 @@ def make_model(
             pair_id = f"{pair_id}{ATTRIBUTE_PAYLOAD}{IMG_PAYLOAD}"
         pairs.append(
             ScoredPair(
-                id=pair_id, prompt=prompt, response_a=response_a, response_b=response_b,
+                id=pair_id,
+                prompt=prompt,
+                response_a=response_a,
+                response_b=response_b,
                 outcome=outcome,
-                reward_a=rng.gauss(0.7 * quality, 1.0), reward_b=rng.gauss(-0.7 * quality, 1.0),
-                category=category, length_a=len(response_a), length_b=len(response_b),
+                reward_a=rng.gauss(0.7 * quality, 1.0),
+                reward_b=rng.gauss(-0.7 * quality, 1.0),
+                category=category,
+                length_a=len(response_a),
+                length_b=len(response_b),
             )
         )
     return ModelEvaluation(name=name, metrics=metrics_of(pairs), pairs=pairs)
@@ -84,9 +90,11 @@ def make_model(
 def metrics_of(pairs: list[ScoredPair]) -> dict:
     has_categories = any(pair.category is not None for pair in pairs)
     return pairwise_report(
-        [pair.reward_a for pair in pairs], [pair.reward_b for pair in pairs],
+        [pair.reward_a for pair in pairs],
+        [pair.reward_b for pair in pairs],
         [pair.outcome for pair in pairs],
-        lengths_a=[pair.length_a for pair in pairs], lengths_b=[pair.length_b for pair in pairs],
+        lengths_a=[pair.length_a for pair in pairs],
+        lengths_b=[pair.length_b for pair in pairs],
         category=[pair.category or "" for pair in pairs] if has_categories else None,
         n_resamples=50,
     )
@@ -96,7 +104,10 @@ def hostile_run(n_models: int = 2) -> EvaluationRun:
     """A run whose every string field (data, names, notes, texts, categories) is hostile."""
     models = [
         make_model(
-            f"model {index} {SCRIPT_PAYLOAD}{ATTRIBUTE_PAYLOAD}", 120, seed=index, hostile=True,
+            f"model {index} {SCRIPT_PAYLOAD}{ATTRIBUTE_PAYLOAD}",
+            120,
+            seed=index,
+            hostile=True,
             categories=("plain", f"cat {IMG_PAYLOAD}", f"cat {ATTRIBUTE_PAYLOAD}"),
         )
         for index in range(n_models)
@@ -104,7 +115,10 @@ def hostile_run(n_models: int = 2) -> EvaluationRun:
     models[0].metrics["notes"].append(f"note {SCRIPT_PAYLOAD}")
     models[0].metrics[f"extra {IMG_PAYLOAD}"] = {"value": f"text {SCRIPT_PAYLOAD}", "n": 3}
     return EvaluationRun(
-        data=f"data/{IMG_PAYLOAD}.jsonl", models=models, n_records=120, n_rejected=1,
+        data=f"data/{IMG_PAYLOAD}.jsonl",
+        models=models,
+        n_records=120,
+        n_rejected=1,
         notes=[f"run note {SCRIPT_PAYLOAD}", f"{ATTRIBUTE_PAYLOAD}"],
     )
 
@@ -128,10 +142,49 @@ def tags_of(document: str) -> list[tuple[str, dict[str, str | None]]]:
 
 
 ALLOWED_TAGS = {
-    "html", "head", "meta", "title", "style", "body", "main", "header", "nav", "section",
-    "article", "footer", "h1", "h2", "h3", "p", "ul", "li", "dl", "dt", "dd", "a", "code",
-    "small", "br", "div", "span", "i", "table", "tr", "th", "td", "details", "summary",
-    "figure", "figcaption", "svg", "g", "rect", "line", "circle", "path", "text",
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "main",
+    "header",
+    "nav",
+    "section",
+    "article",
+    "footer",
+    "h1",
+    "h2",
+    "h3",
+    "p",
+    "ul",
+    "li",
+    "dl",
+    "dt",
+    "dd",
+    "a",
+    "code",
+    "small",
+    "br",
+    "div",
+    "span",
+    "i",
+    "table",
+    "tr",
+    "th",
+    "td",
+    "details",
+    "summary",
+    "figure",
+    "figcaption",
+    "svg",
+    "g",
+    "rect",
+    "line",
+    "circle",
+    "path",
+    "text",
 }
 
 
@@ -159,7 +212,9 @@ def count_plots(document: str) -> int:
 def test_every_plot_is_present_for_one_and_for_several_models() -> None:
     one = render_report(EvaluationRun("d.jsonl", [make_model("m", 200)]))
     assert count_plots(one) == PLOTS_PER_MODEL
-    three = render_report(EvaluationRun("d.jsonl", [make_model(f"m{i}", 200, seed=i) for i in range(3)]))
+    three = render_report(
+        EvaluationRun("d.jsonl", [make_model(f"m{i}", 200, seed=i) for i in range(3)])
+    )
     assert count_plots(three) == 3 * PLOTS_PER_MODEL + 1  # + the accuracy comparison chart
     assert "Comparison" in three and "Comparison" not in one
     for document in (one, three):
@@ -218,7 +273,11 @@ def test_wrong_examples_are_the_largest_wrong_margins_in_order() -> None:
         if toward_preferred < 0:
             wrong.append((toward_preferred, pair.id))
     expected = [pair_id for _, pair_id in sorted(wrong)[:N_WRONG_EXAMPLES]]
-    shown = [attributes["data-pair-id"] for tag, attributes in tags_of(document) if tag == "tr" and "data-pair-id" in attributes]
+    shown = [
+        attributes["data-pair-id"]
+        for tag, attributes in tags_of(document)
+        if tag == "tr" and "data-pair-id" in attributes
+    ]
     assert shown == expected
     assert f"{len(wrong):,} pairs ranked wrongly" in document
 
@@ -229,7 +288,7 @@ def test_long_texts_are_clipped_behind_show_more_without_losing_text() -> None:
     target.outcome, target.reward_a, target.reward_b = "a", -100.0, 100.0  # the top wrong row
     target.prompt = "".join(f"<{i}>" for i in range(400))
     document = render_report(EvaluationRun("d", [model]))
-    row = document[document.index(f'data-pair-id="{html.escape(target.id)}"'):]
+    row = document[document.index(f'data-pair-id="{html.escape(target.id)}"') :]
     prompt_cell = row[: row.index("</details>")]
     assert "show more" in prompt_cell
     shown_text = re.sub(r"<span class=\"(ellipsis|toggle)\">.*?</span>", "", prompt_cell)
@@ -254,7 +313,7 @@ def test_undefined_metrics_read_n_a() -> None:
     model.metrics["calibration"]["ece"] = float("nan")
     model.metrics["length_bias"] = None
     document = render_report(EvaluationRun("d", [model]))
-    card = document[document.index('<article class="card"'): document.index("</article>")]
+    card = document[document.index('<article class="card"') : document.index("</article>")]
     assert '<span class="big">n/a</span>' in card
     assert "95% CI n/a" in card
     assert card.count("n/a") >= 6  # accuracy, CI, ECE, Spearman, the two length accuracies
@@ -266,9 +325,7 @@ def n_a_model(name: str) -> ModelEvaluation:
 
 
 def ties_only() -> ModelEvaluation:
-    pairs = [
-        ScoredPair(f"t{i}", "p", "x", "y", "tie", 1.0, 1.0, "only", 1, 1) for i in range(5)
-    ]
+    pairs = [ScoredPair(f"t{i}", "p", "x", "y", "tie", 1.0, 1.0, "only", 1, 1) for i in range(5)]
     return ModelEvaluation("ties", metrics_of(pairs), pairs)
 
 
@@ -287,9 +344,15 @@ EDGE_CASES = {
     "no categories": lambda: [make_model("none", 30, categories=())],
     "single pair": lambda: [make_model("single", 1)],
     "constant rewards": lambda: [
-        ModelEvaluation("flat", *(lambda ps: (metrics_of(ps), ps))([
-            ScoredPair(f"c{i}", "p", "a", "b", "ab"[i % 2], 0.0, 0.0, None, 5, 5) for i in range(8)
-        ]))
+        ModelEvaluation(
+            "flat",
+            *(lambda ps: (metrics_of(ps), ps))(
+                [
+                    ScoredPair(f"c{i}", "p", "a", "b", "ab"[i % 2], 0.0, 0.0, None, 5, 5)
+                    for i in range(8)
+                ]
+            ),
+        )
     ],
     "non-finite rewards in pairs": lambda: [non_finite_rewards()],
     "five models": lambda: [make_model(f"model {i}", 60, seed=i) for i in range(5)],

@@ -18,8 +18,17 @@ def tiny_backbone(tmp_path_factory) -> str:
 def _write_pairs(path, records) -> None:
     with path.open("w") as handle:
         for record in records:
-            handle.write(json.dumps({"id": record.id, "prompt": record.prompt, "chosen": record.chosen,
-                                     "rejected": record.rejected}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "id": record.id,
+                        "prompt": record.prompt,
+                        "chosen": record.chosen,
+                        "rejected": record.rejected,
+                    }
+                )
+                + "\n"
+            )
 
 
 def test_rm_help_lists_train_and_score(capsys):
@@ -30,21 +39,55 @@ def test_rm_help_lists_train_and_score(capsys):
     with pytest.raises(SystemExit):
         main(["rm", "train", "--help"])
     out = capsys.readouterr().out
-    assert "--max-length" in out and "--truncation" in out and "--cache-dir" in out and "--on-error" in out
+    assert (
+        "--max-length" in out
+        and "--truncation" in out
+        and "--cache-dir" in out
+        and "--on-error" in out
+    )
 
 
 def test_train_then_score(tiny_backbone, tmp_path, capsys):
     data = tmp_path / "pairs.jsonl"
     _write_pairs(data, keyword_pairs(40, seed=11))
-    code = main(["rm", "train", str(data), "--out", str(tmp_path / "rm"), "--backbone", tiny_backbone,
-                 "--epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--device", "cpu"])
+    code = main(
+        [
+            "rm",
+            "train",
+            str(data),
+            "--out",
+            str(tmp_path / "rm"),
+            "--backbone",
+            tiny_backbone,
+            "--epochs",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["loss"] == "bradley-terry"
     assert (tmp_path / "rm" / "config.json").is_file()
 
-    code = main(["rm", "score", str(tmp_path / "rm"), str(data), "--out", str(tmp_path / "scores.jsonl"),
-                 "--cache-dir", str(tmp_path / "cache"), "--chunk-size", "7", "--no-progress"])
+    code = main(
+        [
+            "rm",
+            "score",
+            str(tmp_path / "rm"),
+            str(data),
+            "--out",
+            str(tmp_path / "scores.jsonl"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--chunk-size",
+            "7",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
     ids = [json.loads(line)["id"] for line in data.read_text().splitlines()]
@@ -56,11 +99,25 @@ def test_train_then_score(tiny_backbone, tmp_path, capsys):
 def test_bad_input_names_file_line_and_field(tiny_backbone, tmp_path, capsys):
     data = tmp_path / "bad.jsonl"
     data.write_text(
-        json.dumps({"prompt": "p", "chosen": "yes", "rejected": "no"}) + "\n"
-        + json.dumps({"prompt": "p", "chosen": 5, "rejected": "no"}) + "\n"
+        json.dumps({"prompt": "p", "chosen": "yes", "rejected": "no"})
+        + "\n"
+        + json.dumps({"prompt": "p", "chosen": 5, "rejected": "no"})
+        + "\n"
     )
-    code = main(["rm", "train", str(data), "--out", str(tmp_path / "rm"), "--backbone", tiny_backbone,
-                 "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    code = main(
+        [
+            "rm",
+            "train",
+            str(data),
+            "--out",
+            str(tmp_path / "rm"),
+            "--backbone",
+            tiny_backbone,
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     error = capsys.readouterr().err
     assert f"{data}:2" in error and "chosen" in error
@@ -69,7 +126,17 @@ def test_bad_input_names_file_line_and_field(tiny_backbone, tmp_path, capsys):
 def test_missing_backbone_is_a_user_error(tmp_path, capsys):
     data = tmp_path / "pairs.jsonl"
     _write_pairs(data, keyword_pairs(4, seed=12))
-    code = main(["rm", "train", str(data), "--out", str(tmp_path / "rm"), "--backbone", str(tmp_path / "nope"),
-                 "--no-progress"])
+    code = main(
+        [
+            "rm",
+            "train",
+            str(data),
+            "--out",
+            str(tmp_path / "rm"),
+            "--backbone",
+            str(tmp_path / "nope"),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "nope" in capsys.readouterr().err

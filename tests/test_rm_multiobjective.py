@@ -37,8 +37,18 @@ from test_rm_train import WORDS, make_tiny_bert, pair_accuracy
 
 RESPONSE_WORDS = 8
 PROMPTS = {
-    "cooking": ["how do i cook rice", "what goes in a soup", "tell me a bread recipe", "how long to boil eggs"],
-    "code": ["how do i sort a list in python", "fix my java loop", "what is a hash map", "explain recursion"],
+    "cooking": [
+        "how do i cook rice",
+        "what goes in a soup",
+        "tell me a bread recipe",
+        "how long to boil eggs",
+    ],
+    "code": [
+        "how do i sort a list in python",
+        "fix my java loop",
+        "what is a hash map",
+        "explain recursion",
+    ],
 }
 
 
@@ -47,7 +57,9 @@ def tiny_bert(tmp_path_factory) -> str:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-mo"))
 
 
-def make_response(rng: random.Random, count_a: int, count_b: int, filler: int = RESPONSE_WORDS) -> str:
+def make_response(
+    rng: random.Random, count_a: int, count_b: int, filler: int = RESPONSE_WORDS
+) -> str:
     words = ["excellent"] * count_a + ["accurate"] * count_b
     words += rng.choices(WORDS, k=max(filler - count_a - count_b, 0))
     rng.shuffle(words)
@@ -60,9 +72,14 @@ def rating_data(count: int, seed: int) -> list[RatingRecord]:
     for index in range(count):
         count_a, count_b = rng.randint(0, 3), rng.randint(0, 3)
         topic = rng.choice(sorted(PROMPTS))
-        records.append(RatingRecord(id=f"r{seed}-{index}", prompt=rng.choice(PROMPTS[topic]),
-                                    response=make_response(rng, count_a, count_b),
-                                    ratings={"A": float(count_a), "B": float(count_b)}))
+        records.append(
+            RatingRecord(
+                id=f"r{seed}-{index}",
+                prompt=rng.choice(PROMPTS[topic]),
+                response=make_response(rng, count_a, count_b),
+                ratings={"A": float(count_a), "B": float(count_b)},
+            )
+        )
     return records
 
 
@@ -75,22 +92,41 @@ def pair_data(count: int, seed: int) -> list[PairwiseRecord]:
         low, high = sorted(rng.sample(range(4), 2))
         other_winner, other_loser = rng.randint(0, 3), rng.randint(0, 3)
         if topic == "cooking":
-            winner, loser = make_response(rng, high, other_winner), make_response(rng, low, other_loser)
+            winner, loser = (
+                make_response(rng, high, other_winner),
+                make_response(rng, low, other_loser),
+            )
         else:
-            winner, loser = make_response(rng, other_winner, high), make_response(rng, other_loser, low)
+            winner, loser = (
+                make_response(rng, other_winner, high),
+                make_response(rng, other_loser, low),
+            )
         a_wins = rng.random() < 0.5
-        records.append(PairwiseRecord(
-            id=f"p{seed}-{index}", prompt=rng.choice(PROMPTS[topic]),
-            response_a=winner if a_wins else loser, response_b=loser if a_wins else winner,
-            outcome="a" if a_wins else "b",
-        ))
+        records.append(
+            PairwiseRecord(
+                id=f"p{seed}-{index}",
+                prompt=rng.choice(PROMPTS[topic]),
+                response_a=winner if a_wins else loser,
+                response_b=loser if a_wins else winner,
+                outcome="a" if a_wins else "b",
+            )
+        )
     return records
 
 
 def quick_config(backbone: str, tmp_path: Path, **overrides) -> MultiObjectiveConfig:
-    values = dict(backbone=backbone, cache_dir=str(tmp_path / "cache"), features="response,length",
-                  regression_epochs=15, gate_epochs=15, batch_size=100, regression_lr=3e-2, gate_lr=3e-2,
-                  device="cpu", seed=0)
+    values = dict(
+        backbone=backbone,
+        cache_dir=str(tmp_path / "cache"),
+        features="response,length",
+        regression_epochs=15,
+        gate_epochs=15,
+        batch_size=100,
+        regression_lr=3e-2,
+        gate_lr=3e-2,
+        device="cpu",
+        seed=0,
+    )
     values.update(overrides)
     return MultiObjectiveConfig(**values)
 
@@ -98,8 +134,12 @@ def quick_config(backbone: str, tmp_path: Path, **overrides) -> MultiObjectiveCo
 @pytest.fixture(scope="module")
 def trained(tiny_bert, tmp_path_factory):
     folder = tmp_path_factory.mktemp("multiobjective")
-    model = train_multiobjective(rating_data(300, seed=1), pair_data(240, seed=2),
-                                 quick_config(tiny_bert, folder), folder / "rm")
+    model = train_multiobjective(
+        rating_data(300, seed=1),
+        pair_data(240, seed=2),
+        quick_config(tiny_bert, folder),
+        folder / "rm",
+    )
     return model, folder
 
 
@@ -134,10 +174,14 @@ def test_save_load_gives_identical_scores(trained):
     np.testing.assert_array_equal(model.score(prompts, responses), loaded.score(prompts, responses))
     for name, values in model.score_attributes(prompts, responses).items():
         np.testing.assert_array_equal(values, loaded.score_attributes(prompts, responses)[name])
-    np.testing.assert_array_equal(model.gate_weights(prompts)["A"], loaded.gate_weights(prompts)["A"])
+    np.testing.assert_array_equal(
+        model.gate_weights(prompts)["A"], loaded.gate_weights(prompts)["A"]
+    )
     attributes, rewards = loaded.predict_and_score(prompts, responses)
     np.testing.assert_array_equal(rewards, loaded.score(prompts, responses))
-    np.testing.assert_array_equal(attributes[:, 1], loaded.score_attributes(prompts, responses)["B"])
+    np.testing.assert_array_equal(
+        attributes[:, 1], loaded.score_attributes(prompts, responses)["B"]
+    )
     probability = loaded.compare(records[0].prompt, records[0].response_a, records[0].response_b)
     assert 0.0 <= probability <= 1.0 and (probability > 0.5) == (records[0].outcome == "a")
 
@@ -155,20 +199,34 @@ def length_biased_data(seed: int) -> tuple[list[RatingRecord], list[PairwiseReco
     for index in range(300):
         count_a, count_b, filler = rng.randint(0, 3), rng.randint(0, 3), rng.randint(2, 14)
         bias = 0.3 * filler
-        ratings.append(RatingRecord(id=f"lr{index}", prompt=rng.choice(PROMPTS["cooking"]),
-                                    response=make_response(rng, count_a, count_b, count_a + count_b + filler),
-                                    ratings={"A": count_a + bias, "B": count_b + bias}))
+        ratings.append(
+            RatingRecord(
+                id=f"lr{index}",
+                prompt=rng.choice(PROMPTS["cooking"]),
+                response=make_response(rng, count_a, count_b, count_a + count_b + filler),
+                ratings={"A": count_a + bias, "B": count_b + bias},
+            )
+        )
     pairs = []
     for index in range(200):
         topic = "cooking" if index % 2 == 0 else "code"
         low, high = sorted(rng.sample(range(4), 2))
         long_filler, short_filler = rng.randint(8, 14), rng.randint(2, 8)
-        counts_winner = (high, rng.randint(0, 3)) if topic == "cooking" else (rng.randint(0, 3), high)
+        counts_winner = (
+            (high, rng.randint(0, 3)) if topic == "cooking" else (rng.randint(0, 3), high)
+        )
         counts_loser = (low, rng.randint(0, 3)) if topic == "cooking" else (rng.randint(0, 3), low)
         winner = make_response(rng, *counts_winner, sum(counts_winner) + long_filler)
         loser = make_response(rng, *counts_loser, sum(counts_loser) + short_filler)
-        pairs.append(PairwiseRecord(id=f"lp{index}", prompt=rng.choice(PROMPTS[topic]),
-                                    response_a=winner, response_b=loser, outcome="a"))
+        pairs.append(
+            PairwiseRecord(
+                id=f"lp{index}",
+                prompt=rng.choice(PROMPTS[topic]),
+                response_a=winner,
+                response_b=loser,
+                outcome="a",
+            )
+        )
     return ratings, pairs
 
 
@@ -181,13 +239,19 @@ def test_length_decorrelation_reduces_length_correlation(tiny_bert, tmp_path):
     for decorrelate in (False, True):
         config = quick_config(tiny_bert, tmp_path, length_decorrelation=decorrelate)
         model = train_multiobjective(ratings, pairs, config, tmp_path / f"rm-{decorrelate}")
-        correlations[decorrelate] = abs(np.corrcoef(model.score(prompts, responses), log_lengths)[0, 1])
+        correlations[decorrelate] = abs(
+            np.corrcoef(model.score(prompts, responses), log_lengths)[0, 1]
+        )
         attributes = model.score_attributes(prompts, responses)
         if decorrelate:
             coefficients = model.length_coefficients.numpy()
-            assert (coefficients > 0).all(), coefficients  # the verbose rater made both grow with length
+            assert (coefficients > 0).all(), (
+                coefficients
+            )  # the verbose rater made both grow with length
             for column, name in enumerate(("A", "B")):
-                adjusted = attributes[name] - coefficients[column] * (log_lengths - float(model.length_center))
+                adjusted = attributes[name] - coefficients[column] * (
+                    log_lengths - float(model.length_center)
+                )
                 assert abs(np.corrcoef(adjusted, log_lengths)[0, 1]) < 1e-3
     assert correlations[False] > 0.3, correlations
     assert correlations[True] < 0.5 * correlations[False], correlations
@@ -217,9 +281,17 @@ def tiny_spec(backbone: str) -> dict:
 
     backbone_entry = backbone_spec(backbone)
     return {
-        "mode": "multi-objective", "backbone": backbone_entry, "embedding_dim": backbone_entry["hidden_size"],
-        "max_length": 32, "attributes": ["A", "B"], "features": "response", "hidden_sizes": [],
-        "dropout": 0.0, "gate_hidden_sizes": [8], "gate_temperature": 2.0, "length_decorrelation": False,
+        "mode": "multi-objective",
+        "backbone": backbone_entry,
+        "embedding_dim": backbone_entry["hidden_size"],
+        "max_length": 32,
+        "attributes": ["A", "B"],
+        "features": "response",
+        "hidden_sizes": [],
+        "dropout": 0.0,
+        "gate_hidden_sizes": [8],
+        "gate_temperature": 2.0,
+        "length_decorrelation": False,
     }
 
 
@@ -233,8 +305,12 @@ def test_gate_loss_by_hand(tiny_bert):
     with torch.no_grad():
         last.weight.zero_()
         last.bias.copy_(torch.tensor([2 * math.log(3.0), 0.0]))
-    batch = GateBatch(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]]), torch.randn(1, 32),
-                      torch.tensor([2.0]))
+    batch = GateBatch(
+        torch.tensor([[2.0, 0.0]]),
+        torch.tensor([[0.0, 2.0]]),
+        torch.randn(1, 32),
+        torch.tensor([2.0]),
+    )
     losses, metrics = gate_losses(model, batch)
     torch.testing.assert_close(losses, torch.tensor([2 * math.log1p(math.exp(-1.0))]))
     assert metrics["accuracy"].tolist() == [1.0]
@@ -288,7 +364,9 @@ def test_validation_errors_are_clear(tiny_bert, tmp_path):
     with pytest.raises(ValueError, match="spec mode must be 'multi-objective'"):
         MultiObjectiveRewardModel({**tiny_spec(tiny_bert), "mode": "embedding"})
     (tmp_path / "not-mo").mkdir()
-    (tmp_path / "not-mo" / "config.json").write_text(json.dumps({"format_version": 1, "mode": "embedding"}))
+    (tmp_path / "not-mo" / "config.json").write_text(
+        json.dumps({"format_version": 1, "mode": "embedding"})
+    )
     with pytest.raises(ValueError, match="not a multi-objective model"):
         MultiObjectiveRewardModel.load(tmp_path / "not-mo")
 
@@ -307,66 +385,121 @@ def test_truncation_counts_per_stage_and_drop(tiny_bert, tmp_path):
     features stage 1 also counts record 2's prompt and drops it (17 kept)."""
     long_text = " ".join(["word"] * 40)
     ratings = rating_data(20, seed=11)
-    ratings[0] = RatingRecord(id="long-0", prompt="first", response=long_text, ratings={"A": 1.0, "B": 0.0})
-    ratings[1] = RatingRecord(id="long-1", prompt="second", response=long_text, ratings={"A": 0.0, "B": 1.0})
-    ratings[2] = RatingRecord(id="long-p", prompt=long_text, response="short", ratings={"A": 2.0, "B": 2.0})
+    ratings[0] = RatingRecord(
+        id="long-0", prompt="first", response=long_text, ratings={"A": 1.0, "B": 0.0}
+    )
+    ratings[1] = RatingRecord(
+        id="long-1", prompt="second", response=long_text, ratings={"A": 0.0, "B": 1.0}
+    )
+    ratings[2] = RatingRecord(
+        id="long-p", prompt=long_text, response="short", ratings={"A": 2.0, "B": 2.0}
+    )
     pairs = pair_data(12, seed=12)
-    pairs[0] = PairwiseRecord(id="long-p", prompt=long_text, response_a="x", response_b="y", outcome="a")
-    pairs[1] = PairwiseRecord(id="long-b", prompt="p", response_a="x", response_b=long_text, outcome="a")
+    pairs[0] = PairwiseRecord(
+        id="long-p", prompt=long_text, response_a="x", response_b="y", outcome="a"
+    )
+    pairs[1] = PairwiseRecord(
+        id="long-b", prompt="p", response_a="x", response_b=long_text, outcome="a"
+    )
     lines: list[str] = []
     config = quick_config(tiny_bert, tmp_path, max_length=16, regression_epochs=1, gate_epochs=1)
     kept = train_multiobjective(ratings, pairs, config, tmp_path / "truncate", log=lines.append)
     report = kept.report
     regression, gate = report.regression.truncation, report.gate.truncation
-    assert (regression.prompts_truncated, regression.responses_truncated, regression.examples_dropped,
-            regression.examples_kept) == (0, 1, 0, 20)
-    assert (gate.prompts_truncated, gate.responses_truncated, gate.examples_dropped,
-            gate.examples_kept) == (1, 1, 0, 12)
+    assert (
+        regression.prompts_truncated,
+        regression.responses_truncated,
+        regression.examples_dropped,
+        regression.examples_kept,
+    ) == (0, 1, 0, 20)
+    assert (
+        gate.prompts_truncated,
+        gate.responses_truncated,
+        gate.examples_dropped,
+        gate.examples_kept,
+    ) == (1, 1, 0, 12)
     assert report.regression.eval_truncation is None and report.regression.eval_metrics == {}
     assert lines == [
         "rating records (regression): max length 16: 0 prompts and 1 responses truncated; 20 examples used",
         "pair records (gate): max length 16: 1 prompts and 1 responses truncated; 12 examples used",
     ]
 
-    dropped = train_multiobjective(ratings, pairs, dataclasses.replace(config, truncation="drop"),
-                                   tmp_path / "drop", log=lambda _: None)
+    dropped = train_multiobjective(
+        ratings,
+        pairs,
+        dataclasses.replace(config, truncation="drop"),
+        tmp_path / "drop",
+        log=lambda _: None,
+    )
     saved = json.loads((tmp_path / "drop" / "config.json").read_text())
     assert saved["truncation"] == "drop"
     assert saved["training"]["regression"]["truncation"] == {
-        "max_length": 16, "policy": "drop", "prompts_truncated": 0, "responses_truncated": 1,
-        "examples_dropped": 2, "examples_kept": 18,
+        "max_length": 16,
+        "policy": "drop",
+        "prompts_truncated": 0,
+        "responses_truncated": 1,
+        "examples_dropped": 2,
+        "examples_kept": 18,
     }
     assert saved["training"]["gate"]["truncation"] == {
-        "max_length": 16, "policy": "drop", "prompts_truncated": 1, "responses_truncated": 1,
-        "examples_dropped": 2, "examples_kept": 10,
+        "max_length": 16,
+        "policy": "drop",
+        "prompts_truncated": 1,
+        "responses_truncated": 1,
+        "examples_dropped": 2,
+        "examples_kept": 10,
     }
     # The dropped examples are not trained on: one step per epoch sees the kept ones only.
-    assert [line["num_examples"] for line in read_metrics(tmp_path / "drop" / "training" / "regression")] == [18]
-    assert [line["num_examples"] for line in read_metrics(tmp_path / "drop" / "training" / "gate")] == [10]
+    assert [
+        line["num_examples"] for line in read_metrics(tmp_path / "drop" / "training" / "regression")
+    ] == [18]
+    assert [
+        line["num_examples"] for line in read_metrics(tmp_path / "drop" / "training" / "gate")
+    ] == [10]
     assert dropped.report.gate.truncation.examples_kept == 10
 
     with_prompt = dataclasses.replace(config, truncation="drop", features="response,prompt")
-    prompt_read = train_multiobjective(ratings, pairs, with_prompt, tmp_path / "prompt", log=lambda _: None)
-    assert (prompt_read.report.regression.truncation.prompts_truncated,
-            prompt_read.report.regression.truncation.examples_kept) == (1, 17)
+    prompt_read = train_multiobjective(
+        ratings, pairs, with_prompt, tmp_path / "prompt", log=lambda _: None
+    )
+    assert (
+        prompt_read.report.regression.truncation.prompts_truncated,
+        prompt_read.report.regression.truncation.examples_kept,
+    ) == (1, 17)
 
-    every_pair_long = [PairwiseRecord(id="l", prompt=long_text, response_a="x", response_b="y", outcome="a")]
-    with pytest.raises(ValueError, match=r"no pair records \(gate\) left after truncation policy 'drop' at max_length 16"):
-        train_multiobjective(ratings, every_pair_long, dataclasses.replace(config, truncation="drop"),
-                             tmp_path / "none", log=lambda _: None)
+    every_pair_long = [
+        PairwiseRecord(id="l", prompt=long_text, response_a="x", response_b="y", outcome="a")
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"no pair records \(gate\) left after truncation policy 'drop' at max_length 16",
+    ):
+        train_multiobjective(
+            ratings,
+            every_pair_long,
+            dataclasses.replace(config, truncation="drop"),
+            tmp_path / "none",
+            log=lambda _: None,
+        )
     with pytest.raises(ValueError, match="truncation must be truncate or drop"):
         quick_config(tiny_bert, tmp_path, truncation="cut")
 
 
-def held_out_regression_loss(model: MultiObjectiveRewardModel, records: list[RatingRecord]) -> float:
+def held_out_regression_loss(
+    model: MultiObjectiveRewardModel, records: list[RatingRecord]
+) -> float:
     """Stage 1 loss recomputed from scores: the mean over records of the squared error averaged
     over the attributes (every record here rates both)."""
     predicted = model.score_attributes([r.prompt for r in records], [r.response for r in records])
-    errors = [(predicted[name] - np.array([r.ratings[name] for r in records])) ** 2 for name in ("A", "B")]
+    errors = [
+        (predicted[name] - np.array([r.ratings[name] for r in records])) ** 2 for name in ("A", "B")
+    ]
     return float(np.mean((errors[0] + errors[1]) / 2))
 
 
-def held_out_gate_metrics(model: MultiObjectiveRewardModel, records: list[PairwiseRecord]) -> tuple[float, float]:
+def held_out_gate_metrics(
+    model: MultiObjectiveRewardModel, records: list[PairwiseRecord]
+) -> tuple[float, float]:
     """Stage 2 loss -log sigmoid(R_chosen - R_rejected) and accuracy, recomputed from scores."""
     prompts = [r.prompt for r in records]
     chosen = model.score(prompts, [r.chosen for r in records]).astype(np.float64)
@@ -383,11 +516,18 @@ def test_held_out_fraction_is_evaluated_every_epoch(tiny_bert, tmp_path):
     from prefkit.align.trainer import split_eval_records
 
     ratings, pairs = rating_data(40, seed=13), pair_data(24, seed=14)
-    config = quick_config(tiny_bert, tmp_path, regression_epochs=3, gate_epochs=3, eval_fraction=0.25)
+    config = quick_config(
+        tiny_bert, tmp_path, regression_epochs=3, gate_epochs=3, eval_fraction=0.25
+    )
     model = train_multiobjective(ratings, pairs, config, tmp_path / "rm", log=lambda _: None)
     train_ratings, held_ratings = split_eval_records(ratings, 0.25, 0)
     train_pairs, held_pairs = split_eval_records(pairs, 0.25, 0)
-    assert (len(train_ratings), len(held_ratings), len(train_pairs), len(held_pairs)) == (30, 10, 18, 6)
+    assert (len(train_ratings), len(held_ratings), len(train_pairs), len(held_pairs)) == (
+        30,
+        10,
+        18,
+        6,
+    )
 
     training = json.loads((tmp_path / "rm" / "config.json").read_text())["training"]
     assert (training["rating_records"], training["eval_rating_records"]) == (30, 10)
@@ -398,14 +538,22 @@ def test_held_out_fraction_is_evaluated_every_epoch(tiny_bert, tmp_path):
     gate_lines = read_metrics(tmp_path / "rm" / "training" / "gate")
     for lines, trained in ((regression_lines, 30), (gate_lines, 18)):
         assert [line["num_examples"] for line in lines if line["split"] == "train"] == [trained] * 3
-        assert [(line["epoch"], line["step"]) for line in lines if line["split"] == "eval"] == [(0, 1), (1, 2), (2, 3)]
+        assert [(line["epoch"], line["step"]) for line in lines if line["split"] == "eval"] == [
+            (0, 1),
+            (1, 2),
+            (2, 3),
+        ]
     last_regression, last_gate = regression_lines[-1], gate_lines[-1]
     assert set(last_regression) == {"split", "epoch", "step", "loss", "mse/A", "mse/B"}
-    assert last_regression["loss"] == pytest.approx(held_out_regression_loss(model, held_ratings), rel=1e-5)
+    assert last_regression["loss"] == pytest.approx(
+        held_out_regression_loss(model, held_ratings), rel=1e-5
+    )
     gate_loss, gate_accuracy = held_out_gate_metrics(model, held_pairs)
     assert last_gate["loss"] == pytest.approx(gate_loss, rel=1e-5)
     assert last_gate["accuracy"] == pytest.approx(gate_accuracy, abs=1e-9)
-    assert model.report.regression.eval_metrics["loss"] == pytest.approx(last_regression["loss"], rel=1e-6)
+    assert model.report.regression.eval_metrics["loss"] == pytest.approx(
+        last_regression["loss"], rel=1e-6
+    )
     assert model.report.gate.eval_metrics["accuracy"] == pytest.approx(gate_accuracy, abs=1e-9)
     assert not model.report.regression.result.stopped_early
 
@@ -416,14 +564,38 @@ def test_early_stopping_keeps_the_best_weights_of_each_stage(tiny_bert, tmp_path
     it stops after epoch 3 (step 3) and restores step 1. The saved model's held-out losses,
     recomputed from its scores, must equal the logged step-1 losses, not the last ones."""
     ratings, pairs = rating_data(60, seed=15), pair_data(40, seed=16)
-    negated = [RatingRecord(id=r.id, prompt=r.prompt, response=r.response,
-                            ratings={name: -value for name, value in r.ratings.items()}) for r in ratings[:20]]
-    flipped = [PairwiseRecord(id=r.id, prompt=r.prompt, response_a=r.response_a, response_b=r.response_b,
-                              outcome="b" if r.outcome == "a" else "a") for r in pairs[:20]]
-    config = quick_config(tiny_bert, tmp_path, regression_epochs=10, gate_epochs=10, early_stopping_patience=2)
+    negated = [
+        RatingRecord(
+            id=r.id,
+            prompt=r.prompt,
+            response=r.response,
+            ratings={name: -value for name, value in r.ratings.items()},
+        )
+        for r in ratings[:20]
+    ]
+    flipped = [
+        PairwiseRecord(
+            id=r.id,
+            prompt=r.prompt,
+            response_a=r.response_a,
+            response_b=r.response_b,
+            outcome="b" if r.outcome == "a" else "a",
+        )
+        for r in pairs[:20]
+    ]
+    config = quick_config(
+        tiny_bert, tmp_path, regression_epochs=10, gate_epochs=10, early_stopping_patience=2
+    )
     lines: list[str] = []
-    model = train_multiobjective(ratings, pairs, config, tmp_path / "rm", eval_rating_records=negated,
-                                 eval_pair_records=flipped, log=lines.append)
+    model = train_multiobjective(
+        ratings,
+        pairs,
+        config,
+        tmp_path / "rm",
+        eval_rating_records=negated,
+        eval_pair_records=flipped,
+        log=lines.append,
+    )
     report = model.report
     for stage in (report.regression, report.gate):
         assert stage.result.stopped_early and stage.result.restored_best
@@ -431,38 +603,69 @@ def test_early_stopping_keeps_the_best_weights_of_each_stage(tiny_bert, tmp_path
     assert "regression: stopped early at step 3; kept the weights of step 1" in lines[-2]
     assert "gate: stopped early at step 3; kept the weights of step 1" in lines[-1]
 
-    regression_eval = [line["loss"] for line in read_metrics(tmp_path / "rm" / "training" / "regression")
-                       if line["split"] == "eval"]
-    gate_eval = [line["loss"] for line in read_metrics(tmp_path / "rm" / "training" / "gate")
-                 if line["split"] == "eval"]
+    regression_eval = [
+        line["loss"]
+        for line in read_metrics(tmp_path / "rm" / "training" / "regression")
+        if line["split"] == "eval"
+    ]
+    gate_eval = [
+        line["loss"]
+        for line in read_metrics(tmp_path / "rm" / "training" / "gate")
+        if line["split"] == "eval"
+    ]
     assert len(regression_eval) == len(gate_eval) == 3
     assert regression_eval[0] < min(regression_eval[1:]) and gate_eval[0] < min(gate_eval[1:])
     assert held_out_regression_loss(model, negated) == pytest.approx(regression_eval[0], rel=1e-5)
     assert held_out_gate_metrics(model, flipped)[0] == pytest.approx(gate_eval[0], rel=1e-5)
     assert report.gate.eval_metrics["loss"] == pytest.approx(gate_eval[0], rel=1e-6)
     saved = json.loads((tmp_path / "rm" / "config.json").read_text())["training"]
-    assert (saved["gate"]["stopped_early"], saved["gate"]["best_step"], saved["gate"]["steps"]) == (True, 1, 3)
+    assert (saved["gate"]["stopped_early"], saved["gate"]["best_step"], saved["gate"]["steps"]) == (
+        True,
+        1,
+        3,
+    )
 
 
 def test_held_out_settings_are_checked(tiny_bert, tmp_path):
     ratings, pairs = rating_data(20, seed=17), pair_data(8, seed=18)
     config = quick_config(tiny_bert, tmp_path)
     with pytest.raises(ValueError, match="held-out records and eval_fraction are both given"):
-        train_multiobjective(ratings, pairs, dataclasses.replace(config, eval_fraction=0.2), tmp_path / "a",
-                             eval_pair_records=pairs[:2])
-    with pytest.raises(ValueError, match="early_stopping_patience is set but --eval-ratings held-out"):
-        train_multiobjective(ratings, pairs, dataclasses.replace(config, early_stopping_patience=2),
-                             tmp_path / "b", eval_pair_records=pairs[:2])
-    with pytest.raises(ValueError, match="--eval-ratings and --eval-pairs held-out records are missing"):
-        train_multiobjective(ratings, pairs, dataclasses.replace(config, early_stopping_patience=2),
-                             tmp_path / "b")
-    with pytest.raises(ValueError, match=r"pair records: eval_fraction 0.05 of 8 records holds out no record"):
-        train_multiobjective(ratings, pairs, dataclasses.replace(config, eval_fraction=0.05), tmp_path / "c")
+        train_multiobjective(
+            ratings,
+            pairs,
+            dataclasses.replace(config, eval_fraction=0.2),
+            tmp_path / "a",
+            eval_pair_records=pairs[:2],
+        )
+    with pytest.raises(
+        ValueError, match="early_stopping_patience is set but --eval-ratings held-out"
+    ):
+        train_multiobjective(
+            ratings,
+            pairs,
+            dataclasses.replace(config, early_stopping_patience=2),
+            tmp_path / "b",
+            eval_pair_records=pairs[:2],
+        )
+    with pytest.raises(
+        ValueError, match="--eval-ratings and --eval-pairs held-out records are missing"
+    ):
+        train_multiobjective(
+            ratings, pairs, dataclasses.replace(config, early_stopping_patience=2), tmp_path / "b"
+        )
+    with pytest.raises(
+        ValueError, match=r"pair records: eval_fraction 0.05 of 8 records holds out no record"
+    ):
+        train_multiobjective(
+            ratings, pairs, dataclasses.replace(config, eval_fraction=0.05), tmp_path / "c"
+        )
     tie = PairwiseRecord(id="t", prompt="p", response_a="x", response_b="y", outcome="tie")
     with pytest.raises(ValueError, match=r"eval_pair_records\[0\] \(id 't'\) is a tie"):
         train_multiobjective(ratings, pairs, config, tmp_path / "d", eval_pair_records=[tie])
     other = [RatingRecord(id="o", prompt="p", response="r", ratings={"A": 1.0, "C": 2.0})]
-    with pytest.raises(ValueError, match="held-out rating records rate C, which no training rating record rates"):
+    with pytest.raises(
+        ValueError, match="held-out rating records rate C, which no training rating record rates"
+    ):
         train_multiobjective(ratings, pairs, config, tmp_path / "e", eval_rating_records=other)
     for bad in (1.0, -0.1, True):
         with pytest.raises(ValueError, match=r"eval_fraction must be a number in \[0, 1\)"):
@@ -479,11 +682,39 @@ def test_cli_trains_with_held_out_records(tiny_bert, tmp_path, capsys):
     write_records(pair_data(20, seed=20), tmp_path / "pairs.jsonl")
     write_records(rating_data(10, seed=21), tmp_path / "dev-ratings.jsonl")
     write_records(pair_data(6, seed=22), tmp_path / "dev-pairs.jsonl")
-    common = ["--backbone", tiny_bert, "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
-              "--regression-epochs", "3", "--gate-epochs", "2", "--features", "response,length"]
-    code = main(["rm", "train-multiobjective", str(tmp_path / "ratings.jsonl"), str(tmp_path / "pairs.jsonl"),
-                 "--eval-ratings", str(tmp_path / "dev-ratings.jsonl"), "--eval-pairs", str(tmp_path / "dev-pairs.jsonl"),
-                 "--out", str(tmp_path / "rm"), "--early-stopping-patience", "5", "--max-length", "16", *common])
+    common = [
+        "--backbone",
+        tiny_bert,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+        "--regression-epochs",
+        "3",
+        "--gate-epochs",
+        "2",
+        "--features",
+        "response,length",
+    ]
+    code = main(
+        [
+            "rm",
+            "train-multiobjective",
+            str(tmp_path / "ratings.jsonl"),
+            str(tmp_path / "pairs.jsonl"),
+            "--eval-ratings",
+            str(tmp_path / "dev-ratings.jsonl"),
+            "--eval-pairs",
+            str(tmp_path / "dev-pairs.jsonl"),
+            "--out",
+            str(tmp_path / "rm"),
+            "--early-stopping-patience",
+            "5",
+            "--max-length",
+            "16",
+            *common,
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
@@ -493,16 +724,35 @@ def test_cli_trains_with_held_out_records(tiny_bert, tmp_path, capsys):
     assert "rating records (regression): max length 16:" in captured.err
     assert "held-out pair records: max length 16:" in captured.err
 
-    code = main(["rm", "train-multiobjective", str(tmp_path / "ratings.jsonl"), str(tmp_path / "pairs.jsonl"),
-                 "--out", str(tmp_path / "rm2"), "--eval-fraction", "0.2", "--eval-pairs",
-                 str(tmp_path / "dev-pairs.jsonl"), *common])
+    code = main(
+        [
+            "rm",
+            "train-multiobjective",
+            str(tmp_path / "ratings.jsonl"),
+            str(tmp_path / "pairs.jsonl"),
+            "--out",
+            str(tmp_path / "rm2"),
+            "--eval-fraction",
+            "0.2",
+            "--eval-pairs",
+            str(tmp_path / "dev-pairs.jsonl"),
+            *common,
+        ]
+    )
     assert code != 0 and "eval_fraction are both given" in capsys.readouterr().err
 
     with pytest.raises(SystemExit):
         main(["rm", "train-multiobjective", "--help"])
     help_text = capsys.readouterr().out
-    for flag in ("--eval-ratings", "--eval-pairs", "--eval-fraction", "--early-stopping-patience",
-                 "--truncation", "--max-length", "Rerunning the same command resumes"):
+    for flag in (
+        "--eval-ratings",
+        "--eval-pairs",
+        "--eval-fraction",
+        "--early-stopping-patience",
+        "--truncation",
+        "--max-length",
+        "Rerunning the same command resumes",
+    ):
         assert flag in help_text, flag
 
 
@@ -534,8 +784,17 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(tiny_bert, tmp_pat
     eval line must equal those of the uninterrupted run, bit for bit (dropout in the MLP head
     makes the RNG state matter). Resumed in stage 2, stage 1 is reloaded, not retrained."""
     ratings, pairs = rating_data(120, seed=23), pair_data(80, seed=24)
-    config = quick_config(tiny_bert, tmp_path, regression_epochs=3, gate_epochs=3, batch_size=32,
-                          eval_fraction=0.2, regression_head="mlp", hidden_size=16, dropout=0.2)
+    config = quick_config(
+        tiny_bert,
+        tmp_path,
+        regression_epochs=3,
+        gate_epochs=3,
+        batch_size=32,
+        eval_fraction=0.2,
+        regression_head="mlp",
+        hidden_size=16,
+        dropout=0.2,
+    )
     train_multiobjective(ratings, pairs, config, tmp_path / "full", log=lambda _: None)
 
     steps_seen = []
@@ -547,8 +806,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(tiny_bert, tmp_pat
                 raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        train_multiobjective(ratings, pairs, config, tmp_path / "resumed", callbacks=[interrupt],
-                             log=lambda _: None)
+        train_multiobjective(
+            ratings, pairs, config, tmp_path / "resumed", callbacks=[interrupt], log=lambda _: None
+        )
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     resumed = train_multiobjective(ratings, pairs, config, tmp_path / "resumed", log=lambda _: None)
     report = resumed.report
@@ -566,11 +826,16 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(tiny_bert, tmp_pat
     for name, tensor in full_state.items():
         assert torch.equal(tensor, resumed_state[name]), name
     assert json.loads((tmp_path / "resumed" / "config.json").read_text()) == json.loads(
-        (tmp_path / "full" / "config.json").read_text())
+        (tmp_path / "full" / "config.json").read_text()
+    )
     for stage in ("regression", "gate"):
+
         def lines(folder, stage=stage):
-            return [{key: value for key, value in line.items() if key != "examples_per_s"}
-                    for line in read_metrics(folder / "training" / stage)]
+            return [
+                {key: value for key, value in line.items() if key != "examples_per_s"}
+                for line in read_metrics(folder / "training" / stage)
+            ]
+
         assert lines(tmp_path / "resumed") == lines(tmp_path / "full"), stage
 
 
@@ -581,6 +846,12 @@ def test_cli_options_generate_from_the_config():
 
     parser = argparse.ArgumentParser()
     add_dataclass_arguments(parser, MultiObjectiveConfig, title="multi-objective options")
-    args = parser.parse_args(["--length-decorrelation", "--gate-temperature", "2.5", "--regression-head", "mlp"])
+    args = parser.parse_args(
+        ["--length-decorrelation", "--gate-temperature", "2.5", "--regression-head", "mlp"]
+    )
     config = dataclass_from_args(MultiObjectiveConfig, args)
-    assert config.length_decorrelation and config.gate_temperature == 2.5 and config.regression_head == "mlp"
+    assert (
+        config.length_decorrelation
+        and config.gate_temperature == 2.5
+        and config.regression_head == "mlp"
+    )

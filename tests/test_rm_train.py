@@ -34,7 +34,12 @@ from prefkit.rm.train import (
     train_reward_model,
 )
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def _copy_tokenizer(folder: Path) -> None:
@@ -47,8 +52,14 @@ def make_tiny_bert(folder: Path) -> str:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     BertModel(config).save_pretrained(folder, safe_serialization=True)
     _copy_tokenizer(folder)
@@ -59,9 +70,16 @@ def make_tiny_llama(folder: Path) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
-                         pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     _copy_tokenizer(folder)
@@ -78,8 +96,28 @@ def tiny_llama(tmp_path_factory) -> str:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-WORDS = ["apple", "river", "stone", "cloud", "green", "table", "music", "paper", "light", "sound",
-         "water", "house", "chair", "bread", "glass", "plant", "train", "horse", "money", "dream"]
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "green",
+    "table",
+    "music",
+    "paper",
+    "light",
+    "sound",
+    "water",
+    "house",
+    "chair",
+    "bread",
+    "glass",
+    "plant",
+    "train",
+    "horse",
+    "money",
+    "dream",
+]
 
 
 def keyword_pairs(count: int, seed: int) -> list[PairwiseRecord]:
@@ -91,16 +129,31 @@ def keyword_pairs(count: int, seed: int) -> list[PairwiseRecord]:
         good.insert(rng.randrange(5), "excellent")
         bad = rng.sample(WORDS, 5)
         a_wins = rng.random() < 0.5
-        response_a, response_b = (" ".join(good), " ".join(bad)) if a_wins else (" ".join(bad), " ".join(good))
-        records.append(PairwiseRecord(id=f"p{seed}-{index}", prompt="say something",
-                                      response_a=response_a, response_b=response_b,
-                                      outcome="a" if a_wins else "b"))
+        response_a, response_b = (
+            (" ".join(good), " ".join(bad)) if a_wins else (" ".join(bad), " ".join(good))
+        )
+        records.append(
+            PairwiseRecord(
+                id=f"p{seed}-{index}",
+                prompt="say something",
+                response_a=response_a,
+                response_b=response_b,
+                outcome="a" if a_wins else "b",
+            )
+        )
     return records
 
 
 def quick_config(backbone: str, tmp_path: Path, **overrides) -> RMTrainConfig:
-    values = dict(backbone=backbone, cache_dir=str(tmp_path / "cache"), progress=False, epochs=2,
-                  batch_size=16, lr=3e-3, device="cpu")
+    values = dict(
+        backbone=backbone,
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+        epochs=2,
+        batch_size=16,
+        lr=3e-3,
+        device="cpu",
+    )
     values.update(overrides)
     return RMTrainConfig(**values)
 
@@ -123,7 +176,9 @@ def test_learns_keyword_preference_and_round_trips(tiny_bert, tmp_path):
     loaded = RewardModel.load(tmp_path / "rm", cache_dir=tmp_path / "cache")
     prompts = [r.prompt for r in test_records]
     responses = [r.response_a for r in test_records]
-    np.testing.assert_array_equal(report.model.score(prompts, responses), loaded.score(prompts, responses))
+    np.testing.assert_array_equal(
+        report.model.score(prompts, responses), loaded.score(prompts, responses)
+    )
     compare = loaded.compare(prompts[0], test_records[0].response_a, test_records[0].response_b)
     assert 0.0 <= compare <= 1.0
     assert (compare > 0.5) == (test_records[0].outcome == "a")
@@ -153,7 +208,9 @@ def test_cache_hit_skips_encoder(tiny_bert, tmp_path):
 
 def test_second_training_run_does_not_load_encoder(tiny_bert, tmp_path, monkeypatch):
     records = keyword_pairs(40, seed=3)
-    train_reward_model(records, quick_config(tiny_bert, tmp_path, epochs=1), tmp_path / "a", log=lambda _: None)
+    train_reward_model(
+        records, quick_config(tiny_bert, tmp_path, epochs=1), tmp_path / "a", log=lambda _: None
+    )
     calls = []
     original = FrozenEncoder.encode
 
@@ -162,36 +219,98 @@ def test_second_training_run_does_not_load_encoder(tiny_bert, tmp_path, monkeypa
         return original(self, texts, **kwargs)
 
     monkeypatch.setattr(FrozenEncoder, "encode", counting)
-    train_reward_model(records, quick_config(tiny_bert, tmp_path, epochs=1), tmp_path / "b", log=lambda _: None)
+    train_reward_model(
+        records, quick_config(tiny_bert, tmp_path, epochs=1), tmp_path / "b", log=lambda _: None
+    )
     assert calls == []
 
 
 def test_loss_chosen_from_data_and_each_kind_trains(tiny_bert, tmp_path):
     base = keyword_pairs(24, seed=4)
-    ties = [PairwiseRecord(id=r.id, prompt=r.prompt, response_a=r.response_a, response_b=r.response_b,
-                           outcome="tie" if i % 4 == 0 else r.outcome) for i, r in enumerate(base)]
-    votes = [PairwiseRecord(id=r.id, prompt=r.prompt, response_a=r.response_a, response_b=r.response_b,
-                            votes=("a", "b", "a")) for r in base]
-    margins = [PairwiseRecord(id=r.id, prompt=r.prompt, response_a=r.response_a, response_b=r.response_b,
-                              outcome=r.outcome, margin=1.0) for r in base]
-    strengths = [PairwiseRecord(id=r.id, prompt=r.prompt, response_a=r.response_a, response_b=r.response_b,
-                                outcome=r.outcome, strength=2.0) for r in base]
-    rankings = [RankingRecord(id=f"r{i}", prompt="q", responses=[f"{WORDS[i]} a", f"{WORDS[i]} b c", "x y z w"],
-                              ranks=[1, 2, None] if i % 2 else [1, 1, 3]) for i in range(10)]
-    ratings = [RatingRecord(id=f"t{i}", prompt="q", response=f"{WORDS[i]} text",
-                            ratings={"helpful": float(i), "safe": None if i % 3 else 1.0}) for i in range(10)]
-    expected = {"davidson": ties, "soft-label": votes, "bt-margin": margins, "bt-strength": strengths,
-                "plackett-luce": rankings, "regression": ratings, "bradley-terry": base}
+    ties = [
+        PairwiseRecord(
+            id=r.id,
+            prompt=r.prompt,
+            response_a=r.response_a,
+            response_b=r.response_b,
+            outcome="tie" if i % 4 == 0 else r.outcome,
+        )
+        for i, r in enumerate(base)
+    ]
+    votes = [
+        PairwiseRecord(
+            id=r.id,
+            prompt=r.prompt,
+            response_a=r.response_a,
+            response_b=r.response_b,
+            votes=("a", "b", "a"),
+        )
+        for r in base
+    ]
+    margins = [
+        PairwiseRecord(
+            id=r.id,
+            prompt=r.prompt,
+            response_a=r.response_a,
+            response_b=r.response_b,
+            outcome=r.outcome,
+            margin=1.0,
+        )
+        for r in base
+    ]
+    strengths = [
+        PairwiseRecord(
+            id=r.id,
+            prompt=r.prompt,
+            response_a=r.response_a,
+            response_b=r.response_b,
+            outcome=r.outcome,
+            strength=2.0,
+        )
+        for r in base
+    ]
+    rankings = [
+        RankingRecord(
+            id=f"r{i}",
+            prompt="q",
+            responses=[f"{WORDS[i]} a", f"{WORDS[i]} b c", "x y z w"],
+            ranks=[1, 2, None] if i % 2 else [1, 1, 3],
+        )
+        for i in range(10)
+    ]
+    ratings = [
+        RatingRecord(
+            id=f"t{i}",
+            prompt="q",
+            response=f"{WORDS[i]} text",
+            ratings={"helpful": float(i), "safe": None if i % 3 else 1.0},
+        )
+        for i in range(10)
+    ]
+    expected = {
+        "davidson": ties,
+        "soft-label": votes,
+        "bt-margin": margins,
+        "bt-strength": strengths,
+        "plackett-luce": rankings,
+        "regression": ratings,
+        "bradley-terry": base,
+    }
     for loss, records in expected.items():
         assert choose_loss(records) == loss
-        report = train_reward_model(records, quick_config(tiny_bert, tmp_path, epochs=1),
-                                    tmp_path / loss, log=lambda _: None)
+        report = train_reward_model(
+            records,
+            quick_config(tiny_bert, tmp_path, epochs=1),
+            tmp_path / loss,
+            log=lambda _: None,
+        )
         assert report.loss == loss and np.isfinite(report.train_result.last_train_loss)
         loaded = RewardModel.load(tmp_path / loss, cache_dir=tmp_path / "cache")
         assert loaded.score(["q"], ["some answer"]).shape == (1,)
     assert "tie_log_nu" in load_file(tmp_path / "davidson" / "model.safetensors")
-    attributes = RewardModel.load(tmp_path / "regression", cache_dir=tmp_path / "cache").score_attributes(
-        ["q"], ["x"])
+    attributes = RewardModel.load(
+        tmp_path / "regression", cache_dir=tmp_path / "cache"
+    ).score_attributes(["q"], ["x"])
     assert set(attributes) == {"helpful", "safe"}
     with pytest.raises(ValueError, match="ties"):
         choose_loss(ties, "bradley-terry")
@@ -202,12 +321,22 @@ def test_loss_chosen_from_data_and_each_kind_trains(tiny_bert, tmp_path):
 def test_truncation_counts_and_drop(tiny_bert, tmp_path):
     records = keyword_pairs(20, seed=5)
     long_text = " ".join(["word"] * 40)
-    records[0] = PairwiseRecord(id="long", prompt="p", response_a=long_text, response_b="short", outcome="a")
-    kept = train_reward_model(records, quick_config(tiny_bert, tmp_path, epochs=1, max_length=16),
-                              tmp_path / "t", log=lambda _: None)
+    records[0] = PairwiseRecord(
+        id="long", prompt="p", response_a=long_text, response_b="short", outcome="a"
+    )
+    kept = train_reward_model(
+        records,
+        quick_config(tiny_bert, tmp_path, epochs=1, max_length=16),
+        tmp_path / "t",
+        log=lambda _: None,
+    )
     assert kept.truncation.responses_truncated == 1 and kept.truncation.examples_kept == 20
-    dropped = train_reward_model(records, quick_config(tiny_bert, tmp_path, epochs=1, max_length=16,
-                                                       truncation="drop"), tmp_path / "d", log=lambda _: None)
+    dropped = train_reward_model(
+        records,
+        quick_config(tiny_bert, tmp_path, epochs=1, max_length=16, truncation="drop"),
+        tmp_path / "d",
+        log=lambda _: None,
+    )
     assert dropped.truncation.examples_dropped == 1 and dropped.truncation.examples_kept == 19
     saved = json.loads((tmp_path / "d" / "config.json").read_text())["training"]["truncation"]
     assert saved["examples_dropped"] == 1
@@ -219,7 +348,11 @@ def test_tokenize_pair_keeps_response_and_cuts_prompt_start(tiny_bert):
     tokenizer = load_tokenizer(tiny_bert)
     prompt = " ".join(f"p{i}" for i in range(30))
     tokenized = tokenize_pair(tokenizer, prompt, "the answer", max_length=12)
-    assert len(tokenized.input_ids) == 12 and tokenized.prompt_truncated and not tokenized.response_truncated
+    assert (
+        len(tokenized.input_ids) == 12
+        and tokenized.prompt_truncated
+        and not tokenized.response_truncated
+    )
     text = tokenizer.decode(tokenized.input_ids)
     assert text.endswith("the answer [SEP]") and "p0 " not in text
 
@@ -227,11 +360,18 @@ def test_tokenize_pair_keeps_response_and_cuts_prompt_start(tiny_bert):
 def test_decoder_pooling_same_for_left_and_right_padding(tiny_llama):
     from prefkit.rm.model import backbone_spec
 
-    spec = {"mode": "finetune", "backbone": backbone_spec(tiny_llama), "embedding_dim": 32, "max_length": 32}
+    spec = {
+        "mode": "finetune",
+        "backbone": backbone_spec(tiny_llama),
+        "embedding_dim": 32,
+        "max_length": 32,
+    }
     assert spec["backbone"]["pooling"] == "last"
     model = TransformerRewardModel.create(spec).eval()
-    sequences = [tokenize_pair(model.tokenizer, "prompt", text, 32).input_ids
-                 for text in ["short", "a much longer response with many words in it"]]
+    sequences = [
+        tokenize_pair(model.tokenizer, "prompt", text, 32).input_ids
+        for text in ["short", "a much longer response with many words in it"]
+    ]
     with torch.no_grad():
         right = model(pad_sequences(sequences, 0, "right"))
         left = model(pad_sequences(sequences, 0, "left"))
@@ -271,8 +411,13 @@ def test_interrupted_training_resumes_to_identical_weights(tiny_bert, tmp_path):
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        train_reward_model(records, config, tmp_path / "resumed", callbacks=[stop_in_second_epoch],
-                           log=lambda _: None)
+        train_reward_model(
+            records,
+            config,
+            tmp_path / "resumed",
+            callbacks=[stop_in_second_epoch],
+            log=lambda _: None,
+        )
     resumed = train_reward_model(records, config, tmp_path / "resumed", log=lambda _: None)
     assert resumed.train_result.resumed_from is not None
     full_state = load_file(tmp_path / "full" / "model.safetensors")
@@ -293,8 +438,9 @@ def test_real_minilm_embeds_and_caches(tmp_path):
     cosine = similarity / np.outer(norms, norms)
     assert cosine[0, 1] > cosine[0, 2]  # related sentences are closer
     again = FrozenEncoder(backbone, max_length=64)
-    np.testing.assert_array_equal(EmbeddingCache(tmp_path / "cache").encode(again, texts).embeddings,
-                                  encoded.embeddings)
+    np.testing.assert_array_equal(
+        EmbeddingCache(tmp_path / "cache").encode(again, texts).embeddings, encoded.embeddings
+    )
     assert again.calls == 0
 
 
@@ -316,9 +462,13 @@ def plain_encode(encoder: FrozenEncoder, texts: list[str], side: str) -> np.ndar
     rows = []
     with torch.no_grad():
         for text in texts:
-            batch = tokenizer([text], truncation=True, max_length=encoder.max_length, return_tensors="pt")
+            batch = tokenizer(
+                [text], truncation=True, max_length=encoder.max_length, return_tensors="pt"
+            )
             hidden = encoder.model(**batch).last_hidden_state
-            rows.append(pool_hidden_states(hidden, batch["attention_mask"], encoder.pooling)[0].numpy())
+            rows.append(
+                pool_hidden_states(hidden, batch["attention_mask"], encoder.pooling)[0].numpy()
+            )
     tokenizer.truncation_side = "right"
     return np.stack(rows)
 
@@ -327,7 +477,9 @@ def plain_encode(encoder: FrozenEncoder, texts: list[str], side: str) -> np.ndar
 def test_encoder_fast_path_matches_tokenizer_truncation(tiny_bert, side):
     encoder = FrozenEncoder(tiny_bert, max_length=24, batch_size=2)
     fast = encoder.encode(ENCODER_TEXTS, side=side)
-    np.testing.assert_allclose(fast.embeddings, plain_encode(encoder, ENCODER_TEXTS, side), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        fast.embeddings, plain_encode(encoder, ENCODER_TEXTS, side), rtol=1e-5, atol=1e-5
+    )
     expected_counts = [len(ids) for ids in encoder.tokenizer(ENCODER_TEXTS)["input_ids"]]
     assert fast.num_tokens.tolist() == expected_counts
     assert fast.num_tokens[2] > 24  # the long text was truncated, and counted before truncation
@@ -364,38 +516,54 @@ def test_encoder_runs_batches_side_by_side_on_cpu_and_matches_one_at_a_time(tiny
     assert all(name.startswith("prefkit-encode") and threads == 1 for name, threads in seen)
     np.testing.assert_allclose(parallel.embeddings, serial.embeddings, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(parallel.num_tokens, serial.num_tokens)
-    np.testing.assert_allclose(parallel.embeddings, plain_encode(encoder, ENCODER_TEXTS, "right"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        parallel.embeddings, plain_encode(encoder, ENCODER_TEXTS, "right"), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama-base", "llama-causal-lm"])
-def test_encoder_loads_the_same_model_as_from_pretrained(tiny_bert, tiny_llama, tmp_path, monkeypatch, kind):
+def test_encoder_loads_the_same_model_as_from_pretrained(
+    tiny_bert, tiny_llama, tmp_path, monkeypatch, kind
+):
     from transformers import AutoModel, LlamaModel
 
     from prefkit.rm import encoder as encoder_module
 
     if kind == "bert":
         checkpoint = tiny_bert
-    elif kind == "llama-causal-lm":  # keys carry the "model." prefix: Hugging Face's loader maps them
+    elif (
+        kind == "llama-causal-lm"
+    ):  # keys carry the "model." prefix: Hugging Face's loader maps them
         checkpoint = tiny_llama
     else:
         checkpoint = str(tmp_path / "llama-base")
         LlamaModel.from_pretrained(tiny_llama).save_pretrained(checkpoint, safe_serialization=True)
     calls = []
     original = AutoModel.from_pretrained
-    monkeypatch.setattr(AutoModel, "from_pretrained", lambda *a, **k: calls.append(a) or original(*a, **k))
+    monkeypatch.setattr(
+        AutoModel, "from_pretrained", lambda *a, **k: calls.append(a) or original(*a, **k)
+    )
     loaded = encoder_module.load_base_model(checkpoint).eval()
-    assert len(calls) == (1 if kind == "llama-causal-lm" else 0)  # direct load for exact base-model keys
+    assert len(calls) == (
+        1 if kind == "llama-causal-lm" else 0
+    )  # direct load for exact base-model keys
     reference = original(checkpoint, use_safetensors=True, dtype=torch.float32).eval()
     ours, theirs = dict(loaded.named_buffers()), dict(reference.named_buffers())
     assert ours.keys() == theirs.keys()
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0, msg=name)
-    for (name, expected), actual in zip(reference.state_dict().items(), loaded.state_dict().values()):
+    for (name, expected), actual in zip(
+        reference.state_dict().items(), loaded.state_dict().values()
+    ):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0, msg=name)
     ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids).last_hidden_state,
-                                   reference(input_ids=ids).last_hidden_state, rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded(input_ids=ids).last_hidden_state,
+            reference(input_ids=ids).last_hidden_state,
+            rtol=0,
+            atol=0,
+        )
 
 
 def test_embedding_progress_learns_its_total_before_the_first_batch(tiny_bert, tmp_path):
@@ -423,7 +591,9 @@ def test_embedding_progress_learns_its_total_before_the_first_batch(tiny_bert, t
     assert counter._bar.total == 5
 
 
-def test_models_whose_rotary_embedding_changes_during_forward_embed_one_batch_at_a_time(tiny_llama, tmp_path):
+def test_models_whose_rotary_embedding_changes_during_forward_embed_one_batch_at_a_time(
+    tiny_llama, tmp_path
+):
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(tiny_llama)
@@ -463,7 +633,9 @@ def test_parallel_encoding_keeps_order_and_pads_only_a_few_batches_ahead():
 
 def test_evaluate_examples_matches_batchwise_forward(tiny_bert, tmp_path):
     records = keyword_pairs(37, seed=3)
-    config = RMTrainConfig(mode="finetune", backbone=tiny_bert, max_length=32, progress=False, device="cpu")
+    config = RMTrainConfig(
+        mode="finetune", backbone=tiny_bert, max_length=32, progress=False, device="cpu"
+    )
     model = new_model(config, "bradley-terry", None)
     model.eval()
     index = ItemIndex()

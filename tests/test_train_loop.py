@@ -300,7 +300,9 @@ def test_resume_warns_when_the_examples_differ_from_the_checkpoints(tmp_path):
         train(make_mlp(dropout=0.3), RegressionTask(), resume_config(), same)
 
     other = RegressionTask()
-    other.lengths = [length + 1 if index % 2 else length for index, length in enumerate(other.lengths)]
+    other.lengths = [
+        length + 1 if index % 2 else length for index, length in enumerate(other.lengths)
+    ]
     with pytest.warns(UserWarning, match="batch order differs"):
         train(make_mlp(dropout=0.3), other, resume_config(), tmp_path)
 

@@ -21,20 +21,39 @@ def progress_bar(*, total: int | None, description: str, unit: str, enabled: boo
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=total, desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True,
-        mininterval=0.5, disable=None if enabled else True,
+        total=total,
+        desc=description,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        disable=None if enabled else True,
     )
 
 
-def progress_iter(items: Iterable[T], *, description: str, unit: str, total: int | None = None,
-                  enabled: bool = True) -> Iterable[T]:
+def progress_iter(
+    items: Iterable[T],
+    *,
+    description: str,
+    unit: str,
+    total: int | None = None,
+    enabled: bool = True,
+) -> Iterable[T]:
     """``items``, counted on a bar as they are consumed."""
     if not enabled:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=description, unit=unit, total=total, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5, disable=None)
+    return tqdm(
+        items,
+        desc=description,
+        unit=unit,
+        total=total,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        disable=None,
+    )
 
 
 class ProgressCounter:

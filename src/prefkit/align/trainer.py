@@ -519,8 +519,9 @@ class AlignTask:
             kl_sequences=kl_sequences,
         )
 
-    def _mismatched_pairs(self, examples: Sequence[AlignExample],
-                          others: Sequence[AlignExample]) -> SequenceBatch:
+    def _mismatched_pairs(
+        self, examples: Sequence[AlignExample], others: Sequence[AlignExample]
+    ) -> SequenceBatch:
         """Rows ``prompt of examples[i] + first completion of others[i]`` (KTO's KL pairs),
         the completion cut to fit ``max_length``."""
         rows = []
@@ -538,9 +539,13 @@ class AlignTask:
 
     # -- state carried across steps (KTO's KL estimate, BCO's reward shift)
 
-    def before_step(self, model: nn.Module, global_batch: Sequence[int],
-                    micro_batches: Sequence[Sequence[int]],
-                    sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
+    def before_step(
+        self,
+        model: nn.Module,
+        global_batch: Sequence[int],
+        micro_batches: Sequence[Sequence[int]],
+        sum_over_ranks: Callable[[Tensor], Tensor],
+    ) -> None:
         """KTO: z0 of this step, the mean log(pi / pi_ref) of the mismatched pairs of the
         global batch (example b's prompt with example b - 1's completion), summed over
         this rank's ``micro_batches`` (its share, in micro-batches) and over the ranks."""
@@ -554,12 +559,15 @@ class AlignTask:
             for micro_batch in micro_batches:
                 previous = [examples[global_batch[position[index] - 1]] for index in micro_batch]
                 pairs = move_to_device(
-                    self._mismatched_pairs([examples[index] for index in micro_batch], previous), device
+                    self._mismatched_pairs([examples[index] for index in micro_batch], previous),
+                    device,
                 )
                 log_ratios = self._kl_log_ratios(model, pairs).double()
                 totals += torch.stack([log_ratios.sum(), log_ratios.new_tensor(len(micro_batch))])
         total, count = sum_over_ranks(totals).tolist()
-        self._step_kl = torch.tensor(total / count if count else 0.0, dtype=torch.float32, device=device)
+        self._step_kl = torch.tensor(
+            total / count if count else 0.0, dtype=torch.float32, device=device
+        )
 
     def after_optimizer_step(self, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
         """Fold this step's rewards, summed over micro-batches and ranks, into delta."""
@@ -639,8 +647,9 @@ class AlignTask:
             self._step_reward_totals = batch_totals if previous is None else previous + batch_totals
         return losses, metrics
 
-    def _scored(self, model: nn.Module, batch: AlignBatch, *, step_kl: Tensor | None = None
-                ) -> tuple[Tensor, dict[str, Tensor]]:
+    def _scored(
+        self, model: nn.Module, batch: AlignBatch, *, step_kl: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-example losses (B,) and metrics; changes no state. ``step_kl`` is KTO's z0 of
         the training step (evaluation batches carry their own mismatched pairs instead)."""
         row_logps, row_lengths = self._row_logps(model, batch)
@@ -703,7 +712,11 @@ class AlignTask:
         return output.losses, metrics
 
     def _unpaired_loss(
-        self, model: nn.Module, batch: AlignBatch, policy: Tensor, reference: Tensor,
+        self,
+        model: nn.Module,
+        batch: AlignBatch,
+        policy: Tensor,
+        reference: Tensor,
         step_kl: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         desirable = batch.labels[:, 0] > 0.5

@@ -19,37 +19,56 @@ T = TypeVar("T")
 def add_read_arguments(parser: argparse.ArgumentParser, *, on_error_default: str = "raise") -> None:
     group = parser.add_argument_group("reading data")
     group.add_argument(
-        "--format", metavar="NAME", default=None,
+        "--format",
+        metavar="NAME",
+        default=None,
         help=f"a known layout ({', '.join(known_formats())}); detected and printed when omitted",
     )
     group.add_argument(
-        "--map", metavar="KEY=FIELD", action="append", default=[],
+        "--map",
+        metavar="KEY=FIELD",
+        action="append",
+        default=[],
         help="map a source field onto the canonical schema, e.g. --map prompt=instruction+input "
-             "--map response_a=response1 --map response_b=response2 "
-             "--map votes=annotator1+annotator2+annotator3 (repeatable; '+' joins fields)",
+        "--map response_a=response1 --map response_b=response2 "
+        "--map votes=annotator1+annotator2+annotator3 (repeatable; '+' joins fields)",
     )
     group.add_argument(
-        "--winner-values", metavar="SPEC", default=None,
+        "--winner-values",
+        metavar="SPEC",
+        default=None,
         help="what the source's winner/vote values mean, e.g. a=1,b=2,tie=0 (with --map)",
     )
     group.add_argument(
-        "--on-error", choices=("raise", "skip"), default=on_error_default,
+        "--on-error",
+        choices=("raise", "skip"),
+        default=on_error_default,
         help="raise: stop at the first bad record; skip: count it, write it with its reason "
-             f"to a rejects file and go on (default: {on_error_default})",
+        f"to a rejects file and go on (default: {on_error_default})",
     )
     group.add_argument(
-        "--max-text-chars", type=int, default=DEFAULT_MAX_TEXT_CHARS, metavar="N",
+        "--max-text-chars",
+        type=int,
+        default=DEFAULT_MAX_TEXT_CHARS,
+        metavar="N",
         help=f"reject texts longer than N characters (default: {DEFAULT_MAX_TEXT_CHARS:,})",
     )
     group.add_argument(
-        "--allow-empty-responses", action="store_true",
+        "--allow-empty-responses",
+        action="store_true",
         help="keep records whose response is empty (rejected by default)",
     )
 
 
-def open_reader(args: argparse.Namespace, path: str | Path, rejects_for: str | Path | None) -> FeedbackReader:
+def open_reader(
+    args: argparse.Namespace, path: str | Path, rejects_for: str | Path | None
+) -> FeedbackReader:
     """A reader configured from the shared options; prints the detected layout."""
-    rejects = rejects_path_for(rejects_for) if (rejects_for is not None and args.on_error == "skip") else None
+    rejects = (
+        rejects_path_for(rejects_for)
+        if (rejects_for is not None and args.on_error == "skip")
+        else None
+    )
     reader = FeedbackReader(
         path,
         format=args.format,
@@ -69,7 +88,10 @@ def announce_layout(reader: FeedbackReader) -> None:
         return
     how = "detected" if reader.detected else "using"
     description = getattr(layout, "description", "")
-    print(f"{how} layout: {layout.name}" + (f" ({description})" if description else ""), file=sys.stderr)
+    print(
+        f"{how} layout: {layout.name}" + (f" ({description})" if description else ""),
+        file=sys.stderr,
+    )
 
 
 def with_layout_notice(reader: FeedbackReader) -> Iterator:
@@ -85,7 +107,13 @@ def with_layout_notice(reader: FeedbackReader) -> Iterator:
         yield record
 
 
-def progress(items: Iterable[T], *, description: str, unit: str = "rec", total: int | None = None,
-             enabled: bool = True) -> Iterable[T]:
+def progress(
+    items: Iterable[T],
+    *,
+    description: str,
+    unit: str = "rec",
+    total: int | None = None,
+    enabled: bool = True,
+) -> Iterable[T]:
     """A tqdm progress bar on stderr (rate and ETA when the total is known)."""
     return progress_iter(items, description=description, unit=unit, total=total, enabled=enabled)

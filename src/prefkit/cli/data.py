@@ -31,41 +31,56 @@ CONVERT_EXAMPLES = """examples:
 
 def register(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser(
-        "data", help="inspect and convert feedback data",
+        "data",
+        help="inspect and convert feedback data",
         description="Read feedback data in any supported layout, summarise it, or convert it "
-                    "between kinds (pairwise, ranking, rating, binary) in the canonical schema.",
+        "between kinds (pairwise, ranking, rating, binary) in the canonical schema.",
     )
     sub = data.add_subparsers(title="data commands", metavar="COMMAND")
     data.set_defaults(handler=lambda args: data.print_help() or 2)
 
     inspect = sub.add_parser(
-        "inspect", help="summarise a data set: kinds, ties, agreement, lengths, duplicates, rejects",
+        "inspect",
+        help="summarise a data set: kinds, ties, agreement, lengths, duplicates, rejects",
         description="Read PATH (a file, a folder of files, or a Hugging Face save_to_disk folder) "
-                    "and print what it holds: the detected layout, records by kind, distinct "
-                    "prompts, tie rate, annotator agreement, length statistics, exact duplicates "
-                    "and the rows that could not be read (with reasons).",
-        epilog=INSPECT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "and print what it holds: the detected layout, records by kind, distinct "
+        "prompts, tie rate, annotator agreement, length statistics, exact duplicates "
+        "and the rows that could not be read (with reasons).",
+        epilog=INSPECT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    inspect.add_argument("path", metavar="PATH", help="file, folder, or Hugging Face dataset folder")
+    inspect.add_argument(
+        "path", metavar="PATH", help="file, folder, or Hugging Face dataset folder"
+    )
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
-    inspect.add_argument("--rejects", metavar="FILE", default=None,
-                         help="also write the rejected rows with their reasons to FILE.rejects.jsonl")
-    inspect.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    inspect.add_argument(
+        "--rejects",
+        metavar="FILE",
+        default=None,
+        help="also write the rejected rows with their reasons to FILE.rejects.jsonl",
+    )
+    inspect.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
+    )
     add_read_arguments(inspect, on_error_default="skip")
     inspect.set_defaults(handler=run_inspect)
 
     from prefkit.data.convert import ConversionOptions
 
     convert = sub.add_parser(
-        "convert", help="convert between kinds and write canonical JSONL or Parquet",
+        "convert",
+        help="convert between kinds and write canonical JSONL or Parquet",
         description="Read IN, convert its records to the kind given by --to, and write OUT in the "
-                    "canonical schema (.jsonl, .jsonl.gz or .parquet). Prints how many records "
-                    "were read, written and dropped, and why.",
-        epilog=CONVERT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "canonical schema (.jsonl, .jsonl.gz or .parquet). Prints how many records "
+        "were read, written and dropped, and why.",
+        epilog=CONVERT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     convert.add_argument("input", metavar="IN", help="input file or folder")
     convert.add_argument("output", metavar="OUT", help="output file: .jsonl, .jsonl.gz or .parquet")
-    convert.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    convert.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
+    )
     add_dataclass_arguments(convert, ConversionOptions, title="conversion")
     add_read_arguments(convert)
     convert.set_defaults(handler=run_convert)

@@ -46,55 +46,123 @@ examples:
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "eval", help="evaluate reward models on preference data (accuracy, ties, calibration, ...)",
+        "eval",
+        help="evaluate reward models on preference data (accuracy, ties, calibration, ...)",
         usage="prefkit eval MODEL [MODEL ...] DATA [options]",
-        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "paths", nargs="+", metavar="PATH",
+        "paths",
+        nargs="+",
+        metavar="PATH",
         help="the models to evaluate, then the data (the last argument)",
     )
     output = parser.add_argument_group("output")
-    output.add_argument("--report", metavar="FILE.html", default=None,
-                        help="write a self-contained HTML report with plots and the worst mistakes")
-    output.add_argument("--json", metavar="FILE.json", default=None,
-                        help="write every metric as JSON (one block per model under 'models')")
+    output.add_argument(
+        "--report",
+        metavar="FILE.html",
+        default=None,
+        help="write a self-contained HTML report with plots and the worst mistakes",
+    )
+    output.add_argument(
+        "--json",
+        metavar="FILE.json",
+        default=None,
+        help="write every metric as JSON (one block per model under 'models')",
+    )
     metrics = parser.add_argument_group("metrics")
-    metrics.add_argument("--by", metavar="FIELD", default=None,
-                         help="break accuracy down by 'category' or a metadata field "
-                              "(default: the records' categories, when they have any)")
-    metrics.add_argument("--tie-band", metavar="X", type=float, default=None,
-                         help="predict a tie when |reward_a - reward_b| <= X in three-way accuracy; "
-                              "fit it on a development split (default: 0, only equal rewards tie)")
-    metrics.add_argument("--bootstrap", metavar="N", type=int, default=1000,
-                         help="bootstrap resamples for the 95%% intervals; 0 turns them off (default: 1000)")
-    metrics.add_argument("--seed", metavar="N", type=int, default=0,
-                         help="seed of the bootstrap (default: 0)")
-    metrics.add_argument("--ndcg-k", metavar="K", type=int, default=10,
-                         help="depth of NDCG for graded rankings (default: 10)")
+    metrics.add_argument(
+        "--by",
+        metavar="FIELD",
+        default=None,
+        help="break accuracy down by 'category' or a metadata field "
+        "(default: the records' categories, when they have any)",
+    )
+    metrics.add_argument(
+        "--tie-band",
+        metavar="X",
+        type=float,
+        default=None,
+        help="predict a tie when |reward_a - reward_b| <= X in three-way accuracy; "
+        "fit it on a development split (default: 0, only equal rewards tie)",
+    )
+    metrics.add_argument(
+        "--bootstrap",
+        metavar="N",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for the 95%% intervals; 0 turns them off (default: 1000)",
+    )
+    metrics.add_argument(
+        "--seed", metavar="N", type=int, default=0, help="seed of the bootstrap (default: 0)"
+    )
+    metrics.add_argument(
+        "--ndcg-k",
+        metavar="K",
+        type=int,
+        default=10,
+        help="depth of NDCG for graded rankings (default: 10)",
+    )
     models = parser.add_argument_group("models")
-    models.add_argument("--ref", metavar="PATH", default=None,
-                        help="reference model for policies: reward = log pi(y|x) - log pi_ref(y|x)")
-    models.add_argument("--implicit-reward", choices=("dpo", "sum", "mean", "norm"), default=None,
-                        help="how a policy scores a response: dpo (with --ref; the default then), or "
-                             "reference-free sum, mean or norm (minus the L2 norm) of its token "
-                             "log-probs, as RewardBench defines them")
-    models.add_argument("--batch-size", metavar="N", type=int, default=None,
-                        help="items per forward pass (default: 64 for prefkit models, 8 for Hugging "
-                             "Face reward models, 4 for policies)")
-    models.add_argument("--device", metavar="NAME", default=None,
-                        help="torch device, e.g. cpu or cuda (default: cuda when available)")
+    models.add_argument(
+        "--ref",
+        metavar="PATH",
+        default=None,
+        help="reference model for policies: reward = log pi(y|x) - log pi_ref(y|x)",
+    )
+    models.add_argument(
+        "--implicit-reward",
+        choices=("dpo", "sum", "mean", "norm"),
+        default=None,
+        help="how a policy scores a response: dpo (with --ref; the default then), or "
+        "reference-free sum, mean or norm (minus the L2 norm) of its token "
+        "log-probs, as RewardBench defines them",
+    )
+    models.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=int,
+        default=None,
+        help="items per forward pass (default: 64 for prefkit models, 8 for Hugging "
+        "Face reward models, 4 for policies)",
+    )
+    models.add_argument(
+        "--device",
+        metavar="NAME",
+        default=None,
+        help="torch device, e.g. cpu or cuda (default: cuda when available)",
+    )
     judge = parser.add_argument_group(
-        "LLM judge", "an OpenAI-compatible chat-completions server; each pair is asked in both "
-                     "orders and a disagreement is a tie. The API key, if any, is read from the "
-                     "environment variable PREFKIT_JUDGE_API_KEY.")
-    judge.add_argument("--judge-url", metavar="URL", default=None,
-                       help="the server, e.g. http://localhost:8000 (or .../v1/chat/completions)")
-    judge.add_argument("--judge-model", metavar="NAME", default=None, help="the model name to ask for")
-    judge.add_argument("--judge-concurrency", metavar="N", type=int, default=4,
-                       help="requests in flight at once (default: 4)")
-    judge.add_argument("--judge-timeout", metavar="SECONDS", type=float, default=60.0,
-                       help="time limit per request; retried 3 times with backoff (default: 60)")
+        "LLM judge",
+        "an OpenAI-compatible chat-completions server; each pair is asked in both "
+        "orders and a disagreement is a tie. The API key, if any, is read from the "
+        "environment variable PREFKIT_JUDGE_API_KEY.",
+    )
+    judge.add_argument(
+        "--judge-url",
+        metavar="URL",
+        default=None,
+        help="the server, e.g. http://localhost:8000 (or .../v1/chat/completions)",
+    )
+    judge.add_argument(
+        "--judge-model", metavar="NAME", default=None, help="the model name to ask for"
+    )
+    judge.add_argument(
+        "--judge-concurrency",
+        metavar="N",
+        type=int,
+        default=4,
+        help="requests in flight at once (default: 4)",
+    )
+    judge.add_argument(
+        "--judge-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=60.0,
+        help="time limit per request; retried 3 times with backoff (default: 60)",
+    )
     add_read_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -108,16 +176,29 @@ def _scorers(args: argparse.Namespace, model_specs: list[str]) -> list[Any]:
     scorers: list[Any] = []
     for spec in model_specs:
         try:
-            scorers.append(load_scorer(spec, reference=args.ref, implicit_reward=args.implicit_reward,
-                                       batch_size=args.batch_size, device=args.device))
+            scorers.append(
+                load_scorer(
+                    spec,
+                    reference=args.ref,
+                    implicit_reward=args.implicit_reward,
+                    batch_size=args.batch_size,
+                    device=args.device,
+                )
+            )
         except ScorerError as error:
             raise UserError(str(error)) from None
     if (args.judge_url is None) != (args.judge_model is None):
         raise UserError("an LLM judge needs both --judge-url and --judge-model")
     if args.judge_url is not None:
-        scorers.append(ChatJudge(args.judge_url, args.judge_model,
-                                 api_key=os.environ.get("PREFKIT_JUDGE_API_KEY"),
-                                 timeout=args.judge_timeout, concurrency=args.judge_concurrency))
+        scorers.append(
+            ChatJudge(
+                args.judge_url,
+                args.judge_model,
+                api_key=os.environ.get("PREFKIT_JUDGE_API_KEY"),
+                timeout=args.judge_timeout,
+                concurrency=args.judge_concurrency,
+            )
+        )
     return scorers
 
 
@@ -135,8 +216,10 @@ def summary_table(document: dict[str, Any]) -> str:
     width = max(len("model"), *(len(model["name"]) for model in models))
     lines = []
     if any(model.get("n_pairwise_records") for model in models):
-        lines.append(f"{'model':<{width}}  {'pairs':>6}  {'accuracy [95% CI]':<24}  {'half':>5}  "
-                     f"{'3-way':>5}  {'ECE':>5}  {'len rho':>7}")
+        lines.append(
+            f"{'model':<{width}}  {'pairs':>6}  {'accuracy [95% CI]':<24}  {'half':>5}  "
+            f"{'3-way':>5}  {'ECE':>5}  {'len rho':>7}"
+        )
         for model in models:
             bias = model.get("length_bias") or {}
             lines.append(
@@ -150,8 +233,10 @@ def summary_table(document: dict[str, Any]) -> str:
             lines.append("")
         k = models[0]["ranking"]["ndcg"]["k"] if models[0]["ranking"].get("ndcg") else None
         ndcg_label = f"NDCG@{k}" if k else "NDCG"
-        lines.append(f"{'model':<{width}}  {'lists':>6}  {'Kendall':>7}  {'Spearman':>8}  "
-                     f"{ndcg_label:>7}  {'best-of-N':>9}")
+        lines.append(
+            f"{'model':<{width}}  {'lists':>6}  {'Kendall':>7}  {'Spearman':>8}  "
+            f"{ndcg_label:>7}  {'best-of-N':>9}"
+        )
         for model in models:
             ranking, best = model["ranking"], model["best_of_n"]
             ndcg = ranking["ndcg"]["ndcg"] if ranking.get("ndcg") else None
@@ -196,9 +281,16 @@ def run(args: argparse.Namespace) -> int:
         notes.append(f"{count} dropped while reading: {why}")
     try:
         evaluation = evaluate(
-            scorers, records, by=args.by, tie_band=args.tie_band, seed=args.seed,
-            n_resamples=args.bootstrap, ndcg_k=args.ndcg_k, data=str(data),
-            n_rejected=reader.stats.rejects.total, notes=notes,
+            scorers,
+            records,
+            by=args.by,
+            tie_band=args.tie_band,
+            seed=args.seed,
+            n_resamples=args.bootstrap,
+            ndcg_k=args.ndcg_k,
+            data=str(data),
+            n_rejected=reader.stats.rejects.total,
+            notes=notes,
         )
     except (ValueError, ScorerError, JudgeError) as error:
         raise UserError(str(error)) from None

@@ -7,19 +7,28 @@ import argparse
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "quickstart", help="run the whole path (data -> reward model -> evaluation -> report) in minutes",
+        "quickstart",
+        help="run the whole path (data -> reward model -> evaluation -> report) in minutes",
         description="Generate a small feedback set with a known true reward (factual questions with a "
-                    "correct and an incorrect answer, lengths balanced so that length bias shows), "
-                    "train the default reward model on it, evaluate it on held-out phrasings next to "
-                    "a 'longer answer wins' baseline, and write report.html and metrics.json. "
-                    "Needs no network.",
+        "correct and an incorrect answer, lengths balanced so that length bias shows), "
+        "train the default reward model on it, evaluate it on held-out phrasings next to "
+        "a 'longer answer wins' baseline, and write report.html and metrics.json. "
+        "Needs no network.",
         epilog="example:\n  prefkit quickstart --out quickstart-out\n  # then open quickstart-out/report.html",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", default="quickstart-out", metavar="DIR",
-                        help="folder for the data, model, metrics.json and report.html (default: quickstart-out)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and training (default: 0)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    parser.add_argument(
+        "--out",
+        default="quickstart-out",
+        metavar="DIR",
+        help="folder for the data, model, metrics.json and report.html (default: quickstart-out)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the generated data and training (default: 0)"
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide progress bars"
+    )
     parser.set_defaults(handler=run)
 
 

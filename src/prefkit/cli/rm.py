@@ -47,67 +47,115 @@ plus per-attribute values ("attributes") for a model trained on ratings.
 
 def register(commands: argparse._SubParsersAction) -> None:
     rm = commands.add_parser(
-        "rm", help="train and apply reward models",
+        "rm",
+        help="train and apply reward models",
         description="Train a reward model on feedback data (pairs, ties, votes, rankings, ratings) "
-                    "and score data with it.",
+        "and score data with it.",
     )
     sub = rm.add_subparsers(title="rm commands", metavar="COMMAND")
     rm.set_defaults(handler=lambda args: rm.print_help() or 2)
 
     train = sub.add_parser(
-        "train", help="train a reward model and save it to a folder",
+        "train",
+        help="train a reward model and save it to a folder",
         description="Train a reward model on DATA and save it (safetensors + config.json) to --out.",
-        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("data", metavar="DATA", help="training data (file, folder, or dataset folder)")
+    train.add_argument(
+        "data", metavar="DATA", help="training data (file, folder, or dataset folder)"
+    )
     train.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
-    train.add_argument("--eval", metavar="DATA", default=None,
-                       help="held-out data, evaluated every epoch (loss, accuracy)")
-    train.add_argument("--no-resume", dest="resume", action="store_false",
-                       help="refuse to continue from checkpoints already in DIR/training")
+    train.add_argument(
+        "--eval",
+        metavar="DATA",
+        default=None,
+        help="held-out data, evaluated every epoch (loss, accuracy)",
+    )
+    train.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="refuse to continue from checkpoints already in DIR/training",
+    )
     add_read_arguments(train)
     add_dataclass_arguments(train, RMTrainConfig, title="reward model options")
     train.set_defaults(handler=run_train)
 
     multi = sub.add_parser(
-        "train-multiobjective", help="train a multi-objective reward model (ArmoRM: attributes + gate)",
+        "train-multiobjective",
+        help="train a multi-objective reward model (ArmoRM: attributes + gate)",
         description="Stage 1: regress the rating attributes of RATINGS; stage 2: train a gate over the "
-                    "prompt that mixes them into one reward, with Bradley-Terry on PAIRS. Saves to --out.",
-        epilog=MULTIOBJECTIVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "prompt that mixes them into one reward, with Bradley-Terry on PAIRS. Saves to --out.",
+        epilog=MULTIOBJECTIVE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     multi.add_argument("ratings", metavar="RATINGS", help="rating records (two or more attributes)")
     multi.add_argument("pairs", metavar="PAIRS", help="pairwise records (no ties)")
     multi.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
-    multi.add_argument("--eval-ratings", metavar="DATA", default=None,
-                       help="held-out rating records, evaluated after every epoch of stage 1 "
-                            "(loss, mse per attribute); see also --eval-fraction")
-    multi.add_argument("--eval-pairs", metavar="DATA", default=None,
-                       help="held-out pair records, evaluated after every epoch of stage 2 (loss, accuracy)")
-    multi.add_argument("--no-resume", dest="resume", action="store_false",
-                       help="refuse to continue from checkpoints already in DIR/training")
+    multi.add_argument(
+        "--eval-ratings",
+        metavar="DATA",
+        default=None,
+        help="held-out rating records, evaluated after every epoch of stage 1 "
+        "(loss, mse per attribute); see also --eval-fraction",
+    )
+    multi.add_argument(
+        "--eval-pairs",
+        metavar="DATA",
+        default=None,
+        help="held-out pair records, evaluated after every epoch of stage 2 (loss, accuracy)",
+    )
+    multi.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="refuse to continue from checkpoints already in DIR/training",
+    )
     add_read_arguments(multi)
     add_dataclass_arguments(multi, MultiObjectiveConfig, title="multi-objective options")
     multi.set_defaults(handler=run_train_multiobjective)
 
     score = sub.add_parser(
-        "score", help="score data with a trained reward model",
+        "score",
+        help="score data with a trained reward model",
         description="Stream DATA through the reward model in MODEL_DIR and write one JSON line "
-                    "per record to --out, keeping input order and ids.",
-        epilog=SCORE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "per record to --out, keeping input order and ids.",
+        epilog=SCORE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     score.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by prefkit rm train")
     score.add_argument("data", metavar="DATA", help="data to score")
     score.add_argument("--out", required=True, metavar="FILE", help="JSONL output")
-    score.add_argument("--batch-size", type=int, default=64, metavar="N",
-                       help="responses per forward pass (default: 64)")
-    score.add_argument("--chunk-size", type=int, default=2048, metavar="N",
-                       help="records read, scored and written at a time (default: 2048)")
-    score.add_argument("--cache-dir", default=None, metavar="DIR",
-                       help="embedding cache (embedding-mode models); default $PREFKIT_CACHE/embeddings "
-                            "or ~/.cache/prefkit/embeddings")
-    score.add_argument("--normalize", action="store_true",
-                       help="standardise rewards by the training data's mean and std")
-    score.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    score.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="responses per forward pass (default: 64)",
+    )
+    score.add_argument(
+        "--chunk-size",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="records read, scored and written at a time (default: 2048)",
+    )
+    score.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="embedding cache (embedding-mode models); default $PREFKIT_CACHE/embeddings "
+        "or ~/.cache/prefkit/embeddings",
+    )
+    score.add_argument(
+        "--normalize",
+        action="store_true",
+        help="standardise rewards by the training data's mean and std",
+    )
+    score.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
+    )
     add_read_arguments(score)
     score.set_defaults(handler=run_score)
 
@@ -132,13 +180,23 @@ def run_train(args: argparse.Namespace) -> int:
     eval_records = _read_all(args, args.eval, out / "eval") if args.eval else None
     try:
         report = train_reward_model(
-            records, config, out, eval_records=eval_records, resume=args.resume,
-            log=lambda line: print(line, file=sys.stderr), source=args.data,
+            records,
+            config,
+            out,
+            eval_records=eval_records,
+            resume=args.resume,
+            log=lambda line: print(line, file=sys.stderr),
+            source=args.data,
         )
     except ValueError as error:
         raise UserError(str(error)) from error
-    summary = {"model_dir": str(out), "loss": report.loss, "steps": report.train_result.global_step,
-               "train": report.train_metrics, "eval": report.eval_metrics}
+    summary = {
+        "model_dir": str(out),
+        "loss": report.loss,
+        "steps": report.train_result.global_step,
+        "train": report.train_metrics,
+        "eval": report.eval_metrics,
+    }
     print(json.dumps(summary))
     return 0
 
@@ -149,25 +207,41 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
 
     try:
         config = dataclass_from_args(MultiObjectiveConfig, args)
-        check_evaluation_settings(config, eval_ratings_given=args.eval_ratings is not None,
-                                  eval_pairs_given=args.eval_pairs is not None)
+        check_evaluation_settings(
+            config,
+            eval_ratings_given=args.eval_ratings is not None,
+            eval_pairs_given=args.eval_pairs is not None,
+        )
     except ValueError as error:
         raise UserError(str(error)) from error
     out = Path(args.out)
     ratings = _read_all(args, args.ratings, out / "ratings")
     pairs = _read_all(args, args.pairs, out / "pairs")
-    eval_ratings = _read_all(args, args.eval_ratings, out / "eval-ratings") if args.eval_ratings else None
+    eval_ratings = (
+        _read_all(args, args.eval_ratings, out / "eval-ratings") if args.eval_ratings else None
+    )
     eval_pairs = _read_all(args, args.eval_pairs, out / "eval-pairs") if args.eval_pairs else None
     try:
-        model = train_multiobjective(ratings, pairs, config, out, eval_rating_records=eval_ratings,
-                                     eval_pair_records=eval_pairs, resume=args.resume,
-                                     log=lambda line: print(line, file=sys.stderr))
+        model = train_multiobjective(
+            ratings,
+            pairs,
+            config,
+            out,
+            eval_rating_records=eval_ratings,
+            eval_pair_records=eval_pairs,
+            resume=args.resume,
+            log=lambda line: print(line, file=sys.stderr),
+        )
     except ValueError as error:
         raise UserError(str(error)) from error
     report = model.report
     summary = {"model_dir": str(out), "attributes": model.attributes}
     for name, stage in (("regression", report.regression), ("gate", report.gate)):
-        summary[name] = {"steps": stage.result.global_step, "train": stage.metrics, "eval": stage.eval_metrics}
+        summary[name] = {
+            "steps": stage.result.global_step,
+            "train": stage.metrics,
+            "eval": stage.eval_metrics,
+        }
     print(json.dumps(summary))
     return 0
 
@@ -190,7 +264,9 @@ def run_score(args: argparse.Namespace) -> int:
         items = [record_items(record) for record in chunk]
         prompts = [prompt for record_pairs in items for prompt, _ in record_pairs]
         responses = [response for record_pairs in items for _, response in record_pairs]
-        outputs, rewards = model.predict_and_score(prompts, responses, batch_size=args.batch_size)  # (N, K), (N,)
+        outputs, rewards = model.predict_and_score(
+            prompts, responses, batch_size=args.batch_size
+        )  # (N, K), (N,)
         if args.normalize:
             rewards = (rewards - model.spec["reward_mean"]) / model.spec["reward_std"]
         offset = 0
@@ -207,13 +283,16 @@ def run_score(args: argparse.Namespace) -> int:
                 row["reward"] = values[0]
             if model.attributes:
                 row["attributes"] = [
-                    dict(zip(model.attributes, map(float, output), strict=True)) for output in outputs[span]
+                    dict(zip(model.attributes, map(float, output), strict=True))
+                    for output in outputs[span]
                 ]
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     with out_path.open("w") as handle:
         chunk: list = []
-        for record in progress(with_layout_notice(reader), description="scoring", enabled=args.progress):
+        for record in progress(
+            with_layout_notice(reader), description="scoring", enabled=args.progress
+        ):
             chunk.append(record)
             if len(chunk) >= args.chunk_size:
                 flush(chunk, handle)

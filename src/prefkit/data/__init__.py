@@ -25,8 +25,24 @@ from prefkit.data.records import (
 from prefkit.data.write import write_records
 
 __all__ = [
-    "SCHEMA_VERSION", "AnyRecord", "BinaryRecord", "DataError", "FeedbackReader", "FieldError",
-    "LayoutError", "MappingLayout", "Message", "PairwiseRecord", "RankingRecord", "RatingRecord",
-    "ReadStats", "Rejects", "known_formats", "load_feedback", "parse_map_args", "read_feedback",
-    "record_from_dict", "write_records",
+    "SCHEMA_VERSION",
+    "AnyRecord",
+    "BinaryRecord",
+    "DataError",
+    "FeedbackReader",
+    "FieldError",
+    "LayoutError",
+    "MappingLayout",
+    "Message",
+    "PairwiseRecord",
+    "RankingRecord",
+    "RatingRecord",
+    "ReadStats",
+    "Rejects",
+    "known_formats",
+    "load_feedback",
+    "parse_map_args",
+    "read_feedback",
+    "record_from_dict",
+    "write_records",
 ]

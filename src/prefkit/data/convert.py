@@ -71,10 +71,16 @@ VOTE_MODES = ("majority", "soft")
 TIE_POLICIES = ("tie", "drop")
 
 CONVERSIONS = {
-    ("rating", "pairwise"), ("rating", "ranking"), ("rating", "binary"),
-    ("ranking", "pairwise"), ("ranking", "binary"),
-    ("pairwise", "pairwise"), ("pairwise", "binary"),
-    ("ranking", "ranking"), ("binary", "binary"), ("rating", "rating"),
+    ("rating", "pairwise"),
+    ("rating", "ranking"),
+    ("rating", "binary"),
+    ("ranking", "pairwise"),
+    ("ranking", "binary"),
+    ("pairwise", "pairwise"),
+    ("pairwise", "binary"),
+    ("ranking", "ranking"),
+    ("binary", "binary"),
+    ("rating", "rating"),
 }
 """(input kind, target kind) pairs that :func:`convert_records` supports."""
 
@@ -134,37 +140,62 @@ class ConversionOptions:
         if self.to not in TARGETS:
             raise ValueError(f"to must be one of {', '.join(TARGETS)}, got {self.to!r}")
         if self.pairs not in PAIR_STRATEGIES:
-            raise ValueError(f"pairs must be one of {', '.join(PAIR_STRATEGIES)}, got {self.pairs!r}")
+            raise ValueError(
+                f"pairs must be one of {', '.join(PAIR_STRATEGIES)}, got {self.pairs!r}"
+            )
         if self.pairs != "all" and self.to != "pairwise":
             raise ValueError(f"pairs={self.pairs!r} applies to to='pairwise', not to={self.to!r}")
         if self.attribute is not None and self.weights is not None:
             raise ValueError("give either attribute or weights to score ratings, not both")
-        if self.attribute is not None and (not isinstance(self.attribute, str) or not self.attribute):
-            raise ValueError(f"attribute must be a non-empty attribute name, got {self.attribute!r}")
+        if self.attribute is not None and (
+            not isinstance(self.attribute, str) or not self.attribute
+        ):
+            raise ValueError(
+                f"attribute must be a non-empty attribute name, got {self.attribute!r}"
+            )
         if self.weights is not None:
             if not isinstance(self.weights, dict) or not self.weights:
-                raise ValueError(f"weights must be a non-empty mapping attribute -> weight, got {self.weights!r}")
-            self.weights = {str(name): _finite(weight, f"weights[{name!r}]") for name, weight in self.weights.items()}
+                raise ValueError(
+                    f"weights must be a non-empty mapping attribute -> weight, got {self.weights!r}"
+                )
+            self.weights = {
+                str(name): _finite(weight, f"weights[{name!r}]")
+                for name, weight in self.weights.items()
+            }
         if self.to == "rating" and (self.attribute is not None or self.weights is not None):
-            raise ValueError("attribute and weights score ratings for another kind; to='rating' keeps ratings as they are")
+            raise ValueError(
+                "attribute and weights score ratings for another kind; to='rating' keeps ratings as they are"
+            )
         self.tie_threshold = _finite(self.tie_threshold, "tie_threshold")
         if self.tie_threshold < 0:
             raise ValueError(f"tie_threshold must be >= 0, got {self.tie_threshold}")
         if not isinstance(self.drop_ties, bool):
             raise ValueError(f"drop_ties must be true or false, got {self.drop_ties!r}")
         if self.to != "pairwise" and (self.tie_threshold != 0 or self.drop_ties):
-            raise ValueError(f"tie_threshold and drop_ties apply to to='pairwise', not to={self.to!r}"
-                             + (" (ties are always dropped from binary data)" if self.to == "binary" else ""))
+            raise ValueError(
+                f"tie_threshold and drop_ties apply to to='pairwise', not to={self.to!r}"
+                + (" (ties are always dropped from binary data)" if self.to == "binary" else "")
+            )
         if self.votes is not None and self.votes not in VOTE_MODES:
-            raise ValueError(f"votes must be one of {', '.join(VOTE_MODES)} or None, got {self.votes!r}")
+            raise ValueError(
+                f"votes must be one of {', '.join(VOTE_MODES)} or None, got {self.votes!r}"
+            )
         if self.votes == "soft" and self.to != "pairwise":
-            raise ValueError(f"votes='soft' sets pairwise soft labels; it does not apply to to={self.to!r}")
+            raise ValueError(
+                f"votes='soft' sets pairwise soft labels; it does not apply to to={self.to!r}"
+            )
         if self.votes == "majority" and self.to not in ("pairwise", "binary"):
-            raise ValueError(f"votes='majority' applies to pairwise or binary output, not to={self.to!r}")
+            raise ValueError(
+                f"votes='majority' applies to pairwise or binary output, not to={self.to!r}"
+            )
         if self.tie_policy not in TIE_POLICIES:
-            raise ValueError(f"tie_policy must be one of {', '.join(TIE_POLICIES)}, got {self.tie_policy!r}")
+            raise ValueError(
+                f"tie_policy must be one of {', '.join(TIE_POLICIES)}, got {self.tie_policy!r}"
+            )
         if self.tie_policy != "tie" and self.votes != "majority":
-            raise ValueError("tie_policy decides split votes under votes='majority'; set votes='majority'")
+            raise ValueError(
+                "tie_policy decides split votes under votes='majority'; set votes='majority'"
+            )
         if self.binary_threshold is not None:
             self.binary_threshold = _finite(self.binary_threshold, "binary_threshold")
             if self.to != "binary":
@@ -201,18 +232,26 @@ class ConversionStats:
         """``read N, wrote M, dropped K: 3 missing_score, ...`` (plus pass-through and omissions)."""
         text = f"read {self.n_read}, wrote {self.n_written}, dropped {self.n_dropped}"
         if self.dropped:
-            text += ": " + ", ".join(f"{count} {reason}" for reason, count in self.dropped.most_common())
+            text += ": " + ", ".join(
+                f"{count} {reason}" for reason, count in self.dropped.most_common()
+            )
         if self.n_passed_through:
             text += f"; {self.n_passed_through} passed through unchanged"
         if self.omitted:
-            text += "; omitted " + ", ".join(f"{count} {reason}" for reason, count in self.omitted.most_common())
+            text += "; omitted " + ", ".join(
+                f"{count} {reason}" for reason, count in self.omitted.most_common()
+            )
         return text
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "n_read": self.n_read, "n_written": self.n_written, "n_used": self.n_used,
-            "n_passed_through": self.n_passed_through, "n_dropped": self.n_dropped,
-            "dropped": dict(self.dropped), "omitted": dict(self.omitted),
+            "n_read": self.n_read,
+            "n_written": self.n_written,
+            "n_used": self.n_used,
+            "n_passed_through": self.n_passed_through,
+            "n_dropped": self.n_dropped,
+            "dropped": dict(self.dropped),
+            "omitted": dict(self.omitted),
         }
 
 
@@ -241,7 +280,9 @@ class Conversion:
     def __iter__(self) -> Iterator[AnyRecord]:
         # A second pass would add to the same counts (and the input may be a one-shot generator).
         if self._started:
-            raise RuntimeError("a Conversion can be iterated once; call convert_records again for another pass")
+            raise RuntimeError(
+                "a Conversion can be iterated once; call convert_records again for another pass"
+            )
         self._started = True
         return self._convert()
 
@@ -271,7 +312,9 @@ class Conversion:
 
     def _convert_one(self, record: AnyRecord) -> list[AnyRecord]:
         target = self.options.to
-        if isinstance(record, PairwiseRecord) and (target == "binary" or self.options.votes or self.options.drop_ties):
+        if isinstance(record, PairwiseRecord) and (
+            target == "binary" or self.options.votes or self.options.drop_ties
+        ):
             resolved = self._resolve_votes(record)
             if resolved is None:
                 return []
@@ -320,9 +363,19 @@ class Conversion:
         self._use()
         metadata = {**record.metadata, "source_id": record.id}
         return [
-            BinaryRecord(id=f"{record.id}/{role}", prompt=record.prompt, response=response, label=label,
-                         weight=record.weight, category=record.category, metadata=metadata)
-            for role, response, label in (("chosen", record.chosen, True), ("rejected", record.rejected, False))
+            BinaryRecord(
+                id=f"{record.id}/{role}",
+                prompt=record.prompt,
+                response=response,
+                label=label,
+                weight=record.weight,
+                category=record.category,
+                metadata=metadata,
+            )
+            for role, response, label in (
+                ("chosen", record.chosen, True),
+                ("rejected", record.rejected, False),
+            )
         ]
 
     def _ranking_to_pairs(self, record: RankingRecord) -> list[AnyRecord]:
@@ -333,12 +386,25 @@ class Conversion:
         rng = self._rng(record.id)
         outputs: list[AnyRecord] = []
         for first, second in _choose_pairs(scored, self.options.pairs, rng):
-            metadata = {**record.metadata, "source_id": record.id,
-                        "response_indices": [first.index, second.index], "scores": [first.score, second.score]}
+            metadata = {
+                **record.metadata,
+                "source_id": record.id,
+                "response_indices": [first.index, second.index],
+                "scores": [first.score, second.score],
+            }
             if record.response_ids is not None:
-                metadata["response_ids"] = [record.response_ids[first.index], record.response_ids[second.index]]
-            pair = self._make_pair(f"{record.id}/{first.index}-vs-{second.index}", record.prompt, first, second,
-                                   record.category, metadata)
+                metadata["response_ids"] = [
+                    record.response_ids[first.index],
+                    record.response_ids[second.index],
+                ]
+            pair = self._make_pair(
+                f"{record.id}/{first.index}-vs-{second.index}",
+                record.prompt,
+                first,
+                second,
+                record.category,
+                metadata,
+            )
             if pair is not None:
                 outputs.append(pair)
         if outputs:
@@ -356,13 +422,24 @@ class Conversion:
         self._use()
         outputs: list[AnyRecord] = []
         for item in scored:
-            metadata = {**record.metadata, "source_id": record.id, "response_index": item.index, "score": item.score}
+            metadata = {
+                **record.metadata,
+                "source_id": record.id,
+                "response_index": item.index,
+                "score": item.score,
+            }
             if record.response_ids is not None:
                 metadata["response_id"] = record.response_ids[item.index]
-            outputs.append(BinaryRecord(
-                id=f"{record.id}/{item.index}", prompt=record.prompt, response=item.text,
-                label=item.score >= threshold, category=record.category, metadata=metadata,
-            ))
+            outputs.append(
+                BinaryRecord(
+                    id=f"{record.id}/{item.index}",
+                    prompt=record.prompt,
+                    response=item.text,
+                    label=item.score >= threshold,
+                    category=record.category,
+                    metadata=metadata,
+                )
+            )
         return outputs
 
     def _rating_to_binary(self, record: RatingRecord) -> list[AnyRecord]:
@@ -372,14 +449,22 @@ class Conversion:
             self._drop("missing_score")
             return []
         self._use()
-        return [BinaryRecord(
-            id=record.id, prompt=record.prompt, response=record.response, label=score >= threshold,
-            category=record.category, metadata={**record.metadata, "ratings": dict(record.ratings), "score": score},
-        )]
+        return [
+            BinaryRecord(
+                id=record.id,
+                prompt=record.prompt,
+                response=record.response,
+                label=score >= threshold,
+                category=record.category,
+                metadata={**record.metadata, "ratings": dict(record.ratings), "score": score},
+            )
+        ]
 
     # ------------------------------------------------------------------ grouped ratings
 
-    def _convert_group(self, key: tuple[str | None, str], group: list[RatingRecord]) -> list[AnyRecord]:
+    def _convert_group(
+        self, key: tuple[str | None, str], group: list[RatingRecord]
+    ) -> list[AnyRecord]:
         scored: list[_Scored] = []
         for index, record in enumerate(group):
             score = self._rating_score(record)
@@ -395,15 +480,26 @@ class Conversion:
         outputs: list[AnyRecord] = []
         in_pairs: set[int] = set()
         used: set[int] = set()
-        for first, second in _choose_pairs(scored, self.options.pairs, self._rng(f"{key[0]}\x1f{key[1]}")):
+        for first, second in _choose_pairs(
+            scored, self.options.pairs, self._rng(f"{key[0]}\x1f{key[1]}")
+        ):
             record_a, record_b = group[first.index], group[second.index]
             in_pairs.update((first.index, second.index))
-            metadata = {**_shared_metadata([record_a, record_b]), "source_ids": [record_a.id, record_b.id],
-                        "scores": [first.score, second.score]}
+            metadata = {
+                **_shared_metadata([record_a, record_b]),
+                "source_ids": [record_a.id, record_b.id],
+                "scores": [first.score, second.score],
+            }
             if record_a.category != record_b.category:
                 metadata["categories"] = [record_a.category, record_b.category]
-            pair = self._make_pair(f"{record_a.id}-vs-{record_b.id}", record_a.prompt, first, second,
-                                   _shared_category([record_a, record_b]), metadata)
+            pair = self._make_pair(
+                f"{record_a.id}-vs-{record_b.id}",
+                record_a.prompt,
+                first,
+                second,
+                _shared_category([record_a, record_b]),
+                metadata,
+            )
             if pair is not None:
                 outputs.append(pair)
                 used.update((first.index, second.index))
@@ -414,22 +510,33 @@ class Conversion:
                 self._drop("all_pairs_omitted" if item.index in in_pairs else "not_selected")
         return outputs
 
-    def _group_to_ranking(self, key: tuple[str | None, str], group: list[RatingRecord],
-                          scored: list[_Scored]) -> RankingRecord:
+    def _group_to_ranking(
+        self, key: tuple[str | None, str], group: list[RatingRecord], scored: list[_Scored]
+    ) -> RankingRecord:
         members = [group[item.index] for item in scored]
         for _ in members:
             self._use()
         return RankingRecord(
-            id=key[0] if key[0] is not None else members[0].id, prompt=members[0].prompt,
-            responses=tuple(item.text for item in scored), scores=tuple(item.score for item in scored),
-            response_ids=tuple(member.id for member in members), category=_shared_category(members),
+            id=key[0] if key[0] is not None else members[0].id,
+            prompt=members[0].prompt,
+            responses=tuple(item.text for item in scored),
+            scores=tuple(item.score for item in scored),
+            response_ids=tuple(member.id for member in members),
+            category=_shared_category(members),
             metadata=_shared_metadata(members),
         )
 
     # ------------------------------------------------------------------ helpers
 
-    def _make_pair(self, pair_id: str, prompt: Text, first: _Scored, second: _Scored,
-                   category: str | None, metadata: dict[str, Any]) -> PairwiseRecord | None:
+    def _make_pair(
+        self,
+        pair_id: str,
+        prompt: Text,
+        first: _Scored,
+        second: _Scored,
+        category: str | None,
+        metadata: dict[str, Any],
+    ) -> PairwiseRecord | None:
         """The pair ``first`` (as a) vs ``second`` (as b), or ``None`` when it is omitted (counted).
 
         The margin is the absolute score difference: the gap by which the
@@ -437,7 +544,11 @@ class Conversion:
         that was within the threshold).
         """
         difference = first.score - second.score
-        outcome = "tie" if abs(difference) <= self.options.tie_threshold else ("a" if difference > 0 else "b")
+        outcome = (
+            "tie"
+            if abs(difference) <= self.options.tie_threshold
+            else ("a" if difference > 0 else "b")
+        )
         if outcome == "tie" and self.options.drop_ties:
             self.stats.omitted["tie_dropped"] += 1
             return None
@@ -445,8 +556,14 @@ class Conversion:
             self.stats.omitted["identical_responses"] += 1
             return None
         return PairwiseRecord(
-            id=pair_id, prompt=prompt, response_a=first.text, response_b=second.text, outcome=outcome,
-            margin=abs(difference), category=category, metadata=metadata,
+            id=pair_id,
+            prompt=prompt,
+            response_a=first.text,
+            response_b=second.text,
+            outcome=outcome,
+            margin=abs(difference),
+            category=category,
+            metadata=metadata,
         )
 
     def _scored_responses(self, record: RankingRecord) -> list[_Scored]:
@@ -477,8 +594,10 @@ class Conversion:
 
     def _require_binary_threshold(self, kind: str) -> float:
         if self.options.binary_threshold is None:
-            raise ValueError(f"converting {kind} records to binary needs binary_threshold: "
-                             "a response whose score is >= the threshold is good")
+            raise ValueError(
+                f"converting {kind} records to binary needs binary_threshold: "
+                "a response whose score is >= the threshold is good"
+            )
         return self.options.binary_threshold
 
     def _rng(self, key: str) -> random.Random:
@@ -500,7 +619,9 @@ def _group_key(record: RatingRecord) -> tuple[str | None, str]:
     return (None if prompt_id is None else str(prompt_id), text_key(record.prompt))
 
 
-def _choose_pairs(scored: list[_Scored], strategy: str, rng: random.Random) -> list[tuple[_Scored, _Scored]]:
+def _choose_pairs(
+    scored: list[_Scored], strategy: str, rng: random.Random
+) -> list[tuple[_Scored, _Scored]]:
     """Candidate pairs, each in the order the responses were read (a first)."""
     if strategy == "all":
         return list(itertools.combinations(scored, 2))
@@ -521,8 +642,11 @@ def _shared_category(records: list[RatingRecord]) -> str | None:
 def _shared_metadata(records: list[RatingRecord]) -> dict[str, Any]:
     """The metadata entries that every record has with the same value."""
     first, rest = records[0].metadata, records[1:]
-    return {key: value for key, value in first.items()
-            if all(key in other.metadata and other.metadata[key] == value for other in rest)}
+    return {
+        key: value
+        for key, value in first.items()
+        if all(key in other.metadata and other.metadata[key] == value for other in rest)
+    }
 
 
 def convert_records(records: Iterable[AnyRecord], options: ConversionOptions) -> Conversion:

@@ -45,7 +45,9 @@ _MARKUP = re.compile(r"</?v>")
 
 class WmtMqm(Collection):
     def __init__(self) -> None:
-        super().__init__("wmt-mqm", "WMT MQM segment scores with texts: one ranking of systems per segment")
+        super().__init__(
+            "wmt-mqm", "WMT MQM segment scores with texts: one ranking of systems per segment"
+        )
 
     def _files(self, path: Path) -> tuple[Path, Path | None] | None:
         folder = path if path.is_dir() else path.parent
@@ -67,9 +69,14 @@ class WmtMqm(Collection):
         assert files is not None
         scores_file, texts_file = files
         if texts_file is None:
-            raise DataError(str(scores_file), None, None, "the segment texts file is missing (expected "
-                            f"{scores_file.name.replace('.avg_seg_scores.tsv', '.tsv')} beside it)",
-                            reason="missing_file")
+            raise DataError(
+                str(scores_file),
+                None,
+                None,
+                "the segment texts file is missing (expected "
+                f"{scores_file.name.replace('.avg_seg_scores.tsv', '.tsv')} beside it)",
+                reason="missing_file",
+            )
         sources: dict[str, str] = {}
         targets: dict[tuple[str, str], str] = {}
         with open(texts_file, encoding="utf-8", newline="") as handle:
@@ -78,33 +85,58 @@ class WmtMqm(Collection):
             column = {name: index for index, name in enumerate(header)}
             for needed in ("system", "seg_id", "source", "target"):
                 if needed not in column:
-                    raise DataError(str(texts_file), 1, needed, f"expected a column {needed!r} in the header",
-                                    reason="bad_header")
+                    raise DataError(
+                        str(texts_file),
+                        1,
+                        needed,
+                        f"expected a column {needed!r} in the header",
+                        reason="bad_header",
+                    )
             for values in reader:
                 if len(values) != len(header):
-                    raise DataError(str(texts_file), reader.line_num, None,
-                                    f"expected {len(header)} columns, found {len(values)}", reason="wrong_columns")
+                    raise DataError(
+                        str(texts_file),
+                        reader.line_num,
+                        None,
+                        f"expected {len(header)} columns, found {len(values)}",
+                        reason="wrong_columns",
+                    )
                 segment = values[column["seg_id"]]
                 sources.setdefault(segment, values[column["source"]])
-                targets.setdefault((values[column["system"]], segment), _MARKUP.sub("", values[column["target"]]))
+                targets.setdefault(
+                    (values[column["system"]], segment), _MARKUP.sub("", values[column["target"]])
+                )
         segments: dict[str, list[tuple[str, float | None, int]]] = {}
         with open(scores_file, encoding="utf-8") as handle:
             header = handle.readline().split()
             if header[:3] != ["system", "mqm_avg_score", "seg_id"]:
-                raise DataError(str(scores_file), 1, None, "expected the header 'system mqm_avg_score seg_id', "
-                                f"found {' '.join(header)!r}", reason="bad_header")
+                raise DataError(
+                    str(scores_file),
+                    1,
+                    None,
+                    "expected the header 'system mqm_avg_score seg_id', "
+                    f"found {' '.join(header)!r}",
+                    reason="bad_header",
+                )
             for number, line in enumerate(handle, start=2):
                 parts = line.split()
                 if not parts:
                     continue
                 if len(parts) != 3:
-                    raise DataError(str(scores_file), number, None, f"expected 3 whitespace-separated values, "
-                                    f"found {len(parts)}", reason="wrong_columns")
+                    raise DataError(
+                        str(scores_file),
+                        number,
+                        None,
+                        f"expected 3 whitespace-separated values, found {len(parts)}",
+                        reason="wrong_columns",
+                    )
                 system, score, segment = parts
                 try:
                     value = parse_number(score, "mqm_avg_score")
                 except FieldError as error:
-                    raise DataError(str(scores_file), number, "mqm_avg_score", str(error), reason=error.reason) from None
+                    raise DataError(
+                        str(scores_file), number, "mqm_avg_score", str(error), reason=error.reason
+                    ) from None
                 segments.setdefault(segment, []).append((system, value, number))
         for segment in sorted(segments, key=lambda s: (len(s), s)):
             entries = segments[segment]
@@ -125,8 +157,12 @@ class WmtMqm(Collection):
             if len(responses) < len(entries):
                 dropped["system output with no text"] += len(entries) - len(responses)
             yield RankingRecord(
-                id=f"seg-{segment}", prompt=sources[segment], responses=tuple(responses),
-                scores=tuple(values), response_ids=tuple(ids), metadata={"seg_id": int(segment)},
+                id=f"seg-{segment}",
+                prompt=sources[segment],
+                responses=tuple(responses),
+                scores=tuple(values),
+                response_ids=tuple(ids),
+                metadata={"seg_id": int(segment)},
             )
 
 
@@ -151,8 +187,10 @@ def _cranfield_records(path: Path) -> dict[str, dict[str, str]]:
                 current.setdefault(tag, [])
             elif current is not None and tag is not None:
                 current[tag].append(line)
-    return {key: {tag: " ".join(" ".join(lines).split()) for tag, lines in value.items()}  # type: ignore[attr-defined]
-            for key, value in records.items()}
+    return {
+        key: {tag: " ".join(" ".join(lines).split()) for tag, lines in value.items()}  # type: ignore[attr-defined]
+        for key, value in records.items()
+    }
 
 
 class Cranfield(Collection):
@@ -169,10 +207,14 @@ class Cranfield(Collection):
     """
 
     def __init__(self) -> None:
-        super().__init__("cranfield", "Cranfield retrieval collection: one graded ranking per query")
+        super().__init__(
+            "cranfield", "Cranfield retrieval collection: one graded ranking per query"
+        )
 
     def matches(self, path: Path) -> bool:
-        return path.is_dir() and all((path / name).is_file() for name in ("cran.qry", "cran.all.1400", "cranqrel"))
+        return path.is_dir() and all(
+            (path / name).is_file() for name in ("cran.qry", "cran.all.1400", "cranqrel")
+        )
 
     def read(self, path: Path, dropped: Counter) -> Iterator[RankingRecord]:
         queries = _cranfield_records(path / "cran.qry")
@@ -185,17 +227,30 @@ class Cranfield(Collection):
                 if not parts:
                     continue
                 if len(parts) != 3:
-                    raise DataError(str(path / "cranqrel"), number, None,
-                                    f"expected 'qid docid grade', found {line.strip()!r}", reason="wrong_columns")
+                    raise DataError(
+                        str(path / "cranqrel"),
+                        number,
+                        None,
+                        f"expected 'qid docid grade', found {line.strip()!r}",
+                        reason="wrong_columns",
+                    )
                 position, document, grade = int(parts[0]), parts[1], int(parts[2])
                 if not 1 <= position <= len(query_ids):
-                    raise DataError(str(path / "cranqrel"), number, "qid",
-                                    f"expected a query position 1..{len(query_ids)}, found {position}",
-                                    reason="unknown_value")
+                    raise DataError(
+                        str(path / "cranqrel"),
+                        number,
+                        "qid",
+                        f"expected a query position 1..{len(query_ids)}, found {position}",
+                        reason="unknown_value",
+                    )
                 if document not in documents:
-                    raise DataError(str(path / "cranqrel"), number, "docid",
-                                    f"expected a document id of cran.all.1400, found {document}",
-                                    reason="unknown_value")
+                    raise DataError(
+                        str(path / "cranqrel"),
+                        number,
+                        "docid",
+                        f"expected a document id of cran.all.1400, found {document}",
+                        reason="unknown_value",
+                    )
                 judged.setdefault(position, []).append((document, grade))
         for position, query_id in enumerate(query_ids, start=1):
             judgments = judged.get(position, [])
@@ -216,7 +271,8 @@ class Cranfield(Collection):
                 dropped["query with fewer than two judged documents"] += 1
                 continue
             yield RankingRecord(
-                id=f"q{position}", prompt=queries[query_id].get("W", ""),
+                id=f"q{position}",
+                prompt=queries[query_id].get("W", ""),
                 responses=tuple(text for _, _, text in with_text),
                 scores=tuple(float(5 - grade) for _, grade, _ in with_text),
                 response_ids=tuple(document for document, _, _ in with_text),
@@ -224,7 +280,9 @@ class Cranfield(Collection):
             )
 
 
-COLLECTIONS: dict[str, Collection] = {collection.name: collection for collection in (WmtMqm(), Cranfield())}
+COLLECTIONS: dict[str, Collection] = {
+    collection.name: collection for collection in (WmtMqm(), Cranfield())
+}
 
 
 def detect_collection(path: Path) -> Collection | None:

@@ -89,8 +89,11 @@ def length_summary(lengths: array) -> dict[str, float] | None:
         return None
     values = np.frombuffer(lengths, dtype=lengths.typecode)
     return {
-        "min": int(values.min()), "median": float(np.median(values)), "mean": float(values.mean()),
-        "p95": float(np.percentile(values, 95)), "max": int(values.max()),
+        "min": int(values.min()),
+        "median": float(np.median(values)),
+        "mean": float(values.mean()),
+        "p95": float(np.percentile(values, 95)),
+        "max": int(values.max()),
     }
 
 
@@ -135,7 +138,9 @@ class VoteAgreement:
             return
         n_votes = len(given)
         self.n_items_multi += 1
-        self.sum_item_agreement += sum(c * (c - 1) for c in counts.values()) / (n_votes * (n_votes - 1))
+        self.sum_item_agreement += sum(c * (c - 1) for c in counts.values()) / (
+            n_votes * (n_votes - 1)
+        )
         self.category_totals.update(counts)
         for (k, vote_k), (m, vote_m) in itertools.combinations(given, 2):
             tally = self.pair_counts.setdefault((k, m), [0, 0])
@@ -161,8 +166,11 @@ class VoteAgreement:
         return (observed - expected) / (1.0 - expected)
 
     def to_dict(self) -> dict[str, Any]:
-        pairs = {f"annotator{k + 1}/annotator{m + 1}": agree / seen
-                 for (k, m), (agree, seen) in sorted(self.pair_counts.items()) if seen}
+        pairs = {
+            f"annotator{k + 1}/annotator{m + 1}": agree / seen
+            for (k, m), (agree, seen) in sorted(self.pair_counts.items())
+            if seen
+        }
         return {
             "n_with_votes": self.n_with_votes,
             "n_votes": self.n_votes,
@@ -175,8 +183,11 @@ class VoteAgreement:
             "percent_agreement": sum(pairs.values()) / len(pairs) if pairs else None,
             "pairwise_agreement": pairs,
             "fleiss_kappa": self.fleiss_kappa(),
-            "agreement_with_majority": {f"annotator{k + 1}": agree / seen
-                                        for k, (agree, seen) in sorted(self.majority_counts.items()) if seen},
+            "agreement_with_majority": {
+                f"annotator{k + 1}": agree / seen
+                for k, (agree, seen) in sorted(self.majority_counts.items())
+                if seen
+            },
         }
 
 
@@ -267,7 +278,11 @@ class InspectReport:
 
     @property
     def n_distinct_prompts(self) -> int:
-        return int(np.unique(np.frombuffer(self.prompt_hashes, dtype="Q")).size) if self.prompt_hashes else 0
+        return (
+            int(np.unique(np.frombuffer(self.prompt_hashes, dtype="Q")).size)
+            if self.prompt_hashes
+            else 0
+        )
 
     @property
     def n_exact_duplicates(self) -> int:
@@ -285,8 +300,9 @@ def inspect_records(records: Iterable[AnyRecord]) -> InspectReport:
     return report
 
 
-def report_dict(report: InspectReport, *, format_name: str | None = None,
-                read_stats: ReadStats | None = None) -> dict[str, Any]:
+def report_dict(
+    report: InspectReport, *, format_name: str | None = None, read_stats: ReadStats | None = None
+) -> dict[str, Any]:
     """The report as a JSON-ready mapping, with the read's rejects and drops when ``read_stats`` is given.
 
     Every key is always present; a section that does not apply (no ranking
@@ -303,7 +319,9 @@ def report_dict(report: InspectReport, *, format_name: str | None = None,
         assert size_summary is not None
         rankings = {
             "n_rankings": n_ranking,
-            "responses_per_ranking": {key: size_summary[key] for key in ("min", "median", "mean", "max")},
+            "responses_per_ranking": {
+                key: size_summary[key] for key in ("min", "median", "mean", "max")
+            },
             "n_responses": int(sum(sizes)),
             "n_missing_scores": report.n_ranking_missing_scores,
             "n_by_ranks": report.n_rankings_by_ranks,
@@ -316,7 +334,9 @@ def report_dict(report: InspectReport, *, format_name: str | None = None,
         "n_records": report.n_records,
         "kinds": dict(sorted(report.kinds.items())),
         "n_rejected": read_stats.rejects.total if read_stats is not None else None,
-        "rejected_by_reason": dict(read_stats.rejects.counts.most_common()) if read_stats is not None else None,
+        "rejected_by_reason": dict(read_stats.rejects.counts.most_common())
+        if read_stats is not None
+        else None,
         "dropped": dict(read_stats.dropped) if read_stats is not None else None,
         "n_distinct_prompts": report.n_distinct_prompts,
         "n_exact_duplicates": report.n_exact_duplicates,
@@ -348,7 +368,9 @@ def report_dict(report: InspectReport, *, format_name: str | None = None,
             "n_good": report.n_good,
             "n_bad": n_binary - report.n_good,
             "good_rate": report.n_good / n_binary,
-        } if n_binary else None,
+        }
+        if n_binary
+        else None,
     }
 
 
@@ -376,55 +398,105 @@ def format_report(summary: dict[str, Any]) -> str:
     line("format", str(summary["format"] or "unknown"))
     line("records", f"{n_records:,}" + (f" ({kinds})" if kinds else ""))
     if summary["n_rejected"] is not None:
-        reasons = ", ".join(f"{reason} {count:,}" for reason, count in summary["rejected_by_reason"].items())
+        reasons = ", ".join(
+            f"{reason} {count:,}" for reason, count in summary["rejected_by_reason"].items()
+        )
         line("rejected", f"{summary['n_rejected']:,}" + (f" ({reasons})" if reasons else ""))
     if summary["dropped"]:
-        line("dropped", ", ".join(f"{reason} {count:,}" for reason, count in summary["dropped"].items()))
-    line("prompts", f"{summary['n_distinct_prompts']:,} distinct; "
-                    f"{summary['n_exact_duplicates']:,} exact duplicate records")
+        line(
+            "dropped",
+            ", ".join(f"{reason} {count:,}" for reason, count in summary["dropped"].items()),
+        )
+    line(
+        "prompts",
+        f"{summary['n_distinct_prompts']:,} distinct; "
+        f"{summary['n_exact_duplicates']:,} exact duplicate records",
+    )
     categories = summary["categories"]
     if categories["n_distinct"]:
-        shown = ", ".join(f"{name} {count:,}" for name, count in list(categories["top"].items())[:3])
+        shown = ", ".join(
+            f"{name} {count:,}" for name, count in list(categories["top"].items())[:3]
+        )
         more = ", ..." if categories["n_distinct"] > 3 else ""
         line("categories", f"{categories['n_distinct']:,} ({shown}{more})")
     n_pairwise = summary["kinds"].get("pairwise", 0)
     if n_pairwise:
         outcomes = summary["outcomes"]
-        line("outcomes", "  ".join(f"{outcome} {outcomes[outcome]:,} ({_percent(outcomes[outcome], n_pairwise)})"
-                                   for outcome in OUTCOMES))
+        line(
+            "outcomes",
+            "  ".join(
+                f"{outcome} {outcomes[outcome]:,} ({_percent(outcomes[outcome], n_pairwise)})"
+                for outcome in OUTCOMES
+            ),
+        )
     votes = summary["votes"]
     if votes["n_with_votes"]:
-        line("votes", f"{votes['n_with_votes']:,} records, {votes['n_votes']:,} votes "
-                      f"({votes['n_tie_votes']:,} tie, {votes['n_missing_votes']:,} missing), "
-                      f"{votes['n_annotators']} annotators")
-        line("agreement", f"percent {_number(votes['percent_agreement'])}  "
-                          f"Fleiss kappa {_number(votes['fleiss_kappa'])}  "
-                          f"split votes {votes['n_split']:,}")
+        line(
+            "votes",
+            f"{votes['n_with_votes']:,} records, {votes['n_votes']:,} votes "
+            f"({votes['n_tie_votes']:,} tie, {votes['n_missing_votes']:,} missing), "
+            f"{votes['n_annotators']} annotators",
+        )
+        line(
+            "agreement",
+            f"percent {_number(votes['percent_agreement'])}  "
+            f"Fleiss kappa {_number(votes['fleiss_kappa'])}  "
+            f"split votes {votes['n_split']:,}",
+        )
         if votes["agreement_with_majority"]:
-            line("", "with majority: " + "  ".join(
-                f"{name} {_number(rate)}" for name, rate in votes["agreement_with_majority"].items()))
+            line(
+                "",
+                "with majority: "
+                + "  ".join(
+                    f"{name} {_number(rate)}"
+                    for name, rate in votes["agreement_with_majority"].items()
+                ),
+            )
     for name in ("prompt", "response"):
         stats = summary["lengths"][name]
         if stats is not None:
-            line("lengths" if name == "prompt" else "", f"{name:<9}" + "  ".join(
-                f"{key} {_number(stats[key], 1)}" for key in ("min", "median", "mean", "p95", "max")))
+            line(
+                "lengths" if name == "prompt" else "",
+                f"{name:<9}"
+                + "  ".join(
+                    f"{key} {_number(stats[key], 1)}"
+                    for key in ("min", "median", "mean", "p95", "max")
+                ),
+            )
     attributes = summary["rating_attributes"]
     if attributes:
         width = max(len(name) for name in attributes)
-        line("ratings", f"{'attribute':<{width}}  {'count':>7} {'missing':>7} {'mean':>8} {'min':>8} {'max':>8}")
+        line(
+            "ratings",
+            f"{'attribute':<{width}}  {'count':>7} {'missing':>7} {'mean':>8} {'min':>8} {'max':>8}",
+        )
         for name, stats in attributes.items():
-            line("", f"{name:<{width}}  {stats['count']:>7,} {stats['missing']:>7,} {_number(stats['mean']):>8} "
-                     f"{_number(stats['min']):>8} {_number(stats['max']):>8}")
+            line(
+                "",
+                f"{name:<{width}}  {stats['count']:>7,} {stats['missing']:>7,} {_number(stats['mean']):>8} "
+                f"{_number(stats['min']):>8} {_number(stats['max']):>8}",
+            )
     ranking = summary["ranking"]
     if ranking is not None:
         sizes = ranking["responses_per_ranking"]
-        line("rankings", f"{ranking['n_rankings']:,} ({ranking['n_by_ranks']:,} by ranks), responses per ranking "
-                         + " ".join(f"{key} {_number(sizes[key], 1)}" for key in ("min", "median", "mean", "max")))
-        line("", f"{ranking['n_missing_scores']:,} missing scores; "
-                 f"{ranking['n_with_tied_scores']:,} rankings with tied scores")
+        line(
+            "rankings",
+            f"{ranking['n_rankings']:,} ({ranking['n_by_ranks']:,} by ranks), responses per ranking "
+            + " ".join(
+                f"{key} {_number(sizes[key], 1)}" for key in ("min", "median", "mean", "max")
+            ),
+        )
+        line(
+            "",
+            f"{ranking['n_missing_scores']:,} missing scores; "
+            f"{ranking['n_with_tied_scores']:,} rankings with tied scores",
+        )
     binary = summary["binary"]
     if binary is not None:
-        line("labels", f"good {binary['n_good']:,}  bad {binary['n_bad']:,}  "
-                       f"(good rate {_percent(binary['n_good'], binary['n_good'] + binary['n_bad'])})")
+        line(
+            "labels",
+            f"good {binary['n_good']:,}  bad {binary['n_bad']:,}  "
+            f"(good rate {_percent(binary['n_good'], binary['n_good'] + binary['n_bad'])})",
+        )
     width = max(len(label) for label, _ in lines)
     return "\n".join(f"{label:<{width}}  {text}".rstrip() for label, text in lines)

@@ -57,21 +57,46 @@ MISSING_STRINGS = frozenset({"", "none", "null", "nan", "na", "n/a"})
 """Strings read as a missing number (CSV cells, the WMT MQM ``None``)."""
 
 DEFAULT_WINNER_VALUES: dict[str, str] = {
-    "a": "a", "b": "b", "tie": "tie",
-    "model_a": "a", "model_b": "b", "response_a": "a", "response_b": "b",
-    "tie (bothbad)": "tie", "equal": "tie",
+    "a": "a",
+    "b": "b",
+    "tie": "tie",
+    "model_a": "a",
+    "model_b": "b",
+    "response_a": "a",
+    "response_b": "b",
+    "tie (bothbad)": "tie",
+    "equal": "tie",
 }
 """Winner/vote values understood without ``--winner-values`` (compared in lower case)."""
 
 TRUE_LABELS = frozenset({"true", "1", "good", "up", "thumbs_up", "yes", "desirable", "positive"})
-FALSE_LABELS = frozenset({"false", "0", "bad", "down", "thumbs_down", "no", "undesirable", "negative"})
+FALSE_LABELS = frozenset(
+    {"false", "0", "bad", "down", "thumbs_down", "no", "undesirable", "negative"}
+)
 
 INTERNAL_FIELDS = (FILE_FIELD, PATH_FIELD, SPLIT_FIELD)
 
 MAPPING_KEYS = (
-    "prompt", "chosen", "rejected", "response_a", "response_b", "winner", "votes",
-    "strength", "margin", "weight", "soft_label", "response", "responses", "scores", "ranks",
-    "response_ids", "label", "ratings", "id", "category",
+    "prompt",
+    "chosen",
+    "rejected",
+    "response_a",
+    "response_b",
+    "winner",
+    "votes",
+    "strength",
+    "margin",
+    "weight",
+    "soft_label",
+    "response",
+    "responses",
+    "scores",
+    "ranks",
+    "response_ids",
+    "label",
+    "ratings",
+    "id",
+    "category",
 )
 
 
@@ -126,7 +151,9 @@ def parse_label(value: Any, field: str) -> bool:
         return True
     if text in FALSE_LABELS:
         return False
-    raise FieldError(field, "a good/bad label (true/false, 1/0, good/bad, up/down)", value, "unknown_value")
+    raise FieldError(
+        field, "a good/bad label (true/false, 1/0, good/bad, up/down)", value, "unknown_value"
+    )
 
 
 def parse_winner_values(spec: str | dict[str, str] | None) -> dict[str, str]:
@@ -142,7 +169,9 @@ def parse_winner_values(spec: str | dict[str, str] | None) -> dict[str, str]:
         pairs = []
         for part in spec.split(","):
             if "=" not in part:
-                raise LayoutError(f"--winner-values: expected OUTCOME=VALUE pairs like 'a=1,b=2,tie=0', found {part!r}")
+                raise LayoutError(
+                    f"--winner-values: expected OUTCOME=VALUE pairs like 'a=1,b=2,tie=0', found {part!r}"
+                )
             outcome, values = part.split("=", 1)
             pairs.append((outcome.strip(), values))
     table: dict[str, str] = {}
@@ -192,14 +221,19 @@ def require(fields: dict[str, Any], *names: str) -> None:
     """Raise a ``missing_field`` error for the first of ``names`` absent from ``fields``."""
     for name in names:
         if name not in fields:
-            raise FieldError(name, "a value (required field missing from the row)", None, "missing_field")
+            raise FieldError(
+                name, "a value (required field missing from the row)", None, "missing_field"
+            )
 
 
 def _metadata_from(row: dict[str, Any], used: Iterable[str]) -> dict[str, Any]:
     roots = {path.split(".", 1)[0] for path in used}
     return {
-        key: value for key, value in row.items()
-        if key not in roots and key not in (PATH_FIELD,) and not (key == FILE_FIELD and FILE_FIELD in roots)
+        key: value
+        for key, value in row.items()
+        if key not in roots
+        and key not in (PATH_FIELD,)
+        and not (key == FILE_FIELD and FILE_FIELD in roots)
     }
 
 
@@ -243,7 +277,7 @@ class MappingLayout:
                 raise LayoutError(f"--map {key}=...: the source field is empty")
             parts = [part.strip() for part in spec.split("+")]
             if key.startswith("rating."):
-                self._ratings[key[len("rating."):]] = parts
+                self._ratings[key[len("rating.") :]] = parts
             elif key in MAPPING_KEYS:
                 self._fields[key] = parts
             else:
@@ -259,7 +293,9 @@ class MappingLayout:
             return "pairwise"
         if {"response_a", "response_b"} <= keys:
             if not keys & {"winner", "votes", "soft_label"}:
-                raise LayoutError("--map: a pair given as response_a/response_b needs winner=FIELD or votes=FIELDS")
+                raise LayoutError(
+                    "--map: a pair given as response_a/response_b needs winner=FIELD or votes=FIELDS"
+                )
             return "pairwise"
         if "responses" in keys:
             if not keys & {"scores", "ranks"}:
@@ -283,8 +319,9 @@ class MappingLayout:
             try:
                 values.append(get_path(row.fields, path))  # type: ignore[arg-type]
             except KeyError:
-                raise FieldError(path, f"a value for {key!r} (field missing from the row)", None,
-                                 "missing_field") from None
+                raise FieldError(
+                    path, f"a value for {key!r} (field missing from the row)", None, "missing_field"
+                ) from None
         return values
 
     def _one(self, row: RawRow, key: str) -> Any:
@@ -325,12 +362,14 @@ class MappingLayout:
             return [self._ranking(row, common)]
         if self.kind == "rating":
             return [self._rating(row, common)]
-        return [BinaryRecord(
-            response=self._text(row, "response"),
-            label=parse_label(self._one(row, "label"), self._fields["label"][0]),
-            weight=self._optional(row, "weight", parse_number),
-            **common,
-        )]
+        return [
+            BinaryRecord(
+                response=self._text(row, "response"),
+                label=parse_label(self._one(row, "label"), self._fields["label"][0]),
+                weight=self._optional(row, "weight", parse_number),
+                **common,
+            )
+        ]
 
     def _pairwise(self, row: RawRow, common: dict[str, Any]) -> PairwiseRecord:
         if "chosen" in self._fields:
@@ -340,17 +379,24 @@ class MappingLayout:
             response_a, response_b = self._text(row, "response_a"), self._text(row, "response_b")
             outcome = None
             if "winner" in self._fields:
-                outcome = parse_outcome(self._one(row, "winner"), self._fields["winner"][0], self._winners)
+                outcome = parse_outcome(
+                    self._one(row, "winner"), self._fields["winner"][0], self._winners
+                )
         votes = None
         if "votes" in self._fields:
             sources = self._fields["votes"]
             raw_votes = self._list(row, "votes")
             votes = tuple(
-                parse_outcome(vote, sources[i] if len(sources) > 1 else f"{sources[0]}[{i}]", self._winners)
+                parse_outcome(
+                    vote, sources[i] if len(sources) > 1 else f"{sources[0]}[{i}]", self._winners
+                )
                 for i, vote in enumerate(raw_votes)
             )
         return PairwiseRecord(
-            response_a=response_a, response_b=response_b, outcome=outcome, votes=votes,
+            response_a=response_a,
+            response_b=response_b,
+            outcome=outcome,
+            votes=votes,
             strength=self._optional(row, "strength", parse_number),
             margin=self._optional(row, "margin", parse_number),
             weight=self._optional(row, "weight", parse_number),
@@ -363,23 +409,35 @@ class MappingLayout:
         for key in ("scores", "ranks"):
             if key in self._fields:
                 source = self._fields[key][0]
-                numbers[key] = [parse_number(value, f"{source}[{i}]") for i, value in enumerate(self._list(row, key))]
+                numbers[key] = [
+                    parse_number(value, f"{source}[{i}]")
+                    for i, value in enumerate(self._list(row, key))
+                ]
         ids = self._list(row, "response_ids") if "response_ids" in self._fields else None
-        return RankingRecord(responses=tuple(self._list(row, "responses")), response_ids=ids, **numbers, **common)
+        return RankingRecord(
+            responses=tuple(self._list(row, "responses")), response_ids=ids, **numbers, **common
+        )
 
     def _rating(self, row: RawRow, common: dict[str, Any]) -> RatingRecord:
         ratings: dict[str, float | None] = {}
         if "ratings" in self._fields:
             whole = self._one(row, "ratings")
             if not isinstance(whole, dict):
-                raise FieldError(self._fields["ratings"][0], "a mapping of attribute -> number", whole, "wrong_type")
+                raise FieldError(
+                    self._fields["ratings"][0],
+                    "a mapping of attribute -> number",
+                    whole,
+                    "wrong_type",
+                )
             for name, value in whole.items():
                 ratings[str(name)] = parse_number(value, f"{self._fields['ratings'][0]}.{name}")
         for name, paths in self._ratings.items():
             try:
                 value = get_path(row.fields, paths[0])  # type: ignore[arg-type]
             except KeyError:
-                raise FieldError(paths[0], f"a value for rating {name!r} (field missing)", None, "missing_field") from None
+                raise FieldError(
+                    paths[0], f"a value for rating {name!r} (field missing)", None, "missing_field"
+                ) from None
             ratings[name] = parse_number(value, paths[0])
         return RatingRecord(response=self._text(row, "response"), ratings=ratings, **common)
 
@@ -420,7 +478,9 @@ def parse_hh_transcript(text: str, field: str) -> tuple[Message, ...]:
     for speaker, content in zip(pieces[1::2], pieces[2::2], strict=True):
         turns.append(Message("user" if speaker == "Human" else "assistant", content))
     if not turns or turns[-1].role != "assistant":
-        raise FieldError(field, "a transcript ending with an '\\n\\nAssistant:' turn", text, "bad_transcript")
+        raise FieldError(
+            field, "a transcript ending with an '\\n\\nAssistant:' turn", text, "bad_transcript"
+        )
     return tuple(turns)
 
 
@@ -431,19 +491,30 @@ def _hh_rlhf(row: RawRow) -> list[AnyRecord]:
     rejected = parse_hh_transcript(fields.get("rejected"), "rejected")
     if chosen[:-1] != rejected[:-1]:
         raise FieldError(
-            "rejected", "the same conversation as 'chosen' up to the final assistant turn",
-            "a different prompt", "prompt_mismatch",
+            "rejected",
+            "the same conversation as 'chosen' up to the final assistant turn",
+            "a different prompt",
+            "prompt_mismatch",
         )
     prompt = chosen[:-1]
-    return [PairwiseRecord(
-        id=fields.get("id", default_id(row)), prompt=prompt if prompt else "",
-        response_a=chosen[-1].content, response_b=rejected[-1].content, outcome="a",
-        metadata=_metadata_from(fields, ["chosen", "rejected", "id"]),
-    )]
+    return [
+        PairwiseRecord(
+            id=fields.get("id", default_id(row)),
+            prompt=prompt if prompt else "",
+            response_a=chosen[-1].content,
+            response_b=rejected[-1].content,
+            outcome="a",
+            metadata=_metadata_from(fields, ["chosen", "rejected", "id"]),
+        )
+    ]
 
 
 def _is_conversation(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(turn, dict) and "role" in turn for turn in value)
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(turn, dict) and "role" in turn for turn in value)
+    )
 
 
 def _trl_pair(row: RawRow) -> list[AnyRecord]:
@@ -466,11 +537,16 @@ def _trl_pair(row: RawRow) -> list[AnyRecord]:
         chosen = parse_text(chosen, "chosen")[0].content  # type: ignore[index,union-attr]
     if _is_conversation(rejected) and len(rejected) == 1:
         rejected = parse_text(rejected, "rejected")[0].content  # type: ignore[index,union-attr]
-    return [PairwiseRecord(
-        id=fields.get("id", fields.get("prompt_id", default_id(row))), prompt=prompt,
-        response_a=chosen, response_b=rejected, outcome="a",
-        metadata=_metadata_from(fields, ["prompt", "chosen", "rejected", "id", "prompt_id"]),
-    )]
+    return [
+        PairwiseRecord(
+            id=fields.get("id", fields.get("prompt_id", default_id(row))),
+            prompt=prompt,
+            response_a=chosen,
+            response_b=rejected,
+            outcome="a",
+            metadata=_metadata_from(fields, ["prompt", "chosen", "rejected", "id", "prompt_id"]),
+        )
+    ]
 
 
 def _trl_unpaired(row: RawRow) -> list[AnyRecord]:
@@ -479,11 +555,15 @@ def _trl_unpaired(row: RawRow) -> list[AnyRecord]:
     completion = fields["completion"]
     if _is_conversation(completion) and len(completion) == 1:
         completion = parse_text(completion, "completion")[0].content  # type: ignore[index,union-attr]
-    return [BinaryRecord(
-        id=fields.get("id", default_id(row)), prompt=fields.get("prompt", ""), response=completion,
-        label=parse_label(fields.get("label"), "label"),
-        metadata=_metadata_from(fields, ["prompt", "completion", "label", "id"]),
-    )]
+    return [
+        BinaryRecord(
+            id=fields.get("id", default_id(row)),
+            prompt=fields.get("prompt", ""),
+            response=completion,
+            label=parse_label(fields.get("label"), "label"),
+            metadata=_metadata_from(fields, ["prompt", "completion", "label", "id"]),
+        )
+    ]
 
 
 HELPSTEER_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
@@ -493,10 +573,15 @@ def _helpsteer(row: RawRow) -> list[AnyRecord]:
     fields = row.fields or {}
     require(fields, "prompt", "response")
     ratings = {name: parse_number(fields.get(name), name) for name in HELPSTEER_ATTRIBUTES}
-    return [RatingRecord(
-        id=fields.get("id", default_id(row)), prompt=fields.get("prompt"), response=fields.get("response"),
-        ratings=ratings, metadata=_metadata_from(fields, ["prompt", "response", "id", *HELPSTEER_ATTRIBUTES]),
-    )]
+    return [
+        RatingRecord(
+            id=fields.get("id", default_id(row)),
+            prompt=fields.get("prompt"),
+            response=fields.get("response"),
+            ratings=ratings,
+            metadata=_metadata_from(fields, ["prompt", "response", "id", *HELPSTEER_ATTRIBUTES]),
+        )
+    ]
 
 
 def _helpsteer2_preference(row: RawRow) -> list[AnyRecord]:
@@ -505,14 +590,26 @@ def _helpsteer2_preference(row: RawRow) -> list[AnyRecord]:
     require(fields, "prompt", "response_1", "response_2")
     strength = parse_number(fields.get("preference_strength"), "preference_strength")
     if strength is None:
-        raise FieldError("preference_strength", "a number in -3..3", fields.get("preference_strength"), "missing_field")
+        raise FieldError(
+            "preference_strength",
+            "a number in -3..3",
+            fields.get("preference_strength"),
+            "missing_field",
+        )
     outcome = "tie" if strength == 0 else ("a" if strength < 0 else "b")
-    return [PairwiseRecord(
-        id=fields.get("id", default_id(row)), prompt=fields.get("prompt"),
-        response_a=fields.get("response_1"), response_b=fields.get("response_2"),
-        outcome=outcome, strength=abs(strength),
-        metadata=_metadata_from(fields, ["prompt", "response_1", "response_2", "preference_strength", "id"]),
-    )]
+    return [
+        PairwiseRecord(
+            id=fields.get("id", default_id(row)),
+            prompt=fields.get("prompt"),
+            response_a=fields.get("response_1"),
+            response_b=fields.get("response_2"),
+            outcome=outcome,
+            strength=abs(strength),
+            metadata=_metadata_from(
+                fields, ["prompt", "response_1", "response_2", "preference_strength", "id"]
+            ),
+        )
+    ]
 
 
 ULTRAFEEDBACK_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
@@ -523,13 +620,17 @@ def _ultrafeedback(row: RawRow) -> list[AnyRecord]:
     fields = row.fields or {}
     completions = fields.get("completions")
     if not isinstance(completions, list) or not completions:
-        raise FieldError("completions", "a non-empty list of completions", completions, "wrong_type")
+        raise FieldError(
+            "completions", "a non-empty list of completions", completions, "wrong_type"
+        )
     base_id = fields.get("id", fields.get("source_id", default_id(row)))
     records: list[AnyRecord] = []
     for index, completion in enumerate(completions):
         where = f"completions[{index}]"
         if not isinstance(completion, dict):
-            raise FieldError(where, "an object with 'response' and 'annotations'", completion, "wrong_type")
+            raise FieldError(
+                where, "an object with 'response' and 'annotations'", completion, "wrong_type"
+            )
         annotations = completion.get("annotations") or {}
         ratings: dict[str, float | None] = {}
         for aspect in ULTRAFEEDBACK_ASPECTS:
@@ -538,12 +639,16 @@ def _ultrafeedback(row: RawRow) -> list[AnyRecord]:
             ratings[aspect] = parse_number(value, f"{where}.annotations.{aspect}.Rating")
         if "overall_score" in completion:
             ratings["overall"] = parse_number(completion["overall_score"], f"{where}.overall_score")
-        records.append(RatingRecord(
-            id=f"{base_id}/{index}", prompt=fields.get("instruction"),
-            response=completion.get("response"), ratings=ratings,
-            category=fields.get("source") if isinstance(fields.get("source"), str) else None,
-            metadata={"model": completion.get("model"), "prompt_id": str(base_id)},
-        ))
+        records.append(
+            RatingRecord(
+                id=f"{base_id}/{index}",
+                prompt=fields.get("instruction"),
+                response=completion.get("response"),
+                ratings=ratings,
+                category=fields.get("source") if isinstance(fields.get("source"), str) else None,
+                metadata={"model": completion.get("model"), "prompt_id": str(base_id)},
+            )
+        )
     return records
 
 
@@ -554,8 +659,11 @@ def _has(fields: dict[str, Any], *names: str) -> bool:
 def _looks_hh(fields: dict[str, Any]) -> bool:
     chosen = fields.get("chosen")
     return (
-        _has(fields, "chosen", "rejected") and "prompt" not in fields and isinstance(chosen, str)
-        and "\n\nHuman:" in chosen and "\n\nAssistant:" in chosen
+        _has(fields, "chosen", "rejected")
+        and "prompt" not in fields
+        and isinstance(chosen, str)
+        and "\n\nHuman:" in chosen
+        and "\n\nAssistant:" in chosen
     )
 
 
@@ -571,46 +679,99 @@ def register(layout: Layout) -> Layout:
     return layout
 
 
-register(Layout("prefkit", "prefkit's canonical records (kind + schema_version)", _looks_canonical, _canonical))
-register(Layout("hh-rlhf", "Anthropic HH: chosen/rejected transcripts with Human/Assistant turns", _looks_hh, _hh_rlhf))
-register(Layout(
-    "helpsteer2-preference", "HelpSteer2-Preference: prompt, response_1, response_2, preference_strength",
-    lambda f: _has(f, "prompt", "response_1", "response_2", "preference_strength"), _helpsteer2_preference,
-))
-register(Layout(
-    "helpsteer", "HelpSteer: prompt, response and five attribute ratings",
-    lambda f: _has(f, "prompt", "response", *HELPSTEER_ATTRIBUTES), _helpsteer,
-))
-register(Layout(
-    "ultrafeedback", "UltraFeedback: instruction and completions with per-aspect ratings",
-    lambda f: _has(f, "instruction", "completions"), _ultrafeedback,
-))
-register(Layout(
-    "trl-unpaired", "TRL unpaired preference: prompt, completion, label",
-    lambda f: _has(f, "prompt", "completion", "label"), _trl_unpaired,
-))
-register(Layout(
-    "trl", "TRL preference: prompt/chosen/rejected (standard or conversational) or implicit prompt",
-    lambda f: _has(f, "chosen", "rejected"), _trl_pair,
-))
+register(
+    Layout(
+        "prefkit",
+        "prefkit's canonical records (kind + schema_version)",
+        _looks_canonical,
+        _canonical,
+    )
+)
+register(
+    Layout(
+        "hh-rlhf",
+        "Anthropic HH: chosen/rejected transcripts with Human/Assistant turns",
+        _looks_hh,
+        _hh_rlhf,
+    )
+)
+register(
+    Layout(
+        "helpsteer2-preference",
+        "HelpSteer2-Preference: prompt, response_1, response_2, preference_strength",
+        lambda f: _has(f, "prompt", "response_1", "response_2", "preference_strength"),
+        _helpsteer2_preference,
+    )
+)
+register(
+    Layout(
+        "helpsteer",
+        "HelpSteer: prompt, response and five attribute ratings",
+        lambda f: _has(f, "prompt", "response", *HELPSTEER_ATTRIBUTES),
+        _helpsteer,
+    )
+)
+register(
+    Layout(
+        "ultrafeedback",
+        "UltraFeedback: instruction and completions with per-aspect ratings",
+        lambda f: _has(f, "instruction", "completions"),
+        _ultrafeedback,
+    )
+)
+register(
+    Layout(
+        "trl-unpaired",
+        "TRL unpaired preference: prompt, completion, label",
+        lambda f: _has(f, "prompt", "completion", "label"),
+        _trl_unpaired,
+    )
+)
+register(
+    Layout(
+        "trl",
+        "TRL preference: prompt/chosen/rejected (standard or conversational) or implicit prompt",
+        lambda f: _has(f, "chosen", "rejected"),
+        _trl_pair,
+    )
+)
 
-MAPPING_PRESETS: dict[str, tuple[str, dict[str, str], str | None, Callable[[dict[str, Any]], bool]]] = {
+MAPPING_PRESETS: dict[
+    str, tuple[str, dict[str, str], str | None, Callable[[dict[str, Any]], bool]]
+] = {
     "pandalm": (
         "PandaLM test set: instruction+input, response1/2, three annotators (1, 2, 0 = tie)",
-        {"id": "idx", "prompt": "instruction+input", "response_a": "response1", "response_b": "response2",
-         "votes": "annotator1+annotator2+annotator3", "category": "motivation_app"},
+        {
+            "id": "idx",
+            "prompt": "instruction+input",
+            "response_a": "response1",
+            "response_b": "response2",
+            "votes": "annotator1+annotator2+annotator3",
+            "category": "motivation_app",
+        },
         "a=1,b=2,tie=0",
         lambda f: _has(f, "instruction", "input", "response1", "response2", "annotator1"),
     ),
     "ukp-convarg": (
         "UKPConvArg1Strict: id, label (a1/a2), a1, a2; the file name is the topic",
-        {"id": "id", "response_a": "a1", "response_b": "a2", "winner": "label", "category": FILE_FIELD},
+        {
+            "id": "id",
+            "response_a": "a1",
+            "response_b": "a2",
+            "winner": "label",
+            "category": FILE_FIELD,
+        },
         "a=a1,b=a2",
         lambda f: _has(f, "id", "label", "a1", "a2"),
     ),
     "usr": (
         "USR Topical-Chat ratings: source (dialogue), system_output, scores",
-        {"prompt": "source", "response": "system_output", "ratings": "scores", "category": "system_id"},
+        {
+            "prompt": "source",
+            "response": "system_output",
+            "ratings": "scores",
+            "category": "system_id",
+        },
         None,
         lambda f: _has(f, "system_output", "scores", "source"),
     ),
@@ -634,8 +795,16 @@ for _name in MAPPING_PRESETS:
     register(_preset_layout(_name))
 
 DETECTION_ORDER = (
-    "prefkit", "hh-rlhf", "helpsteer2-preference", "helpsteer", "ultrafeedback", "pandalm",
-    "ukp-convarg", "usr", "trl-unpaired", "trl",
+    "prefkit",
+    "hh-rlhf",
+    "helpsteer2-preference",
+    "helpsteer",
+    "ultrafeedback",
+    "pandalm",
+    "ukp-convarg",
+    "usr",
+    "trl-unpaired",
+    "trl",
 )
 
 

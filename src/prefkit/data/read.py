@@ -55,7 +55,9 @@ class ReadStats:
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.kinds.items())) or "0"
         text = f"read {self.n_rows} rows -> {self.n_records} records ({kinds}); {self.rejects.summary()}"
         if self.dropped:
-            text += "; dropped " + ", ".join(f"{count} {why}" for why, count in self.dropped.items())
+            text += "; dropped " + ", ".join(
+                f"{count} {why}" for why, count in self.dropped.items()
+            )
         return text
 
 
@@ -105,9 +107,13 @@ class FeedbackReader:
             elif format in NAMED_LAYOUTS:
                 self.layout = NAMED_LAYOUTS[format]
             else:
-                raise LayoutError(f"unknown format {format!r}; known formats: {', '.join(known_formats())}")
+                raise LayoutError(
+                    f"unknown format {format!r}; known formats: {', '.join(known_formats())}"
+                )
             if winner_values is not None:
-                raise LayoutError("winner_values applies to a mapping (--map); the named format fixes its own values")
+                raise LayoutError(
+                    "winner_values applies to a mapping (--map); the named format fixes its own values"
+                )
         elif winner_values is not None:
             raise LayoutError("winner_values needs a mapping (--map KEY=FIELD ...)")
         else:
@@ -131,7 +137,9 @@ class FeedbackReader:
     def _read_collection(self, collection: Collection) -> Iterator[AnyRecord]:
         for record in collection.read(self.path, self.stats.dropped):
             self.stats.n_rows += 1
-            error = self._check_texts(record, RawRow(str(self.path), self.stats.n_rows - 1, None, "record"))
+            error = self._check_texts(
+                record, RawRow(str(self.path), self.stats.n_rows - 1, None, "record")
+            )
             if error is not None:
                 self._reject(error)
                 continue
@@ -149,15 +157,22 @@ class FeedbackReader:
                 self.detected = True
                 if self.layout is None:
                     raise DataError(
-                        row.source, row.line, None,
+                        row.source,
+                        row.line,
+                        None,
                         f"cannot detect the layout from the fields {sorted(row.fields)[:12]}",  # type: ignore[arg-type]
-                        reason="unknown_layout", location=row.location,
+                        reason="unknown_layout",
+                        location=row.location,
                         hint=f"pass --format NAME ({', '.join(known_formats())}) or --map KEY=FIELD",
                     )
             try:
                 records = self.layout.convert(row)  # type: ignore[union-attr]
             except FieldError as error:
-                self._reject(row.fail(error.field, f"expected {error.expected}, found {error.found}", error.reason))
+                self._reject(
+                    row.fail(
+                        error.field, f"expected {error.expected}, found {error.found}", error.reason
+                    )
+                )
                 continue
             for record in records:
                 error = self._check_texts(record, row)
@@ -172,12 +187,20 @@ class FeedbackReader:
         for name, text in [("prompt", record.prompt), *record.named_responses()]:
             length = text_length(text)
             if length > self.max_text_chars:
-                return row.fail(name, f"expected a text of at most {self.max_text_chars:,} characters, "
-                                f"found {length:,}", "text_too_long",
-                                hint="Raise the limit (--max-text-chars) if this is intended")
+                return row.fail(
+                    name,
+                    f"expected a text of at most {self.max_text_chars:,} characters, "
+                    f"found {length:,}",
+                    "text_too_long",
+                    hint="Raise the limit (--max-text-chars) if this is intended",
+                )
             if name != "prompt" and not self.allow_empty_responses and not _content(text).strip():
-                return row.fail(name, "expected a non-empty response, found an empty text", "empty_text",
-                                hint="Fix the source, or keep such records with --allow-empty-responses")
+                return row.fail(
+                    name,
+                    "expected a non-empty response, found an empty text",
+                    "empty_text",
+                    hint="Fix the source, or keep such records with --allow-empty-responses",
+                )
         return None
 
     def _count(self, record: AnyRecord) -> None:

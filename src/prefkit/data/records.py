@@ -134,7 +134,9 @@ def parse_text(value: Any, field: str, *, allow_empty: bool = False) -> Text:
                 role, content = turn.role, turn.content
             elif isinstance(turn, dict):
                 if set(turn) - {"role", "content"} or "role" not in turn or "content" not in turn:
-                    raise FieldError(where, "a message with exactly the keys 'role' and 'content'", turn)
+                    raise FieldError(
+                        where, "a message with exactly the keys 'role' and 'content'", turn
+                    )
                 role, content = turn["role"], turn["content"]
             else:
                 raise FieldError(where, "a message {'role': ..., 'content': ...}", turn)
@@ -324,8 +326,10 @@ class PairwiseRecord(Record):
             raise FieldError("outcome", "'a', 'b' or 'tie'", self.outcome)
         if self.outcome != "tie" and text_key(self.response_a) == text_key(self.response_b):
             raise FieldError(
-                "response_b", f"a response different from response_a (outcome {self.outcome!r})",
-                self.response_b, "identical_responses",
+                "response_b",
+                f"a response different from response_a (outcome {self.outcome!r})",
+                self.response_b,
+                "identical_responses",
             )
         set_(self, "strength", _optional_number(self.strength, "strength", minimum=0.0))
         set_(self, "margin", _optional_number(self.margin, "margin"))
@@ -390,12 +394,15 @@ class RankingRecord(Record):
         set_ = object.__setattr__
         set_(self, "id", _require_id(self.id))
         set_(self, "prompt", parse_text(self.prompt, "prompt", allow_empty=True))
-        if isinstance(self.responses, (str, bytes)) or not isinstance(self.responses, (list, tuple)):
+        if isinstance(self.responses, (str, bytes)) or not isinstance(
+            self.responses, (list, tuple)
+        ):
             raise FieldError("responses", "a list of responses", self.responses)
         if len(self.responses) < 2:
             raise FieldError("responses", "at least two responses", self.responses)
         responses = tuple(
-            parse_text(response, f"responses[{index}]", allow_empty=True) for index, response in enumerate(self.responses)
+            parse_text(response, f"responses[{index}]", allow_empty=True)
+            for index, response in enumerate(self.responses)
         )
         set_(self, "responses", responses)
         if (self.scores is None) == (self.ranks is None):
@@ -415,7 +422,9 @@ class RankingRecord(Record):
         if self.response_ids is not None:
             ids = tuple(str(value) for value in self.response_ids)
             if len(ids) != len(responses):
-                raise FieldError("response_ids", f"{len(responses)} ids (one per response)", self.response_ids)
+                raise FieldError(
+                    "response_ids", f"{len(responses)} ids (one per response)", self.response_ids
+                )
             set_(self, "response_ids", ids)
         set_(self, "category", _optional_str(self.category, "category"))
         set_(self, "metadata", _metadata(self.metadata))
@@ -543,9 +552,15 @@ def record_from_dict(data: dict[str, Any]) -> AnyRecord:
     names = {item.name for item in fields(cls)}  # type: ignore[arg-type]
     unknown = set(data) - names - {"schema_version", "kind"}
     if unknown:
-        raise FieldError(sorted(unknown)[0], f"a field of a {kind} record ({', '.join(sorted(names))})", data[sorted(unknown)[0]])
+        raise FieldError(
+            sorted(unknown)[0],
+            f"a field of a {kind} record ({', '.join(sorted(names))})",
+            data[sorted(unknown)[0]],
+        )
     try:
         return cls(**{key: value for key, value in data.items() if key in names})  # type: ignore[return-value]
     except TypeError as error:
         missing = [name for name in names if name not in data]
-        raise FieldError(missing[0] if missing else "record", "a value (required field)", None) from error
+        raise FieldError(
+            missing[0] if missing else "record", "a value (required field)", None
+        ) from error

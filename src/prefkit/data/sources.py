@@ -56,11 +56,19 @@ class RawRow:
     error: DataError | None = None
     """Set when the row could not be parsed at all."""
 
-    def fail(self, field: str | None, message: str, reason: str, hint: str | None = None) -> DataError:
+    def fail(
+        self, field: str | None, message: str, reason: str, hint: str | None = None
+    ) -> DataError:
         """A :class:`DataError` located at this row."""
         return DataError(
-            source=self.source, line=self.line, field=field, message=message, reason=reason,
-            hint=hint, location=self.location, raw=self.fields,
+            source=self.source,
+            line=self.line,
+            field=field,
+            message=message,
+            reason=reason,
+            hint=hint,
+            location=self.location,
+            raw=self.fields,
         )
 
 
@@ -84,8 +92,11 @@ def is_hf_dataset_folder(path: Path) -> bool:
 def list_data_files(folder: Path) -> list[Path]:
     """Data files below ``folder``, recursively, in a stable (sorted) order."""
     files = [
-        path for path in sorted(folder.rglob("*"))
-        if path.is_file() and suffix_of(path) in DATA_SUFFIXES and not path.name.startswith(".")
+        path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+        and suffix_of(path) in DATA_SUFFIXES
+        and not path.name.startswith(".")
         and not path.name.endswith(".rejects.jsonl")
     ]
     return files
@@ -100,8 +111,13 @@ def iter_rows(path: str | Path) -> Iterator[RawRow]:
             return
         files = list_data_files(path)
         if not files:
-            raise DataError(str(path), None, None, "the folder holds no data files "
-                            f"({', '.join(DATA_SUFFIXES)})", reason="no_data")
+            raise DataError(
+                str(path),
+                None,
+                None,
+                f"the folder holds no data files ({', '.join(DATA_SUFFIXES)})",
+                reason="no_data",
+            )
         for file in files:
             relative = str(file.relative_to(path))
             stem = file.name[: len(file.name) - len(suffix_of(file))]
@@ -116,8 +132,14 @@ def iter_rows(path: str | Path) -> Iterator[RawRow]:
     if _HUB_NAME.match(str(path)):
         yield from _iter_hub(str(path))
         return
-    raise DataError(str(path), None, None, "no such file or folder", reason="not_found",
-                    hint="Check the path; a Hub name looks like 'org/name'")
+    raise DataError(
+        str(path),
+        None,
+        None,
+        "no such file or folder",
+        reason="not_found",
+        hint="Check the path; a Hub name looks like 'org/name'",
+    )
 
 
 def iter_file_rows(path: Path) -> Iterator[RawRow]:
@@ -131,8 +153,13 @@ def iter_file_rows(path: Path) -> Iterator[RawRow]:
     elif suffix in CSV_SUFFIXES:
         yield from _iter_csv(path)
     else:
-        raise DataError(str(path), None, None, f"unknown file type {suffix!r}; expected one of "
-                        f"{', '.join(DATA_SUFFIXES)}", reason="unknown_format")
+        raise DataError(
+            str(path),
+            None,
+            None,
+            f"unknown file type {suffix!r}; expected one of {', '.join(DATA_SUFFIXES)}",
+            reason="unknown_format",
+        )
 
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
@@ -141,15 +168,21 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def _decode(raw: bytes, source: str, line: int, location: str = "line") -> tuple[str | None, DataError | None]:
+def _decode(
+    raw: bytes, source: str, line: int, location: str = "line"
+) -> tuple[str | None, DataError | None]:
     try:
         return raw.decode("utf-8"), None
     except UnicodeDecodeError as error:
         return None, DataError(
-            source, line, None,
+            source,
+            line,
+            None,
             f"bytes that are not valid UTF-8 at byte {error.start} of the line "
-            f"({raw[max(0, error.start - 8): error.start + 8]!r})",
-            reason="bad_encoding", hint="Re-encode the file as UTF-8", location=location,
+            f"({raw[max(0, error.start - 8) : error.start + 8]!r})",
+            reason="bad_encoding",
+            hint="Re-encode the file as UTF-8",
+            location=location,
             raw=raw.decode("utf-8", errors="backslashreplace"),
         )
 
@@ -158,15 +191,37 @@ def _parse_object(text: str, source: str, line: int, location: str = "line") -> 
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        return RawRow(source, line, None, location, DataError(
-            source, line, None, f"malformed JSON ({error.msg} at column {error.colno})",
-            reason="malformed_json", location=location, raw=text,
-        ))
+        return RawRow(
+            source,
+            line,
+            None,
+            location,
+            DataError(
+                source,
+                line,
+                None,
+                f"malformed JSON ({error.msg} at column {error.colno})",
+                reason="malformed_json",
+                location=location,
+                raw=text,
+            ),
+        )
     if not isinstance(value, dict):
-        return RawRow(source, line, None, location, DataError(
-            source, line, None, f"expected a JSON object, found {type(value).__name__}",
-            reason="wrong_type", location=location, raw=value,
-        ))
+        return RawRow(
+            source,
+            line,
+            None,
+            location,
+            DataError(
+                source,
+                line,
+                None,
+                f"expected a JSON object, found {type(value).__name__}",
+                reason="wrong_type",
+                location=location,
+                raw=value,
+            ),
+        )
     return RawRow(source, line, value, location)
 
 
@@ -205,25 +260,49 @@ def _iter_json(path: Path) -> Iterator[RawRow]:
     try:
         value = json.loads(stripped)
     except json.JSONDecodeError as error:
-        raise DataError(source, error.lineno, None,
-                        f"malformed JSON ({error.msg} at line {error.lineno} column {error.colno})",
-                        reason="malformed_json") from None
+        raise DataError(
+            source,
+            error.lineno,
+            None,
+            f"malformed JSON ({error.msg} at line {error.lineno} column {error.colno})",
+            reason="malformed_json",
+        ) from None
     if isinstance(value, dict):
         # Either one record, or a column-oriented/dataset wrapper such as {"data": [...]}.
-        lists = [key for key, item in value.items() if isinstance(item, list) and item and isinstance(item[0], dict)]
+        lists = [
+            key
+            for key, item in value.items()
+            if isinstance(item, list) and item and isinstance(item[0], dict)
+        ]
         if len(lists) == 1 and len(value) <= 3:
             value = value[lists[0]]
         else:
             value = [value]
     if not isinstance(value, list):
-        raise DataError(source, None, None, f"expected a JSON list of objects, found {type(value).__name__}",
-                        reason="wrong_type")
+        raise DataError(
+            source,
+            None,
+            None,
+            f"expected a JSON list of objects, found {type(value).__name__}",
+            reason="wrong_type",
+        )
     for index, item in enumerate(value):
         if not isinstance(item, dict):
-            yield RawRow(source, index, None, "record", DataError(
-                source, index, None, f"expected a JSON object, found {type(item).__name__}",
-                reason="wrong_type", location="record", raw=item,
-            ))
+            yield RawRow(
+                source,
+                index,
+                None,
+                "record",
+                DataError(
+                    source,
+                    index,
+                    None,
+                    f"expected a JSON object, found {type(item).__name__}",
+                    reason="wrong_type",
+                    location="record",
+                    raw=item,
+                ),
+            )
             continue
         yield RawRow(source, index, item, "record")
 
@@ -287,8 +366,9 @@ def _iter_csv(path: Path) -> Iterator[RawRow]:
         header[0] = header[0].lstrip("#").strip()
     header = [name.strip() for name in header]
     if len(set(header)) != len(header):
-        raise DataError(source, 1, None, f"duplicate column names in the header {header}",
-                        reason="bad_header")
+        raise DataError(
+            source, 1, None, f"duplicate column names in the header {header}", reason="bad_header"
+        )
     reader = csv.reader(stream, delimiter=delimiter, quoting=quoting)
     previous_end = 1
     for values in reader:
@@ -301,11 +381,20 @@ def _iter_csv(path: Path) -> Iterator[RawRow]:
             yield RawRow(source, bad.line, None, "line", bad)
             continue
         if len(values) != len(header):
-            yield RawRow(source, start, None, "line", DataError(
-                source, start, None,
-                f"expected {len(header)} columns ({', '.join(header)}), found {len(values)}",
-                reason="wrong_columns", raw=delimiter.join(values),
-            ))
+            yield RawRow(
+                source,
+                start,
+                None,
+                "line",
+                DataError(
+                    source,
+                    start,
+                    None,
+                    f"expected {len(header)} columns ({', '.join(header)}), found {len(values)}",
+                    reason="wrong_columns",
+                    raw=delimiter.join(values),
+                ),
+            )
             continue
         yield RawRow(source, start, dict(zip(header, values, strict=True)), "line")
 
@@ -352,14 +441,26 @@ def _iter_hub(name: str) -> Iterator[RawRow]:
     try:
         import datasets
     except ImportError:
-        raise DataError(name, None, None, "is not a local file or folder, and reading a Hub data set "
-                        "needs the 'datasets' package", reason="not_found",
-                        hint="pip install 'prefkit[hf]', or pass a local path") from None
+        raise DataError(
+            name,
+            None,
+            None,
+            "is not a local file or folder, and reading a Hub data set "
+            "needs the 'datasets' package",
+            reason="not_found",
+            hint="pip install 'prefkit[hf]', or pass a local path",
+        ) from None
     try:
         loaded = datasets.load_dataset(name, streaming=True)
     except Exception as error:  # the Hub raises many kinds of errors; all mean "not readable"
-        raise DataError(name, None, None, f"could not be loaded from the Hugging Face Hub ({error})",
-                        reason="not_found", hint="Check the name and the network, or pass a local path") from None
+        raise DataError(
+            name,
+            None,
+            None,
+            f"could not be loaded from the Hugging Face Hub ({error})",
+            reason="not_found",
+            hint="Check the name and the network, or pass a local path",
+        ) from None
     splits = loaded.items() if isinstance(loaded, dict) else [(None, loaded)]
     for split, dataset in splits:
         for index, row in enumerate(dataset):

@@ -26,7 +26,9 @@ def output_kind(path: str | Path) -> str:
         return "parquet"
     if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
         return "jsonl"
-    raise ValueError(f"cannot tell the output format of {path}: use a .jsonl, .jsonl.gz or .parquet name")
+    raise ValueError(
+        f"cannot tell the output format of {path}: use a .jsonl, .jsonl.gz or .parquet name"
+    )
 
 
 def write_records(records: Iterable[AnyRecord], path: str | Path) -> int:
@@ -40,7 +42,11 @@ def write_records(records: Iterable[AnyRecord], path: str | Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     try:
-        count = _write_jsonl(records, partial, path) if kind == "jsonl" else _write_parquet(records, partial)
+        count = (
+            _write_jsonl(records, partial, path)
+            if kind == "jsonl"
+            else _write_parquet(records, partial)
+        )
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -63,8 +69,19 @@ def _write_parquet(records: Iterable[AnyRecord], partial: Path) -> int:
     import pyarrow.parquet as pq
 
     rows: list[dict[str, Any]] = []
-    json_columns: set[str] = {"prompt", "response", "response_a", "response_b", "responses", "scores",
-                              "ranks", "votes", "ratings", "metadata", "response_ids"}
+    json_columns: set[str] = {
+        "prompt",
+        "response",
+        "response_a",
+        "response_b",
+        "responses",
+        "scores",
+        "ranks",
+        "votes",
+        "ratings",
+        "metadata",
+        "response_ids",
+    }
     writer = None
     count = 0
     columns: list[str] = []
@@ -76,13 +93,25 @@ def _write_parquet(records: Iterable[AnyRecord], partial: Path) -> int:
         if writer is None:
             columns = sorted({key for row in rows for key in row})
             schema = pa.schema(
-                [(name, pa.string() if name in json_columns or name in ("id", "kind", "category", "outcome")
-                  else _arrow_type(name)) for name in columns],
-                metadata={JSON_COLUMNS_KEY: json.dumps(sorted(json_columns & set(columns))).encode()},
+                [
+                    (
+                        name,
+                        pa.string()
+                        if name in json_columns or name in ("id", "kind", "category", "outcome")
+                        else _arrow_type(name),
+                    )
+                    for name in columns
+                ],
+                metadata={
+                    JSON_COLUMNS_KEY: json.dumps(sorted(json_columns & set(columns))).encode()
+                },
             )
             writer = pq.ParquetWriter(partial, schema)
         table = pa.Table.from_pylist(
-            [{name: _encode(name, row.get(name), json_columns) for name in columns} for row in rows],
+            [
+                {name: _encode(name, row.get(name), json_columns) for name in columns}
+                for row in rows
+            ],
             schema=writer.schema,
         )
         writer.write_table(table)
@@ -91,7 +120,9 @@ def _write_parquet(records: Iterable[AnyRecord], partial: Path) -> int:
     for record in records:
         data = record.to_dict()
         if writer is not None and set(data) - set(columns):
-            raise ValueError("a Parquet file holds one record kind's fields; write mixed kinds to JSONL")
+            raise ValueError(
+                "a Parquet file holds one record kind's fields; write mixed kinds to JSONL"
+            )
         rows.append(data)
         count += 1
         if len(rows) >= PARQUET_BATCH:

@@ -65,7 +65,9 @@ MISSING_CATEGORY = "(missing)"
 
 _VOTE_CODES = {"a": 0, "b": 1, "tie": 2, None: -1}
 _REWARDBENCH_SUBSETS = (
-    set(REWARDBENCH_V1_WEIGHTS) | set(REWARDBENCH_V1_PRIOR_SETS) | set(REWARDBENCH_V1_UNSCORED_PRIOR_SETS)
+    set(REWARDBENCH_V1_WEIGHTS)
+    | set(REWARDBENCH_V1_PRIOR_SETS)
+    | set(REWARDBENCH_V1_UNSCORED_PRIOR_SETS)
 )
 _JUDGE_REWARDS = {"a": (1.0, 0.0), "b": (0.0, 1.0), "tie": (0.5, 0.5)}
 
@@ -129,7 +131,9 @@ def _prompt_ids(records: Sequence[AnyRecord]) -> list[str] | None:
 def _checked_rewards(name: str, rewards: Any, n: int) -> np.ndarray:
     array = np.asarray(rewards, dtype=np.float64)
     if array.shape != (n,):
-        raise ScorerError(f"scorer {name!r} returned shape {array.shape} for {n} items; expected ({n},)")
+        raise ScorerError(
+            f"scorer {name!r} returned shape {array.shape} for {n} items; expected ({n},)"
+        )
     bad = np.flatnonzero(~np.isfinite(array))
     if bad.size:
         raise ScorerError(
@@ -267,7 +271,9 @@ def evaluate(
     record_list = list(records)
     pairwise = [record for record in record_list if isinstance(record, PairwiseRecord)]
     rankings = [record for record in record_list if isinstance(record, RankingRecord)]
-    others = [record for record in record_list if not isinstance(record, PairwiseRecord | RankingRecord)]
+    others = [
+        record for record in record_list if not isinstance(record, PairwiseRecord | RankingRecord)
+    ]
     if others:
         raise ValueError(
             f"record {others[0].id!r} is a {others[0].kind} record; evaluation needs pairwise or "
@@ -289,13 +295,17 @@ def evaluate(
     categories = _categories(pairwise, by) if pairwise else None
     run_notes = list(notes)
     if by is not None and rankings:
-        run_notes.append(f"--by {by!r} applies to pairwise records; ranking metrics are over all rankings")
+        run_notes.append(
+            f"--by {by!r} applies to pairwise records; ranking metrics are over all rankings"
+        )
 
     models = []
     for scorer in scorer_list:
         n_scorer_notes = len(getattr(scorer, "notes", ()))
         if hasattr(scorer, "score"):
-            rewards = _checked_rewards(scorer.name, scorer.score(items.prompts, items.responses), len(items.prompts))
+            rewards = _checked_rewards(
+                scorer.name, scorer.score(items.prompts, items.responses), len(items.prompts)
+            )
             rewards_a, rewards_b = rewards[pair_rows[:, 0]], rewards[pair_rows[:, 1]]
         elif hasattr(scorer, "compare_pairs"):
             if rankings:
@@ -313,38 +323,63 @@ def evaluate(
                 [items.responses[row_b] for _, row_b in distinct],
             )
             pair_rewards = np.array(
-                [_JUDGE_REWARDS[verdicts[distinct[(row_a, row_b)]].outcome]
-                 for row_a, row_b in pair_rows.tolist()]
+                [
+                    _JUDGE_REWARDS[verdicts[distinct[(row_a, row_b)]].outcome]
+                    for row_a, row_b in pair_rows.tolist()
+                ]
             ).reshape(-1, 2)
             rewards_a, rewards_b = pair_rewards[:, 0], pair_rewards[:, 1]
             rewards = None
         else:
             raise TypeError(f"{scorer!r} has neither score() nor compare_pairs()")
 
-        metrics: dict[str, Any] = {"n_pairwise_records": len(pairwise), "n_ranking_records": len(rankings)}
+        metrics: dict[str, Any] = {
+            "n_pairwise_records": len(pairwise),
+            "n_ranking_records": len(rankings),
+        }
         pairs: list[ScoredPair] = []
         if pairwise:
             metrics.update(
-                _pairwise_metrics(pairwise, rewards_a, rewards_b, categories, tie_band=tie_band,
-                                  seed=seed, n_resamples=n_resamples)
+                _pairwise_metrics(
+                    pairwise,
+                    rewards_a,
+                    rewards_b,
+                    categories,
+                    tie_band=tie_band,
+                    seed=seed,
+                    n_resamples=n_resamples,
+                )
             )
             pairs = [
                 ScoredPair(
-                    id=record.id, prompt=render_text(record.prompt),
-                    response_a=render_text(record.response_a), response_b=render_text(record.response_b),
-                    outcome=record.outcome or "tie", reward_a=float(reward_a), reward_b=float(reward_b),
+                    id=record.id,
+                    prompt=render_text(record.prompt),
+                    response_a=render_text(record.response_a),
+                    response_b=render_text(record.response_b),
+                    outcome=record.outcome or "tie",
+                    reward_a=float(reward_a),
+                    reward_b=float(reward_b),
                     category=None if categories is None else categories[row],
-                    length_a=text_length(record.response_a), length_b=text_length(record.response_b),
+                    length_a=text_length(record.response_a),
+                    length_b=text_length(record.response_b),
                 )
-                for row, (record, reward_a, reward_b) in enumerate(zip(pairwise, rewards_a, rewards_b))
+                for row, (record, reward_a, reward_b) in enumerate(
+                    zip(pairwise, rewards_a, rewards_b)
+                )
             ]
         if rankings:
             assert rewards is not None
             metrics.update(
-                _ranking_metrics(rankings, [rewards[rows] for rows in ranking_rows], ndcg_k=ndcg_k,
-                                 seed=seed, n_resamples=n_resamples)
+                _ranking_metrics(
+                    rankings,
+                    [rewards[rows] for rows in ranking_rows],
+                    ndcg_k=ndcg_k,
+                    seed=seed,
+                    n_resamples=n_resamples,
+                )
             )
         run_notes.extend(list(getattr(scorer, "notes", ()))[n_scorer_notes:])
         models.append(ModelEvaluation(name=scorer.name, metrics=metrics, pairs=pairs))
-    return EvaluationRun(data=data, models=models, n_records=len(record_list),
-                         n_rejected=n_rejected, notes=run_notes)
+    return EvaluationRun(
+        data=data, models=models, n_records=len(record_list), n_rejected=n_rejected, notes=run_notes
+    )

@@ -67,7 +67,7 @@ def render_report(run: EvaluationRun, *, title: str = "prefkit evaluation") -> s
         parts.append(_extra_metrics_section(models))
         parts.append(_wrong_examples_section(models))
     parts.append(
-        f'<footer>Written by prefkit {_text(__version__)}. This file makes no network requests '
+        f"<footer>Written by prefkit {_text(__version__)}. This file makes no network requests "
         "and runs no script.</footer>"
     )
     body = "\n".join(part for part in parts if part)
@@ -186,7 +186,7 @@ def _header(run: EvaluationRun, title: str) -> str:
         )
         navigation = f'<nav aria-label="models"><ul>{links}</ul></nav>'
     return (
-        f"<header><h1>{_text(title)}</h1><dl class=\"facts\">{''.join(facts)}</dl>"
+        f'<header><h1>{_text(title)}</h1><dl class="facts">{"".join(facts)}</dl>'
         f"{notes}{navigation}</header>"
     )
 
@@ -217,11 +217,15 @@ def _summary_card(index: int, model: ModelEvaluation) -> str:
         ("pairs with equal rewards", _count(metrics.get("n_tied_scores"))),
         (
             "accuracy, half credit for equal rewards",
-            _with_interval(metrics.get("accuracy_half_credit"), metrics.get("accuracy_half_credit_ci95")),
+            _with_interval(
+                metrics.get("accuracy_half_credit"), metrics.get("accuracy_half_credit_ci95")
+            ),
         ),
         (
             "3-way accuracy (a / b / tie)",
-            _with_interval(metrics.get("three_way_accuracy"), metrics.get("three_way_accuracy_ci95")),
+            _with_interval(
+                metrics.get("three_way_accuracy"), metrics.get("three_way_accuracy_ci95")
+            ),
         ),
         ("expected calibration error (ECE)", _number(calibration.get("ece"))),
         ("Brier score", _number(calibration.get("brier"))),
@@ -274,7 +278,9 @@ def _comparison_section(models: Sequence[ModelEvaluation]) -> str:
             _percent(bias.get("accuracy_when_chosen_shorter")),
         ]
         rows.append(
-            "<tr>" + cells[0] + "".join(f'<td class="num">{cell}</td>' for cell in cells[1:])
+            "<tr>"
+            + cells[0]
+            + "".join(f'<td class="num">{cell}</td>' for cell in cells[1:])
             + "</tr>"
         )
     chart = _interval_bars(
@@ -368,7 +374,9 @@ def _reward_distributions(model: ModelEvaluation) -> tuple[str, str]:
     ):
         marks.extend(_histogram_bars(frame, edges, counts, css_class, label))
     svg = frame.svg(
-        marks, x_label="reward", y_label="pairs",
+        marks,
+        x_label="reward",
+        y_label="pairs",
         title=f"Preferred vs other response, {len(oriented):,} pairs",
     )
     return svg, _legend(("preferred", "preferred response"), ("other", "other response"))
@@ -399,7 +407,9 @@ def _margin_histogram(model: ModelEvaluation) -> tuple[str, str]:
                 )
     marks.append(frame.vertical_rule(0.0))
     svg = frame.svg(
-        marks, x_label="reward(preferred) − reward(other)", y_label="pairs",
+        marks,
+        x_label="reward(preferred) − reward(other)",
+        y_label="pairs",
         title=f"Margin toward the preferred response, {len(margins):,} pairs",
     )
     return svg, _legend(("correct", "margin > 0: correct"), ("wrong", "margin ≤ 0: wrong"))
@@ -418,7 +428,11 @@ def _calibration_plot(model: ModelEvaluation) -> tuple[str, str]:
     ]
     points = []
     for entry in bins:
-        lower, upper, count = _finite(entry.get("lower")), _finite(entry.get("upper")), entry.get("n")
+        lower, upper, count = (
+            _finite(entry.get("lower")),
+            _finite(entry.get("upper")),
+            entry.get("n"),
+        )
         if lower is None or upper is None or not isinstance(count, int):
             continue
         # Bin counts as a strip of bars along the bottom, labelled with n.
@@ -434,8 +448,9 @@ def _calibration_plot(model: ModelEvaluation) -> tuple[str, str]:
             f'<text class="count-label" x="{x + width / 2:.1f}" '
             f'y="{frame.y(strip_height) - 3:.1f}">{count:,}</text>'
         )
-        predicted, observed = _finite(entry.get("mean_predicted")), _finite(
-            entry.get("observed_frequency")
+        predicted, observed = (
+            _finite(entry.get("mean_predicted")),
+            _finite(entry.get("observed_frequency")),
         )
         if count > 0 and predicted is not None and observed is not None:
             points.append((predicted, observed, count, lower, upper))
@@ -454,14 +469,19 @@ def _calibration_plot(model: ModelEvaluation) -> tuple[str, str]:
             f"</title></circle>"
         )
     svg = frame.svg(
-        marks, x_label="predicted P(a preferred) = sigmoid(margin)",
+        marks,
+        x_label="predicted P(a preferred) = sigmoid(margin)",
         y_label="observed share a preferred",
         title=f"Reliability diagram, ECE {_number(calibration.get('ece'))}",
     )
     return svg, _legend(
-        ("reliability", f"bins (ECE {_number(calibration.get('ece'))}, "
-         f"Brier {_number(calibration.get('brier'))})"),
-        ("diagonal", "perfect calibration"), ("count", "pairs per bin"),
+        (
+            "reliability",
+            f"bins (ECE {_number(calibration.get('ece'))}, "
+            f"Brier {_number(calibration.get('brier'))})",
+        ),
+        ("diagonal", "perfect calibration"),
+        ("count", "pairs per bin"),
     )
 
 
@@ -475,8 +495,10 @@ def _length_scatter(model: ModelEvaluation) -> tuple[str, str]:
             value, size = _finite(reward), _finite(length)
             if value is None or size is None:
                 continue
-            role = "tie" if pair.outcome not in ("a", "b") else (
-                "preferred" if pair.outcome == side else "other"
+            role = (
+                "tie"
+                if pair.outcome not in ("a", "b")
+                else ("preferred" if pair.outcome == side else "other")
             )
             points.append((size, value, role, pair.id, side))
     if not points or all(point[0] == 0 for point in points):
@@ -486,8 +508,10 @@ def _length_scatter(model: ModelEvaluation) -> tuple[str, str]:
         kept = sorted(random.Random(0).sample(range(n_points), MAX_SCATTER_POINTS))
         points = [points[i] for i in kept]
     frame = _Frame(
-        min(p[0] for p in points), max(p[0] for p in points),
-        min(p[1] for p in points), max(p[1] for p in points),
+        min(p[0] for p in points),
+        max(p[0] for p in points),
+        min(p[1] for p in points),
+        max(p[1] for p in points),
     )
     # Ties first, then other, then preferred on top.
     layer = {"tie": 0, "other": 1, "preferred": 2}
@@ -498,10 +522,13 @@ def _length_scatter(model: ModelEvaluation) -> tuple[str, str]:
     ]
     sampled = (
         f"{len(points):,} of {n_points:,} responses (fixed sample)"
-        if n_points > len(points) else f"{n_points:,} responses"
+        if n_points > len(points)
+        else f"{n_points:,} responses"
     )
     svg = frame.svg(
-        marks, x_label="response length (characters)", y_label="reward",
+        marks,
+        x_label="response length (characters)",
+        y_label="reward",
         title=f"Reward vs length, {sampled}",
     )
     entries = [("preferred", "preferred"), ("other", "other")]
@@ -521,14 +548,19 @@ def _category_plot(model: ModelEvaluation) -> tuple[str, str]:
     )
     shown = entries[:MAX_CATEGORY_BARS]
     bars = [
-        _Bar(name, _finite(entry.get("accuracy")), _bounds(entry.get("accuracy_ci95")),
-             entry.get("n"))
+        _Bar(
+            name,
+            _finite(entry.get("accuracy")),
+            _bounds(entry.get("accuracy_ci95")),
+            entry.get("n"),
+        )
         for name, entry in sorted(shown, key=lambda item: item[0])
     ]
     svg = _interval_bars(bars, title=f"Accuracy by category, {len(entries):,} categories")
     note = (
         f'<p class="small">Showing the {len(shown)} largest of {len(entries):,} categories.</p>'
-        if len(entries) > len(shown) else ""
+        if len(entries) > len(shown)
+        else ""
     )
     return svg, _legend(("bar", "accuracy"), ("whisker", "95% CI"), ("chance", "50%")) + note
 
@@ -603,8 +635,15 @@ class _Frame:
     left, right, top, bottom = 52, 14, 30, 44
 
     def __init__(
-        self, x_low: float, x_high: float, y_low: float, y_high: float,
-        *, pad: bool = True, width: int = _PLOT_WIDTH, height: int = _PLOT_HEIGHT,
+        self,
+        x_low: float,
+        x_high: float,
+        y_low: float,
+        y_high: float,
+        *,
+        pad: bool = True,
+        width: int = _PLOT_WIDTH,
+        height: int = _PLOT_HEIGHT,
     ) -> None:
         self.x_low, self.x_high = _widened(x_low, x_high, pad=pad)
         self.y_low, self.y_high = _widened(y_low, y_high, pad=pad, keep_zero=y_low == 0)
@@ -660,9 +699,7 @@ class _Frame:
         )
 
 
-def _widened(
-    low: float, high: float, *, pad: bool, keep_zero: bool = False
-) -> tuple[float, float]:
+def _widened(low: float, high: float, *, pad: bool, keep_zero: bool = False) -> tuple[float, float]:
     """A drawable range: never empty, with 4% padding unless told otherwise."""
     if high < low:
         low, high = high, low
@@ -756,7 +793,7 @@ def _interval_bars(bars: Sequence[_Bar], *, title: str) -> str:
             low, high = x(bar.interval[0]), x(bar.interval[1])
             marks.append(
                 f'<path class="whisker" d="M{low:.1f},{middle:.1f} H{high:.1f} '
-                f'M{low:.1f},{middle - 5:.1f} V{middle + 5:.1f} M{high:.1f},{middle - 5:.1f} '
+                f"M{low:.1f},{middle - 5:.1f} V{middle + 5:.1f} M{high:.1f},{middle - 5:.1f} "
                 f'V{middle + 5:.1f}"></path>'
             )
         marks.append(
@@ -789,15 +826,15 @@ def _agreement_section(models: Sequence[ModelEvaluation]) -> str:
             people.append(("majority", majority))
         for who, entry in people:
             rows.append(
-                f"<tr><th>{_text(who)}</th><td class=\"num\">{_count(entry.get('n_votes'))}</td>"
-                f"<td class=\"num\">{_count(entry.get('n_tie_votes'))}</td>"
-                f"<td class=\"num\">{_percent(entry.get('accuracy'))}</td>"
-                f"<td class=\"num\">{_interval(entry.get('accuracy_ci95'))}</td>"
-                f"<td class=\"num\">{_percent(entry.get('three_way_accuracy'))}</td>"
-                f"<td class=\"num\">{_interval(entry.get('three_way_accuracy_ci95'))}</td></tr>"
+                f'<tr><th>{_text(who)}</th><td class="num">{_count(entry.get("n_votes"))}</td>'
+                f'<td class="num">{_count(entry.get("n_tie_votes"))}</td>'
+                f'<td class="num">{_percent(entry.get("accuracy"))}</td>'
+                f'<td class="num">{_interval(entry.get("accuracy_ci95"))}</td>'
+                f'<td class="num">{_percent(entry.get("three_way_accuracy"))}</td>'
+                f'<td class="num">{_interval(entry.get("three_way_accuracy_ci95"))}</td></tr>'
             )
         tables.append(
-            f"<h3>{_text(model.name)}</h3><div class=\"scroll\"><table class=\"compare\">"
+            f'<h3>{_text(model.name)}</h3><div class="scroll"><table class="compare">'
             "<tr><th>against</th><th>votes</th><th>tie votes</th><th>accuracy</th><th>95% CI</th>"
             f"<th>3-way</th><th>95% CI</th></tr>{''.join(rows)}</table></div>"
             f'<p class="small">Tie policy: {_text(agreement.get("tie_policy", "n/a"))}; '
@@ -813,10 +850,21 @@ def _agreement_section(models: Sequence[ModelEvaluation]) -> str:
 
 
 _SHOWN_KEYS = {
-    "n_total", "n", "n_human_ties", "n_tied_scores", "accuracy", "accuracy_ci95",
-    "accuracy_half_credit", "accuracy_half_credit_ci95", "three_way_accuracy",
-    "three_way_accuracy_ci95", "by_category", "calibration", "length_bias",
-    "annotator_agreement", "notes",
+    "n_total",
+    "n",
+    "n_human_ties",
+    "n_tied_scores",
+    "accuracy",
+    "accuracy_ci95",
+    "accuracy_half_credit",
+    "accuracy_half_credit_ci95",
+    "three_way_accuracy",
+    "three_way_accuracy_ci95",
+    "by_category",
+    "calibration",
+    "length_bias",
+    "annotator_agreement",
+    "notes",
 }
 
 
@@ -887,15 +935,14 @@ def _wrong_examples_section(models: Sequence[ModelEvaluation]) -> str:
         if not wrong:
             message = (
                 "No pair is ranked wrongly with a nonzero margin."
-                if _oriented(model.pairs) else _no_preference_message(model)
+                if _oriented(model.pairs)
+                else _no_preference_message(model)
             )
             parts.append(f'{heading}<p class="empty">{_text(message)}</p>')
             continue
         rows = []
         for rank, (gap, _preferred, _other, pair) in enumerate(wrong[:N_WRONG_EXAMPLES], start=1):
-            category = (
-                f'<div class="small">{_text(pair.category)}</div>' if pair.category else ""
-            )
+            category = f'<div class="small">{_text(pair.category)}</div>' if pair.category else ""
             rows.append(
                 f'<tr data-pair-id="{_text(pair.id)}"><td class="num">{rank}</td>'
                 f"<td><code>{_text(pair.id)}</code>{category}</td>"
@@ -910,7 +957,7 @@ def _wrong_examples_section(models: Sequence[ModelEvaluation]) -> str:
                 f'<td class="num">{_number(-gap)}</td></tr>'
             )
         parts.append(
-            f"{heading}<p class=\"small\">{len(wrong):,} pairs ranked wrongly with a nonzero "
+            f'{heading}<p class="small">{len(wrong):,} pairs ranked wrongly with a nonzero '
             f"margin; the {min(len(wrong), N_WRONG_EXAMPLES)} with the largest margin:</p>"
             '<div class="scroll"><table class="examples"><tr><th>#</th><th>id</th>'
             "<th>prompt</th><th>response a</th><th>response b</th><th>human</th>"

@@ -74,7 +74,9 @@ class EvaluationRun:
         """The ``--json`` document: the first model's metrics at the top level (for a
         single model) and one block per model under ``models``."""
         document: dict[str, Any] = {
-            "data": self.data, "n_records": self.n_records, "n_rejected": self.n_rejected,
+            "data": self.data,
+            "n_records": self.n_records,
+            "n_rejected": self.n_rejected,
             "notes": list(self.notes),
             "models": [{"name": model.name, **model.metrics} for model in self.models],
         }

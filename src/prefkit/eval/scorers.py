@@ -171,8 +171,15 @@ def is_prefkit_model_folder(path: str | Path) -> bool:
 class PrefkitRewardModelScorer:
     """A prefkit reward-model folder (``prefkit rm train --out DIR``)."""
 
-    def __init__(self, path: str | Path, *, name: str | None = None, batch_size: int = 64,
-                 device: str | None = None, progress: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        batch_size: int = 64,
+        device: str | None = None,
+        progress: bool = True,
+    ):
         try:
             from prefkit.rm import RewardModel  # type: ignore[attr-defined]
         except ImportError:
@@ -295,8 +302,16 @@ class SequenceClassifierScorer:
     Only safetensors weights are loaded, and no remote code is run.
     """
 
-    def __init__(self, path: str | Path, *, name: str | None = None, batch_size: int = 8,
-                 max_length: int | None = None, device: str | None = None, progress: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        device: str | None = None,
+        progress: bool = True,
+    ):
         from transformers import AutoModelForSequenceClassification
 
         folder = Path(path)
@@ -413,10 +428,18 @@ class ImplicitRewardScorer:
     truncation: see the module docstring.
     """
 
-    def __init__(self, policy: str | Path, *, reference: str | Path | None = None,
-                 reward: ImplicitReward | None = None, name: str | None = None,
-                 batch_size: int = 4, max_length: int | None = None, device: str | None = None,
-                 progress: bool = True):
+    def __init__(
+        self,
+        policy: str | Path,
+        *,
+        reference: str | Path | None = None,
+        reward: ImplicitReward | None = None,
+        name: str | None = None,
+        batch_size: int = 4,
+        max_length: int | None = None,
+        device: str | None = None,
+        progress: bool = True,
+    ):
         from transformers import AutoModelForCausalLM
 
         reward = reward or ("dpo" if reference is not None else None)
@@ -427,7 +450,9 @@ class ImplicitRewardScorer:
                 "variant (--implicit-reward sum|mean|norm)"
             )
         if reward not in IMPLICIT_REWARDS:
-            raise ScorerError(f"implicit reward must be one of {', '.join(IMPLICIT_REWARDS)}, got {reward!r}")
+            raise ScorerError(
+                f"implicit reward must be one of {', '.join(IMPLICIT_REWARDS)}, got {reward!r}"
+            )
         if reward == "dpo" and reference is None:
             raise ScorerError("the 'dpo' implicit reward needs a reference model (--ref PATH)")
         if reward != "dpo" and reference is not None:
@@ -484,8 +509,13 @@ class ImplicitRewardScorer:
         stats = TokenizeStats()
         adds_bos = tokenizer_adds_bos(self.tokenizer)
         encoded = [
-            encode_completion(self.tokenizer, *_as_conversation(self.tokenizer, prompt, response),
-                              config, stats, adds_bos=adds_bos)
+            encode_completion(
+                self.tokenizer,
+                *_as_conversation(self.tokenizer, prompt, response),
+                config,
+                stats,
+                adds_bos=adds_bos,
+            )
             for prompt, response in zip(prompts, responses)
         ]
         if stats.truncated_prompts or stats.truncated_completions:
@@ -493,7 +523,9 @@ class ImplicitRewardScorer:
         pad_id = self.tokenizer.pad_token_id
         rewards = np.zeros(len(encoded), dtype=np.float64)
         with _progress_bar(len(encoded), f"scoring with {self.name}", self.progress) as bar:
-            for rows in _length_sorted_batches([len(item.input_ids) for item in encoded], self.batch_size):
+            for rows in _length_sorted_batches(
+                [len(item.input_ids) for item in encoded], self.batch_size
+            ):
                 batch = pack_sequences(
                     [(encoded[row].prompt_ids, encoded[row].completion_ids) for row in rows], pad_id
                 )  # (B, T)
@@ -586,11 +618,28 @@ class ChatJudge:
     into a column of ties.
     """
 
-    def __init__(self, url: str, model: str, *, api_key: str | None = None, name: str | None = None,
-                 timeout: float = 60.0, max_retries: int = 3, backoff: float = 1.0,
-                 concurrency: int = 4, max_response_bytes: int = 1_000_000, max_tokens: int = 8,
-                 progress: bool = True):
-        if timeout <= 0 or max_retries < 0 or backoff < 0 or concurrency < 1 or max_response_bytes < 1:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        name: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        concurrency: int = 4,
+        max_response_bytes: int = 1_000_000,
+        max_tokens: int = 8,
+        progress: bool = True,
+    ):
+        if (
+            timeout <= 0
+            or max_retries < 0
+            or backoff < 0
+            or concurrency < 1
+            or max_response_bytes < 1
+        ):
             raise ValueError(
                 "timeout must be > 0, max_retries >= 0, backoff >= 0, concurrency >= 1 and "
                 f"max_response_bytes >= 1; got {timeout}, {max_retries}, {backoff}, "
@@ -656,20 +705,26 @@ class ChatJudge:
                 raise JudgeError(f"{self.url}: the reply is not JSON ({error})") from None
             if attempt < self.max_retries:
                 time.sleep(min(delay, 60.0))
-        raise JudgeError(f"{self.url}: failed after {self.max_retries + 1} attempts; last error: {failure}")
+        raise JudgeError(
+            f"{self.url}: failed after {self.max_retries + 1} attempts; last error: {failure}"
+        )
 
     def ask(self, prompt: Text, first: Text, second: Text) -> Literal["a", "b", "tie"] | None:
         """One request: which of ``first`` (shown as A) and ``second`` (B) is better."""
         content = _JUDGE_TEMPLATE.format(
             prompt=render_text(prompt), first=render_text(first), second=render_text(second)
         )
-        reply = self._post({
-            "model": self.model,
-            "messages": [{"role": "system", "content": _JUDGE_SYSTEM},
-                         {"role": "user", "content": content}],
-            "temperature": 0,
-            "max_tokens": self.max_tokens,
-        })
+        reply = self._post(
+            {
+                "model": self.model,
+                "messages": [
+                    {"role": "system", "content": _JUDGE_SYSTEM},
+                    {"role": "user", "content": content},
+                ],
+                "temperature": 0,
+                "max_tokens": self.max_tokens,
+            }
+        )
         try:
             text = reply["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
@@ -685,8 +740,9 @@ class ChatJudge:
         """The verdict on one pair (two requests)."""
         return self.compare_pairs([prompt], [response_a], [response_b])[0]
 
-    def compare_pairs(self, prompts: Sequence[Text], responses_a: Sequence[Text],
-                      responses_b: Sequence[Text]) -> list[JudgeVerdict]:
+    def compare_pairs(
+        self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text]
+    ) -> list[JudgeVerdict]:
         if not len(prompts) == len(responses_a) == len(responses_b):
             raise ValueError(
                 f"got {len(prompts)} prompts, {len(responses_a)} responses a and "
@@ -695,12 +751,16 @@ class ChatJudge:
         n = len(prompts)
         answers: list[Any] = [None] * (2 * n)
         swap = {"a": "b", "b": "a", "tie": "tie", None: None}
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool, \
-                _progress_bar(2 * n, f"asking {self.name}", self.progress) as bar:
+        with (
+            ThreadPoolExecutor(max_workers=self.concurrency) as pool,
+            _progress_bar(2 * n, f"asking {self.name}", self.progress) as bar,
+        ):
             futures = {}
             for i in range(n):
                 futures[pool.submit(self.ask, prompts[i], responses_a[i], responses_b[i])] = 2 * i
-                futures[pool.submit(self.ask, prompts[i], responses_b[i], responses_a[i])] = 2 * i + 1
+                futures[pool.submit(self.ask, prompts[i], responses_b[i], responses_a[i])] = (
+                    2 * i + 1
+                )
             try:
                 for future, slot in futures.items():
                     answer = future.result()
@@ -730,9 +790,15 @@ class ChatJudge:
 # --------------------------------------------------------------------- loading
 
 
-def load_scorer(spec: str, *, reference: str | None = None, implicit_reward: str | None = None,
-                batch_size: int | None = None, device: str | None = None,
-                progress: bool = True) -> Scorer:
+def load_scorer(
+    spec: str,
+    *,
+    reference: str | None = None,
+    implicit_reward: str | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> Scorer:
     """A scorer from a command-line MODEL argument.
 
     ``length`` is the length baseline. A folder is, by its config.json: a prefkit
@@ -753,7 +819,9 @@ def load_scorer(spec: str, *, reference: str | None = None, implicit_reward: str
     sizes = {} if batch_size is None else {"batch_size": batch_size}
     if is_prefkit_model_folder(path):
         if reference is not None or implicit_reward is not None:
-            raise ScorerError(f"{spec}: --ref / --implicit-reward apply to policies, not to a prefkit reward model")
+            raise ScorerError(
+                f"{spec}: --ref / --implicit-reward apply to policies, not to a prefkit reward model"
+            )
         return PrefkitRewardModelScorer(path, name=spec, device=device, progress=progress, **sizes)
     config = _read_hf_config(path)
     architectures = list(getattr(config, "architectures", None) or [])
@@ -766,8 +834,12 @@ def load_scorer(spec: str, *, reference: str | None = None, implicit_reward: str
         return SequenceClassifierScorer(path, name=spec, device=device, progress=progress, **sizes)
     if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
         return ImplicitRewardScorer(
-            path, reference=reference, reward=implicit_reward,  # type: ignore[arg-type]
-            device=device, progress=progress, **sizes,
+            path,
+            reference=reference,
+            reward=implicit_reward,  # type: ignore[arg-type]
+            device=device,
+            progress=progress,
+            **sizes,
         )
     raise ScorerError(
         f"{spec}: cannot tell what kind of model this is (architectures {architectures or 'missing'} "

@@ -67,7 +67,13 @@ def default_backbone() -> str:
 
 def resolve_backbone(name_or_path: str | None) -> str:
     """A local checkpoint folder for ``name_or_path`` (None or "minilm" = the packaged MiniLM)."""
-    if name_or_path in (None, "", "minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+    if name_or_path in (
+        None,
+        "",
+        "minilm",
+        "all-MiniLM-L6-v2",
+        "sentence-transformers/all-MiniLM-L6-v2",
+    ):
         return default_backbone()
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
@@ -94,7 +100,11 @@ def weights_hash(checkpoint: str | os.PathLike[str]) -> str:
             "safetensors files (convert the checkpoint with save_pretrained(safe_serialization=True))."
         )
     stats = [path.stat() for path in files]
-    memo_key = (str(folder.resolve()), sum(s.st_size for s in stats), max(s.st_mtime for s in stats))
+    memo_key = (
+        str(folder.resolve()),
+        sum(s.st_size for s in stats),
+        max(s.st_mtime for s in stats),
+    )
     if memo_key in _weights_hash_memo:
         return _weights_hash_memo[memo_key]
     digest = hashlib.sha256()
@@ -147,7 +157,8 @@ def load_base_model(checkpoint: str | os.PathLike[str]) -> torch.nn.Module:
                 tensors[name].shape == expected[name].shape for name in expected
             ):
                 model.load_state_dict(
-                    {name: tensor.to(expected[name].dtype) for name, tensor in tensors.items()}, strict=True
+                    {name: tensor.to(expected[name].dtype) for name, tensor in tensors.items()},
+                    strict=True,
                 )
                 return model
     return AutoModel.from_pretrained(
@@ -216,14 +227,16 @@ def special_token_template(tokenizer: Any) -> SpecialTokenTemplate:
     first = tokenizer("a", add_special_tokens=False)["input_ids"]
     second = tokenizer("b", add_special_tokens=False)["input_ids"]
     if len(first) != 1 or len(second) != 1 or first == second:
-        raise ValueError("special_token_template: the probes 'a' and 'b' must be distinct single tokens.")
+        raise ValueError(
+            "special_token_template: the probes 'a' and 'b' must be distinct single tokens."
+        )
     single = tokenizer("a")["input_ids"]
     pair = tokenizer("a", "b")["input_ids"]
     at = single.index(first[0])
     at_first, at_second = pair.index(first[0]), len(pair) - 1 - pair[::-1].index(second[0])
     template = SpecialTokenTemplate(
-        single=(single[:at], single[at + 1:]),
-        pair=(pair[:at_first], pair[at_first + 1:at_second], pair[at_second + 1:]),
+        single=(single[:at], single[at + 1 :]),
+        pair=(pair[:at_first], pair[at_first + 1 : at_second], pair[at_second + 1 :]),
     )
     _template_memo[id(tokenizer)] = template
     return template
@@ -247,8 +260,13 @@ class FrozenEncoder:
     """
 
     def __init__(
-        self, checkpoint: str, *, max_length: int = 512, batch_size: int = 16,
-        device: str = "cpu", pooling: str | None = None,
+        self,
+        checkpoint: str,
+        *,
+        max_length: int = 512,
+        batch_size: int = 16,
+        device: str = "cpu",
+        pooling: str | None = None,
     ):
         from transformers import AutoConfig
 
@@ -259,8 +277,12 @@ class FrozenEncoder:
         config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=False)
         self.pooling = pooling or ("last" if is_decoder_checkpoint(config) else "mean")
         self.hidden_size = int(config.hidden_size)
-        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-        self._rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+        rope = (
+            getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        )
+        self._rope_type = (
+            rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+        )
         self.weights_hash = weights_hash(checkpoint)
         self._tokenizer = None
         self._model = None
@@ -288,8 +310,13 @@ class FrozenEncoder:
             return []
         return self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
 
-    def encode(self, texts: Sequence[str], *, side: str = "right",
-               progress: Callable[[int], None] | None = None) -> EncodedTexts:
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        side: str = "right",
+        progress: Callable[[int], None] | None = None,
+    ) -> EncodedTexts:
         """Embed ``texts`` (truncated to ``max_length`` tokens, dropping from ``side``).
 
         Each text is tokenized once: the untruncated ids give the token counts and
@@ -318,7 +345,9 @@ class FrozenEncoder:
         def batches() -> Iterator[tuple[np.ndarray, Any]]:
             for start in range(0, len(texts), self.batch_size):
                 rows = order[start : start + self.batch_size]
-                sequences = [_truncate(full_ids[row], len(before), len(after), budget, side) for row in rows]
+                sequences = [
+                    _truncate(full_ids[row], len(before), len(after), budget, side) for row in rows
+                ]
                 yield rows, tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
 
         if not texts:
@@ -333,9 +362,14 @@ class FrozenEncoder:
             previous = torch.get_num_threads()
             torch.set_num_threads(threads_each)
             try:
-                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefkit-encode") as pool:
-                    self._collect(_bounded_map(pool, self._encode_batch, batches(), 2 * workers),
-                                  embeddings, progress)
+                with ThreadPoolExecutor(
+                    max_workers=workers, thread_name_prefix="prefkit-encode"
+                ) as pool:
+                    self._collect(
+                        _bounded_map(pool, self._encode_batch, batches(), 2 * workers),
+                        embeddings,
+                        progress,
+                    )
             finally:
                 torch.set_num_threads(previous)
         return EncodedTexts(embeddings, num_tokens)
@@ -351,8 +385,12 @@ class FrozenEncoder:
         sharing the threads.
         """
         threads = torch.get_num_threads()
-        if (torch.device(self.device).type != "cpu" or threads <= 1 or num_batches <= 1
-                or self._rope_type in ("dynamic", "longrope")):
+        if (
+            torch.device(self.device).type != "cpu"
+            or threads <= 1
+            or num_batches <= 1
+            or self._rope_type in ("dynamic", "longrope")
+        ):
             return 1, threads
         workers = min(threads, num_batches, MAX_PARALLEL_BATCHES)
         return workers, max(1, threads // workers)
@@ -361,11 +399,17 @@ class FrozenEncoder:
         rows, batch = item
         batch = batch.to(self.device)
         with torch.inference_mode():  # thread-local: entered in the thread that runs the model
-            outputs = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            pooled = pool_hidden_states(outputs.last_hidden_state, batch["attention_mask"], self.pooling)
+            outputs = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            )
+            pooled = pool_hidden_states(
+                outputs.last_hidden_state, batch["attention_mask"], self.pooling
+            )
         return rows, pooled.float().cpu().numpy()
 
-    def _collect(self, results, embeddings: np.ndarray, progress: Callable[[int], None] | None) -> None:
+    def _collect(
+        self, results, embeddings: np.ndarray, progress: Callable[[int], None] | None
+    ) -> None:
         for rows, pooled in results:
             embeddings[rows] = pooled
             self.calls += 1
@@ -373,8 +417,9 @@ class FrozenEncoder:
                 progress(len(rows))
 
 
-def _bounded_map(pool: ThreadPoolExecutor, function: Callable[[Any], Any], items: Iterator[Any],
-                 in_flight: int) -> Iterator[Any]:
+def _bounded_map(
+    pool: ThreadPoolExecutor, function: Callable[[Any], Any], items: Iterator[Any], in_flight: int
+) -> Iterator[Any]:
     """``pool.map(function, items)`` in order, with at most ``in_flight`` items submitted
     and not yet consumed (``Executor.map`` would pad every batch of the data up front)."""
     pending: deque[Future[Any]] = deque()
@@ -425,8 +470,14 @@ class EmbeddingCache:
             self._loaded[namespace] = entries
         return self._loaded[namespace]
 
-    def encode(self, encoder: FrozenEncoder, texts: Sequence[str], *, side: str = "right",
-               progress: Callable[[int], None] | None = None) -> EncodedTexts:
+    def encode(
+        self,
+        encoder: FrozenEncoder,
+        texts: Sequence[str],
+        *,
+        side: str = "right",
+        progress: Callable[[int], None] | None = None,
+    ) -> EncodedTexts:
         """Embeddings of ``texts``: cached ones are read, the others computed and stored."""
         namespace = self.namespace(encoder)
         entries = self._entries(namespace)
@@ -437,7 +488,9 @@ class EmbeddingCache:
                 missing.setdefault(digest, text)
         if missing:
             new_digests = list(missing)
-            computed = encoder.encode([missing[d] for d in new_digests], side=side, progress=progress)
+            computed = encoder.encode(
+                [missing[d] for d in new_digests], side=side, progress=progress
+            )
             self._write_shard(namespace, new_digests, computed)
             for row, digest in enumerate(new_digests):
                 entries[digest] = (computed.embeddings[row], int(computed.num_tokens[row]))
@@ -453,7 +506,9 @@ class EmbeddingCache:
         name = f"shard-{uuid.uuid4().hex}"
         staging = folder / f".{name}.partial"
         tensors = {
-            "keys": torch.from_numpy(np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, 32).copy()),
+            "keys": torch.from_numpy(
+                np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, 32).copy()
+            ),
             "embeddings": torch.from_numpy(np.ascontiguousarray(computed.embeddings)),
             "num_tokens": torch.from_numpy(computed.num_tokens.astype(np.int64)),
         }
@@ -461,9 +516,14 @@ class EmbeddingCache:
         os.replace(staging, folder / f"{name}.safetensors")
 
 
-def encode_texts(encoder: FrozenEncoder, texts: Sequence[str], *, side: str = "right",
-                 cache: EmbeddingCache | None = None,
-                 progress: Callable[[int], None] | None = None) -> EncodedTexts:
+def encode_texts(
+    encoder: FrozenEncoder,
+    texts: Sequence[str],
+    *,
+    side: str = "right",
+    cache: EmbeddingCache | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EncodedTexts:
     """Embed ``texts`` through ``cache`` when given, else directly; duplicates embedded once."""
     if cache is not None:
         return cache.encode(encoder, texts, side=side, progress=progress)

@@ -55,8 +55,14 @@ def text_statistics(text: str) -> list[float]:
 
 def parse_feature_spec(spec: str | Sequence[str]) -> tuple[str, ...]:
     """``"response,length"`` -> ("response", "length"), validated."""
-    names = tuple(part.strip() for part in spec.split(",")) if isinstance(spec, str) else tuple(spec)
-    if not names or any(name not in FEATURE_NAMES for name in names) or len(set(names)) != len(names):
+    names = (
+        tuple(part.strip() for part in spec.split(",")) if isinstance(spec, str) else tuple(spec)
+    )
+    if (
+        not names
+        or any(name not in FEATURE_NAMES for name in names)
+        or len(set(names)) != len(names)
+    ):
         raise ValueError(
             f"features: expected distinct names from {', '.join(FEATURE_NAMES)} separated by commas, "
             f"got {spec!r}"
@@ -91,15 +97,24 @@ def build_features(
             parts.append(np.stack([np.log1p(response_chars), np.log1p(response_tokens)], axis=1))
         elif name == "stats":
             statistics = [text_statistics(text) for text in responses]
-            parts.append(np.array(statistics, dtype=np.float32).reshape(len(response_chars), NUM_TEXT_STATISTICS))
+            parts.append(
+                np.array(statistics, dtype=np.float32).reshape(
+                    len(response_chars), NUM_TEXT_STATISTICS
+                )
+            )
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 class RewardHead(nn.Module):
     """Standardise features, then linear (``hidden_sizes=()``) or MLP with GELU and dropout."""
 
-    def __init__(self, input_dim: int, hidden_sizes: Sequence[int] = (), num_outputs: int = 1,
-                 dropout: float = 0.0):
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_sizes: Sequence[int] = (),
+        num_outputs: int = 1,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.register_buffer("feature_mean", torch.zeros(input_dim))
         self.register_buffer("feature_std", torch.ones(input_dim))

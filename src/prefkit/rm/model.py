@@ -120,13 +120,23 @@ class RewardModel(nn.Module):
         """(M, K) outputs for M items."""
         raise NotImplementedError
 
-    def item_store(self, prompts: Sequence[str], responses: Sequence[str],
-                   progress: Callable[[int], None] | None = None) -> ItemStore:
+    def item_store(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+    ) -> ItemStore:
         """The items of these (prompt, response) pairs, ready to batch."""
         raise NotImplementedError
 
-    def predict(self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64,
-                progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def predict(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
         """(N, K) raw outputs, batched by length; order follows the input."""
         if len(prompts) != len(responses):
             raise ValueError(
@@ -143,8 +153,13 @@ class RewardModel(nn.Module):
             self.train(was_training)
 
     @torch.inference_mode()
-    def store_outputs(self, store: ItemStore, *, batch_size: int = 64,
-                      progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    def store_outputs(
+        self,
+        store: ItemStore,
+        *,
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
         """(U, K) float32 outputs of every item of ``store`` on the CPU, in store order.
 
         Items are batched longest first, so each batch is padded to about its own
@@ -161,22 +176,30 @@ class RewardModel(nn.Module):
                 progress(len(rows))
         return outputs
 
-    def predict_and_score(self, prompts: Sequence[str], responses: Sequence[str], *,
-                          batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def predict_and_score(
+        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(N, K) raw outputs and (N,) rewards from one pass (multi-objective models gate them)."""
         outputs = self.predict(prompts, responses, batch_size=batch_size)
         return outputs, outputs.mean(axis=1)
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64,
-              normalize: bool = False) -> np.ndarray:
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        batch_size: int = 64,
+        normalize: bool = False,
+    ) -> np.ndarray:
         """(N,) rewards; with ``normalize``, standardised by the training mean and std."""
         rewards = self.predict(prompts, responses, batch_size=batch_size).mean(axis=1)
         if normalize:
             rewards = (rewards - self.spec["reward_mean"]) / self.spec["reward_std"]
         return rewards
 
-    def score_attributes(self, prompts: Sequence[str], responses: Sequence[str], *,
-                         batch_size: int = 64) -> dict[str, np.ndarray]:
+    def score_attributes(
+        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+    ) -> dict[str, np.ndarray]:
         """Attribute name -> (N,) predictions (``{"reward": ...}`` for a scalar model)."""
         outputs = self.predict(prompts, responses, batch_size=batch_size)
         names = self.attributes or ["reward"]
@@ -191,12 +214,18 @@ class RewardModel(nn.Module):
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """Weights saved in model.safetensors."""
-        return {name: tensor for name, tensor in self.state_dict().items() if not name.startswith("backbone.")}
+        return {
+            name: tensor
+            for name, tensor in self.state_dict().items()
+            if not name.startswith("backbone.")
+        }
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.head_state().items()}
+        state = {
+            name: tensor.detach().cpu().contiguous() for name, tensor in self.head_state().items()
+        }
         save_file(state, str(folder / WEIGHTS_NAME))
         self._save_extra(folder)
         spec = {"format_version": FORMAT_VERSION, **self.spec}
@@ -207,13 +236,20 @@ class RewardModel(nn.Module):
         pass
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], *, device: str = "cpu",
-             cache_dir: str | os.PathLike[str] | None = None) -> RewardModel:
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        device: str = "cpu",
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> RewardModel:
         """Read a model folder written by :meth:`save` (safetensors and JSON only)."""
         folder = Path(directory)
         config_path = folder / CONFIG_NAME
         if not config_path.is_file():
-            raise FileNotFoundError(f"{folder}: not a prefkit reward-model folder (no {CONFIG_NAME}).")
+            raise FileNotFoundError(
+                f"{folder}: not a prefkit reward-model folder (no {CONFIG_NAME})."
+            )
         spec = json.loads(config_path.read_text())
         if spec.get("format_version") != FORMAT_VERSION:
             raise ValueError(
@@ -243,14 +279,23 @@ class RewardModel(nn.Module):
 class EmbeddingRewardModel(RewardModel):
     """A head on frozen-encoder features; the encoder is loaded only to embed uncached texts."""
 
-    def __init__(self, spec: dict[str, Any], *, cache_dir: str | os.PathLike[str] | None = None,
-                 device: str = "cpu", encoder: FrozenEncoder | None = None, use_cache: bool = True,
-                 embed_batch_size: int = 16):
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        encoder: FrozenEncoder | None = None,
+        use_cache: bool = True,
+        embed_batch_size: int = 16,
+    ):
         super().__init__(spec)
         self.embed_batch_size = embed_batch_size
         self.features = parse_feature_spec(spec["features"])
         dim = feature_dim(self.features, spec["embedding_dim"])
-        self.head = RewardHead(dim, spec["hidden_sizes"], self.num_outputs, spec.get("dropout", 0.0))
+        self.head = RewardHead(
+            dim, spec["hidden_sizes"], self.num_outputs, spec.get("dropout", 0.0)
+        )
         self._encoder = encoder
         self._device = device
         self.cache = EmbeddingCache(cache_dir) if use_cache else None
@@ -260,8 +305,11 @@ class EmbeddingRewardModel(RewardModel):
         if self._encoder is None:
             backbone = self.spec["backbone"]
             self._encoder = FrozenEncoder(
-                backbone["path"], max_length=self.spec["max_length"], pooling=backbone["pooling"],
-                device=self._device, batch_size=self.embed_batch_size,
+                backbone["path"],
+                max_length=self.spec["max_length"],
+                pooling=backbone["pooling"],
+                device=self._device,
+                batch_size=self.embed_batch_size,
             )
             if self._encoder.weights_hash != backbone["weights_hash"]:
                 raise ValueError(
@@ -274,22 +322,34 @@ class EmbeddingRewardModel(RewardModel):
         assert isinstance(items, FeatureItems)
         return self.head(items.features)
 
-    def featurize(self, prompts: Sequence[str], responses: Sequence[str],
-                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def featurize(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, F) features plus (N,) prompt and response token counts (before truncation)."""
         encoder = self.encoder
         needs_prompt = any(name in ("prompt", "product") for name in self.features)
-        response_encoded = encode_texts(encoder, responses, side="right", cache=self.cache, progress=progress)
+        response_encoded = encode_texts(
+            encoder, responses, side="right", cache=self.cache, progress=progress
+        )
         if needs_prompt:
-            prompt_encoded = encode_texts(encoder, prompts, side="left", cache=self.cache, progress=progress)
+            prompt_encoded = encode_texts(
+                encoder, prompts, side="left", cache=self.cache, progress=progress
+            )
             prompt_embeddings, prompt_tokens = prompt_encoded.embeddings, prompt_encoded.num_tokens
         else:
             prompt_embeddings = np.zeros_like(response_encoded.embeddings)
             prompt_tokens = np.zeros(len(prompts), dtype=np.int64)
         chars = np.array([len(text) for text in responses], dtype=np.float32)
         features = build_features(
-            self.features, prompt_embeddings, response_encoded.embeddings, chars,
-            response_encoded.num_tokens.astype(np.float32), responses,
+            self.features,
+            prompt_embeddings,
+            response_encoded.embeddings,
+            chars,
+            response_encoded.num_tokens.astype(np.float32),
+            responses,
         )
         return features, prompt_tokens, response_encoded.num_tokens
 
@@ -309,7 +369,9 @@ class TransformerRewardModel(RewardModel):
         self.head = nn.Linear(int(spec["embedding_dim"]), self.num_outputs)
 
     @classmethod
-    def create(cls, spec: dict[str, Any], lora: dict[str, Any] | None = None) -> TransformerRewardModel:
+    def create(
+        cls, spec: dict[str, Any], lora: dict[str, Any] | None = None
+    ) -> TransformerRewardModel:
         """A fresh model from ``spec["backbone"]["path"]``, with LoRA adapters when ``lora`` is given."""
         from transformers import AutoModel
 
@@ -320,10 +382,15 @@ class TransformerRewardModel(RewardModel):
         if lora is not None:
             from peft import LoraConfig, get_peft_model
 
-            backbone = get_peft_model(backbone, LoraConfig(
-                r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                target_modules=lora.get("target_modules") or "all-linear",
-            ))
+            backbone = get_peft_model(
+                backbone,
+                LoraConfig(
+                    r=lora["r"],
+                    lora_alpha=lora["alpha"],
+                    lora_dropout=lora["dropout"],
+                    target_modules=lora.get("target_modules") or "all-linear",
+                ),
+            )
         return cls(spec, backbone, load_tokenizer(path))
 
     @classmethod
@@ -332,7 +399,10 @@ class TransformerRewardModel(RewardModel):
 
         if spec["mode"] == "finetune":
             backbone = AutoModel.from_pretrained(
-                folder / "backbone", use_safetensors=True, trust_remote_code=False, dtype=torch.float32
+                folder / "backbone",
+                use_safetensors=True,
+                trust_remote_code=False,
+                dtype=torch.float32,
             )
             tokenizer = load_tokenizer(str(folder / "backbone"))
         else:
@@ -365,7 +435,9 @@ class TransformerRewardModel(RewardModel):
         mask = items.attention_mask
         # Positions count real tokens only, so left and right padding give the same positions.
         position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (M, T)
-        outputs = self.backbone(input_ids=items.input_ids, attention_mask=mask, position_ids=position_ids)
+        outputs = self.backbone(
+            input_ids=items.input_ids, attention_mask=mask, position_ids=position_ids
+        )
         pooled = pool_hidden_states(outputs.last_hidden_state, mask, self.pooling)  # (M, H)
         return self.head(pooled.float())
 
@@ -398,7 +470,9 @@ def tokenize_pair(tokenizer: Any, prompt: str, response: str, max_length: int) -
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     pair_specials = sum(len(part) for part in template.pair)
     single_specials = sum(len(part) for part in template.single)
-    full_length = len(response_ids) + (len(prompt_ids) + pair_specials if prompt_ids else single_specials)
+    full_length = len(response_ids) + (
+        len(prompt_ids) + pair_specials if prompt_ids else single_specials
+    )
     prompt_truncated = response_truncated = False
     if full_length > max_length:
         if len(response_ids) + pair_specials >= max_length or not prompt_ids:
@@ -409,7 +483,7 @@ def tokenize_pair(tokenizer: Any, prompt: str, response: str, max_length: int) -
                 response_truncated = True
         else:
             keep = max_length - pair_specials - len(response_ids)
-            prompt_ids = prompt_ids[len(prompt_ids) - keep:]
+            prompt_ids = prompt_ids[len(prompt_ids) - keep :]
             prompt_truncated = True
     if prompt_ids:
         before, between, after = template.pair
@@ -420,7 +494,9 @@ def tokenize_pair(tokenizer: Any, prompt: str, response: str, max_length: int) -
     return TokenizedPair(ids, prompt_truncated, response_truncated, full_length)
 
 
-def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> TokenItems:
+def pad_sequences(
+    sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right"
+) -> TokenItems:
     """(M, T) padded ids and mask, T = the longest sequence."""
     width = max(len(ids) for ids in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)

@@ -167,27 +167,48 @@ class MultiObjectiveConfig:
             raise ValueError(
                 f"MultiObjectiveConfig: regression_head must be linear or mlp, got {self.regression_head!r}."
             )
-        for name in ("hidden_size", "gate_hidden_size", "regression_epochs", "gate_epochs", "batch_size"):
+        for name in (
+            "hidden_size",
+            "gate_hidden_size",
+            "regression_epochs",
+            "gate_epochs",
+            "batch_size",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MultiObjectiveConfig: {name} must be an integer >= 1, got {value!r}.")
-        if isinstance(self.gate_hidden_layers, bool) or not isinstance(self.gate_hidden_layers, int) \
-                or self.gate_hidden_layers < 0:
+                raise ValueError(
+                    f"MultiObjectiveConfig: {name} must be an integer >= 1, got {value!r}."
+                )
+        if (
+            isinstance(self.gate_hidden_layers, bool)
+            or not isinstance(self.gate_hidden_layers, int)
+            or self.gate_hidden_layers < 0
+        ):
             raise ValueError(
                 f"MultiObjectiveConfig: gate_hidden_layers must be an integer >= 0, got {self.gate_hidden_layers!r}."
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"MultiObjectiveConfig: dropout must be in [0, 1), got {self.dropout}.")
+            raise ValueError(
+                f"MultiObjectiveConfig: dropout must be in [0, 1), got {self.dropout}."
+            )
         if not (math.isfinite(self.gate_temperature) and self.gate_temperature > 0):
-            raise ValueError(f"MultiObjectiveConfig: gate_temperature must be > 0, got {self.gate_temperature}.")
+            raise ValueError(
+                f"MultiObjectiveConfig: gate_temperature must be > 0, got {self.gate_temperature}."
+            )
         if self.max_length < 4:
-            raise ValueError(f"MultiObjectiveConfig: max_length must be >= 4, got {self.max_length}.")
+            raise ValueError(
+                f"MultiObjectiveConfig: max_length must be >= 4, got {self.max_length}."
+            )
         if self.truncation not in ("truncate", "drop"):
             raise ValueError(
                 f"MultiObjectiveConfig: truncation must be truncate or drop, got {self.truncation!r}."
             )
         fraction = self.eval_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not 0 <= fraction < 1
+        ):
             raise ValueError(
                 f"MultiObjectiveConfig: eval_fraction must be a number in [0, 1) (0 = no held-out split), "
                 f"got {fraction!r}; e.g. 0.1 holds out a tenth of the rating and of the pair records."
@@ -200,11 +221,15 @@ class MultiObjectiveConfig:
         regression = stage == "regression"
         return TrainConfig(
             epochs=self.regression_epochs if regression else self.gate_epochs,
-            batch_size=self.batch_size, lr=self.regression_lr if regression else self.gate_lr,
-            weight_decay=self.weight_decay, schedule="linear", seed=self.seed,
+            batch_size=self.batch_size,
+            lr=self.regression_lr if regression else self.gate_lr,
+            weight_decay=self.weight_decay,
+            schedule="linear",
+            seed=self.seed,
             group_by_length=False,  # cached features have no length to group by
             early_stopping_patience=self.early_stopping_patience,  # watches the held-out "loss"
-            device=self.device, progress=self.progress,
+            device=self.device,
+            progress=self.progress,
         )
 
 
@@ -224,7 +249,9 @@ class MultiObjectiveItems:
     """(M,) log(1 + characters) of the response."""
 
     def select(self, rows: torch.Tensor) -> MultiObjectiveItems:
-        return MultiObjectiveItems(self.features[rows], self.prompt_embeddings[rows], self.log_lengths[rows])
+        return MultiObjectiveItems(
+            self.features[rows], self.prompt_embeddings[rows], self.log_lengths[rows]
+        )
 
     def to(self, device: torch.device | str) -> MultiObjectiveItems:
         return MultiObjectiveItems(
@@ -234,11 +261,14 @@ class MultiObjectiveItems:
 
 def response_log_lengths(responses: Sequence[str]) -> np.ndarray:
     """(N,) float32 log(1 + characters): the length that decorrelation removes."""
-    return np.log1p(np.array([len(text) for text in responses], dtype=np.float64)).astype(np.float32)
+    return np.log1p(np.array([len(text) for text in responses], dtype=np.float64)).astype(
+        np.float32
+    )
 
 
-def length_decorrelation_coefficients(attribute_values: torch.Tensor,
-                                      log_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def length_decorrelation_coefficients(
+    attribute_values: torch.Tensor, log_lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares slope of each attribute on log length, and the mean log length.
 
     Args:
@@ -261,7 +291,9 @@ def length_decorrelation_coefficients(attribute_values: torch.Tensor,
     centered_lengths = log_lengths.double() - center  # (N,)
     variance = centered_lengths.square().mean()
     if variance <= 1e-12:
-        return torch.zeros(values.shape[1], dtype=attribute_values.dtype), center.to(attribute_values.dtype)
+        return torch.zeros(values.shape[1], dtype=attribute_values.dtype), center.to(
+            attribute_values.dtype
+        )
     covariance = ((values - values.mean(dim=0)) * centered_lengths.unsqueeze(1)).mean(dim=0)  # (K,)
     return (covariance / variance).to(attribute_values.dtype), center.to(attribute_values.dtype)
 
@@ -273,17 +305,34 @@ class MultiObjectiveRewardModel(EmbeddingRewardModel):
     :class:`~prefkit.rm.model.RewardModel`; :meth:`score` returns the gated reward.
     """
 
-    def __init__(self, spec: dict[str, Any], *, cache_dir: str | os.PathLike[str] | None = None,
-                 device: str = "cpu", encoder: FrozenEncoder | None = None, use_cache: bool = True,
-                 embed_batch_size: int = 16):
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        encoder: FrozenEncoder | None = None,
+        use_cache: bool = True,
+        embed_batch_size: int = 16,
+    ):
         if spec.get("mode") != MODE:
-            raise ValueError(f"MultiObjectiveRewardModel: spec mode must be {MODE!r}, got {spec.get('mode')!r}.")
+            raise ValueError(
+                f"MultiObjectiveRewardModel: spec mode must be {MODE!r}, got {spec.get('mode')!r}."
+            )
         if not spec.get("attributes"):
             raise ValueError("MultiObjectiveRewardModel: spec needs a non-empty 'attributes' list.")
-        super().__init__(spec, cache_dir=cache_dir, device=device, encoder=encoder, use_cache=use_cache,
-                         embed_batch_size=embed_batch_size)
+        super().__init__(
+            spec,
+            cache_dir=cache_dir,
+            device=device,
+            encoder=encoder,
+            use_cache=use_cache,
+            embed_batch_size=embed_batch_size,
+        )
         num_attributes = self.num_outputs
-        self.gate = RewardHead(int(spec["embedding_dim"]), spec["gate_hidden_sizes"], num_attributes)
+        self.gate = RewardHead(
+            int(spec["embedding_dim"]), spec["gate_hidden_sizes"], num_attributes
+        )
         self.gate_temperature = float(spec["gate_temperature"])
         self.log_reward_scale = nn.Parameter(torch.zeros(()))
         self.register_buffer("length_coefficients", torch.zeros(num_attributes))
@@ -295,9 +344,14 @@ class MultiObjectiveRewardModel(EmbeddingRewardModel):
         """(M, K) attribute predictions (before length decorrelation)."""
         return self.head(items.features)
 
-    def adjusted_attributes(self, attribute_values: torch.Tensor, log_lengths: torch.Tensor) -> torch.Tensor:
+    def adjusted_attributes(
+        self, attribute_values: torch.Tensor, log_lengths: torch.Tensor
+    ) -> torch.Tensor:
         """(M, K) ``r_k - lambda_k (l - center)``; unchanged when decorrelation is off (lambda = 0)."""
-        return attribute_values - (log_lengths - self.length_center).unsqueeze(1) * self.length_coefficients
+        return (
+            attribute_values
+            - (log_lengths - self.length_center).unsqueeze(1) * self.length_coefficients
+        )
 
     def gate_probabilities(self, prompt_embeddings: torch.Tensor) -> torch.Tensor:
         """(M, K) mixing weights, ``softmax(gate(x) / T)``; each row sums to 1."""
@@ -314,13 +368,18 @@ class MultiObjectiveRewardModel(EmbeddingRewardModel):
 
     # -- featurizing -----------------------------------------------------------------------
 
-    def featurize_items(self, prompts: Sequence[str], responses: Sequence[str]) -> MultiObjectiveItems:
+    def featurize_items(
+        self, prompts: Sequence[str], responses: Sequence[str]
+    ) -> MultiObjectiveItems:
         """Embed prompts and responses (through the cache) into the model's inputs."""
         return self.featurize_with_token_counts(prompts, responses)[0]
 
-    def featurize_with_token_counts(self, prompts: Sequence[str], responses: Sequence[str],
-                                    progress: Callable[[int], None] | None = None,
-                                    ) -> tuple[MultiObjectiveItems, np.ndarray, np.ndarray]:
+    def featurize_with_token_counts(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[MultiObjectiveItems, np.ndarray, np.ndarray]:
         """The model's inputs plus (N,) prompt and (N,) response token counts before truncation."""
         if len(prompts) != len(responses):
             raise ValueError(
@@ -328,36 +387,51 @@ class MultiObjectiveRewardModel(EmbeddingRewardModel):
                 "give one prompt per response."
             )
         encoder = self.encoder
-        response_encoded = encode_texts(encoder, list(responses), side="right", cache=self.cache,
-                                        progress=progress)
-        prompt_encoded = encode_texts(encoder, list(prompts), side="left", cache=self.cache,
-                                      progress=progress)
+        response_encoded = encode_texts(
+            encoder, list(responses), side="right", cache=self.cache, progress=progress
+        )
+        prompt_encoded = encode_texts(
+            encoder, list(prompts), side="left", cache=self.cache, progress=progress
+        )
         chars = np.array([len(text) for text in responses], dtype=np.float32)
         features = build_features(
-            self.features, prompt_encoded.embeddings, response_encoded.embeddings, chars,
-            response_encoded.num_tokens.astype(np.float32), responses,
+            self.features,
+            prompt_encoded.embeddings,
+            response_encoded.embeddings,
+            chars,
+            response_encoded.num_tokens.astype(np.float32),
+            responses,
         )
         items = MultiObjectiveItems(
-            torch.from_numpy(features), torch.from_numpy(prompt_encoded.embeddings),
+            torch.from_numpy(features),
+            torch.from_numpy(prompt_encoded.embeddings),
             torch.from_numpy(response_log_lengths(responses)),
         )
         return items, prompt_encoded.num_tokens, response_encoded.num_tokens
 
     @torch.no_grad()
-    def evaluate_items(self, items: MultiObjectiveItems, *, batch_size: int = 256
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def evaluate_items(
+        self, items: MultiObjectiveItems, *, batch_size: int = 256
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, K) attributes, (N, K) gate weights and (N,) rewards of featurized items."""
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         attributes, gates, rewards = [], [], []
         for start in range(0, len(items.log_lengths), batch_size):
-            batch = items.select(torch.arange(start, min(start + batch_size, len(items.log_lengths)))).to(device)
+            batch = items.select(
+                torch.arange(start, min(start + batch_size, len(items.log_lengths)))
+            ).to(device)
             values = self(batch)
             weights = self.gate_probabilities(batch.prompt_embeddings)
             attributes.append(values.float().cpu().numpy())
             gates.append(weights.float().cpu().numpy())
-            rewards.append(self.mix(weights, self.adjusted_attributes(values, batch.log_lengths)).float().cpu().numpy())
+            rewards.append(
+                self.mix(weights, self.adjusted_attributes(values, batch.log_lengths))
+                .float()
+                .cpu()
+                .numpy()
+            )
         self.train(was_training)
         num_attributes = self.num_outputs
         if not attributes:
@@ -367,26 +441,47 @@ class MultiObjectiveRewardModel(EmbeddingRewardModel):
 
     # -- the RewardModel interface ---------------------------------------------------------
 
-    def predict(self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64,
-                progress: Any = None) -> np.ndarray:
+    def predict(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        batch_size: int = 64,
+        progress: Any = None,
+    ) -> np.ndarray:
         """(N, K) attribute predictions (before length decorrelation)."""
-        return self.evaluate_items(self.featurize_items(prompts, responses), batch_size=batch_size)[0]
+        return self.evaluate_items(self.featurize_items(prompts, responses), batch_size=batch_size)[
+            0
+        ]
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64,
-              normalize: bool = False) -> np.ndarray:
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        batch_size: int = 64,
+        normalize: bool = False,
+    ) -> np.ndarray:
         """(N,) gated rewards; with ``normalize``, standardised by the training mean and std."""
-        rewards = self.evaluate_items(self.featurize_items(prompts, responses), batch_size=batch_size)[2]
+        rewards = self.evaluate_items(
+            self.featurize_items(prompts, responses), batch_size=batch_size
+        )[2]
         if normalize:
             rewards = (rewards - self.spec["reward_mean"]) / self.spec["reward_std"]
         return rewards
 
-    def predict_and_score(self, prompts: Sequence[str], responses: Sequence[str], *,
-                          batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def predict_and_score(
+        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(N, K) attribute predictions and (N,) gated rewards, embedding the texts once."""
-        attributes, _, rewards = self.evaluate_items(self.featurize_items(prompts, responses), batch_size=batch_size)
+        attributes, _, rewards = self.evaluate_items(
+            self.featurize_items(prompts, responses), batch_size=batch_size
+        )
         return attributes, rewards
 
-    def gate_weights(self, prompts: Sequence[str], *, batch_size: int = 256) -> dict[str, np.ndarray]:
+    def gate_weights(
+        self, prompts: Sequence[str], *, batch_size: int = 256
+    ) -> dict[str, np.ndarray]:
         """Attribute name -> (N,) mixing weight the gate gives it for each prompt (rows sum to 1)."""
         embeddings = torch.from_numpy(
             encode_texts(self.encoder, list(prompts), side="left", cache=self.cache).embeddings
@@ -395,16 +490,26 @@ class MultiObjectiveRewardModel(EmbeddingRewardModel):
         self.eval()
         device = next(self.parameters()).device
         with torch.no_grad():
-            weights = torch.cat([
-                self.gate_probabilities(embeddings[start : start + batch_size].to(device)).float().cpu()
-                for start in range(0, len(embeddings), batch_size)
-            ] or [torch.zeros(0, self.num_outputs)]).numpy()
+            weights = torch.cat(
+                [
+                    self.gate_probabilities(embeddings[start : start + batch_size].to(device))
+                    .float()
+                    .cpu()
+                    for start in range(0, len(embeddings), batch_size)
+                ]
+                or [torch.zeros(0, self.num_outputs)]
+            ).numpy()
         self.train(was_training)
         return {name: weights[:, column] for column, name in enumerate(self.attributes or [])}
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], *, device: str = "cpu",  # type: ignore[override]
-             cache_dir: str | os.PathLike[str] | None = None) -> MultiObjectiveRewardModel:
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        device: str = "cpu",  # type: ignore[override]
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> MultiObjectiveRewardModel:
         """Read a folder written by :meth:`save` (safetensors and JSON only)."""
         config_path = Path(directory) / CONFIG_NAME
         mode = json.loads(config_path.read_text()).get("mode") if config_path.is_file() else None
@@ -442,16 +547,21 @@ class GateBatch:
     """(B,) record weights (1 when absent)."""
 
 
-def regression_losses(model: MultiObjectiveRewardModel, batch: RegressionBatch
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def regression_losses(
+    model: MultiObjectiveRewardModel, batch: RegressionBatch
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(B,) masked squared error of the attribute predictions (ArmoRM stage 1)."""
     result = rating_regression_loss(model(batch.items), batch.ratings, batch.observed)
     return result.losses, result.metrics
 
 
-def gate_losses(model: MultiObjectiveRewardModel, batch: GateBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def gate_losses(
+    model: MultiObjectiveRewardModel, batch: GateBatch
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(B,) Bradley-Terry loss of the gated rewards (ArmoRM stage 2), times record weights."""
-    gate_weights = model.gate_probabilities(batch.prompt_embeddings)  # (B, K), shared by both responses
+    gate_weights = model.gate_probabilities(
+        batch.prompt_embeddings
+    )  # (B, K), shared by both responses
     chosen = model.mix(gate_weights, batch.adjusted_chosen)  # (B,)
     rejected = model.mix(gate_weights, batch.adjusted_rejected)  # (B,)
     result = bradley_terry_loss(chosen, rejected)
@@ -469,8 +579,14 @@ class StageData:
     truncation: TruncationCounts
 
 
-def prepare_stage(model: MultiObjectiveRewardModel, records: Sequence[RatingRecord] | Sequence[PairwiseRecord],
-                  attributes: list[str] | None, config: MultiObjectiveConfig, *, reads_prompt: bool) -> StageData:
+def prepare_stage(
+    model: MultiObjectiveRewardModel,
+    records: Sequence[RatingRecord] | Sequence[PairwiseRecord],
+    attributes: list[str] | None,
+    config: MultiObjectiveConfig,
+    *,
+    reads_prompt: bool,
+) -> StageData:
     """Featurize the records of one stage and apply ``config.truncation``, counting what it did.
 
     A text counts as truncated when its untruncated token count exceeds
@@ -482,12 +598,18 @@ def prepare_stage(model: MultiObjectiveRewardModel, records: Sequence[RatingReco
     examples = build_examples(list(records), index, attributes)
     prompts, responses = index.prompts, index.responses
     with ProgressCounter("embedding", "text", enabled=config.progress) as progress:
-        items, prompt_tokens, response_tokens = model.featurize_with_token_counts(prompts, responses, progress)
+        items, prompt_tokens, response_tokens = model.featurize_with_token_counts(
+            prompts, responses, progress
+        )
     prompt_cut = (prompt_tokens > config.max_length) & reads_prompt  # (U,)
     response_cut = response_tokens > config.max_length  # (U,)
     counts = TruncationCounts(config.max_length, config.truncation)
-    counts.prompts_truncated = len({text for text, cut in zip(prompts, prompt_cut, strict=True) if cut})
-    counts.responses_truncated = len({text for text, cut in zip(responses, response_cut, strict=True) if cut})
+    counts.prompts_truncated = len(
+        {text for text, cut in zip(prompts, prompt_cut, strict=True) if cut}
+    )
+    counts.responses_truncated = len(
+        {text for text, cut in zip(responses, response_cut, strict=True) if cut}
+    )
     if config.truncation == "drop":
         touched = torch.from_numpy(prompt_cut | response_cut)[examples.positions].any(dim=1)  # (E,)
         counts.examples_dropped = int(touched.sum())
@@ -512,7 +634,9 @@ class RatedItems:
     @classmethod
     def from_stage(cls, data: StageData) -> RatedItems:
         observed = data.examples.targets["observed"]
-        ratings = torch.where(observed, data.examples.targets["ratings"], torch.tensor(float("nan")))
+        ratings = torch.where(
+            observed, data.examples.targets["ratings"], torch.tensor(float("nan"))
+        )
         return cls(data.items, data.examples.positions[:, 0], ratings, observed)
 
     def __len__(self) -> int:
@@ -520,7 +644,9 @@ class RatedItems:
 
     def batch(self, indices: list[int]) -> RegressionBatch:
         rows = torch.as_tensor(indices, dtype=torch.long)
-        return RegressionBatch(self.items.select(self.positions[rows]), self.ratings[rows], self.observed[rows])
+        return RegressionBatch(
+            self.items.select(self.positions[rows]), self.ratings[rows], self.observed[rows]
+        )
 
 
 @dataclass
@@ -545,8 +671,13 @@ class GatePairs:
         adjusted = _adjusted_attributes(model, attribute_values, data.items.log_lengths)
         a_wins = data.examples.targets["outcomes"] == OUTCOME_A_WINS
         first, second = data.examples.positions[:, 0], data.examples.positions[:, 1]
-        return cls(adjusted, data.items.prompt_embeddings, torch.where(a_wins, first, second),
-                   torch.where(a_wins, second, first), data.examples.targets["weights"])
+        return cls(
+            adjusted,
+            data.items.prompt_embeddings,
+            torch.where(a_wins, first, second),
+            torch.where(a_wins, second, first),
+            data.examples.targets["weights"],
+        )
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -554,8 +685,12 @@ class GatePairs:
     def batch(self, indices: list[int]) -> GateBatch:
         rows = torch.as_tensor(indices, dtype=torch.long)
         chosen, rejected = self.chosen[rows], self.rejected[rows]
-        return GateBatch(self.adjusted[chosen], self.adjusted[rejected], self.prompt_embeddings[chosen],
-                         self.weights[rows])
+        return GateBatch(
+            self.adjusted[chosen],
+            self.adjusted[rejected],
+            self.prompt_embeddings[chosen],
+            self.weights[rows],
+        )
 
 
 @torch.no_grad()
@@ -564,7 +699,9 @@ def regression_metrics(model: MultiObjectiveRewardModel, rated: RatedItems) -> d
     squared error of each attribute over the examples that rate it."""
     predicted = torch.from_numpy(model.evaluate_items(rated.items)[0])[rated.positions]  # (E, K)
     losses = rating_regression_loss(predicted, rated.ratings, rated.observed).losses  # (E,)
-    squared = torch.where(rated.observed, predicted - rated.ratings, torch.zeros_like(predicted)).square()
+    squared = torch.where(
+        rated.observed, predicted - rated.ratings, torch.zeros_like(predicted)
+    ).square()
     counts = rated.observed.sum(dim=0).clamp(min=1)  # (K,)
     metrics = {"loss": float(losses.double().mean())}
     for column, name in enumerate(model.attributes or []):
@@ -580,10 +717,15 @@ def gate_metrics(model: MultiObjectiveRewardModel, pairs: GatePairs) -> dict[str
     batch = move_to_device(pairs.batch(list(range(len(pairs)))), next(model.parameters()).device)
     losses, metrics = gate_losses(model, batch)
     model.train(was_training)
-    return {"loss": float(losses.double().mean()), "accuracy": float(metrics["accuracy"].double().mean())}
+    return {
+        "loss": float(losses.double().mean()),
+        "accuracy": float(metrics["accuracy"].double().mean()),
+    }
 
 
-StageLosses = Callable[[MultiObjectiveRewardModel, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+StageLosses = Callable[
+    [MultiObjectiveRewardModel, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]
+]
 StageMetrics = Callable[[MultiObjectiveRewardModel, Any], dict[str, float]]
 
 
@@ -609,8 +751,13 @@ class EvaluatedStageTask(StageTask):
     """A stage that the loop also evaluates on held-out examples (a class of its own, so that
     a run without held-out records writes no empty eval lines)."""
 
-    def __init__(self, examples: RatedItems | GatePairs, losses: StageLosses,
-                 held_out: RatedItems | GatePairs, metrics: StageMetrics):
+    def __init__(
+        self,
+        examples: RatedItems | GatePairs,
+        losses: StageLosses,
+        held_out: RatedItems | GatePairs,
+        metrics: StageMetrics,
+    ):
         super().__init__(examples, losses)
         self.held_out = held_out
         self.metrics = metrics
@@ -619,8 +766,12 @@ class EvaluatedStageTask(StageTask):
         return self.metrics(model, self.held_out)  # type: ignore[arg-type]
 
 
-def stage_task(examples: RatedItems | GatePairs, losses: StageLosses,
-               held_out: RatedItems | GatePairs | None, metrics: StageMetrics) -> StageTask:
+def stage_task(
+    examples: RatedItems | GatePairs,
+    losses: StageLosses,
+    held_out: RatedItems | GatePairs | None,
+    metrics: StageMetrics,
+) -> StageTask:
     """The task of a stage, evaluated on ``held_out`` when there is one."""
     if held_out is None:
         return StageTask(examples, losses)
@@ -645,11 +796,15 @@ class StageReport:
     def as_json(self) -> dict[str, Any]:
         result = self.result
         return {
-            "steps": result.global_step, "stopped_early": result.stopped_early,
+            "steps": result.global_step,
+            "stopped_early": result.stopped_early,
             "best_step": result.best_step if result.restored_best else None,
             "truncation": dataclasses.asdict(self.truncation),
-            "eval_truncation": dataclasses.asdict(self.eval_truncation) if self.eval_truncation else None,
-            "metrics": self.metrics, "eval_metrics": self.eval_metrics,
+            "eval_truncation": dataclasses.asdict(self.eval_truncation)
+            if self.eval_truncation
+            else None,
+            "metrics": self.metrics,
+            "eval_metrics": self.eval_metrics,
         }
 
 
@@ -665,8 +820,9 @@ class MultiObjectiveReport:
     """Stage 2, on the pair records."""
 
 
-def _check_records(records: Sequence[Any], expected: type[RatingRecord] | type[PairwiseRecord],
-                   name: str) -> None:
+def _check_records(
+    records: Sequence[Any], expected: type[RatingRecord] | type[PairwiseRecord], name: str
+) -> None:
     for position, record in enumerate(records):
         if not isinstance(record, expected):
             raise ValueError(
@@ -680,14 +836,21 @@ def _check_records(records: Sequence[Any], expected: type[RatingRecord] | type[P
             )
 
 
-def _check_all_records(rating_records: Sequence[Any], pair_records: Sequence[Any],
-                       eval_rating_records: Sequence[Any] | None,
-                       eval_pair_records: Sequence[Any] | None) -> list[str]:
+def _check_all_records(
+    rating_records: Sequence[Any],
+    pair_records: Sequence[Any],
+    eval_rating_records: Sequence[Any] | None,
+    eval_pair_records: Sequence[Any] | None,
+) -> list[str]:
     """The attributes to regress, after checking every record's kind."""
     if not rating_records:
-        raise ValueError("train_multiobjective: no rating records; stage 1 needs attribute ratings.")
+        raise ValueError(
+            "train_multiobjective: no rating records; stage 1 needs attribute ratings."
+        )
     if not pair_records:
-        raise ValueError("train_multiobjective: no pair records; stage 2 (the gate) needs preferences.")
+        raise ValueError(
+            "train_multiobjective: no pair records; stage 2 (the gate) needs preferences."
+        )
     _check_records(rating_records, RatingRecord, "rating_records")
     _check_records(pair_records, PairwiseRecord, "pair_records")
     _check_records(eval_rating_records or [], RatingRecord, "eval_rating_records")
@@ -708,8 +871,9 @@ def _check_all_records(rating_records: Sequence[Any], pair_records: Sequence[Any
     return attributes
 
 
-def check_evaluation_settings(config: MultiObjectiveConfig, *, eval_ratings_given: bool,
-                              eval_pairs_given: bool) -> None:
+def check_evaluation_settings(
+    config: MultiObjectiveConfig, *, eval_ratings_given: bool, eval_pairs_given: bool
+) -> None:
     """Raise ValueError when the held-out data settings contradict each other (before any work)."""
     if config.eval_fraction > 0 and (eval_ratings_given or eval_pairs_given):
         raise ValueError(
@@ -718,8 +882,14 @@ def check_evaluation_settings(config: MultiObjectiveConfig, *, eval_ratings_give
             "(--eval-ratings, --eval-pairs)."
         )
     if config.early_stopping_patience is not None and config.eval_fraction == 0:
-        missing = [flag for flag, given in (("--eval-ratings", eval_ratings_given),
-                                            ("--eval-pairs", eval_pairs_given)) if not given]
+        missing = [
+            flag
+            for flag, given in (
+                ("--eval-ratings", eval_ratings_given),
+                ("--eval-pairs", eval_pairs_given),
+            )
+            if not given
+        ]
         if missing:
             raise ValueError(
                 f"train_multiobjective: early_stopping_patience is set but {' and '.join(missing)} "
@@ -729,7 +899,9 @@ def check_evaluation_settings(config: MultiObjectiveConfig, *, eval_ratings_give
             )
 
 
-def _hold_out(records: Sequence[Any], config: MultiObjectiveConfig, name: str) -> tuple[list[Any], list[Any]]:
+def _hold_out(
+    records: Sequence[Any], config: MultiObjectiveConfig, name: str
+) -> tuple[list[Any], list[Any]]:
     try:
         return split_eval_records(records, config.eval_fraction, config.seed)
     except ValueError as error:
@@ -763,9 +935,14 @@ def train_multiobjective(
     """
     eval_rating_records = list(eval_rating_records) if eval_rating_records is not None else None
     eval_pair_records = list(eval_pair_records) if eval_pair_records is not None else None
-    attributes = _check_all_records(rating_records, pair_records, eval_rating_records, eval_pair_records)
-    check_evaluation_settings(config, eval_ratings_given=bool(eval_rating_records),
-                              eval_pairs_given=bool(eval_pair_records))
+    attributes = _check_all_records(
+        rating_records, pair_records, eval_rating_records, eval_pair_records
+    )
+    check_evaluation_settings(
+        config,
+        eval_ratings_given=bool(eval_rating_records),
+        eval_pairs_given=bool(eval_pair_records),
+    )
     if config.eval_fraction > 0:
         rating_records, eval_rating_records = _hold_out(rating_records, config, "rating records")
         pair_records, eval_pair_records = _hold_out(pair_records, config, "pair records")
@@ -820,8 +997,14 @@ def train_multiobjective(
     rated = RatedItems.from_stage(ratings)
     held_out_rated = RatedItems.from_stage(eval_ratings) if eval_ratings is not None else None
     regression_task = stage_task(rated, regression_losses, held_out_rated, regression_metrics)
-    regression_result = train(model, regression_task, config.stage_config("regression"),
-                              out / "training" / "regression", resume=resume, callbacks=callbacks)
+    regression_result = train(
+        model,
+        regression_task,
+        config.stage_config("regression"),
+        out / "training" / "regression",
+        resume=resume,
+        callbacks=callbacks,
+    )
     _log_early_stop("regression", regression_result, log)
     model.eval()
 
@@ -840,35 +1023,49 @@ def train_multiobjective(
     gate_pairs = GatePairs.from_stage(model, pairs)
     held_out_pairs = GatePairs.from_stage(model, eval_pairs) if eval_pairs is not None else None
     gate_task = stage_task(gate_pairs, gate_losses, held_out_pairs, gate_metrics)
-    gate_result = train(model, gate_task, config.stage_config("gate"), out / "training" / "gate", resume=resume,
-                        callbacks=callbacks)
+    gate_result = train(
+        model,
+        gate_task,
+        config.stage_config("gate"),
+        out / "training" / "gate",
+        resume=resume,
+        callbacks=callbacks,
+    )
     _log_early_stop("gate", gate_result, log)
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(True)
 
     regression = StageReport(
-        regression_result, ratings.truncation, regression_metrics(model, rated),
+        regression_result,
+        ratings.truncation,
+        regression_metrics(model, rated),
         eval_ratings.truncation if eval_ratings is not None else None,
         regression_metrics(model, held_out_rated) if held_out_rated is not None else {},
     )
     gate = StageReport(
-        gate_result, pairs.truncation, gate_metrics(model, gate_pairs),
+        gate_result,
+        pairs.truncation,
+        gate_metrics(model, gate_pairs),
         eval_pairs.truncation if eval_pairs is not None else None,
         gate_metrics(model, held_out_pairs) if held_out_pairs is not None else {},
     )
     all_rewards = model.evaluate_items(pairs.items.select(reference))[2]
-    model.spec.update({
-        "reward_mean": float(all_rewards.mean()),
-        "reward_std": float(all_rewards.std()) or 1.0,
-        "training": {
-            "rating_records": len(rating_records), "pair_records": len(pair_records),
-            "eval_rating_records": len(eval_rating_records or []),
-            "eval_pair_records": len(eval_pair_records or []),
-            "config": dataclasses.asdict(config),
-            "regression": regression.as_json(), "gate": gate.as_json(),
-        },
-    })
+    model.spec.update(
+        {
+            "reward_mean": float(all_rewards.mean()),
+            "reward_std": float(all_rewards.std()) or 1.0,
+            "training": {
+                "rating_records": len(rating_records),
+                "pair_records": len(pair_records),
+                "eval_rating_records": len(eval_rating_records or []),
+                "eval_pair_records": len(eval_pair_records or []),
+                "config": dataclasses.asdict(config),
+                "regression": regression.as_json(),
+                "gate": gate.as_json(),
+            },
+        }
+    )
     model.save(out)
     model.report = MultiObjectiveReport(model, out, regression, gate)  # type: ignore[attr-defined]
     return model
@@ -876,15 +1073,20 @@ def train_multiobjective(
 
 def _log_early_stop(stage: str, result: TrainResult, log: Callable[[str], None]) -> None:
     if result.stopped_early:
-        log(f"{stage}: stopped early at step {result.global_step}; kept the weights of step "
-            f"{result.best_step} (held-out loss {result.best_metric:.4g})")
+        log(
+            f"{stage}: stopped early at step {result.global_step}; kept the weights of step "
+            f"{result.best_step} (held-out loss {result.best_metric:.4g})"
+        )
     elif result.restored_best:
-        log(f"{stage}: kept the weights of step {result.best_step} (held-out loss {result.best_metric:.4g})")
+        log(
+            f"{stage}: kept the weights of step {result.best_step} (held-out loss {result.best_metric:.4g})"
+        )
 
 
 @torch.no_grad()
-def _adjusted_attributes(model: MultiObjectiveRewardModel, attribute_values: torch.Tensor,
-                         log_lengths: torch.Tensor) -> torch.Tensor:
+def _adjusted_attributes(
+    model: MultiObjectiveRewardModel, attribute_values: torch.Tensor, log_lengths: torch.Tensor
+) -> torch.Tensor:
     """(U, K) length-adjusted attributes on the CPU; the model's buffers may sit on the training device."""
     device = model.length_center.device
     return model.adjusted_attributes(attribute_values.to(device), log_lengths.to(device)).cpu()

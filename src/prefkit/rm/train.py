@@ -80,8 +80,14 @@ from prefkit.rm.model import (
 from prefkit.train.loop import TrainCallback, TrainConfig, TrainResult, train
 
 LOSS_NAMES = (
-    "auto", "bradley-terry", "bt-margin", "bt-strength", "davidson", "soft-label",
-    "plackett-luce", "regression",
+    "auto",
+    "bradley-terry",
+    "bt-margin",
+    "bt-strength",
+    "davidson",
+    "soft-label",
+    "plackett-luce",
+    "regression",
 )
 PAIR_LOSSES = ("bradley-terry", "bt-margin", "bt-strength", "davidson", "soft-label")
 _OUTCOME_CODES = {"a": OUTCOME_A_WINS, "b": OUTCOME_B_WINS, "tie": OUTCOME_TIE}
@@ -98,8 +104,14 @@ class RMTrainConfig:
     backbone: str | None = None
     """Local Hugging Face checkpoint folder (encoder or decoder); none = the packaged all-MiniLM-L6-v2."""
     loss: Literal[
-        "auto", "bradley-terry", "bt-margin", "bt-strength", "davidson", "soft-label",
-        "plackett-luce", "regression",
+        "auto",
+        "bradley-terry",
+        "bt-margin",
+        "bt-strength",
+        "davidson",
+        "soft-label",
+        "plackett-luce",
+        "regression",
     ] = "auto"
     """Training loss; auto picks it from the data (pairs: Bradley-Terry, with margins/strengths
     when present; ties: Davidson; votes or soft labels: soft-label; rankings: plackett-luce;
@@ -154,18 +166,26 @@ class RMTrainConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("embedding", "finetune", "lora"):
-            raise ValueError(f"RMTrainConfig: mode must be embedding, finetune or lora, got {self.mode!r}.")
+            raise ValueError(
+                f"RMTrainConfig: mode must be embedding, finetune or lora, got {self.mode!r}."
+            )
         if self.loss not in LOSS_NAMES:
-            raise ValueError(f"RMTrainConfig: loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}.")
+            raise ValueError(
+                f"RMTrainConfig: loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}."
+            )
         parse_feature_spec(self.features)
         if self.head not in ("mlp", "linear"):
             raise ValueError(f"RMTrainConfig: head must be mlp or linear, got {self.head!r}.")
         if self.hidden_size < 1 or self.max_length < 4 or self.embed_batch_size < 1:
-            raise ValueError("RMTrainConfig: hidden_size and embed_batch_size must be >= 1, max_length >= 4.")
+            raise ValueError(
+                "RMTrainConfig: hidden_size and embed_batch_size must be >= 1, max_length >= 4."
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"RMTrainConfig: dropout must be in [0, 1), got {self.dropout}.")
         if self.truncation not in ("truncate", "drop"):
-            raise ValueError(f"RMTrainConfig: truncation must be truncate or drop, got {self.truncation!r}.")
+            raise ValueError(
+                f"RMTrainConfig: truncation must be truncate or drop, got {self.truncation!r}."
+            )
         if not (math.isfinite(self.centering) and self.centering >= 0):
             raise ValueError(f"RMTrainConfig: centering must be >= 0, got {self.centering}.")
         if self.lora_r < 1:
@@ -183,18 +203,25 @@ class RMTrainConfig:
             return self.lr
         return {"embedding": 3e-4, "finetune": 3e-5, "lora": 2e-4}[self.mode]
 
-    def train_config(self, *, has_eval: bool = False, num_examples: int | None = None) -> TrainConfig:
+    def train_config(
+        self, *, has_eval: bool = False, num_examples: int | None = None
+    ) -> TrainConfig:
         warmup_ratio = self.warmup_ratio
         if num_examples is not None:
             total_steps = self.resolved_epochs * math.ceil(num_examples / self.batch_size)
             if math.ceil(warmup_ratio * total_steps) >= total_steps:
                 warmup_ratio = 0.0  # a run this short has no room for warmup
         return TrainConfig(
-            epochs=self.resolved_epochs, batch_size=self.batch_size,
-            grad_accum_steps=self.grad_accum_steps, lr=self.resolved_lr,
-            weight_decay=self.weight_decay, warmup_ratio=warmup_ratio, seed=self.seed,
+            epochs=self.resolved_epochs,
+            batch_size=self.batch_size,
+            grad_accum_steps=self.grad_accum_steps,
+            lr=self.resolved_lr,
+            weight_decay=self.weight_decay,
+            warmup_ratio=warmup_ratio,
+            seed=self.seed,
             early_stopping_patience=self.early_stopping_patience if has_eval else None,
-            device=self.device, progress=self.progress,
+            device=self.device,
+            progress=self.progress,
             # Heads on cached features have no length to group by.
             group_by_length=self.mode != "embedding",
         )
@@ -215,8 +242,10 @@ class TruncationCounts:
     examples_kept: int = 0
 
     def summary(self) -> str:
-        text = (f"max length {self.max_length}: {self.prompts_truncated} prompts and "
-                f"{self.responses_truncated} responses truncated")
+        text = (
+            f"max length {self.max_length}: {self.prompts_truncated} prompts and "
+            f"{self.responses_truncated} responses truncated"
+        )
         if self.policy == "drop":
             text += f", {self.examples_dropped} examples dropped"
         return text + f"; {self.examples_kept} examples used"
@@ -294,7 +323,10 @@ def choose_loss(records: Sequence[AnyRecord], requested: str = "auto", source: s
     else:
         pairs: Sequence[PairwiseRecord] = records  # type: ignore[assignment]
         allowed = PAIR_LOSSES
-        if any(r.soft_label is not None or (r.votes and sum(v is not None for v in r.votes) >= 2) for r in pairs):
+        if any(
+            r.soft_label is not None or (r.votes and sum(v is not None for v in r.votes) >= 2)
+            for r in pairs
+        ):
             chosen = "soft-label"
         elif any(r.is_tie for r in pairs):
             chosen = "davidson"
@@ -313,7 +345,9 @@ def choose_loss(records: Sequence[AnyRecord], requested: str = "auto", source: s
     if requested == "auto":
         return chosen
     if requested not in allowed:
-        raise ValueError(f"{source}: --loss {requested} does not fit {kind} records; use one of {', '.join(allowed)}.")
+        raise ValueError(
+            f"{source}: --loss {requested} does not fit {kind} records; use one of {', '.join(allowed)}."
+        )
     return requested
 
 
@@ -348,7 +382,9 @@ class ItemIndex:
         return [response for _, response in self.ids]
 
 
-def build_examples(records: Sequence[AnyRecord], index: ItemIndex, attributes: list[str] | None) -> Examples:
+def build_examples(
+    records: Sequence[AnyRecord], index: ItemIndex, attributes: list[str] | None
+) -> Examples:
     """Examples of one kind of record over items registered in ``index``."""
     kind = records[0].kind
     ids = [record.id for record in records]
@@ -364,8 +400,10 @@ def build_examples(records: Sequence[AnyRecord], index: ItemIndex, attributes: l
             weights.append(1.0 if record.weight is None else record.weight)
         targets = {
             "outcomes": torch.tensor(outcomes, dtype=torch.long),
-            "prob_a": torch.tensor(prob_a), "strengths": torch.tensor(strengths),
-            "margins": torch.tensor(margins), "weights": torch.tensor(weights),
+            "prob_a": torch.tensor(prob_a),
+            "strengths": torch.tensor(strengths),
+            "margins": torch.tensor(margins),
+            "weights": torch.tensor(weights),
         }
         return Examples(kind, torch.tensor(positions, dtype=torch.long), targets, ids)
     if kind == RankingRecord.kind:
@@ -375,7 +413,9 @@ def build_examples(records: Sequence[AnyRecord], index: ItemIndex, attributes: l
         ranked = torch.zeros((len(records), width), dtype=torch.bool)
         for row, record in enumerate(records):
             assert isinstance(record, RankingRecord)
-            for column, (item, score) in enumerate(zip(record_items(record), record.preference_scores(), strict=True)):
+            for column, (item, score) in enumerate(
+                zip(record_items(record), record.preference_scores(), strict=True)
+            ):
                 positions_t[row, column] = index.add(item)
                 if score is not None:
                     human[row, column], ranked[row, column] = score, True
@@ -388,7 +428,10 @@ def build_examples(records: Sequence[AnyRecord], index: ItemIndex, attributes: l
         row_values = [record.ratings.get(name) for name in attributes]
         values.append([0.0 if value is None else value for value in row_values])
         observed.append([value is not None for value in row_values])
-    targets = {"ratings": torch.tensor(values), "observed": torch.tensor(observed, dtype=torch.bool)}
+    targets = {
+        "ratings": torch.tensor(values),
+        "observed": torch.tensor(observed, dtype=torch.bool),
+    }
     return Examples(kind, torch.tensor(positions_r, dtype=torch.long), targets, ids)
 
 
@@ -404,14 +447,16 @@ def _prob_a(record: PairwiseRecord) -> float:
 def subset_examples(examples: Examples, keep: torch.Tensor) -> Examples:
     """The examples where ``keep`` (E,) is True."""
     return Examples(
-        examples.kind, examples.positions[keep],
+        examples.kind,
+        examples.positions[keep],
         {name: tensor[keep] for name, tensor in examples.targets.items()},
         [example_id for example_id, kept in zip(examples.ids, keep.tolist(), strict=True) if kept],
     )
 
 
-def example_losses(model: RewardModel, batch: RewardBatch, loss_name: str,
-                   centering: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def example_losses(
+    model: RewardModel, batch: RewardBatch, loss_name: str, centering: float = 0.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-example losses (B,) and metrics for ``batch`` under ``loss_name``.
 
     The M items of the batch (chosen and rejected alike) go through the model in
@@ -421,8 +466,13 @@ def example_losses(model: RewardModel, batch: RewardBatch, loss_name: str,
     return losses_from_outputs(model, model(batch.items), batch, loss_name, centering)
 
 
-def losses_from_outputs(model: RewardModel, outputs: torch.Tensor, batch: RewardBatch, loss_name: str,
-                        centering: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def losses_from_outputs(
+    model: RewardModel,
+    outputs: torch.Tensor,
+    batch: RewardBatch,
+    loss_name: str,
+    centering: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-example losses (B,) and metrics from item outputs already computed.
 
     ``outputs`` is (M, K): row m holds the model's outputs for the item that
@@ -472,9 +522,17 @@ def losses_from_outputs(model: RewardModel, outputs: torch.Tensor, batch: Reward
 class RewardTask:
     """A :class:`~prefkit.train.loop.TrainTask` over examples of one kind."""
 
-    def __init__(self, store: ItemStore, examples: Examples, loss_name: str, *, centering: float = 0.0,
-                 eval_examples: Examples | None = None, eval_store: ItemStore | None = None,
-                 eval_batch_size: int = 64):
+    def __init__(
+        self,
+        store: ItemStore,
+        examples: Examples,
+        loss_name: str,
+        *,
+        centering: float = 0.0,
+        eval_examples: Examples | None = None,
+        eval_store: ItemStore | None = None,
+        eval_batch_size: int = 64,
+    ):
         self.store = store
         self.examples = examples
         self.loss_name = loss_name
@@ -493,21 +551,30 @@ class RewardTask:
     def collate(self, indices: list[int]) -> RewardBatch:
         return make_batch(self.store, self.examples, indices)
 
-    def loss(self, model: nn.Module, batch: RewardBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, model: nn.Module, batch: RewardBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return example_losses(model, batch, self.loss_name, self.centering)  # type: ignore[arg-type]
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         if self.eval_examples is None:
             return {}
-        return evaluate_examples(model, self.eval_store, self.eval_examples, self.loss_name,
-                                 batch_size=self.eval_batch_size)
+        return evaluate_examples(
+            model,
+            self.eval_store,
+            self.eval_examples,
+            self.loss_name,
+            batch_size=self.eval_batch_size,
+        )
 
 
 def make_batch(store: ItemStore, examples: Examples, indices: list[int]) -> RewardBatch:
     positions = examples.positions[indices]  # (B, N)
     unique, local = torch.unique(positions.clamp(min=0), return_inverse=True)
     local = torch.where(positions >= 0, local, torch.full_like(local, -1))
-    return RewardBatch(items=store.batch(unique.tolist()), positions=local, **_batch_targets(examples, indices))
+    return RewardBatch(
+        items=store.batch(unique.tolist()), positions=local, **_batch_targets(examples, indices)
+    )
 
 
 def _batch_targets(examples: Examples, indices: list[int] | slice) -> dict[str, torch.Tensor]:
@@ -522,24 +589,40 @@ def _batch_targets(examples: Examples, indices: list[int] | slice) -> dict[str, 
 
 
 @torch.inference_mode()
-def evaluate_examples(model: RewardModel, store: ItemStore, examples: Examples, loss_name: str,
-                      *, batch_size: int = 64) -> dict[str, float]:
+def evaluate_examples(
+    model: RewardModel,
+    store: ItemStore,
+    examples: Examples,
+    loss_name: str,
+    *,
+    batch_size: int = 64,
+) -> dict[str, float]:
     """Mean loss and, for pairs, accuracy over decided pairs (ties excluded).
 
     Scores every item of ``store`` once (see :func:`examples_metrics`).
     """
-    return examples_metrics(model, model.store_outputs(store, batch_size=batch_size), examples, loss_name)
+    return examples_metrics(
+        model, model.store_outputs(store, batch_size=batch_size), examples, loss_name
+    )
 
 
 @torch.inference_mode()
-def examples_metrics(model: RewardModel, outputs: torch.Tensor, examples: Examples,
-                     loss_name: str) -> dict[str, float]:
+def examples_metrics(
+    model: RewardModel, outputs: torch.Tensor, examples: Examples, loss_name: str
+) -> dict[str, float]:
     """Mean loss and accuracy of ``examples`` from ``outputs`` (U, K), the outputs of every item."""
-    batch = RewardBatch(items=None, positions=examples.positions, **_batch_targets(examples, slice(None)))
-    losses, metrics = losses_from_outputs(model, outputs.to(examples.positions.device), batch, loss_name)
+    batch = RewardBatch(
+        items=None, positions=examples.positions, **_batch_targets(examples, slice(None))
+    )
+    losses, metrics = losses_from_outputs(
+        model, outputs.to(examples.positions.device), batch, loss_name
+    )
     result = {"loss": float(losses.double().sum()) / max(len(losses), 1)}
     if "correct" in metrics:
-        correct, decided = float(metrics["correct"].double().sum()), float(metrics["decided"].double().sum())
+        correct, decided = (
+            float(metrics["correct"].double().sum()),
+            float(metrics["decided"].double().sum()),
+        )
     elif "accuracy" in metrics:
         correct, decided = float(metrics["accuracy"].double().sum()), float(len(losses))
     else:
@@ -554,7 +637,9 @@ def _batch_to(batch: RewardBatch, device: torch.device) -> RewardBatch:
         if isinstance(value, torch.Tensor):
             return value.to(device)
         if dataclasses.is_dataclass(value):
-            return type(value)(**{f.name: move(getattr(value, f.name)) for f in dataclasses.fields(value)})
+            return type(value)(
+                **{f.name: move(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            )
         return value
 
     return move(batch)
@@ -580,12 +665,16 @@ def new_model(config: RMTrainConfig, loss_name: str, attributes: list[str] | Non
     }
     torch.manual_seed(config.seed)
     if config.mode == "embedding":
-        spec.update({
-            "features": ",".join(parse_feature_spec(config.features)),
-            "hidden_sizes": [config.hidden_size] if config.head == "mlp" else [],
-            "dropout": config.dropout,
-        })
-        return EmbeddingRewardModel(spec, cache_dir=config.cache_dir, embed_batch_size=config.embed_batch_size)
+        spec.update(
+            {
+                "features": ",".join(parse_feature_spec(config.features)),
+                "hidden_sizes": [config.hidden_size] if config.head == "mlp" else [],
+                "dropout": config.dropout,
+            }
+        )
+        return EmbeddingRewardModel(
+            spec, cache_dir=config.cache_dir, embed_batch_size=config.embed_batch_size
+        )
     lora = None
     if config.mode == "lora":
         lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout}
@@ -596,9 +685,13 @@ def new_model(config: RMTrainConfig, loss_name: str, attributes: list[str] | Non
     return model
 
 
-def build_store(model: RewardModel, index: ItemIndex, config: RMTrainConfig,
-                counts: TruncationCounts | None = None,
-                progress: Callable[[int], None] | None = None) -> tuple[ItemStore, np.ndarray]:
+def build_store(
+    model: RewardModel,
+    index: ItemIndex,
+    config: RMTrainConfig,
+    counts: TruncationCounts | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[ItemStore, np.ndarray]:
     """Items of ``index`` for ``model`` and a (U,) bool array of items that needed truncation."""
     prompts, responses = index.prompts, index.responses
     if isinstance(model, EmbeddingRewardModel):
@@ -607,8 +700,12 @@ def build_store(model: RewardModel, index: ItemIndex, config: RMTrainConfig,
         prompt_cut = (prompt_tokens > config.max_length) & uses_prompt
         response_cut = response_tokens > config.max_length
         if counts is not None:
-            counts.prompts_truncated += len({p for p, cut in zip(prompts, prompt_cut, strict=True) if cut})
-            counts.responses_truncated += len({r for r, cut in zip(responses, response_cut, strict=True) if cut})
+            counts.prompts_truncated += len(
+                {p for p, cut in zip(prompts, prompt_cut, strict=True) if cut}
+            )
+            counts.responses_truncated += len(
+                {r for r, cut in zip(responses, response_cut, strict=True) if cut}
+            )
         return FeatureStore(torch.from_numpy(features)), prompt_cut | response_cut
     assert isinstance(model, TransformerRewardModel)
     sequences, truncated = [], []
@@ -623,14 +720,21 @@ def build_store(model: RewardModel, index: ItemIndex, config: RMTrainConfig,
     return store, np.array(truncated, dtype=bool)
 
 
-def prepare(model: RewardModel, records: Sequence[AnyRecord], config: RMTrainConfig,
-            attributes: list[str] | None, counts: TruncationCounts,
-            progress: Callable[[int], None] | None = None) -> tuple[ItemStore, Examples]:
+def prepare(
+    model: RewardModel,
+    records: Sequence[AnyRecord],
+    config: RMTrainConfig,
+    attributes: list[str] | None,
+    counts: TruncationCounts,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[ItemStore, Examples]:
     index = ItemIndex()
     examples = build_examples(records, index, attributes)
     store, truncated = build_store(model, index, config, counts, progress)
     if config.truncation == "drop":
-        touched = torch.as_tensor(truncated)[examples.positions.clamp(min=0)] & (examples.positions >= 0)
+        touched = torch.as_tensor(truncated)[examples.positions.clamp(min=0)] & (
+            examples.positions >= 0
+        )
         keep = ~touched.any(dim=1)
         counts.examples_dropped += int((~keep).sum())
         examples = subset_examples(examples, keep)
@@ -641,7 +745,9 @@ def prepare(model: RewardModel, records: Sequence[AnyRecord], config: RMTrainCon
 def _embedding_progress(config: RMTrainConfig, description: str) -> ProgressCounter:
     """A bar for the embedding pass (it learns its total before the first batch); shown
     in embedding mode only, the other modes' tokenization is quick."""
-    return ProgressCounter(description, "text", enabled=config.progress and config.mode == "embedding")
+    return ProgressCounter(
+        description, "text", enabled=config.progress and config.mode == "embedding"
+    )
 
 
 @dataclass
@@ -682,30 +788,46 @@ def train_reward_model(
     if eval_records:
         eval_kind = data_kind(eval_records, "eval data")
         if eval_kind != kind:
-            raise ValueError(f"eval data holds {eval_kind} records but the training data holds {kind} records.")
+            raise ValueError(
+                f"eval data holds {eval_kind} records but the training data holds {kind} records."
+            )
     attributes = rating_attributes(records)
     model = new_model(config, loss_name, attributes)
-    log(f"{len(records)} {kind} records; loss: {loss_name}; mode: {config.mode}; "
-        f"backbone: {model.spec['backbone']['path']}")
+    log(
+        f"{len(records)} {kind} records; loss: {loss_name}; mode: {config.mode}; "
+        f"backbone: {model.spec['backbone']['path']}"
+    )
 
     counts = TruncationCounts(config.max_length, config.truncation)
     with _embedding_progress(config, "embedding") as progress:
         store, examples = prepare(model, records, config, attributes, counts, progress)
     log(counts.summary())
     if len(examples) == 0:
-        raise ValueError(f"{source}: no examples left after truncation policy '{config.truncation}'.")
+        raise ValueError(
+            f"{source}: no examples left after truncation policy '{config.truncation}'."
+        )
     eval_counts = eval_examples = eval_store = None
     if eval_records:
         eval_counts = TruncationCounts(config.max_length, config.truncation)
         with _embedding_progress(config, "embedding eval data") as progress:
-            eval_store, eval_examples = prepare(model, eval_records, config, attributes, eval_counts, progress)
+            eval_store, eval_examples = prepare(
+                model, eval_records, config, attributes, eval_counts, progress
+            )
         log("eval: " + eval_counts.summary())
     if isinstance(store, FeatureStore):
         model.head.set_standardization(store.features)  # type: ignore[union-attr]
 
-    task = RewardTask(store, examples, loss_name, centering=config.centering,
-                      eval_examples=eval_examples, eval_store=eval_store)
-    train_config = config.train_config(has_eval=eval_examples is not None, num_examples=len(examples))
+    task = RewardTask(
+        store,
+        examples,
+        loss_name,
+        centering=config.centering,
+        eval_examples=eval_examples,
+        eval_store=eval_store,
+    )
+    train_config = config.train_config(
+        has_eval=eval_examples is not None, num_examples=len(examples)
+    )
     result = train(model, task, train_config, out / "training", resume=resume, callbacks=callbacks)
     model.eval()
 
@@ -716,19 +838,24 @@ def train_reward_model(
     eval_metrics = dict(result.last_eval)
     if eval_examples is not None and eval_store is not None:
         eval_metrics = evaluate_examples(model, eval_store, eval_examples, loss_name)
-    model.spec.update({
-        "reward_mean": float(all_rewards.mean()),
-        "reward_std": float(all_rewards.std()) or 1.0,
-        "training": {
-            "records": len(records), "kind": kind, "loss": loss_name,
-            "config": dataclasses.asdict(config),
-            "truncation": dataclasses.asdict(counts),
-            "eval_truncation": dataclasses.asdict(eval_counts) if eval_counts else None,
-            "train_metrics": train_metrics, "eval_metrics": eval_metrics,
-            "steps": result.global_step,
-        },
-    })
+    model.spec.update(
+        {
+            "reward_mean": float(all_rewards.mean()),
+            "reward_std": float(all_rewards.std()) or 1.0,
+            "training": {
+                "records": len(records),
+                "kind": kind,
+                "loss": loss_name,
+                "config": dataclasses.asdict(config),
+                "truncation": dataclasses.asdict(counts),
+                "eval_truncation": dataclasses.asdict(eval_counts) if eval_counts else None,
+                "train_metrics": train_metrics,
+                "eval_metrics": eval_metrics,
+                "steps": result.global_step,
+            },
+        }
+    )
     model.save(out)
-    return RMTrainReport(model, out, loss_name, kind, counts, eval_counts, result, eval_metrics, train_metrics)
-
-
+    return RMTrainReport(
+        model, out, loss_name, kind, counts, eval_counts, result, eval_metrics, train_metrics
+    )

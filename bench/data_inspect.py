@@ -134,17 +134,22 @@ def main() -> None:
             "--no-progress",
             *mapping,
         ]
-        cache = Path(folder) / "hf-cache"
-        reference_command = [sys.executable, "-c", DATASETS_SNIPPET, str(data), str(cache)]
         try:
             import datasets  # noqa: F401
+
+            has_datasets = True
         except ImportError:
-            reference_command = None
-        # Interleave the two tools so that a busy machine affects both alike.
+            has_datasets = False
+        # Interleave the two tools so that a busy machine affects both alike. Each
+        # datasets run gets an empty cache folder: with a warm cache it would read the
+        # Arrow file that an earlier run converted, and skip the JSON parse it is timed on.
         runs: dict[str, list[dict]] = {"prefkit": [], "datasets": []}
-        for _ in range(args.repeats):
+        load_before = os.getloadavg()
+        for repeat in range(args.repeats):
             runs["prefkit"].append(measure(prefkit_command, 1))
-            if reference_command is not None:
+            if has_datasets:
+                cache = Path(folder) / f"hf-cache-{repeat}"
+                reference_command = [sys.executable, "-c", DATASETS_SNIPPET, str(data), str(cache)]
                 runs["datasets"].append(measure(reference_command, 1))
         prefkit = merge(runs["prefkit"])
         summary = json.loads(prefkit.pop("output"))
@@ -154,10 +159,15 @@ def main() -> None:
             "records": args.records,
             "file_mib": round(size_mib, 1),
             "repeats": args.repeats,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "load_average_1_5_15_before": load_before,
+                "load_average_1_5_15_after": os.getloadavg(),
+            },
             "prefkit_inspect": prefkit,
         }
-        if reference_command is None:
+        if not has_datasets:
             results["datasets_load_json"] = "not installed"
         else:
             reference = merge(runs["datasets"])

@@ -93,22 +93,16 @@ class ThreadServer:
 
 
 def start_cli_server(
-    db_url: str, *extra: str, timeout_s: float = 60.0
+    db_url: str, *extra: str, full_cli: bool = False, timeout_s: float = 60.0
 ) -> tuple[subprocess.Popen, str]:
-    """``prefkit annotate serve --port 0`` in its own process; returns (process, base URL)."""
+    """``prefkit annotate serve --port 0`` in its own process; returns (process, base URL).
+
+    ``python -m prefkit.annotate serve`` (the same command, loading only the annotation
+    app) unless ``full_cli``, which runs it through ``prefkit`` with every command loaded.
+    """
+    entry = ["prefkit", "annotate"] if full_cli else ["prefkit.annotate"]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefkit",
-            "annotate",
-            "serve",
-            "--db",
-            db_url,
-            "--port",
-            "0",
-            *extra,
-        ],
+        [sys.executable, "-m", *entry, "serve", "--db", db_url, "--port", "0", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -33,7 +33,7 @@ def test_alpha_and_kappa_of_two_coders_by_hand() -> None:
 
     Fleiss: P_i = 1, 0, 1, 1 -> P = 3/4; p = (3/8, 5/8) -> P_e = 34/64;
     kappa = (3/4 - 34/64) / (1 - 34/64) = 14/30 = 7/15.
-    Each coder agrees with the other on 3 of 4 shared units.
+    Each coder agrees with the other (the consensus of the others) on 3 of 4 units.
     """
     values, o = coincidence_matrix(TWO_CODERS)
     assert values.tolist() == [0.0, 1.0]
@@ -41,7 +41,7 @@ def test_alpha_and_kappa_of_two_coders_by_hand() -> None:
     assert krippendorff_alpha(TWO_CODERS, "nominal") == pytest.approx(8 / 15, abs=1e-12)
     assert category_counts(TWO_CODERS).tolist() == [[2, 0], [1, 1], [0, 2], [0, 2]]
     assert fleiss_kappa(category_counts(TWO_CODERS)) == pytest.approx(7 / 15, abs=1e-12)
-    assert [(c.agreement, c.n_pairs) for c in coder_agreement(TWO_CODERS)] == [(0.75, 4), (0.75, 4)]
+    assert [(c.agreement, c.n_units) for c in coder_agreement(TWO_CODERS)] == [(0.75, 4), (0.75, 4)]
 
 
 def test_alpha_at_three_levels_with_missing_values_by_hand() -> None:
@@ -70,6 +70,36 @@ def test_alpha_at_three_levels_with_missing_values_by_hand() -> None:
         (2 / 3 - 0.38) / 0.62, abs=1e-12
     )
     assert pairable_units(THREE_CODERS) == 4
+
+
+def test_agreement_of_each_coder_with_the_others_by_hand() -> None:
+    """Example B, each coder against the others' consensus on the units they share.
+
+    nominal (the others' plurality; a shared top is not compared):
+      coder 1: u1 others {1} -> agrees; u2 others {2, 3} and u3 {2, 3} tie -> 1/1
+      coder 2: u1 {1} agrees; u2 {2, 3} tie; u3 {3, 3} -> 3 != 2; u4 {3} agrees -> 2/3
+      coder 3: u2 {2, 2} -> 2 != 3; u3 {3, 2} tie; u4 {3} agrees -> 1/2
+    interval (1 - |value - median of the others| / range, range = 3 - 1 = 2):
+      coder 1: u1 |1 - 1| -> 1; u2 |2 - 2.5| -> 0.75; u3 |3 - 2.5| -> 0.75 -> 2.5/3
+    """
+    nominal = coder_agreement(THREE_CODERS, "nominal")
+    assert [(c.agreement, c.n_units) for c in nominal] == [
+        (1.0, 1),
+        (pytest.approx(2 / 3), 3),
+        (0.5, 2),
+    ]
+    interval = coder_agreement(THREE_CODERS, "interval")
+    assert interval[0].agreement == pytest.approx(2.5 / 3) and interval[0].n_units == 3
+
+
+def test_one_careless_coder_does_not_drag_the_others_down() -> None:
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 3, size=200).astype(float)
+    careful = [np.where(rng.random(200) < 0.9, truth, (truth + 1) % 3) for _ in range(2)]
+    careless = rng.integers(0, 3, size=200).astype(float)
+    results = coder_agreement(np.stack([*careful, careless]), "nominal")
+    assert results[0].agreement > 0.8 and results[1].agreement > 0.8
+    assert results[2].agreement < 0.45
 
 
 def test_agreement_edge_cases() -> None:

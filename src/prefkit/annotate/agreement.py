@@ -133,40 +133,46 @@ def fleiss_kappa(counts: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class CoderAgreement:
-    """How often one annotator agrees with the others on the units they share."""
+    """How often one annotator agrees with what the others said on the same units."""
 
     agreement: float
-    """nominal: share of (this coder, other coder) value pairs in a unit that are equal;
-    ordinal/interval: 1 - mean |difference| / (range of all values): 1 = always the same."""
-    n_pairs: int
-    """Number of such pairs (0: this coder shares no unit with anyone)."""
+    """nominal: the share of units where this coder's value is the others' plurality;
+    ordinal/interval: 1 - mean |value - median of the others| / (range of all values)."""
+    n_units: int
+    """Units compared (0: this coder shares no unit with anyone, or the others never agreed)."""
 
 
 def coder_agreement(reliability: np.ndarray, level: Level = "nominal") -> list[CoderAgreement]:
-    """Per coder (row), agreement with every other coder on the units both labelled."""
+    """Per coder (row), agreement with the consensus of the other coders, unit by unit.
+
+    The consensus leaves the coder out, so one careless annotator does not drag the
+    others down: nominal data compares with the plurality of the others' values
+    (a unit where their top count is shared is not compared); ordinal and interval
+    data with the median of the others' values.
+    """
     data = np.asarray(reliability, dtype=float)
     present = ~np.isnan(data)
     finite = data[present]
     spread = float(finite.max() - finite.min()) if finite.size else 0.0
     results = []
     for coder in range(data.shape[0]):
-        total, n_pairs = 0.0, 0
-        for other in range(data.shape[0]):
-            if other == coder:
+        total, n_units = 0.0, 0
+        for unit in np.flatnonzero(present[coder]):
+            others = np.delete(data[:, unit], coder)
+            others = others[~np.isnan(others)]
+            if others.size == 0:
                 continue
-            both = present[coder] & present[other]
-            if not both.any():
-                continue
-            mine, theirs = data[coder, both], data[other, both]
+            value = data[coder, unit]
             if level == "nominal":
-                total += float((mine == theirs).sum())
+                values, counts = np.unique(others, return_counts=True)
+                if (counts == counts.max()).sum() > 1:
+                    continue
+                total += float(value == values[np.argmax(counts)])
             else:
-                closeness = (
-                    1.0 - np.abs(mine - theirs) / spread if spread > 0 else np.ones_like(mine)
-                )
-                total += float(closeness.sum())
-            n_pairs += int(both.sum())
-        results.append(CoderAgreement(total / n_pairs if n_pairs else float("nan"), n_pairs))
+                gap = abs(value - float(np.median(others)))
+                total += 1.0 - gap / spread if spread > 0 else 1.0
+            n_units += 1
+        results.append(CoderAgreement(total / n_units if n_units else float("nan"), n_units))
     return results
 
 

@@ -77,6 +77,14 @@ def require_project(store: Store, name: str) -> Project:
     return project
 
 
+def check_reward_option(config: ProjectConfig, reward_dir: str | Path | None) -> None:
+    """A reward model goes with the uncertainty order, and only with it."""
+    if config.priority == "uncertainty" and reward_dir is None:
+        raise AnnotateError("--priority uncertainty needs --reward RM_DIR (a reward-model folder)")
+    if config.priority == "random" and reward_dir is not None:
+        raise AnnotateError("--reward is used only with --priority uncertainty")
+
+
 def create_project(
     store: Store,
     name: str,
@@ -95,10 +103,7 @@ def create_project(
         raise AnnotateError(
             f"guidelines: {len(guidelines):,} characters; at most {MAX_GUIDELINES_CHARS:,}"
         )
-    if config.priority == "uncertainty" and reward_dir is None:
-        raise AnnotateError("--priority uncertainty needs --reward RM_DIR (a reward-model folder)")
-    if config.priority == "random" and reward_dir is not None:
-        raise AnnotateError("--reward is used only with --priority uncertainty")
+    check_reward_option(config, reward_dir)
     regular: list[tuple[str, dict]] = []
     seen: dict[str, int] = {}
     for index, record in enumerate(records):
@@ -226,8 +231,9 @@ class AnnotatorRow:
     skipped: int = 0
     median_seconds: float | None = None
     agreement: float | None = None
-    """Agreement with the other annotators (see :func:`prefkit.annotate.agreement.coder_agreement`)."""
+    """Agreement with the others' consensus (see :func:`prefkit.annotate.agreement.coder_agreement`)."""
     n_shared: int = 0
+    """Units compared for ``agreement``."""
     gold_accuracy: float | None = None
     n_gold: int = 0
     flags: list[str] = field(default_factory=list)
@@ -412,8 +418,8 @@ def project_report(store: Store, name: str) -> ProjectReport:
     if all_triples:
         data, coders, _ = agreement.reliability_matrix(all_triples)
         for coder, result in zip(coders, agreement.coder_agreement(data, level)):  # type: ignore[arg-type]
-            rows[coder].agreement = None if result.n_pairs == 0 else result.agreement
-            rows[coder].n_shared = result.n_pairs
+            rows[coder].agreement = None if result.n_units == 0 else result.agreement
+            rows[coder].n_shared = result.n_units
     for name_, row in rows.items():
         if seconds[name_]:
             row.median_seconds = statistics.median(seconds[name_])

@@ -64,7 +64,11 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 ]
-STATIC_FILES = {"annotate.js": "text/javascript", "annotate.css": "text/css"}
+STATIC_FILES = {
+    "annotate.js": "text/javascript",
+    "annotate.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
 MAX_ADMIN_ITEMS = 500
 
 
@@ -580,6 +584,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # connections made before uvicorn starts wait in the backlog
     sock.set_inheritable(True)
     return sock
 

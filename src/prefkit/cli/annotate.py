@@ -176,14 +176,16 @@ def _open(args: argparse.Namespace):  # noqa: ANN202 - a Store
 
 
 def _create(args: argparse.Namespace) -> int:
-    from prefkit.annotate.config import parse_attribute, read_attributes_file
-    from prefkit.annotate.project import create_project
+    from prefkit.annotate.config import check_project_name, parse_attribute, read_attributes_file
+    from prefkit.annotate.project import check_reward_option, create_project
     from prefkit.data.read import FeedbackReader
 
     attributes = tuple(parse_attribute(spec) for spec in args.attribute)
     if args.attributes:
         attributes += read_attributes_file(args.attributes)
     config = dataclass_from_args(ProjectConfig, args, attributes=attributes)
+    check_project_name(args.project)  # mistakes in the options first, before reading the data
+    check_reward_option(config, args.reward)
     guidelines = Path(args.guidelines).read_text(encoding="utf-8") if args.guidelines else ""
     store = _open(args)
     try:

@@ -5,7 +5,7 @@ them in ``/usr/lib/postgresql/VERSION/bin``; ``make test`` installs it when it i
 missing). PostgreSQL refuses to run as root, so as root the cluster is created
 and run as the ``postgres`` user the package adds. The cluster listens on
 127.0.0.1 only, trusts local connections (it lives for one test run), and is
-stopped and deleted at the end. ``fsync`` is off to keep creating a database per
+stopped and deleted at the end. ``fsync`` is off (unless asked for) to keep creating a database per
 test cheap: the durability tests kill the annotation server, never PostgreSQL, so a
 committed transaction survives them either way.
 """
@@ -51,8 +51,9 @@ def free_port() -> int:
 class ThrowawayCluster:
     """``start()`` returns a URL to the ``postgres`` database as a superuser; ``stop()`` deletes it all."""
 
-    def __init__(self, bindir: Path):
+    def __init__(self, bindir: Path, *, fsync: bool = False):
         self.bindir = bindir
+        self.fsync = fsync
         self.root = Path(tempfile.mkdtemp(prefix="prefkit-postgres-"))
         self.data = self.root / "data"
         self.port = 0
@@ -80,6 +81,7 @@ class ThrowawayCluster:
                 text=True,
                 timeout=timeout,
                 stdin=subprocess.DEVNULL,
+                cwd=self.root,  # the postgres user may not be allowed into the current folder
             )
         except (OSError, subprocess.TimeoutExpired) as error:
             raise ClusterError(f"{Path(command[0]).name}: {error}") from None
@@ -108,7 +110,8 @@ class ThrowawayCluster:
             options = (
                 f"-c listen_addresses=127.0.0.1 -c port={self.port} "
                 f"-c unix_socket_directories={self.root} -c max_connections=200 "
-                "-c shared_buffers=32MB -c fsync=off -c full_page_writes=off"
+                "-c shared_buffers=32MB"
+                + ("" if self.fsync else " -c fsync=off -c full_page_writes=off")
             )
             try:
                 self._run(

@@ -475,25 +475,27 @@ def progress(connection: Connection, project: Project, annotator_id: int) -> Pro
             assignments.c.state == LEASED,
         )
     ).scalar_one()
-    open_to_me = connection.execute(
+    # items still open to anyone (an index-only count), less those open ones this
+    # annotator already holds, skipped or answered (a few rows through their index)
+    open_items = connection.execute(
         select(func.count())
         .select_from(items)
         .where(
             items.c.project_id == project.id,
             items.c.is_gold.is_(False),
             items.c.n_taken < project.config.overlap,
-            ~_mine(annotator_id),
         )
     ).scalar_one()
+    open_but_mine = connection.execute(
+        select(func.count())
+        .select_from(assignments)
+        .join(items, items.c.id == assignments.c.item_id)
+        .where(
+            assignments.c.annotator_id == annotator_id,
+            assignments.c.state != EXPIRED,
+            items.c.is_gold.is_(False),
+            items.c.n_taken < project.config.overlap,
+        )
+    ).scalar_one()
+    open_to_me = open_items - open_but_mine
     return Progress(done=done, total=done + leased + open_to_me)
-
-
-def has_answers(connection: Connection, project: Project, annotator_id: int) -> bool:
-    return (
-        connection.execute(
-            select(answers.c.id)
-            .where(answers.c.annotator_id == annotator_id, answers.c.project_id == project.id)
-            .limit(1)
-        ).first()
-        is not None
-    )

@@ -62,6 +62,7 @@ items = Table(
     Column("n_done", Integer, nullable=False, default=0),
     UniqueConstraint("project_id", "external_id", name="uq_items_project_external"),
     Index("ix_items_next", "project_id", "is_gold", "priority"),
+    Index("ix_items_open", "project_id", "is_gold", "n_taken"),
 )
 
 annotators = Table(

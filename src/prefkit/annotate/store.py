@@ -15,9 +15,10 @@ ever built from input.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TypeVar
 
@@ -71,11 +72,14 @@ class Store:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._reader = engine.execution_options(prefkit_begin="DEFERRED")
+        # SQLite has one writer at a time: threads of this process queue here, in order,
+        # instead of in SQLite's busy handler, which sleeps in growing steps (long tails).
+        self._write_lock = threading.Lock() if self.dialect == "sqlite" else nullcontext()
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One write transaction, committed when the block ends without an exception."""
-        with self.engine.begin() as connection:
+        with self._write_lock, self.engine.begin() as connection:
             yield connection
 
     @contextmanager

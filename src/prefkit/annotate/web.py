@@ -23,6 +23,7 @@ Security:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import socket
@@ -72,6 +73,7 @@ STATIC_FILES = {
 MAX_ADMIN_ITEMS = 500
 
 
+@functools.lru_cache(maxsize=64)
 def render_guidelines(markdown: str) -> Markup:
     """Guidelines Markdown as safe HTML: raw HTML is escaped, images are off, and links
     with ``javascript:``, ``vbscript:``, ``file:`` or ``data:`` targets are not made."""
@@ -168,6 +170,7 @@ class AnnotateApp:
         self.store = store
         self.config = config
         self.limiter = FailureLimiter(config.login_failures_per_minute)
+        self._projects: dict[str, Project] = {}
         self.templates = Environment(
             loader=PackageLoader("prefkit.annotate", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -227,8 +230,13 @@ class AnnotateApp:
         """The viewer's project, if ``name`` is it (another project looks like no project)."""
         if name != viewer.project_name:
             return None
-        with self.store.read() as connection:
-            return assign.load_project(connection, name)
+        project = self._projects.get(name)  # a project does not change once created
+        if project is None:
+            with self.store.read() as connection:
+                project = assign.load_project(connection, name)
+            if project is not None:
+                self._projects[name] = project
+        return project
 
     async def authorised(
         self, request: Request, *, admin: bool = False
@@ -377,7 +385,7 @@ class AnnotateApp:
             lease = assign.next_lease(self.store, project, viewer.annotator_id, time.time())
         with self.store.read() as connection:
             progress = assign.progress(connection, project, viewer.annotator_id)
-            can_undo = assign.has_answers(connection, project, viewer.annotator_id)
+        can_undo = progress.done > 0
         shown: list[tuple[str, Any]] = []
         prompt = None
         if lease is not None:

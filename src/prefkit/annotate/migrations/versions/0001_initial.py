@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("project_id", "external_id", name="uq_items_project_external"),
     )
     op.create_index("ix_items_next", "items", ["project_id", "is_gold", "priority"])
+    op.create_index("ix_items_open", "items", ["project_id", "is_gold", "n_taken"])
     op.create_table(
         "annotators",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -165,6 +166,7 @@ def downgrade() -> None:
     op.drop_index("ix_assignments_annotator_state", table_name="assignments")
     op.drop_table("assignments")
     op.drop_table("annotators")
+    op.drop_index("ix_items_open", table_name="items")
     op.drop_index("ix_items_next", table_name="items")
     op.drop_table("items")
     op.drop_table("projects")

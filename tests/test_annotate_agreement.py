@@ -161,3 +161,10 @@ def test_alpha_on_real_annotator_votes(shared_data) -> None:
     expected = krippendorff.alpha(reliability_data=data, level_of_measurement="nominal")
     assert krippendorff_alpha(data, "nominal") == pytest.approx(expected, abs=1e-10)
     assert 0.2 < expected < 0.9  # real people agree, not perfectly
+    # Fleiss' kappa agrees with the streaming one of `prefkit data inspect`
+    from prefkit.data.inspect import VoteAgreement
+
+    streaming = VoteAgreement()
+    for record in records:
+        streaming.add(record.votes)
+    assert fleiss_kappa(category_counts(data)) == pytest.approx(streaming.fleiss_kappa(), abs=1e-12)

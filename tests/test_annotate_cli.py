@@ -294,10 +294,11 @@ def test_help_comes_from_the_config_docstrings(capsys) -> None:
             assert docs[item.name][:40] in text
 
 
-def test_a_project_from_real_data(shared_data, tmp_path, capsys) -> None:
+def test_a_project_from_real_data(shared_data, tmp_path, capsys, monkeypatch) -> None:
     path = shared_data / "pandalm-testset" / "testset-v1.json"
     if not path.exists():
         pytest.skip(f"{path} is not available")
+    monkeypatch.chdir(tmp_path)  # the rejects file is written to the current folder
     db = f"sqlite:///{tmp_path / 'annotate.db'}"
     code, out, err = run(
         capsys,
@@ -321,5 +322,8 @@ def test_a_project_from_real_data(shared_data, tmp_path, capsys) -> None:
         list(read_feedback(path, format="pandalm", on_error="skip", allow_empty_responses=True))
     )
     assert f"created project 'pandalm': {n_records} items" in out
+    rejects = tmp_path / "pandalm.rejects.jsonl"
+    assert "written to pandalm.rejects.jsonl" in err and len(rejects.read_text().splitlines()) > 0
+    assert not (path.parent / (path.name + ".rejects.jsonl")).exists()  # nothing beside the data
     code, out, _ = run(capsys, "annotate", "status", "pandalm", "--db", db)
     assert f"0 of {2 * n_records} labels" in out

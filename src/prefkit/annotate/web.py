@@ -509,7 +509,11 @@ class AnnotateApp:
         from prefkit.annotate.project import project_report
 
         report = await run_in_threadpool(project_report, self.store, project.name)
-        return self.page("admin.html", viewer=viewer, report=report, max_items=MAX_ADMIN_ITEMS)
+        # items with answers first (the ones there is something to look at), then in order
+        shown = sorted(report.items, key=lambda row: -row.n_done)
+        return self.page(
+            "admin.html", viewer=viewer, report=report, items=shown, max_items=MAX_ADMIN_ITEMS
+        )
 
     async def export(self, request: Request) -> Response:
         allowed = await self.authorised(request, admin=True)

@@ -189,7 +189,8 @@ def _create(args: argparse.Namespace) -> int:
     guidelines = Path(args.guidelines).read_text(encoding="utf-8") if args.guidelines else ""
     store = _open(args)
     try:
-        reader = open_reader(args, args.data, rejects_for=args.data)
+        # with --on-error skip, bad records go to ./PROJECT.rejects.jsonl (never beside the data)
+        reader = open_reader(args, args.data, rejects_for=Path(args.project))
         records = list(with_layout_notice(reader))
         gold = list(FeedbackReader(args.gold)) if args.gold else []
         summary = create_project(

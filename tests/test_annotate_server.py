@@ -264,3 +264,69 @@ def test_guidelines_markdown_is_sanitised() -> None:
     assert 'href="https://example.org"' in rendered
     assert "javascript:" not in rendered.replace("[bad](javascript:alert(3))", "")
     assert 'href="data:' not in rendered and 'href="javascript:' not in rendered
+
+
+def test_ranking_rating_and_thumbs_pages_post_canonical_answers(store) -> None:
+    """Each task's page has its inputs; posted answers are stored in canonical order."""
+    from prefkit.annotate.config import RatingAttribute
+    from prefkit.data.records import BinaryRecord, RankingRecord, RatingRecord
+
+    conversation = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    create_project(
+        store,
+        "rank",
+        [RankingRecord(id="k", prompt=conversation, responses=["x", "y", "z"], scores=[None] * 3)],
+        ProjectConfig(task="ranking", seed=4),
+    )
+    attributes = (RatingAttribute("help", 1, 5, "how helpful"), RatingAttribute("safe", 0, 1))
+    create_project(
+        store,
+        "rate",
+        [RatingRecord(id="r", prompt="p", response="answer", ratings={"help": 1})],
+        ProjectConfig(task="rating", attributes=attributes),
+    )
+    create_project(
+        store,
+        "thumbs",
+        [BinaryRecord(id="b", prompt="p", response="answer", label=True)],
+        ProjectConfig(task="binary"),
+    )
+    with ThreadServer(store) as server:
+        person = Annotator(server.url)
+        person.login(add_annotator(store, "rank", "ana"))
+        shown = person.page()
+        assert shown.text.count('<select name="rank.') == 3
+        assert (
+            'class="turn role-user"' in shown.text and 'class="turn role-assistant"' in shown.text
+        )
+        texts = re.findall(r'<div class="text">([xyz])</div>', shown.text)
+        # rank what is shown: x best, z worst, wherever they are
+        ranks = {
+            f"rank.{position}": str({"x": 1, "y": 2, "z": 3}[t]) for position, t in enumerate(texts)
+        }
+        assert person.post("submit", shown, **{**ranks, "rank.0": ""}).status_code == 400
+        assert person.post("submit", shown, **ranks).status_code == 303
+        person.post("undo", person.page())
+        again = person.page()
+        assert again.text.count(" selected>") == 3  # the undone ranks come back selected
+        assert person.post("submit", again, **ranks).status_code == 303
+
+        person = Annotator(server.url)
+        person.login(add_annotator(store, "rate", "ana"))
+        shown = person.page()
+        assert "how helpful" in shown.text and 'name="rating.safe" value="0"' in shown.text
+        assert person.post("submit", shown).status_code == 400  # nothing rated
+        assert person.post("submit", shown, **{"rating.help": "6"}).status_code == 400
+        assert person.post("submit", shown, **{"rating.help": "4"}).status_code == 303
+
+        person = Annotator(server.url)
+        person.login(add_annotator(store, "thumbs", "ana"))
+        shown = person.page()
+        assert 'value="bad" data-key="2"' in shown.text
+        assert person.post("submit", shown, label="bad").status_code == 303
+    (ranked,), _ = export_records(store, "rank")
+    assert ranked.ranks == (1.0, 2.0, 3.0) and ranked.responses == ("x", "y", "z")
+    (rated,), _ = export_records(store, "rate")
+    assert rated.ratings == {"help": 4.0, "safe": None}
+    (thumb,), _ = export_records(store, "thumbs")
+    assert thumb.label is False

@@ -414,3 +414,14 @@ def test_browser_checks_fail_on_a_page_built_to_break_them(
     blank = tmp_path / "blank.html"
     blank.write_text("<!DOCTYPE html><title>blank</title><p>.</p>", encoding="utf-8")
     assert looks_blank(browser.load(blank).screenshot_png)
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch) -> None:
+    from conftest import skip_or_fail_in_ci
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium is missing.*CI is set"):
+        skip_or_fail_in_ci("chromium is missing")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="chromium is missing"):
+        skip_or_fail_in_ci("chromium is missing")

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= quickstart-out
 
-.PHONY: quickstart test lint bench clean
+.PHONY: quickstart test lint bench clean system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-test: $(VENV)/.installed-test lint
+# Debian's chromium and postgresql for the browser and database tests (see the script).
+system-packages:
+	@sh .ci/system-packages
+
+test: $(VENV)/.installed-test lint system-packages
 	$(BIN)/python -m pytest -q
 
 clean:

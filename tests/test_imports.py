@@ -42,3 +42,16 @@ def test_losses_import_only_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert output.strip() == ""
+
+
+def test_annotate_loads_its_server_and_database_only_when_used() -> None:
+    code = (
+        "import sys, prefkit.cli, prefkit.annotate.config, prefkit.annotate.tasks, "
+        "prefkit.annotate.agreement; prefkit.cli.build_parser; "
+        "print(','.join(m for m in ('sqlalchemy', 'alembic', 'starlette', 'uvicorn', 'psycopg', "
+        "'jinja2', 'markdown_it') if m in sys.modules))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert output.strip() == ""

@@ -3,8 +3,8 @@
 The browser tests open the report in headless Chromium (see ``tests/browser.py``)
 and fail on any console error, any request other than the file itself, an opened
 dialog, a script element or an ``on*`` attribute in the DOM, or a blank
-screenshot. When ``chromium`` is missing they install Debian's package with
-apt-get (as root, in CI or a non-interactive run), and skip saying why otherwise.
+screenshot. ``make test`` installs Debian's ``chromium`` when it is missing; without
+it the tests skip saying why, except under ``CI=true``, where they fail.
 Each of those checks is itself shown to fail on a page built to break it.
 """
 
@@ -14,21 +14,12 @@ import html
 import math
 import random
 import re
-import time
-from collections import Counter
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
-from browser import (
-    Chromium,
-    find_chromium,
-    install_chromium,
-    may_install_system_packages,
-    png_pixels,
-)
+from browser import Browser, colour_profile, looks_blank
 from prefkit.eval.metrics import pairwise_report
 from prefkit.eval.report import MAX_SCATTER_POINTS, N_WRONG_EXAMPLES, render_report, write_report
 from prefkit.eval.results import EvaluationRun, ModelEvaluation, ScoredPair
@@ -387,46 +378,8 @@ def test_write_report_creates_the_file(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- browser tests
 
 
-@pytest.fixture(scope="session")
-def chromium_executable() -> str:
-    """Path of chromium; installs Debian's package when allowed, skips when impossible."""
-    found = find_chromium()
-    if found:
-        return found
-    allowed, why_not = may_install_system_packages()
-    if not allowed:
-        pytest.skip(f"chromium is not installed and cannot be installed here: {why_not}")
-    started = time.monotonic()
-    found, log = install_chromium()
-    if not found:
-        pytest.skip(f"chromium could not be installed with apt-get:\n{log}")
-    print(f"installed chromium in {time.monotonic() - started:.0f} s")
-    return found
-
-
-@pytest.fixture(scope="session")
-def browser(chromium_executable: str) -> Iterator[Chromium]:
-    chromium = Chromium(chromium_executable)
-    try:
-        yield chromium
-    finally:
-        chromium.close()
-
-
-def colour_profile(png: bytes) -> tuple[int, float]:
-    """(distinct colours, share of the most common colour) of a screenshot."""
-    _, _, pixels = png_pixels(png)
-    counts = Counter(pixels)
-    return len(counts), counts.most_common(1)[0][1] / len(pixels)
-
-
-def looks_blank(png: bytes) -> bool:
-    distinct, commonest_share = colour_profile(png)
-    return distinct < 24 or commonest_share > 0.97
-
-
 @pytest.mark.slow
-def test_report_in_a_real_browser(browser: Chromium, tmp_path: Path) -> None:
+def test_report_in_a_real_browser(browser: Browser, tmp_path: Path) -> None:
     path = write_report(hostile_run(), tmp_path / "report.html")
     page = browser.load(path)
     assert page.console_errors == []
@@ -442,7 +395,7 @@ def test_report_in_a_real_browser(browser: Chromium, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_browser_checks_fail_on_a_page_built_to_break_them(
-    browser: Chromium, tmp_path: Path
+    browser: Browser, tmp_path: Path
 ) -> None:
     document = render_report(EvaluationRun("d", [make_model("m", 20)]))
     document = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", document)
@@ -461,3 +414,14 @@ def test_browser_checks_fail_on_a_page_built_to_break_them(
     blank = tmp_path / "blank.html"
     blank.write_text("<!DOCTYPE html><title>blank</title><p>.</p>", encoding="utf-8")
     assert looks_blank(browser.load(blank).screenshot_png)
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch) -> None:
+    from conftest import skip_or_fail_in_ci
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium is missing.*CI is set"):
+        skip_or_fail_in_ci("chromium is missing")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="chromium is missing"):
+        skip_or_fail_in_ci("chromium is missing")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from prefkit import __version__
 
-COMMAND_MODULES = ("quickstart", "data", "rm", "eval", "align")
+COMMAND_MODULES = ("quickstart", "data", "rm", "eval", "align", "annotate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(
+    argv: Sequence[str] | None = None, *, parser: argparse.ArgumentParser | None = None
+) -> int:
+    """Run one command; ``parser`` defaults to :func:`build_parser` (every command)."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
@@ -53,11 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(error: Exception) -> bool:
+    from prefkit.annotate.config import AnnotateError
     from prefkit.data.errors import DataError
     from prefkit.data.layouts import LayoutError
     from prefkit.data.records import FieldError
 
-    return isinstance(error, (DataError, LayoutError, FieldError, FileNotFoundError, UserError))
+    return isinstance(
+        error, (DataError, LayoutError, FieldError, FileNotFoundError, UserError, AnnotateError)
+    )
 
 
 class UserError(Exception):

@@ -30,10 +30,10 @@ Departures from TRL 1.16, besides those listed in :mod:`prefkit.losses.preferenc
   is the mean log-ratio log(pi / pi_ref) of the mismatched (prompt, completion)
   pairs of the whole *optimizer step*: in the global batch, example b's prompt
   is paired with the first completion of example b - 1 (the last example for
-  b = 0). Before the step's first micro-batch, every process
-  scores its share of these pairs without gradient, and the sums are all-reduced,
-  so z0 is the same for every micro-batch and process, and KTO, like the other
-  losses, does not change with gradient accumulation or the number of processes.
+  b = 0). Before the step's first micro-batch, every process scores its share of
+  these pairs without gradient, and the sums are all-reduced, so z0 is the same
+  for every micro-batch and process, and KTO, like the other losses, does not
+  change with gradient accumulation or the number of processes.
   TRL estimates z0 per micro-batch (shifting completions within the micro-batch)
   and averages it over processes; with one micro-batch per step the two agree.
   A global batch of one example has no mismatched pair and uses z0 = 0.

@@ -22,8 +22,8 @@ and ORPO report beta * log pi (length-averaged for SimPO and ORPO), as TRL does.
 
 :data:`LOSSES` maps each name to a :class:`LossSpec`: its function, config type
 and input kind, whether it uses a reference, which extra inputs it reads, and the
-:class:`LossState` that supplies them across steps (KTO's KL
-estimate, BCO's reward shift); :func:`register_loss` adds a loss.
+:class:`LossState` that supplies them across steps (KTO's KL estimate, BCO's
+reward shift); :func:`register_loss` adds a loss.
 :func:`make_loss` builds a configured loss from a name and keyword arguments,
 rejecting unknown arguments and bad values before any data is seen.
 :func:`weighted_sum` combines paired losses (e.g. DPO + SFT, the RPO recipe).
@@ -42,9 +42,9 @@ Departures from the papers, and differences from TRL 1.16:
 - ``bco_pair``: Jung et al. shift the rewards by delta, a running mean of the
   rewards; TRL 1.16 drops the shift. Pass ``reward_shift=0`` to reproduce TRL.
   The running mean is kept by the caller (:class:`RunningMean`, or the
-  registered :class:`RewardShift`), over the batches seen
-  *before* the current one. The paper's underlying-distribution
-  matching (a density-ratio classifier) is not implemented.
+  registered :class:`RewardShift`), over the batches seen *before* the current
+  one. The paper's underlying-distribution matching (a density-ratio
+  classifier) is not implemented.
 - ``hinge``: SLiC's calibration loss compares policy log-probs with a margin
   delta. As in TRL, the log-probs are replaced by log-ratios against the
   reference and the margin is 1 / beta, scaled by beta: relu(1 - beta * h).
@@ -132,9 +132,9 @@ __all__ = [
     "kto",
     "lipo_lambda",
     "make_loss",
-    "register_loss",
     "nca_pair",
     "orpo",
+    "register_loss",
     "robust",
     "sft",
     "sigmoid_norm",
@@ -1087,11 +1087,14 @@ class LossState:
         """Prepare the statistics of the coming optimizer step."""
 
     def inputs(self, batch: BatchContext) -> dict[str, Tensor]:
-        """The loss function's extra inputs for ``batch``, by name."""
+        """The loss function's extra inputs for ``batch``: exactly the names of the spec's
+        ``extra_inputs``, each a tensor the function accepts (0-dim for the built-in ones)."""
         return {}
 
     def after_micro_batch(self, rewards: Tensor) -> None:
-        """Observe the detached rewards ``(M,)`` of every completion of a training micro-batch."""
+        """Observe the detached rewards ``(M,)`` of every completion of a training micro-batch:
+        paired, the B chosen then the B rejected; unpaired, the B completions; listwise,
+        the present responses, example by example."""
 
     def after_step(self, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
         """Fold the finished step into the state (the same on every rank)."""
@@ -1220,8 +1223,8 @@ class LossSpec:
     """False for the losses computed from policy log-probs alone (SimPO, CPO, ORPO, SFT): the
     container's reference log-probs are then None and no reference model is used."""
     state: Callable[[], LossState] | None = None
-    """Factory of the :class:`LossState` the loss keeps across steps
-    (KTO's KL estimate, BCO's reward shift); required when there are extra inputs."""
+    """Factory of the :class:`LossState` the loss keeps across steps (KTO's KL estimate,
+    BCO's reward shift); required when there are extra inputs. A trainer makes one per run."""
     scores_mismatched_pairs: bool = False
     """True when :attr:`state` scores prompt/completion pairs other than the batch's own (KTO's
     KL estimate), so a reference model is kept even when the batch's reference log-probs

@@ -18,7 +18,7 @@ import gzip
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,18 +226,53 @@ def _parse_object(text: str, source: str, line: int, location: str = "line") -> 
 
 
 def _iter_jsonl(path: Path) -> Iterator[RawRow]:
-    source = str(path)
     with _open_binary(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
+        yield from iter_jsonl_lines(handle, str(path))
+
+
+def iter_jsonl_lines(lines: Iterable[bytes], source: str, first_line: int = 1) -> Iterator[RawRow]:
+    """Rows of JSONL ``lines`` (bytes, as a binary file iterates), numbered from ``first_line``."""
+    for number, raw in enumerate(lines, start=first_line):
+        if not raw.strip():
+            continue
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        text, error = _decode(raw, source, number)
+        if error is not None:
+            yield RawRow(source, number, None, "line", error)
+            continue
+        yield _parse_object(text, source, number)  # type: ignore[arg-type]
+
+
+JSONL_BLOCK_BYTES = 4 << 20
+"""Size of the blocks :func:`iter_jsonl_blocks` reads (whole lines, so a little more or less)."""
+
+
+def iter_jsonl_blocks(
+    path: Path, block_bytes: int = JSONL_BLOCK_BYTES
+) -> Iterator[tuple[int, bytes]]:
+    """``(number of the block's first line, block)`` over a JSONL file, in blocks of whole lines.
+
+    The first block is short (64 KiB), so that a caller can look at the first
+    rows before committing to a way of reading the rest.
+    """
+    with _open_binary(path) as handle:
+        first_line, rest, size = 1, b"", min(block_bytes, 1 << 16)
+        while True:
+            chunk = handle.read(size)
+            size = block_bytes
+            if not chunk:
+                break
+            chunk = rest + chunk
+            cut = chunk.rfind(b"\n") + 1
+            if cut == 0:
+                rest = chunk
                 continue
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            text, error = _decode(raw, source, number)
-            if error is not None:
-                yield RawRow(source, number, None, "line", error)
-                continue
-            yield _parse_object(text, source, number)  # type: ignore[arg-type]
+            block, rest = chunk[:cut], chunk[cut:]
+            yield first_line, block
+            first_line += block.count(b"\n")
+        if rest:
+            yield first_line, rest
 
 
 def _iter_json(path: Path) -> Iterator[RawRow]:

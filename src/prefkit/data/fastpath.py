@@ -1,0 +1,181 @@
+"""The reader's fast path: a block of JSONL lines of flat pairwise records, decoded and
+checked in C, kept column by column.
+
+The validating path (:mod:`prefkit.data.layouts` and the record classes) runs
+Python for every row. Most large files are clean canonical pairs, so a block of
+whole lines is first decoded in one call by ``msgspec`` into typed structs
+(string texts, ``a``/``b``/``tie`` outcomes, non-negative strengths, no unknown
+fields), and the reader's policies are checked with ``map`` over builtins (no
+Python bytecode per record): non-empty ids, the text size limit, empty
+responses, identical responses. The block is accepted only if every row passes
+every check; otherwise the caller reads it again through the validating path,
+which produces the exact record-by-record result, errors (file, line, field)
+included. The fast path never decides what is an error: it only recognises
+blocks that have none.
+
+Accepted shapes (anything else takes the validating path): one JSON object per
+line, no blank lines; ``id`` a string or integer; ``prompt``, ``response_a``,
+``response_b`` strings; the outcome under ``outcome`` (the ``prefkit`` layout,
+with ``kind`` = ``pairwise`` and ``schema_version`` = 1) or under ``winner``
+(canonical field names without ``kind``); optional ``strength``, ``margin``,
+``soft_label``, ``weight`` numbers, ``category`` string, ``metadata`` object,
+and ``votes`` only as null.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from prefkit.data.records import PairwiseRecord
+
+_MAX_FLOAT = sys.float_info.max
+_Finite = Annotated[float, msgspec.Meta(ge=-_MAX_FLOAT, le=_MAX_FLOAT)]
+_NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=_MAX_FLOAT)]
+_Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+_COMMON_FIELDS: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+    ("id", str | int),
+    ("prompt", str),
+    ("response_a", str),
+    ("response_b", str),
+    ("outcome", Literal["a", "b", "tie"]),
+    ("strength", _NonNegative | None, None),
+    ("votes", None, None),
+    ("margin", _Finite | None, None),
+    ("soft_label", _Probability | None, None),
+    ("weight", _NonNegative | None, None),
+    ("category", str | None, None),
+    ("metadata", dict[str, Any], msgspec.field(default_factory=dict)),
+]
+
+_DECODERS = {
+    "prefkit": msgspec.json.Decoder(
+        list[  # type: ignore[misc]
+            msgspec.defstruct(
+                "CanonicalPair",
+                [("schema_version", Literal[1]), ("kind", Literal["pairwise"]), *_COMMON_FIELDS],
+                forbid_unknown_fields=True,
+            )
+        ]
+    ),
+    "names-winner": msgspec.json.Decoder(
+        list[  # type: ignore[misc]
+            msgspec.defstruct(
+                "NamedPair",
+                _COMMON_FIELDS,
+                forbid_unknown_fields=True,
+                rename={"outcome": "winner"},
+            )
+        ]
+    ),
+    "names-outcome": msgspec.json.Decoder(
+        list[msgspec.defstruct("NamedPair", _COMMON_FIELDS, forbid_unknown_fields=True)]  # type: ignore[misc]
+    ),
+}
+SHAPES = tuple(_DECODERS)
+"""The line shapes the fast path reads: ``prefkit`` (with ``kind`` and ``schema_version``),
+``names-winner`` and ``names-outcome`` (canonical names without them, the outcome
+under ``winner`` or ``outcome``)."""
+
+_COLUMNS = (
+    "prompt",
+    "response_a",
+    "response_b",
+    "outcome",
+    "strength",
+    "margin",
+    "soft_label",
+    "weight",
+    "category",
+    "metadata",
+)
+
+
+@dataclass
+class PairwiseColumns:
+    """Validated pairwise records of one block, column by column (equal-length lists)."""
+
+    ids: list[str]
+    prompts: list[str]
+    responses_a: list[str]
+    responses_b: list[str]
+    outcomes: list[str]
+    strengths: list[float | None]
+    margins: list[float | None]
+    soft_labels: list[float | None]
+    weights: list[float | None]
+    categories: list[str | None]
+    metadata: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def records(self) -> Iterator[PairwiseRecord]:
+        """The block as :class:`PairwiseRecord` objects (built without re-validation)."""
+        return map(
+            PairwiseRecord.trusted,
+            self.ids,
+            self.prompts,
+            self.responses_a,
+            self.responses_b,
+            self.outcomes,
+            self.strengths,
+            self.margins,
+            self.soft_labels,
+            self.weights,
+            self.categories,
+            self.metadata,
+        )
+
+
+def decode_pairwise_block(
+    block: bytes, *, shape: str, max_text_chars: int, allow_empty_responses: bool
+) -> PairwiseColumns | None:
+    """The block's records as columns, or ``None`` when any line needs the validating path.
+
+    ``block`` holds whole lines (each ending with a newline, the last one maybe not);
+    ``shape`` is one of :data:`SHAPES`.
+    """
+    body = block.rstrip(b"\n")
+    if not body:
+        return None
+    try:
+        structs = _DECODERS[shape].decode(b"[" + body.replace(b"\n", b",") + b"]")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if len(structs) != body.count(b"\n") + 1:  # a line held more than one object
+        return None
+    ids = list(map(str, map(operator.attrgetter("id"), structs)))
+    columns = {name: list(map(operator.attrgetter(name), structs)) for name in _COLUMNS}
+    texts = (columns["prompt"], columns["response_a"], columns["response_b"])
+    if "" in ids:
+        return None
+    if any(max(map(len, column)) > max_text_chars for column in texts):
+        return None
+    if not allow_empty_responses:
+        for column in texts[1:]:
+            if "" in column or any(map(str.isspace, column)):
+                return None
+    # Identical responses are an error unless the outcome is a tie; let the
+    # validating path decide for the (rare) blocks that have any.
+    if any(map(operator.eq, columns["response_a"], columns["response_b"])):
+        return None
+    return PairwiseColumns(
+        ids=ids,
+        prompts=columns["prompt"],
+        responses_a=columns["response_a"],
+        responses_b=columns["response_b"],
+        outcomes=columns["outcome"],
+        strengths=columns["strength"],
+        margins=columns["margin"],
+        soft_labels=columns["soft_label"],
+        weights=columns["weight"],
+        categories=columns["category"],
+        metadata=columns["metadata"],
+    )

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
+import numpy as np
 
 from prefkit.data.records import PairwiseRecord
 
@@ -112,6 +113,10 @@ class PairwiseColumns:
     weights: list[float | None]
     categories: list[str | None]
     metadata: list[dict[str, Any]]
+    prompt_lengths: np.ndarray
+    """(N,) int32: characters of each prompt; the same for the two responses below."""
+    response_a_lengths: np.ndarray
+    response_b_lengths: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -135,12 +140,12 @@ class PairwiseColumns:
 
 
 def decode_pairwise_block(
-    block: bytes, *, shape: str, max_text_chars: int, allow_empty_responses: bool
+    block: bytes, n_lines: int, *, shape: str, max_text_chars: int, allow_empty_responses: bool
 ) -> PairwiseColumns | None:
     """The block's records as columns, or ``None`` when any line needs the validating path.
 
-    ``block`` holds whole lines (each ending with a newline, the last one maybe not);
-    ``shape`` is one of :data:`SHAPES`.
+    ``block`` holds ``n_lines`` whole lines (each ending with a newline, the last
+    one maybe not); ``shape`` is one of :data:`SHAPES`.
     """
     body = block.rstrip(b"\n")
     if not body:
@@ -149,14 +154,15 @@ def decode_pairwise_block(
         structs = _DECODERS[shape].decode(b"[" + body.replace(b"\n", b",") + b"]")
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    if len(structs) != body.count(b"\n") + 1:  # a line held more than one object
+    if len(structs) != n_lines:  # a blank line, or a line with more than one object
         return None
     ids = list(map(str, map(operator.attrgetter("id"), structs)))
     columns = {name: list(map(operator.attrgetter(name), structs)) for name in _COLUMNS}
     texts = (columns["prompt"], columns["response_a"], columns["response_b"])
     if "" in ids:
         return None
-    if any(max(map(len, column)) > max_text_chars for column in texts):
+    lengths = [np.fromiter(map(len, column), np.int32, len(ids)) for column in texts]
+    if any(int(column.max()) > max_text_chars for column in lengths):
         return None
     if not allow_empty_responses:
         for column in texts[1:]:
@@ -178,4 +184,7 @@ def decode_pairwise_block(
         weights=columns["weight"],
         categories=columns["category"],
         metadata=columns["metadata"],
+        prompt_lengths=lengths[0],
+        response_a_lengths=lengths[1],
+        response_b_lengths=lengths[2],
     )

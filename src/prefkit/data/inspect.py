@@ -296,9 +296,9 @@ class InspectReport:
             columns.outcomes,
         )
         self.content_hashes.frombytes(_hash_array(map(hash, content), count))
-        self.prompt_lengths.extend(map(len, columns.prompts))
-        self.response_lengths.extend(map(len, columns.responses_a))
-        self.response_lengths.extend(map(len, columns.responses_b))
+        self.prompt_lengths.frombytes(columns.prompt_lengths.tobytes())
+        self.response_lengths.frombytes(columns.response_a_lengths.tobytes())
+        self.response_lengths.frombytes(columns.response_b_lengths.tobytes())
         self.outcomes.update(columns.outcomes)
 
     def add_batch(self, batch: list[AnyRecord] | PairwiseColumns) -> None:

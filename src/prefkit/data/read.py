@@ -200,13 +200,14 @@ class FeedbackReader:
     def _read_jsonl_blocks(self) -> Iterator[AnyRecord | PairwiseColumns]:
         """A JSONL file block by block: the fast path where it applies, else row by row."""
         source = str(self.path)
-        for first_line, block in iter_jsonl_blocks(self.path):
+        for first_line, n_lines, block in iter_jsonl_blocks(self.path):
             shape = self._fast_shape()
             columns = (
                 None
                 if shape is None
                 else decode_pairwise_block(
                     block,
+                    n_lines,
                     shape=shape,
                     max_text_chars=self.max_text_chars,
                     allow_empty_responses=self.allow_empty_responses,

@@ -250,8 +250,9 @@ JSONL_BLOCK_BYTES = 4 << 20
 
 def iter_jsonl_blocks(
     path: Path, block_bytes: int = JSONL_BLOCK_BYTES
-) -> Iterator[tuple[int, bytes]]:
-    """``(number of the block's first line, block)`` over a JSONL file, in blocks of whole lines.
+) -> Iterator[tuple[int, int, bytes]]:
+    """``(first line's number, number of lines, block)`` over a JSONL file, in blocks of
+    whole lines (blank ones included).
 
     The first block is short (64 KiB), so that a caller can look at the first
     rows before committing to a way of reading the rest.
@@ -269,10 +270,11 @@ def iter_jsonl_blocks(
                 rest = chunk
                 continue
             block, rest = chunk[:cut], chunk[cut:]
-            yield first_line, block
-            first_line += block.count(b"\n")
+            n_lines = block.count(b"\n")
+            yield first_line, n_lines, block
+            first_line += n_lines
         if rest:
-            yield first_line, rest
+            yield first_line, 1, rest
 
 
 def _iter_json(path: Path) -> Iterator[RawRow]:

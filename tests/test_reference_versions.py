@@ -45,7 +45,8 @@ def test_every_reference_library_is_pinned_exactly() -> None:
 
 @pytest.mark.parametrize("name", REFERENCE_LIBRARIES)
 def test_reference_library_is_installed_at_its_pin(name: str) -> None:
-    pinned = pinned_in_test_extra()[name]
+    pinned = pinned_in_test_extra().get(name)
+    assert pinned, f"{name} has no == pin in the test extra of {PYPROJECT}"
     try:
         installed = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:

@@ -225,3 +225,34 @@ def test_each_check_alone(override: dict, tmp_path: Path) -> None:
     assert list(fast) == list(reference)
     assert _errors(fast) == _errors(reference)
     assert fast.stats.summary() == reference.stats.summary()
+
+
+@pytest.mark.parametrize("writer", ["prefkit", "plain"])
+def test_parquet_fast_path_equals_the_validating_path(writer: str, tmp_path: Path) -> None:
+    """Parquet written by prefkit (texts as JSON text) or plainly (canonical names)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prefkit.data import write_records
+
+    rows = [_row(index) for index in range(40_000)]  # three batches of up to 16,384 rows
+    path = tmp_path / "pairs.parquet"
+    if writer == "prefkit":
+        source = tmp_path / "pairs.jsonl"
+        source.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        write_records(read_feedback(source), path)
+    else:
+        rows[39_000]["response_b"] = ""  # an empty response in the last batch
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    fast = read_feedback(path, on_error="skip")
+    batches = list(fast.batches())
+    assert any(isinstance(batch, PairwiseColumns) for batch in batches)
+    reference = _validating(path, on_error="skip")
+    assert list(read_feedback(path, on_error="skip")) == list(reference)
+    assert fast.stats.summary() == reference.stats.summary()
+    assert _errors(fast) == _errors(reference)
+    if writer == "plain":
+        assert _errors(fast) == [
+            f"{path} (record 39000): field 'response_b': expected a non-empty response, found "
+            "an empty text. Fix the source, or keep such records with --allow-empty-responses"
+        ]

@@ -1,5 +1,5 @@
-"""The reader's fast path: a block of JSONL lines of flat pairwise records, decoded and
-checked in C, kept column by column.
+"""The reader's fast path: a block of JSONL lines (or a Parquet batch) of flat pairwise
+records, decoded and checked in C, kept column by column.
 
 The validating path (:mod:`prefkit.data.layouts` and the record classes) runs
 Python for every row. Most large files are clean canonical pairs, so a block of
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import operator
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -79,7 +79,27 @@ _DECODERS = {
         list[msgspec.defstruct("NamedPair", _COMMON_FIELDS, forbid_unknown_fields=True)]  # type: ignore[misc]
     ),
 }
+_REQUIRED_NAMES = frozenset(
+    {"schema_version", "kind", "id", "prompt", "response_a", "response_b", "outcome", "winner"}
+)
 SHAPES = tuple(_DECODERS)
+_COMMON_TYPES = {item[0]: item[1] for item in _COMMON_FIELDS}
+_FIELD_TYPES: dict[str, dict[str, Any]] = {
+    "prefkit": {"schema_version": Literal[1], "kind": Literal["pairwise"], **_COMMON_TYPES},
+    "names-winner": {
+        ("winner" if name == "outcome" else name): kind for name, kind in _COMMON_TYPES.items()
+    },
+    "names-outcome": _COMMON_TYPES,
+}
+_REQUIRED = {
+    shape: {name for name in types if name in _REQUIRED_NAMES}
+    for shape, types in _FIELD_TYPES.items()
+}
+_RENAMES: dict[str, dict[str, str]] = {
+    "prefkit": {},
+    "names-winner": {"winner": "outcome"},
+    "names-outcome": {},
+}
 """The line shapes the fast path reads: ``prefkit`` (with ``kind`` and ``schema_version``),
 ``names-winner`` and ``names-outcome`` (canonical names without them, the outcome
 under ``winner`` or ``outcome``)."""
@@ -156,10 +176,57 @@ def decode_pairwise_block(
         return None
     if len(structs) != n_lines:  # a blank line, or a line with more than one object
         return None
-    ids = list(map(str, map(operator.attrgetter("id"), structs)))
-    columns = {name: list(map(operator.attrgetter(name), structs)) for name in _COLUMNS}
+    columns = {name: list(map(operator.attrgetter(name), structs)) for name in ("id", *_COLUMNS)}
+    return _checked(columns, max_text_chars, allow_empty_responses)
+
+
+def pairwise_columns_from_arrow(
+    batch: Any,
+    json_columns: Iterable[str],
+    *,
+    shape: str,
+    max_text_chars: int,
+    allow_empty_responses: bool,
+) -> PairwiseColumns | None:
+    """A pyarrow ``RecordBatch`` (a Parquet file's rows) as columns, or ``None`` when any
+    row needs the validating path. ``json_columns`` hold JSON text (prefkit's Parquet
+    files store texts and mappings so); each column is checked against the field's
+    type with ``msgspec.convert``, as the JSONL decoder checks each line."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    types = _FIELD_TYPES[shape]
+    names = list(batch.schema.names)
+    if set(names) - set(types) or not _REQUIRED[shape] <= set(names):
+        return None
+    decoded = set(json_columns)
+    columns: dict[str, list[Any]] = {}
+    try:
+        for name in names:
+            column = batch.column(name)
+            if name in decoded:
+                # A null stays null, as on the validating path.
+                text = pc.fill_null(column.cast(pa.string()), "null").to_pylist()
+                values = msgspec.json.decode("[" + ",".join(text) + "]")
+            else:
+                values = column.to_pylist()
+            columns[_RENAMES[shape].get(name, name)] = msgspec.convert(values, list[types[name]])  # type: ignore[valid-type]
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+        return None
+    for name in ("strength", "margin", "soft_label", "weight", "category"):
+        columns.setdefault(name, [None] * batch.num_rows)
+    if "metadata" not in columns:
+        columns["metadata"] = [{} for _ in range(batch.num_rows)]
+    return _checked(columns, max_text_chars, allow_empty_responses)
+
+
+def _checked(
+    columns: dict[str, list[Any]], max_text_chars: int, allow_empty_responses: bool
+) -> PairwiseColumns | None:
+    """The reader's policies over decoded, type-checked columns; ``None`` if any row fails."""
+    ids = list(map(str, columns["id"]))
     texts = (columns["prompt"], columns["response_a"], columns["response_b"])
-    if "" in ids:
+    if not ids or "" in ids:
         return None
     lengths = [np.fromiter(map(len, column), np.int32, len(ids)) for column in texts]
     if any(int(column.max()) > max_text_chars for column in lengths):

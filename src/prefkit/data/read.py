@@ -24,7 +24,11 @@ from typing import Any
 
 from prefkit.data.corpora import COLLECTIONS, Collection, detect_collection
 from prefkit.data.errors import ON_ERROR_CHOICES, DataError, OnError, Rejects
-from prefkit.data.fastpath import PairwiseColumns, decode_pairwise_block
+from prefkit.data.fastpath import (
+    PairwiseColumns,
+    decode_pairwise_block,
+    pairwise_columns_from_arrow,
+)
 from prefkit.data.layouts import (
     NAMED_LAYOUTS,
     PREFKIT_BY_NAMES,
@@ -37,10 +41,13 @@ from prefkit.data.layouts import (
 from prefkit.data.records import AnyRecord, FieldError, Text, text_length
 from prefkit.data.sources import (
     JSONL_SUFFIXES,
+    PARQUET_SUFFIXES,
     RawRow,
     iter_jsonl_blocks,
     iter_jsonl_lines,
+    iter_parquet_batches,
     iter_rows,
+    parquet_batch_rows,
     suffix_of,
 )
 
@@ -183,17 +190,20 @@ class FeedbackReader:
         try:
             if isinstance(self.layout, Collection):
                 yield from self._read_collection(self.layout)
-            elif self._jsonl_file():
+            elif self._fast_file(JSONL_SUFFIXES):
                 yield from self._read_jsonl_blocks()
+            elif self._fast_file(PARQUET_SUFFIXES):
+                yield from self._read_parquet_batches()
             else:
                 yield from self._read_rows(iter_rows(self.path))
         finally:
             self.stats.rejects.close()
 
-    def _jsonl_file(self) -> bool:
+    def _fast_file(self, suffixes: tuple[str, ...]) -> bool:
+        """A single file of one of ``suffixes`` whose layout may take the fast path."""
         return (
             self.path.is_file()
-            and suffix_of(self.path) in JSONL_SUFFIXES
+            and suffix_of(self.path) in suffixes
             and (self.layout is None or self.layout in _FAST_LAYOUTS)
         )
 
@@ -216,10 +226,37 @@ class FeedbackReader:
             if columns is None:
                 yield from self._read_rows(iter_jsonl_lines(io.BytesIO(block), source, first_line))
                 continue
-            self.stats.n_rows += len(columns)
-            self.stats.n_records += len(columns)
-            self.stats.kinds["pairwise"] += len(columns)
+            self._count_columns(columns)
             yield columns
+
+    def _read_parquet_batches(self) -> Iterator[AnyRecord | PairwiseColumns]:
+        """A Parquet file batch by batch: the fast path where it applies, else row by row."""
+        source = str(self.path)
+        for first_index, batch, json_columns in iter_parquet_batches(self.path):
+            shape = self._fast_shape()
+            columns = (
+                None
+                if shape is None
+                else pairwise_columns_from_arrow(
+                    batch,
+                    json_columns,
+                    shape=shape,
+                    max_text_chars=self.max_text_chars,
+                    allow_empty_responses=self.allow_empty_responses,
+                )
+            )
+            if columns is None:
+                yield from self._read_rows(
+                    parquet_batch_rows(batch, json_columns, source, first_index)
+                )
+                continue
+            self._count_columns(columns)
+            yield columns
+
+    def _count_columns(self, columns: PairwiseColumns) -> None:
+        self.stats.n_rows += len(columns)
+        self.stats.n_records += len(columns)
+        self.stats.kinds["pairwise"] += len(columns)
 
     def _fast_shape(self) -> str | None:
         """Which line shape the fast path expects, once the layout is known."""

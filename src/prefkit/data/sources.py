@@ -344,22 +344,41 @@ def _iter_json(path: Path) -> Iterator[RawRow]:
         yield RawRow(source, index, item, "record")
 
 
-def _iter_parquet(path: Path) -> Iterator[RawRow]:
+PARQUET_BATCH_ROWS = 16384
+"""Rows per batch that :func:`iter_parquet_batches` reads."""
+
+
+def iter_parquet_batches(path: Path) -> Iterator[tuple[int, Any, list[str]]]:
+    """``(index of the batch's first row, pyarrow RecordBatch, JSON text columns)`` over a Parquet file.
+
+    Canonical files written by prefkit keep nested fields (and texts) as JSON
+    text; their names are in the file's ``prefkit.json_columns`` metadata.
+    """
     import pyarrow.parquet as pq
 
-    source = str(path)
     handle = pq.ParquetFile(path)
     metadata = handle.schema_arrow.metadata or {}
-    # Canonical files written by prefkit keep nested fields as JSON text.
     json_columns = json.loads(metadata.get(b"prefkit.json_columns", b"[]"))
     index = 0
-    for batch in handle.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            for name in json_columns:
-                if row.get(name) is not None:
-                    row[name] = json.loads(row[name])
-            yield RawRow(source, index, row, "record")
-            index += 1
+    for batch in handle.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        yield index, batch, json_columns
+        index += batch.num_rows
+
+
+def parquet_batch_rows(
+    batch: Any, json_columns: list[str], source: str, first_index: int
+) -> Iterator[RawRow]:
+    """The rows of one batch of :func:`iter_parquet_batches`, JSON text columns decoded."""
+    for index, row in enumerate(batch.to_pylist(), start=first_index):
+        for name in json_columns:
+            if row.get(name) is not None:
+                row[name] = json.loads(row[name])
+        yield RawRow(source, index, row, "record")
+
+
+def _iter_parquet(path: Path) -> Iterator[RawRow]:
+    for index, batch, json_columns in iter_parquet_batches(path):
+        yield from parquet_batch_rows(batch, json_columns, str(path), index)
 
 
 def _sniff_delimiter(header: str, suffix: str) -> str:

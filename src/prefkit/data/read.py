@@ -11,6 +11,11 @@ named layout or collection), or detected from the first readable row (or from
 the folder's files for multi-file collections). Every row that yields no record
 is either rejected (counted by reason, and written to the rejects file with
 ``on_error="skip"``) or, for collections, dropped with a stated reason.
+
+A single JSONL or Parquet file in the ``prefkit`` layout (canonical records, or
+canonical field names) is read block by block; a block of clean flat pairs
+takes the fast path (:mod:`prefkit.data.fastpath`), any other block the
+row-by-row path, so results and errors are the same either way.
 """
 
 from __future__ import annotations

@@ -170,6 +170,108 @@ def test_training_paths_match_the_default_path(base_model, tokenizer, tmp_path, 
         torch.testing.assert_close(actual, expected, atol=1e-3, rtol=0, msg=name)
 
 
+class RecordingSGD(torch.optim.SGD):
+    """Plain SGD that keeps the parameters and gradients it was given at every step."""
+
+    def __init__(self, params, lr: float) -> None:
+        super().__init__(params, lr=lr)
+        self.parameters_before: list[list[torch.Tensor]] = []
+        self.gradients: list[list[torch.Tensor]] = []
+
+    def step(self, closure=None):
+        parameters = [p for group in self.param_groups for p in group["params"]]
+        self.parameters_before.append([p.detach().clone() for p in parameters])
+        self.gradients.append([p.grad.detach().clone() for p in parameters])
+        return super().step(closure)
+
+
+def _plain_dpo_loss(policy, reference_logps, examples, beta=0.1):
+    """Mean DPO loss -log sigmoid(beta ((pi_c - ref_c) - (pi_r - ref_r))) of ``examples``,
+    from one unpadded forward pass per completion (with gradient)."""
+    losses = []
+    for example, reference in zip(examples, reference_logps, strict=True):
+        logps = []
+        for completion in example.completions:
+            ids = torch.tensor([[*example.prompt_ids, *completion]])  # (1, T)
+            logprobs = policy(ids).logits[0, :-1].log_softmax(-1)  # (T - 1, V)
+            token_logps = logprobs.gather(-1, ids[0, 1:, None])[:, 0]  # (T - 1,)
+            logps.append(token_logps[len(example.prompt_ids) - 1 :].sum())
+        margin = (logps[0] - reference[0]) - (logps[1] - reference[1])
+        losses.append(-torch.nn.functional.logsigmoid(beta * margin))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"precompute_ref": False},
+        {"shared_prompt": True},
+        {"shared_prompt": True, "precompute_ref": False},
+        {"gradient_checkpointing": True},
+        {"shared_prompt": True, "gradient_checkpointing": True},
+        {"lora": True},
+        {"lora": True, "precompute_ref": False},
+        {"lora": True, "precompute_ref": False, "own_reference": True},
+    ],
+    ids=lambda variant: "-".join(variant) or "default",
+)
+def test_every_training_path_has_the_gradients_of_plain_pytorch_dpo(
+    base_model, other_model, tokenizer, tmp_path, variant
+):
+    """8 pairs in one batch of 8, two epochs: 2 SGD steps on every example. The gradient
+    each step hands the optimizer must be that of the DPO loss written out with one
+    unpadded forward pass per completion, at the parameters the step started from.
+    The reference is a second random model (or, with ``own_reference``, the LoRA model
+    with its adapters disabled), so the rewards are not 0 and the step-1 loss is not
+    log 2; a path whose gradients are off by any constant factor fails."""
+    variant = dict(variant)
+    own_reference = variant.pop("own_reference", False)
+    config = AlignConfig(cache_ref=False, **SMALL, **variant)
+    records = _pairs(8)
+    examples, _ = build_examples(records, tokenizer, "paired", config.tokenize_config())
+    recorders = []
+
+    def factory(model, train_config):
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        recorders.append(RecordingSGD(trainable, lr=train_config.lr))
+        return recorders[-1]
+
+    result = align(
+        records,
+        copy.deepcopy(base_model),
+        tokenizer,
+        tmp_path,
+        config,
+        TrainConfig(batch_size=8, lr=0.5, progress=False, schedule="constant", epochs=2),
+        ref_model=None if own_reference else copy.deepcopy(other_model),
+        optimizer_factory=factory,
+    )
+    (recorder,) = recorders
+    reference_logps = _plain_logps(base_model if own_reference else other_model, examples)
+    # The LoRA model holds the adapters; the others are checked on a plain copy (no checkpointing).
+    policy = result.model if config.lora else copy.deepcopy(base_model)
+    policy.train()
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    expected_losses = []
+    for parameters, gradients in zip(recorder.parameters_before, recorder.gradients, strict=True):
+        with torch.no_grad():
+            for target, value in zip(trainable, parameters, strict=True):
+                target.copy_(value)
+        loss = _plain_dpo_loss(policy, reference_logps, examples)
+        expected = torch.autograd.grad(loss, trainable, allow_unused=True)
+        expected_losses.append(loss.item())
+        for got, want in zip(gradients, expected, strict=True):
+            want = torch.zeros_like(got) if want is None else want
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    assert len(expected_losses) == 2
+    if not own_reference:  # the adapter-disabled reference equals the policy at step 1
+        assert abs(expected_losses[0] - math.log(2)) > 1e-3
+    assert max(float(g.abs().max()) for g in recorder.gradients[1]) > 1e-4
+    logged = [m["loss"] for m in _metrics(tmp_path)]
+    assert logged == pytest.approx(expected_losses, abs=1e-6)
+
+
 def test_batches_are_grouped_by_the_width_of_the_rows_the_layout_builds(tokenizer):
     from prefkit.align.trainer import AlignTask, build_examples
     from prefkit.train.sampler import LengthGroupedBatchSampler

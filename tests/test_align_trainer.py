@@ -362,17 +362,10 @@ class RecordingSGD(torch.optim.SGD):
 def _plain_dpo_loss(policy, reference_logps, examples, beta=0.1):
     """Mean DPO loss -log sigmoid(beta ((pi_c - ref_c) - (pi_r - ref_r))) of ``examples``,
     from one unpadded forward pass per completion (with gradient)."""
-    losses = []
-    for example, reference in zip(examples, reference_logps, strict=True):
-        logps = []
-        for completion in example.completions:
-            ids = torch.tensor([[*example.prompt_ids, *completion]])  # (1, T)
-            logprobs = policy(ids).logits[0, :-1].log_softmax(-1)  # (T - 1, V)
-            token_logps = logprobs.gather(-1, ids[0, 1:, None])[:, 0]  # (T - 1,)
-            logps.append(token_logps[len(example.prompt_ids) - 1 :].sum())
-        margin = (logps[0] - reference[0]) - (logps[1] - reference[1])
-        losses.append(-torch.nn.functional.logsigmoid(beta * margin))
-    return torch.stack(losses).mean()
+    policy_logps = torch.stack([_example_logps(policy, example) for example in examples])  # (N, 2)
+    log_ratios = policy_logps - reference_logps  # (N, 2)
+    margins = log_ratios[:, 0] - log_ratios[:, 1]  # (N,)
+    return -torch.nn.functional.logsigmoid(beta * margins).mean()
 
 
 @pytest.mark.parametrize(
@@ -613,20 +606,22 @@ def other_model(tokenizer):
     return build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=1)
 
 
+def _example_logps(model, example):
+    """(K,) summed log-probs of the example's completions: one unpadded forward pass each."""
+    row = []
+    for completion in example.completions:
+        ids = torch.tensor([[*example.prompt_ids, *completion]])  # (1, T)
+        logprobs = model(ids).logits[0, :-1].log_softmax(-1)  # (T - 1, V)
+        token_logps = logprobs.gather(-1, ids[0, 1:, None])[:, 0]  # (T - 1,)
+        row.append(token_logps[len(example.prompt_ids) - 1 :].sum())
+    return torch.stack(row)
+
+
 @torch.no_grad()
 def _plain_logps(model, examples):
     """(N, K) summed completion log-probs: one unpadded forward pass per completion."""
     model.eval()
-    table = []
-    for example in examples:
-        row = []
-        for completion in example.completions:
-            ids = torch.tensor([[*example.prompt_ids, *completion]])  # (1, T)
-            logprobs = model(ids).logits[0, :-1].log_softmax(-1)  # (T - 1, V)
-            token_logps = logprobs.gather(-1, ids[0, 1:, None])[:, 0]  # (T - 1,)
-            row.append(token_logps[len(example.prompt_ids) - 1 :].sum())
-        table.append(torch.stack(row))
-    return torch.stack(table)
+    return torch.stack([_example_logps(model, example) for example in examples])
 
 
 def _pure_bco(loss, policy, reference, examples, delta):

@@ -18,7 +18,8 @@ the numbers compare whole passes, not parsers alone:
   (``pyhash``), ``polars`` ``Series.hash`` (``polars``), and a vectorised numpy
   hash over the Arrow buffers (``numpy``).
 
-Candidates run in turn, interleaved over ``--repeats``; medians are written to
+``orjson`` and ``polars`` are not prefkit dependencies: their candidates are
+skipped (and listed as not installed) unless they are installed. Candidates run in turn, interleaved over ``--repeats``; medians are written to
 ``bench/results/reader_candidates.json`` with the load average.
 
     python bench/reader_candidates.py [--records 200000] [--repeats 3]
@@ -27,6 +28,7 @@ Candidates run in turn, interleaved over ``--repeats``; medians are written to
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import os
@@ -244,7 +246,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     pa.set_cpu_count(1)  # the prefkit reader is measured single-threaded too
-    times: dict[str, list[float]] = {name: [] for name in CANDIDATES}
+    missing = {
+        name: module
+        for name, module in (
+            ("orjson_lines", "orjson"),
+            ("arrow_blocks_polars", "polars"),
+        )
+        if importlib.util.find_spec(module) is None
+    }
+    candidates = {name: run for name, run in CANDIDATES.items() if name not in missing}
+    times: dict[str, list[float]] = {name: [] for name in candidates}
     answers: dict[str, tuple[int, int]] = {}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "pairs.jsonl"
@@ -252,7 +263,7 @@ def main() -> None:
         _powers(2 * BLOCK_BYTES)
         load_before = os.getloadavg()
         for _ in range(args.repeats):
-            for name, candidate in CANDIDATES.items():
+            for name, candidate in candidates.items():
                 start = time.perf_counter()
                 answers[name] = candidate(path)
                 times[name].append(time.perf_counter() - start)
@@ -272,6 +283,7 @@ def main() -> None:
             }
             for name, values in times.items()
         },
+        "not_installed": missing,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -7,6 +7,8 @@ random completions, 20% of them mislabelled, so that it is right often but not
 always (where it is always right, any pair is as good as the extremes). A tiny random-weight policy then samples N = 8
 responses per prompt, and everything after that goes through the command line:
 ``generate`` -> ``rm score`` -> ``data pairs`` -> ``rm train`` and ``align``.
+The reward model's tokenizer (MiniLM's WordPiece) is not the policy's (a word-level
+one): responses reach it as decoded text and are re-tokenized.
 
 1. West-of-N: the rule agrees with the best-worst pair labels in at least 85% of
    the pairs the rule does not tie, and at least 0.1 more often than with pairs

@@ -149,5 +149,18 @@ def test_pairs_and_select_commands(tmp_path, capsys):
     selected = tmp_path / "selected.jsonl"
     code = main(["data", "select", str(scored), "--out", str(selected), "--budget-records", "2"])
     assert code == 0 and len(selected.read_text().splitlines()) == 2
+    rewards = tmp_path / "rewards.jsonl"  # as prefkit rm score writes them; NaN is no score
+    rows = [
+        {"id": r.id, "kind": "ranking", "rewards": [float(i), 0.0, 0.0]} for i, r in enumerate(sets)
+    ]
+    rows[0]["rewards"] = [float("nan")] * 3
+    rewards.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code = main(
+        ["data", "select", str(scored), "--scores", str(rewards), "--out", str(selected)]
+        + ["--budget-records", "2", "--temperature", "0"]
+    )
+    assert code == 0
+    assert [json.loads(line)["id"] for line in selected.read_text().splitlines()] == ["s3", "flat"]
+    assert "skipped 1 missing_score" in capsys.readouterr().err
     code = main(["data", "select", str(scored), "--out", str(selected)])
     assert code == 2 and "exactly one" in capsys.readouterr().err

@@ -22,6 +22,7 @@ PAIRS_EXAMPLES = """examples:
 SELECT_EXAMPLES = """examples:
   prefkit data select best.jsonl --out selected.jsonl --budget-records 1000 --temperature 2
   prefkit data select scored.jsonl --out selected.jsonl --budget-tokens 200000 --ranking-score mean
+  prefkit data select candidates.jsonl --scores rewards.jsonl --out selected.jsonl --budget-records 500
 """
 
 
@@ -70,6 +71,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     select.add_argument("scored", metavar="SCORED", help="scored records (file or folder)")
     select.add_argument("--out", required=True, metavar="OUT", help=".jsonl, .jsonl.gz or .parquet")
+    select.add_argument(
+        "--scores",
+        metavar="FILE",
+        default=None,
+        help="the output of 'prefkit rm score' on SCORED: its rewards replace SCORED's scores",
+    )
     add_dataclass_arguments(select, SelectConfig, title="selection")
     add_read_arguments(select)
     select.set_defaults(handler=run_select)
@@ -126,6 +133,7 @@ def run_pairs(args: argparse.Namespace) -> int:
 
 def run_select(args: argparse.Namespace) -> int:
     from prefkit.cli import UserError
+    from prefkit.data.pairs import attach_rewards
     from prefkit.data.select import SelectConfig, select_records
     from prefkit.data.write import output_kind, write_records
 
@@ -133,7 +141,10 @@ def run_select(args: argparse.Namespace) -> int:
     try:
         config = dataclass_from_args(SelectConfig, args)
         reader = open_reader(args, args.scored, args.out)
-        selected, stats = select_records(with_layout_notice(reader), config)
+        records = with_layout_notice(reader)
+        if args.scores is not None:
+            records = attach_rewards(records, _read_score_rows(args.scores), source=args.scores)
+        selected, stats = select_records(records, config)
     except ValueError as error:
         raise UserError(str(error)) from error
     written = write_records(selected, args.out)

@@ -186,3 +186,56 @@ def test_gumbel_sampler_draws_from_the_softmax():
     frequencies = torch.bincount(picks, minlength=4).float() / rows
     expected = torch.softmax(logits / 0.5, dim=0)
     assert torch.allclose(frequencies, expected, atol=0.015)
+
+
+def test_shared_prompt_prefill_gives_the_same_samples(policy):
+    """The N samples of a prompt share one prefill pass; the samples equal the unshared run."""
+    from transformers import AutoTokenizer
+
+    from prefkit.align.trainer import load_causal_lm
+    from prefkit.generate.config import sequence_seed
+    from prefkit.generate.engines import HFEngine, Request
+
+    model, tokenizer = load_causal_lm(policy), AutoTokenizer.from_pretrained(policy)
+    prompts = ["a b c :", "d :", "e f g h a :", "b b :"]
+    requests = [
+        Request(tuple(tokenizer(prompt)["input_ids"]), sequence_seed(0, prompt, index))
+        for prompt in prompts
+        for index in range(3)
+    ]
+    config = SamplingConfig(num_samples=3, max_new_tokens=8)
+    shared = HFEngine(model, tokenizer, batch_size=7).generate(requests, config)
+    plain = HFEngine(model, tokenizer, batch_size=7, shared_prefill=False).generate(
+        requests, config
+    )
+    assert shared == plain
+    assert len({completion.text for completion in shared}) > 4
+
+
+def test_shared_prefill_cache_gives_the_logits_of_a_full_pass(policy):
+    """Left-padded rows, repeated: last-token logits from the shared cache equal a full forward.
+
+    Checked to fail when the prefill omits the position ids of the left-padded rows.
+    """
+    from transformers import AutoTokenizer
+
+    from prefkit.align.trainer import load_causal_lm
+    from prefkit.generate.engines import HFEngine
+
+    model, tokenizer = load_causal_lm(policy).eval(), AutoTokenizer.from_pretrained(policy)
+    rows = [tokenizer(text)["input_ids"] for text in ("d :", "d :", "a b c e :", "b :", "d :")]
+    width = max(map(len, rows))
+    input_ids = torch.tensor([[0] * (width - len(ids)) + ids for ids in rows])  # (5, T)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows])  # (5, T)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.inference_mode():
+        cache = HFEngine(model, tokenizer)._shared_prefill(input_ids, mask)
+        assert cache.get_seq_length() == width - 1
+        last = model(
+            input_ids=input_ids[:, -1:],
+            attention_mask=mask,
+            position_ids=positions[:, -1:],
+            cache=cache,
+        ).logits[:, -1]
+        full = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+    assert torch.allclose(last, full, atol=1e-5)

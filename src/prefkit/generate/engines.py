@@ -119,12 +119,15 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 16):
+    def __init__(
+        self, model: Any, tokenizer: Any, *, batch_size: int = 16, shared_prefill: bool = True
+    ):
         if batch_size < 1:
             raise ValueError(f"batch-size must be >= 1, got {batch_size}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.shared_prefill = shared_prefill
         self.eos_ids = eos_token_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
@@ -163,13 +166,24 @@ class HFEngine:
             if config.stop:
                 prompts = [requests[row].prompt_ids for row in rows]
                 stopping.append(StopStrings(self.tokenizer, prompts, width, config.stop))
-            output = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                generation_config=generation_config,
-                logits_processor=LogitsProcessorList([sampler]),
-                stopping_criteria=stopping,
-            )
+            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+            arguments = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "generation_config": generation_config,
+                "logits_processor": LogitsProcessorList([sampler]),
+                "stopping_criteria": stopping,
+            }
+            cache = self._shared_prefill(input_ids, attention_mask)
+            if cache is None:
+                output = self.model.generate(**arguments)
+            else:
+                try:
+                    output = self.model.generate(**arguments, cache=cache)
+                except ValueError as error:  # transformers from before 'cache' replaced the name
+                    if "cache" not in str(error):
+                        raise
+                    output = self.model.generate(**arguments, past_key_values=cache)
             new_tokens = output[:, width:].cpu().tolist()  # (B, <= max_new_tokens)
             batch_tokens = 0
             for slot, row in enumerate(rows):
@@ -179,6 +193,34 @@ class HFEngine:
             if progress is not None:
                 progress(len(rows), batch_tokens)
         return [result for result in results if result is not None]
+
+    def _shared_prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        """The KV cache of every row's prompt but its last token, each distinct prompt run once.
+
+        The N samples of a prompt sit side by side in a batch, so the prompt is
+        encoded once and its cache copied to its rows; ``generate`` then feeds only
+        the last prompt token. ``None`` (``generate`` prefills) when no prompt repeats.
+        """
+        if input_ids.shape[1] < 2 or not self.shared_prefill:
+            return None
+        unique, rows = torch.unique(input_ids, dim=0, return_inverse=True)  # (U, T), (B,)
+        if len(unique) == len(input_ids):
+            return None
+        unique_mask = attention_mask[
+            torch.zeros(len(unique), dtype=torch.long).scatter_(
+                0, rows, torch.arange(len(rows), device=rows.device)
+            )
+        ]  # (U, T): the mask of one row of each distinct prompt
+        positions = (unique_mask.cumsum(-1) - 1).clamp_min(0)  # left padding: count real tokens
+        output = self.model(
+            input_ids=unique[:, :-1],
+            attention_mask=unique_mask[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=True,
+        )
+        cache = output.past_key_values
+        cache.batch_select_indices(rows)
+        return cache
 
     def _completion(
         self, prompt_ids: Sequence[int], new_ids: list[int], config: SamplingConfig

@@ -164,6 +164,9 @@ def test_resume_refuses_a_file_from_other_settings(policy, tmp_path, capsys):
     capsys.readouterr()
     assert generate(prompts, policy, out, "--num-samples", "2", "--temperature", "0.5") == 2
     assert "other generation settings" in capsys.readouterr().err
+    out.write_text("not json\n")
+    assert generate(prompts, policy, out, "--num-samples", "2") == 2
+    assert f"{out}:1: not a JSON record" in capsys.readouterr().err
 
 
 def test_filter_logits_top_k_top_p_by_hand():
@@ -212,25 +215,20 @@ def test_shared_prompt_prefill_gives_the_same_samples(policy):
     assert len({completion.text for completion in shared}) > 4
 
 
-def test_shared_prefill_cache_gives_the_logits_of_a_full_pass(policy):
-    """Left-padded rows, repeated: last-token logits from the shared cache equal a full forward.
-
-    Checked to fail when the prefill omits the position ids of the left-padded rows.
-    """
+def assert_shared_cache_gives_full_pass_logits(
+    policy: str, input_ids: torch.Tensor, mask: torch.Tensor
+) -> None:
+    """Last-token logits from :meth:`HFEngine._shared_prefill`'s cache equal a full forward."""
     from transformers import AutoTokenizer
 
     from prefkit.align.trainer import load_causal_lm
     from prefkit.generate.engines import HFEngine
 
     model, tokenizer = load_causal_lm(policy).eval(), AutoTokenizer.from_pretrained(policy)
-    rows = [tokenizer(text)["input_ids"] for text in ("d :", "d :", "a b c e :", "b :", "d :")]
-    width = max(map(len, rows))
-    input_ids = torch.tensor([[0] * (width - len(ids)) + ids for ids in rows])  # (5, T)
-    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows])  # (5, T)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     with torch.inference_mode():
         cache = HFEngine(model, tokenizer)._shared_prefill(input_ids, mask)
-        assert cache.get_seq_length() == width - 1
+        assert cache.get_seq_length() == input_ids.shape[1] - 1
         last = model(
             input_ids=input_ids[:, -1:],
             attention_mask=mask,
@@ -239,3 +237,35 @@ def test_shared_prefill_cache_gives_the_logits_of_a_full_pass(policy):
         ).logits[:, -1]
         full = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1]
     assert torch.allclose(last, full, atol=1e-5)
+
+
+def test_shared_prefill_cache_gives_the_logits_of_a_full_pass(policy):
+    """Left-padded rows, repeated: last-token logits from the shared cache equal a full forward.
+
+    Checked to fail when the prefill omits the position ids of the left-padded rows.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    rows = [tokenizer(text)["input_ids"] for text in ("d :", "d :", "a b c e :", "b :", "d :")]
+    width = max(map(len, rows))
+    input_ids = torch.tensor([[0] * (width - len(ids)) + ids for ids in rows])  # (5, T)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows])  # (5, T)
+    assert_shared_cache_gives_full_pass_logits(policy, input_ids, mask)
+
+
+def test_shared_prefill_keeps_apart_rows_that_differ_only_in_padding(policy):
+    """A prompt that starts with the pad token has the ids of a shorter left-padded prompt.
+
+    ``<pad> d :`` (its pad a real token) and ``d :`` padded by one are the same
+    ids with different masks; each must get its own cache. Checked to fail when
+    the distinct prompts are found from the ids alone.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    words = tokenizer("d :", add_special_tokens=False)["input_ids"]
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad, pad, *words]] * 4)  # (4, T): the same ids in every row
+    mask = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1]])  # (4, T)
+    assert_shared_cache_gives_full_pass_logits(policy, input_ids, mask)

@@ -203,22 +203,25 @@ class HFEngine:
         """
         if input_ids.shape[1] < 2 or not self.shared_prefill:
             return None
-        unique, rows = torch.unique(input_ids, dim=0, return_inverse=True)  # (U, T), (B,)
+        width = input_ids.shape[1]
+        unique, rows = torch.unique(
+            torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True
+        )  # (U, 2T), (B,): a row's ids and mask together
         if len(unique) == len(input_ids):
             return None
-        unique_mask = attention_mask[
-            torch.zeros(len(unique), dtype=torch.long).scatter_(
-                0, rows, torch.arange(len(rows), device=rows.device)
-            )
-        ]  # (U, T): the mask of one row of each distinct prompt
+        unique_ids, unique_mask = unique[:, :width], unique[:, width:]  # (U, T), (U, T)
         positions = (unique_mask.cumsum(-1) - 1).clamp_min(0)  # left padding: count real tokens
         output = self.model(
-            input_ids=unique[:, :-1],
+            input_ids=unique_ids[:, :-1],
             attention_mask=unique_mask[:, :-1],
             position_ids=positions[:, :-1],
             use_cache=True,
         )
-        cache = output.past_key_values
+        cache = getattr(output, "cache", None)  # older transformers call it past_key_values
+        if cache is None:
+            cache = output.past_key_values
+        if not hasattr(cache, "batch_select_indices"):
+            return None
         cache.batch_select_indices(rows)
         return cache
 

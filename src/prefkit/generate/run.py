@@ -205,7 +205,13 @@ def _read_existing(path: Path, generation: dict[str, Any]) -> list[str]:
         path.write_bytes(complete)  # the line a killed run was writing
     ids = []
     for line_number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}:{line_number}: not a JSON record ({error.msg}); this is not a file "
+                "that prefkit generate wrote. Delete it or choose another --out"
+            ) from None
         written = row.get("metadata", {}).get("generation")
         if written != generation:
             raise ValueError(

@@ -151,3 +151,47 @@ def test_vllm_engine_writes_the_same_schema(policy, tmp_path, capsys):
         assert vllm_record["metadata"]["generation"]["engine"] == "vllm"
         for info in vllm_record["metadata"]["responses"]:
             assert info["finish_reason"] in ("eos", "length", "stop")
+
+
+def test_best_of_n_skips_nan_scores_and_counts_them(policy, tmp_path):
+    """A reward model's NaN is no score: written as null, never the best, counted.
+
+    Checked to fail when the NaN count is left out of the summary.
+    """
+    from transformers import AutoTokenizer
+
+    from prefkit.align.trainer import load_causal_lm
+    from prefkit.generate.config import SamplingConfig
+    from prefkit.generate.engines import HFEngine
+    from prefkit.generate.prompts import PromptItem
+    from prefkit.generate.run import generate_candidates
+
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    engine = HFEngine(load_causal_lm(policy), tokenizer, batch_size=4)
+    sampling = SamplingConfig(num_samples=3, max_new_tokens=4)
+    by_sample = {"a :": [float("nan")] * 3, "b c :": [float("nan"), 2.0, 1.0]}
+
+    def scorer(prompts: list[str], responses: list[str]) -> list[float]:
+        return [by_sample[prompt][index % 3] for index, prompt in enumerate(prompts)]
+
+    out = tmp_path / "best.jsonl"
+    summary = generate_candidates(
+        [PromptItem("all-nan", "a :"), PromptItem("one-nan", "b c :")],
+        engine,
+        tokenizer,
+        sampling,
+        out,
+        generation={"model": policy},
+        max_prompt_length=32,
+        scorer=scorer,
+        best_of=True,
+        show_progress=False,
+    )
+    assert summary.unscored == 4 and summary.to_dict()["unscored_responses"] == 4
+    assert "4 responses without a score (NaN)" in summary.summary()
+    all_nan, one_nan = (json.loads(line) for line in out.read_text().splitlines())
+    assert all_nan["ratings"]["reward"] is None
+    assert all_nan["metadata"]["best_of"]["scores"] == [None, None, None]
+    assert one_nan["ratings"]["reward"] == 2.0
+    assert one_nan["metadata"]["best_of"] == {"n": 3, "scores": [None, 2.0, 1.0], "index": 1}
+    assert summary.best_scores == [2.0]

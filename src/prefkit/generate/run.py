@@ -139,6 +139,8 @@ class GenerateSummary:
     """Best-of-N: the winning score per prompt."""
     all_scores: list[float] = field(default_factory=list)
     """Every score given by the reward model in this run."""
+    unscored: int = 0
+    """Responses the reward model gave no score (NaN): written as ``null``, never picked as best."""
 
     @property
     def new_tokens(self) -> int:
@@ -165,6 +167,8 @@ class GenerateSummary:
             }
         if self.all_scores:
             out["mean_score"] = statistics.fmean(self.all_scores)
+        if self.unscored:
+            out["unscored_responses"] = self.unscored
         if self.best_of is not None:
             out["best_of"] = {
                 "n": self.best_of,
@@ -187,6 +191,8 @@ class GenerateSummary:
             )
         if self.seconds:
             text += f"; {self.new_tokens / self.seconds:.1f} new tokens/s"
+        if self.unscored:
+            text += f"; {self.unscored} responses without a score (NaN)"
         if self.best_of is not None:
             text += (
                 f"; best-of-{self.best_of} KL to the sampler log N - (N-1)/N = "
@@ -397,6 +403,7 @@ def generate_candidates(
                     dtype=np.float64,
                 )  # (chunk * N,)
                 summary.all_scores.extend(float(s) for s in scores if not math.isnan(s))
+                summary.unscored += int(np.isnan(scores).sum())
             lines = []
             for position, (item, (ids, dropped)) in enumerate(zip(chunk, encoded, strict=True)):
                 span = slice(position * num_samples, (position + 1) * num_samples)

@@ -85,6 +85,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_read_arguments(convert)
     convert.set_defaults(handler=run_convert)
 
+    from prefkit.cli import data_candidates
+
+    data_candidates.register(sub)
+
 
 def run_inspect(args: argparse.Namespace) -> int:
     from prefkit.data.inspect import InspectReport, format_report, report_dict

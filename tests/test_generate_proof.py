@@ -86,14 +86,14 @@ def test_west_of_n_pairs_agree_with_the_rule_and_the_files_flow_through(world, c
     assert (
         main(
             ["rm", "score", reward_model, str(candidates), "--out", str(rewards), *common]
-            + ["--cache-dir", str(folder / "cache"), "--allow-empty-responses"]
+            + ["--cache-dir", str(folder / "cache")]
         )
         == 0
     )
     assert (
         main(
             ["data", "pairs", str(candidates), "--scores", str(rewards), "--out", str(pairs)]
-            + ["--allow-empty-responses", "--drop-ties"]
+            + ["--drop-ties"]
         )
         == 0
     )
@@ -131,12 +131,12 @@ def test_west_of_n_pairs_agree_with_the_rule_and_the_files_flow_through(world, c
         )
 
     # The pairs train a reward model (with their margins) and align the policy, unedited
-    # (a policy may answer with nothing, so empty responses are allowed all along).
+    # (a policy may answer with nothing: empty responses are kept by default all along).
     assert (
         main(
             ["rm", "train", str(pairs), "--out", str(folder / "rm2"), "--backbone"]
             + [str(folder / "bert"), "--epochs", "1", "--cache-dir", str(folder / "cache")]
-            + ["--device", "cpu", "--no-progress", "--allow-empty-responses"]
+            + ["--device", "cpu", "--no-progress"]
         )
         == 0
     )
@@ -146,7 +146,6 @@ def test_west_of_n_pairs_agree_with_the_rule_and_the_files_flow_through(world, c
             ["align", str(pairs), "--model", policy, "--out", str(folder / "aligned")]
             + ["--batch-size", "8", "--max-length", "32", "--max-prompt-length", "16"]
             + ["--ref-cache-dir", str(folder / "refcache"), "--quiet", "--device", "cpu"]
-            + ["--allow-empty-responses"]
         )
         == 0
     )

@@ -87,14 +87,14 @@ def run_prefkit(mode: str, train, test, args, scratch: Path) -> dict:
     return {
         "seconds": seconds,
         "accuracy": accuracy(lambda texts: model.score([""] * len(texts), texts), test),
-        "pairs_trained": report.truncation.examples_kept,
+        "pairs_trained": report.stages["train"].truncation.examples_kept,
         "config": {
             "mode": mode,
             "epochs": config.resolved_epochs,
             "lr": config.resolved_lr,
             "batch_size": config.batch_size,
             "max_length": config.max_length,
-            "texts_truncated": report.truncation.responses_truncated,
+            "texts_truncated": report.stages["train"].truncation.responses_truncated,
         },
     }
 

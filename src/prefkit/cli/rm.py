@@ -190,12 +190,13 @@ def run_train(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UserError(str(error)) from error
+    stage = report.stages["train"]
     summary = {
         "model_dir": str(out),
         "loss": report.loss,
-        "steps": report.train_result.global_step,
-        "train": report.train_metrics,
-        "eval": report.eval_metrics,
+        "steps": stage.result.global_step,
+        "train": stage.metrics,
+        "eval": stage.eval_metrics,
     }
     print(json.dumps(summary))
     return 0
@@ -222,7 +223,7 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
     )
     eval_pairs = _read_all(args, args.eval_pairs, out / "eval-pairs") if args.eval_pairs else None
     try:
-        model = train_multiobjective(
+        report = train_multiobjective(
             ratings,
             pairs,
             config,
@@ -234,9 +235,8 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UserError(str(error)) from error
-    report = model.report
-    summary = {"model_dir": str(out), "attributes": model.attributes}
-    for name, stage in (("regression", report.regression), ("gate", report.gate)):
+    summary = {"model_dir": str(out), "attributes": report.model.attributes}
+    for name, stage in report.stages.items():
         summary[name] = {
             "steps": stage.result.global_step,
             "train": stage.metrics,
@@ -248,9 +248,8 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     from prefkit.cli import UserError
-    from prefkit.data.records import PairwiseRecord, RankingRecord
     from prefkit.rm.model import RewardModel
-    from prefkit.rm.train import record_items
+    from prefkit.rm.scoring import score_records
 
     if args.batch_size < 1 or args.chunk_size < 1:
         raise UserError("--batch-size and --chunk-size must be >= 1")
@@ -261,31 +260,9 @@ def run_score(args: argparse.Namespace) -> int:
     written = 0
 
     def flush(chunk: list, handle) -> None:
-        items = [record_items(record) for record in chunk]
-        prompts = [prompt for record_pairs in items for prompt, _ in record_pairs]
-        responses = [response for record_pairs in items for _, response in record_pairs]
-        outputs, rewards = model.predict_and_score(
-            prompts, responses, batch_size=args.batch_size
-        )  # (N, K), (N,)
-        if args.normalize:
-            rewards = (rewards - model.spec["reward_mean"]) / model.spec["reward_std"]
-        offset = 0
-        for record, record_pairs in zip(chunk, items, strict=True):
-            span = slice(offset, offset + len(record_pairs))
-            offset += len(record_pairs)
-            values = [float(value) for value in rewards[span]]
-            row: dict = {"id": record.id, "kind": record.kind}
-            if isinstance(record, PairwiseRecord):
-                row.update(reward_a=values[0], reward_b=values[1], margin=values[0] - values[1])
-            elif isinstance(record, RankingRecord):
-                row["rewards"] = values
-            else:
-                row["reward"] = values[0]
-            if model.attributes:
-                row["attributes"] = [
-                    dict(zip(model.attributes, map(float, output), strict=True))
-                    for output in outputs[span]
-                ]
+        for row in score_records(
+            model, chunk, batch_size=args.batch_size, normalize=args.normalize
+        ):
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     with out_path.open("w") as handle:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import import_or_skip_outside_ci
 from prefkit.data import (
     DataError,
     FeedbackReader,
@@ -84,7 +85,7 @@ def test_folder_adds_file_name_as_field_and_category(tmp_path: Path) -> None:
 
 
 def test_hf_save_to_disk_folder(tmp_path: Path) -> None:
-    datasets = pytest.importorskip("datasets")
+    datasets = import_or_skip_outside_ci("datasets")
     dataset = datasets.Dataset.from_list([PAIR, dict(PAIR, chosen="four")])
     datasets.DatasetDict({"train": dataset, "test": dataset.select([0])}).save_to_disk(
         tmp_path / "dd"

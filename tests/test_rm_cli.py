@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from prefkit.cli import main
+from prefkit.data import write_records
 from test_rm_train import keyword_pairs, make_tiny_bert
 
 
@@ -49,7 +51,7 @@ def test_rm_help_lists_train_and_score(capsys):
 
 def test_train_then_score(tiny_backbone, tmp_path, capsys):
     data = tmp_path / "pairs.jsonl"
-    _write_pairs(data, keyword_pairs(40, seed=11))
+    _write_pairs(data, keyword_pairs(240, seed=11))
     code = main(
         [
             "rm",
@@ -60,7 +62,13 @@ def test_train_then_score(tiny_backbone, tmp_path, capsys):
             "--backbone",
             tiny_backbone,
             "--epochs",
-            "1",
+            "8",
+            "--lr",
+            "3e-3",
+            "--features",
+            "response",
+            "--dropout",
+            "0",
             "--cache-dir",
             str(tmp_path / "cache"),
             "--no-progress",
@@ -73,12 +81,16 @@ def test_train_then_score(tiny_backbone, tmp_path, capsys):
     assert summary["loss"] == "bradley-terry"
     assert (tmp_path / "rm" / "config.json").is_file()
 
+    # Scored: new pairs in the canonical layout, the better response as often a as b.
+    held_out = keyword_pairs(60, seed=12)
+    scored = tmp_path / "held-out.jsonl"
+    write_records(held_out, scored)
     code = main(
         [
             "rm",
             "score",
             str(tmp_path / "rm"),
-            str(data),
+            str(scored),
             "--out",
             str(tmp_path / "scores.jsonl"),
             "--cache-dir",
@@ -90,10 +102,16 @@ def test_train_then_score(tiny_backbone, tmp_path, capsys):
     )
     assert code == 0
     rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
-    ids = [json.loads(line)["id"] for line in data.read_text().splitlines()]
-    assert [row["id"] for row in rows] == ids
+    assert [row["id"] for row in rows] == [record.id for record in held_out]
     for row in rows:
         assert row["margin"] == pytest.approx(row["reward_a"] - row["reward_b"])
+    # The response with "excellent" is better: the margin's sign must say which one it is.
+    signs_right = [
+        (row["margin"] > 0) == (record.outcome == "a")
+        for row, record in zip(rows, held_out, strict=True)
+    ]
+    assert sum(record.outcome == "a" for record in held_out) in range(20, 41)
+    assert np.mean(signs_right) > 0.9, np.mean(signs_right)
 
 
 def test_bad_input_names_file_line_and_field(tiny_backbone, tmp_path, capsys):

@@ -7,6 +7,7 @@ MiniLM tokenizer copied beside them; one uses the real MiniLM on a few texts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -27,10 +28,12 @@ from prefkit.rm.task import choose_loss, evaluate_examples, example_losses, make
 from prefkit.rm.train import (
     RMTrainConfig,
     build_store,
+    default_train_config,
     new_model,
     train_reward_model,
 )
 from prefkit.rm.transformer_model import TransformerRewardModel, tokenize_pair
+from prefkit.train.loop import TrainConfig
 
 TOKENIZER_FILES = (
     "vocab.txt",
@@ -153,7 +156,10 @@ def quick_config(backbone: str, tmp_path: Path, **overrides) -> RMTrainConfig:
         device="cpu",
     )
     values.update(overrides)
-    return RMTrainConfig(**values)
+    loop_names = {item.name for item in dataclasses.fields(TrainConfig)}
+    loop = {name: values.pop(name) for name in list(values) if name in loop_names}
+    mode = values.get("mode", "embedding")
+    return RMTrainConfig(**values, train=default_train_config(mode, **loop))
 
 
 def pair_accuracy(model: RewardModel, records: list[PairwiseRecord]) -> float:
@@ -735,7 +741,10 @@ def test_parallel_encoding_keeps_order_and_pads_only_a_few_batches_ahead():
 def test_evaluate_examples_matches_batchwise_forward(tiny_bert, tmp_path):
     records = keyword_pairs(37, seed=3)
     config = RMTrainConfig(
-        mode="finetune", backbone=tiny_bert, max_length=32, progress=False, device="cpu"
+        mode="finetune",
+        backbone=tiny_bert,
+        max_length=32,
+        train=default_train_config("finetune", progress=False, device="cpu"),
     )
     model = new_model(config, "bradley-terry", None)
     model.eval()

@@ -133,8 +133,10 @@ def add_dataclass_arguments(
     *,
     skip: tuple[str, ...] = (),
     title: str | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
-    """Add one ``--option`` per field of ``cls`` (except ``skip``)."""
+    """Add one ``--option`` per field of ``cls`` (except ``skip``); ``defaults`` replaces the
+    field defaults (in the help and when the option is absent)."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     group = parser.add_argument_group(title or f"{cls.__name__} options")
@@ -150,6 +152,8 @@ def add_dataclass_arguments(
                 item.default_factory() if item.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
             )
         )
+        if defaults and item.name in defaults:
+            default = defaults[item.name]
         help_text = docs.get(item.name, "").replace("``", "'")
         if annotation is bool:
             group.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -10,7 +11,20 @@ from pathlib import Path
 from prefkit.cli.common import add_read_arguments, open_reader, progress, with_layout_notice
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 from prefkit.rm.multiobjective import MultiObjectiveConfig
-from prefkit.rm.train import RMTrainConfig
+from prefkit.rm.train import RMTrainConfig, default_train_config
+from prefkit.train.loop import TrainConfig
+
+RM_TRAIN_DEFAULTS = {
+    **{
+        name: value
+        for name, value in dataclasses.asdict(default_train_config("embedding")).items()
+        if name not in ("epochs", "lr", "group_by_length")
+    },
+    "epochs": None,
+    "lr": None,
+    "group_by_length": None,
+}
+"""``rm train``'s training defaults; None = the mode's default (see the examples)."""
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -20,6 +34,9 @@ examples:
   prefkit rm train pairs.jsonl --out runs/rm-ft --mode finetune --backbone path/to/checkpoint --max-length 256
   prefkit rm train pairs.jsonl --out runs/rm-lora --mode lora --backbone path/to/decoder --lora-r 16
 Rerunning the same command resumes from the newest checkpoint in OUT/training/.
+Training options left at none take the mode's defaults: --epochs 4 and --lr 3e-4 in
+embedding mode, 2 and 3e-5 for finetune, 2 and 2e-4 for lora; --group-by-length is
+on for finetune and lora (cached embeddings have no length to group by).
 """
 
 MULTIOBJECTIVE_EXAMPLES = """\
@@ -79,7 +96,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="refuse to continue from checkpoints already in DIR/training",
     )
     add_read_arguments(train)
-    add_dataclass_arguments(train, RMTrainConfig, title="reward model options")
+    add_dataclass_arguments(train, RMTrainConfig, skip=("train",), title="reward model options")
+    add_dataclass_arguments(
+        train, TrainConfig, title="training options", defaults=RM_TRAIN_DEFAULTS
+    )
     train.set_defaults(handler=run_train)
 
     multi = sub.add_parser(
@@ -172,7 +192,14 @@ def run_train(args: argparse.Namespace) -> int:
     from prefkit.rm.train import train_reward_model
 
     try:
-        config = dataclass_from_args(RMTrainConfig, args)
+        given = {
+            item.name: getattr(args, item.name)
+            for item in dataclasses.fields(TrainConfig)
+            if getattr(args, item.name) is not None
+        }
+        config = dataclass_from_args(
+            RMTrainConfig, args, train=default_train_config(args.mode, **given)
+        )
     except ValueError as error:
         raise UserError(str(error)) from error
     out = Path(args.out)

@@ -91,22 +91,6 @@ class RMTrainConfig:
     the example. Counts are printed and saved either way."""
     centering: float = 0.0
     """Reward-centering coefficient c: adds c * (r_a + r_b)^2 to pair losses (0 disables)."""
-    epochs: int | None = None
-    """Passes over the data; none = 4 in embedding mode, 2 otherwise."""
-    batch_size: int = 32
-    """Examples per optimizer step."""
-    grad_accum_steps: int = 1
-    """Micro-batches per optimizer step (same result, less memory)."""
-    lr: float | None = None
-    """Peak learning rate; none = 3e-4 in embedding mode, 3e-5 for finetune, 2e-4 for lora."""
-    weight_decay: float = 0.01
-    """AdamW weight decay on matrices."""
-    warmup_ratio: float = 0.05
-    """Fraction of steps for linear warmup (then linear decay)."""
-    seed: int = 0
-    """Seed of initialisation, dropout and batch order."""
-    early_stopping_patience: int | None = None
-    """With --eval data: stop after this many epochs without a lower eval loss and keep the best weights."""
     lora_r: int = 8
     """LoRA rank."""
     lora_alpha: float = 16.0
@@ -117,10 +101,9 @@ class RMTrainConfig:
     """Embedding cache folder; none = $PREFKIT_CACHE/embeddings or ~/.cache/prefkit/embeddings."""
     embed_batch_size: int = 16
     """Texts per encoder forward pass when embedding."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to train; auto picks CUDA when available."""
-    progress: bool = True
-    """Show progress bars."""
+    train: TrainConfig | None = None
+    """Settings of the training loop (epochs, batch size, learning rate, seed, device, progress,
+    ...); None = :func:`default_train_config` of the mode."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("embedding", "finetune", "lora"):
@@ -148,41 +131,52 @@ class RMTrainConfig:
             raise ValueError(f"RMTrainConfig: centering must be >= 0, got {self.centering}.")
         if self.lora_r < 1:
             raise ValueError(f"RMTrainConfig: lora_r must be >= 1, got {self.lora_r}.")
-        # The loop's own config validates epochs, batch size, lr, ... when it is built.
-        self.train_config()
+        if self.train is not None and not isinstance(self.train, TrainConfig):
+            raise ValueError(
+                f"RMTrainConfig: train must be a TrainConfig or None, got {type(self.train).__name__}."
+            )
 
     @property
-    def resolved_epochs(self) -> int:
-        return self.epochs if self.epochs is not None else (4 if self.mode == "embedding" else 2)
-
-    @property
-    def resolved_lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return {"embedding": 3e-4, "finetune": 3e-5, "lora": 2e-4}[self.mode]
+    def loop(self) -> TrainConfig:
+        """The loop's settings: ``train``, or the mode's defaults."""
+        return self.train if self.train is not None else default_train_config(self.mode)
 
     def train_config(
         self, *, has_eval: bool = False, num_examples: int | None = None
     ) -> TrainConfig:
-        warmup_ratio = self.warmup_ratio
+        """The loop's settings for one run: no warmup in a run too short for it, no early
+        stopping without held-out data, no length grouping for cached features."""
+        loop = self.loop
+        warmup_ratio = loop.warmup_ratio
         if num_examples is not None:
-            total_steps = self.resolved_epochs * math.ceil(num_examples / self.batch_size)
+            total_steps = loop.epochs * math.ceil(num_examples / loop.batch_size)
             if math.ceil(warmup_ratio * total_steps) >= total_steps:
                 warmup_ratio = 0.0  # a run this short has no room for warmup
-        return TrainConfig(
-            epochs=self.resolved_epochs,
-            batch_size=self.batch_size,
-            grad_accum_steps=self.grad_accum_steps,
-            lr=self.resolved_lr,
-            weight_decay=self.weight_decay,
+        return dataclasses.replace(
+            loop,
             warmup_ratio=warmup_ratio,
-            seed=self.seed,
-            early_stopping_patience=self.early_stopping_patience if has_eval else None,
-            device=self.device,
-            progress=self.progress,
+            early_stopping_patience=loop.early_stopping_patience if has_eval else None,
             # Heads on cached features have no length to group by.
-            group_by_length=self.mode != "embedding",
+            group_by_length=loop.group_by_length and self.mode != "embedding",
         )
+
+
+DEFAULT_EPOCHS = {"embedding": 4, "finetune": 2, "lora": 2}
+DEFAULT_LR = {"embedding": 3e-4, "finetune": 3e-5, "lora": 2e-4}
+
+
+def default_train_config(mode: str = "embedding", **changes: object) -> TrainConfig:
+    """The loop's settings for ``mode`` unless changed: 4 epochs and lr 3e-4 in embedding mode
+    (2 and 3e-5 for finetune, 2 and 2e-4 for lora), batch 32, weight decay 0.01, warmup 5%."""
+    values: dict[str, object] = {
+        "epochs": DEFAULT_EPOCHS[mode],
+        "lr": DEFAULT_LR[mode],
+        "batch_size": 32,
+        "weight_decay": 0.01,
+        "warmup_ratio": 0.05,
+        "group_by_length": mode != "embedding",
+    }
+    return TrainConfig(**{**values, **changes})  # type: ignore[arg-type]
 
 
 def new_model(config: RMTrainConfig, loss_name: str, attributes: list[str] | None) -> RewardModel:
@@ -203,13 +197,13 @@ def new_model(config: RMTrainConfig, loss_name: str, attributes: list[str] | Non
         if config.mode == "lora"
         else None,
     )
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.loop.seed)
     if embedding:
         return EmbeddingRewardModel(
             spec, cache_dir=config.cache_dir, embed_batch_size=config.embed_batch_size
         )
     model = TransformerRewardModel.create(spec)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.loop.seed)
     model.head.reset_parameters()
     return model
 
@@ -271,7 +265,7 @@ def _embedding_progress(config: RMTrainConfig, description: str) -> ProgressCoun
     """A bar for the embedding pass (it learns its total before the first batch); shown
     in embedding mode only, the other modes' tokenization is quick."""
     return ProgressCounter(
-        description, "text", enabled=config.progress and config.mode == "embedding"
+        description, "text", enabled=config.loop.progress and config.mode == "embedding"
     )
 
 
@@ -356,7 +350,7 @@ def train_reward_model(
             "records": len(records),
             "kind": kind,
             "loss": loss_name,
-            "config": dataclasses.asdict(config),
+            "config": {**dataclasses.asdict(config), "train": dataclasses.asdict(train_config)},
             "truncation": dataclasses.asdict(counts),
             "eval_truncation": dataclasses.asdict(eval_counts) if eval_counts else None,
             "train_metrics": train_metrics,

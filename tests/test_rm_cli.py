@@ -158,3 +158,27 @@ def test_missing_backbone_is_a_user_error(tmp_path, capsys):
     )
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["rm", "train", "d", "--out", "o"],
+        ["rm", "score", "m", "d", "--out", "o"],
+        ["align", "d", "--model", "m", "--out", "o"],
+        ["data", "inspect", "d"],
+        ["quickstart"],
+    ],
+)
+def test_one_progress_spelling_everywhere(command):
+    """--progress/--no-progress on every command, --quiet kept as another name for --no-progress;
+    held-out data is --eval-data for rm train as for align, --eval kept."""
+    from prefkit.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(command).progress is True
+    assert parser.parse_args([*command, "--no-progress"]).progress is False
+    assert parser.parse_args([*command, "--quiet"]).progress is False
+    if command[:2] == ["rm", "train"]:
+        assert parser.parse_args([*command, "--eval-data", "x"]).eval == "x"
+        assert parser.parse_args([*command, "--eval", "x"]).eval == "x"

@@ -18,13 +18,13 @@ import sys
 
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 
-# Loop settings with a flag of their own (--quiet).
+# Loop settings with a flag of their own (--progress/--no-progress, also spelled --quiet).
 _TRAIN_SKIP = ("progress",)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     from prefkit.align.trainer import AlignConfig
-    from prefkit.cli.common import add_read_arguments
+    from prefkit.cli.common import add_progress_argument, add_read_arguments
     from prefkit.losses.preference import LOSSES
     from prefkit.train.loop import TrainConfig
 
@@ -70,7 +70,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "loss, rewards, margin and reward accuracy go to metrics.jsonl as "
         "lines with split 'eval' (see also --eval-fraction)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_argument(parser)
     add_read_arguments(parser)
     add_dataclass_arguments(parser, AlignConfig, skip=("loss",), title="alignment options")
     add_dataclass_arguments(parser, TrainConfig, skip=_TRAIN_SKIP, title="training options")
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = dataclass_from_args(AlignConfig, args, loss=args.loss)
-        train_config = dataclass_from_args(TrainConfig, args, progress=not args.quiet)
+        train_config = dataclass_from_args(TrainConfig, args, progress=args.progress)
         check_evaluation_settings(
             config, train_config, eval_records_given=args.eval_data is not None
         )

@@ -8,7 +8,13 @@ import json
 import sys
 from pathlib import Path
 
-from prefkit.cli.common import add_read_arguments, open_reader, progress, with_layout_notice
+from prefkit.cli.common import (
+    add_progress_argument,
+    add_read_arguments,
+    open_reader,
+    progress,
+    with_layout_notice,
+)
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 from prefkit.rm.multiobjective import MultiObjectiveConfig
 from prefkit.rm.train import RMTrainConfig, default_train_config
@@ -30,7 +36,7 @@ TRAIN_EXAMPLES = """\
 examples:
   prefkit rm train pairs.jsonl --out runs/rm
   prefkit rm train ../shared/data/ukpconvarg1/UKPConvArg1Strict-CSV --out runs/ukp --epochs 4
-  prefkit rm train train.jsonl --eval dev.jsonl --out runs/rm --early-stopping-patience 2
+  prefkit rm train train.jsonl --eval-data dev.jsonl --out runs/rm --early-stopping-patience 2
   prefkit rm train pairs.jsonl --out runs/rm-ft --mode finetune --backbone path/to/checkpoint --max-length 256
   prefkit rm train pairs.jsonl --out runs/rm-lora --mode lora --backbone path/to/decoder --lora-r 16
 Rerunning the same command resumes from the newest checkpoint in OUT/training/.
@@ -84,7 +90,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
     train.add_argument(
+        "--eval-data",
         "--eval",
+        dest="eval",
         metavar="DATA",
         default=None,
         help="held-out data, evaluated every epoch (loss, accuracy)",
@@ -99,6 +107,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(train, RMTrainConfig, skip=("train",), title="reward model options")
     add_dataclass_arguments(
         train, TrainConfig, title="training options", defaults=RM_TRAIN_DEFAULTS
+    )
+    train.add_argument(
+        "--quiet", dest="progress", action="store_false", help="the same as --no-progress"
     )
     train.set_defaults(handler=run_train)
 
@@ -173,9 +184,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="standardise rewards by the training data's mean and std",
     )
-    score.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
-    )
+    add_progress_argument(score)
     add_read_arguments(score)
     score.set_defaults(handler=run_score)
 

@@ -109,7 +109,14 @@ from prefkit.losses.preference import (
     UnpairedLogps,
     weighted_sum,
 )
-from prefkit.train.loop import TrainCallback, TrainConfig, TrainResult, move_to_device, train
+from prefkit.train.loop import (
+    OptimizerFactory,
+    TrainCallback,
+    TrainConfig,
+    TrainResult,
+    move_to_device,
+    train,
+)
 
 __all__ = [
     "SFT_TERM",
@@ -890,6 +897,7 @@ def align(
     eval_records: Iterable[Any] | None = None,
     resume: bool = True,
     callbacks: Sequence[TrainCallback] = (),
+    optimizer_factory: OptimizerFactory | None = None,
 ) -> AlignResult:
     """Align ``model`` to the preferences in ``records``; see the module docstring.
 
@@ -901,6 +909,8 @@ def align(
     watch them. Metrics go to ``out_dir/metrics.jsonl``, checkpoints to
     ``out_dir/checkpoints`` and the final model to ``out_dir/model``. A run
     interrupted and started again with the same arguments resumes exactly.
+    ``optimizer_factory`` builds the optimizer from the (LoRA-wrapped) model and
+    ``train_config`` (default: AdamW, :func:`prefkit.train.loop.default_optimizer`).
     """
     config = config or AlignConfig()
     train_config = train_config or TrainConfig()
@@ -967,7 +977,15 @@ def align(
         eval_examples=eval_examples,
         eval_ref_table=eval_ref_table,
     )
-    result = train(model, task, train_config, out_dir, resume=resume, callbacks=callbacks)
+    result = train(
+        model,
+        task,
+        train_config,
+        out_dir,
+        resume=resume,
+        optimizer_factory=optimizer_factory,
+        callbacks=callbacks,
+    )
 
     model_dir = None
     if config.save_model and int(os.environ.get("RANK", "0")) == 0:

@@ -214,18 +214,15 @@ def run_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     records = _read_all(args, args.data, out / "train")
     eval_records = _read_all(args, args.eval, out / "eval") if args.eval else None
-    try:
-        report = train_reward_model(
-            records,
-            config,
-            out,
-            eval_records=eval_records,
-            resume=args.resume,
-            log=lambda line: print(line, file=sys.stderr),
-            source=args.data,
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    report = train_reward_model(
+        records,
+        config,
+        out,
+        eval_records=eval_records,
+        resume=args.resume,
+        log=lambda line: print(line, file=sys.stderr),
+        source=args.data,
+    )
     stage = report.stages["train"]
     summary = {
         "model_dir": str(out),
@@ -258,19 +255,16 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
         _read_all(args, args.eval_ratings, out / "eval-ratings") if args.eval_ratings else None
     )
     eval_pairs = _read_all(args, args.eval_pairs, out / "eval-pairs") if args.eval_pairs else None
-    try:
-        report = train_multiobjective(
-            ratings,
-            pairs,
-            config,
-            out,
-            eval_rating_records=eval_ratings,
-            eval_pair_records=eval_pairs,
-            resume=args.resume,
-            log=lambda line: print(line, file=sys.stderr),
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    report = train_multiobjective(
+        ratings,
+        pairs,
+        config,
+        out,
+        eval_rating_records=eval_ratings,
+        eval_pair_records=eval_pairs,
+        resume=args.resume,
+        log=lambda line: print(line, file=sys.stderr),
+    )
     summary = {"model_dir": str(out), "attributes": report.model.attributes}
     for name, stage in report.stages.items():
         summary[name] = {

@@ -23,6 +23,7 @@ from prefkit.data.records import (
     RatingRecord,
     render_text,
 )
+from prefkit.errors import UserInputError
 from prefkit.losses.reward import OUTCOME_A_WINS, OUTCOME_B_WINS, OUTCOME_TIE
 
 _OUTCOME_CODES = {"a": OUTCOME_A_WINS, "b": OUTCOME_B_WINS, "tie": OUTCOME_TIE}
@@ -71,15 +72,15 @@ class Examples:
 def data_kind(records: Sequence[AnyRecord], source: str = "data") -> str:
     kinds = {record.kind for record in records}
     if not records:
-        raise ValueError(f"{source}: no records to train on.")
+        raise UserInputError(f"{source}: no records to train on.")
     if len(kinds) > 1:
-        raise ValueError(
+        raise UserInputError(
             f"{source}: mixed record kinds ({', '.join(sorted(kinds))}); train on one kind at a time "
             "(prefkit data convert turns ratings into pairs)."
         )
     kind = kinds.pop()
     if kind == BinaryRecord.kind:
-        raise ValueError(
+        raise UserInputError(
             f"{source}: binary (thumbs) records cannot train a reward model here yet; "
             "convert them to pairs first (prefkit data convert --to pairwise)."
         )

@@ -77,6 +77,7 @@ from torch import nn
 
 from prefkit.data.records import PairwiseRecord, RatingRecord
 from prefkit.data.split import split_eval_records
+from prefkit.errors import UserInputError
 from prefkit.losses.reward import OUTCOME_A_WINS, bradley_terry_loss, rating_regression_loss
 from prefkit.progress import ProgressCounter
 from prefkit.rm.encoder import FrozenEncoder, resolve_backbone
@@ -158,7 +159,7 @@ class MultiObjectiveConfig:
     def __post_init__(self) -> None:
         parse_feature_spec(self.features)
         if self.regression_head not in ("linear", "mlp"):
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: regression_head must be linear or mlp, got {self.regression_head!r}."
             )
         for name in (
@@ -170,7 +171,7 @@ class MultiObjectiveConfig:
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
+                raise UserInputError(
                     f"MultiObjectiveConfig: {name} must be an integer >= 1, got {value!r}."
                 )
         if (
@@ -178,23 +179,23 @@ class MultiObjectiveConfig:
             or not isinstance(self.gate_hidden_layers, int)
             or self.gate_hidden_layers < 0
         ):
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: gate_hidden_layers must be an integer >= 0, got {self.gate_hidden_layers!r}."
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: dropout must be in [0, 1), got {self.dropout}."
             )
         if not (math.isfinite(self.gate_temperature) and self.gate_temperature > 0):
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: gate_temperature must be > 0, got {self.gate_temperature}."
             )
         if self.max_length < 4:
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: max_length must be >= 4, got {self.max_length}."
             )
         if self.truncation not in ("truncate", "drop"):
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: truncation must be truncate or drop, got {self.truncation!r}."
             )
         fraction = self.eval_fraction
@@ -203,7 +204,7 @@ class MultiObjectiveConfig:
             or not isinstance(fraction, int | float)
             or not 0 <= fraction < 1
         ):
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: eval_fraction must be a number in [0, 1) (0 = no held-out split), "
                 f"got {fraction!r}; e.g. 0.1 holds out a tenth of the rating and of the pair records."
             )
@@ -480,12 +481,12 @@ def _check_records(
 ) -> None:
     for position, record in enumerate(records):
         if not isinstance(record, expected):
-            raise ValueError(
+            raise UserInputError(
                 f"train_multiobjective: {name}[{position}] (id {getattr(record, 'id', '?')!r}) is a "
                 f"{getattr(record, 'kind', type(record).__name__)} record; expected {expected.kind} records."
             )
         if isinstance(record, PairwiseRecord) and record.is_tie:
-            raise ValueError(
+            raise UserInputError(
                 f"train_multiobjective: {name}[{position}] (id {record.id!r}) is a tie; the gate is "
                 "trained with Bradley-Terry, which has no ties. Remove tied pairs first."
             )
@@ -499,11 +500,11 @@ def _check_all_records(
 ) -> list[str]:
     """The attributes to regress, after checking every record's kind."""
     if not rating_records:
-        raise ValueError(
+        raise UserInputError(
             "train_multiobjective: no rating records; stage 1 needs attribute ratings."
         )
     if not pair_records:
-        raise ValueError(
+        raise UserInputError(
             "train_multiobjective: no pair records; stage 2 (the gate) needs preferences."
         )
     _check_records(rating_records, RatingRecord, "rating_records")
@@ -512,13 +513,13 @@ def _check_all_records(
     _check_records(eval_pair_records or [], PairwiseRecord, "eval_pair_records")
     attributes = rating_attributes(rating_records) or []
     if len(attributes) < 2:
-        raise ValueError(
+        raise UserInputError(
             f"train_multiobjective: the rating records rate {len(attributes)} attribute(s) "
             f"({', '.join(attributes) or 'none'}); a gate needs at least 2. Use prefkit rm train for one."
         )
     unknown = sorted(set(rating_attributes(eval_rating_records or []) or []) - set(attributes))
     if unknown:
-        raise ValueError(
+        raise UserInputError(
             f"train_multiobjective: the held-out rating records rate {', '.join(unknown)}, which no "
             f"training rating record rates (those rate {', '.join(attributes)}); the model would "
             "not predict them. Remove them or rate them in the training records too."
@@ -531,7 +532,7 @@ def check_evaluation_settings(
 ) -> None:
     """Raise ValueError when the held-out data settings contradict each other (before any work)."""
     if config.eval_fraction > 0 and (eval_ratings_given or eval_pairs_given):
-        raise ValueError(
+        raise UserInputError(
             "train_multiobjective: held-out records and eval_fraction are both given; either hold out "
             "a fraction of the training records (--eval-fraction) or pass held-out records "
             "(--eval-ratings, --eval-pairs)."
@@ -546,7 +547,7 @@ def check_evaluation_settings(
             if not given
         ]
         if missing:
-            raise ValueError(
+            raise UserInputError(
                 f"train_multiobjective: early_stopping_patience is set but {' and '.join(missing)} "
                 "held-out records are missing; each stage stops on its own held-out loss. Set "
                 "eval_fraction (--eval-fraction), pass held-out records for both stages, or drop "
@@ -560,7 +561,7 @@ def _hold_out(
     try:
         return split_eval_records(records, config.eval_fraction, config.seed)
     except ValueError as error:
-        raise ValueError(f"train_multiobjective: {name}: {error}") from None
+        raise UserInputError(f"train_multiobjective: {name}: {error}") from None
 
 
 def train_multiobjective(
@@ -635,7 +636,7 @@ def train_multiobjective(
         data = prepare_stage(model, records, stage_attributes, config, reads_prompt=reads_prompt)
         log(f"{name}: {data.truncation.summary()}")
         if len(data.examples) == 0:
-            raise ValueError(
+            raise UserInputError(
                 f"train_multiobjective: no {name} left after truncation policy "
                 f"'{config.truncation}' at max_length {config.max_length}; raise max_length or use truncate."
             )

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from prefkit.errors import UserInputError
+
 FORMAT_VERSION = 2
 """The config.json format written by this prefkit."""
 READABLE_VERSIONS = (1, 2)
@@ -51,7 +53,7 @@ def parse_feature_spec(spec: str | Sequence[str]) -> tuple[str, ...]:
         or any(name not in FEATURE_NAMES for name in names)
         or len(set(names)) != len(names)
     ):
-        raise ValueError(
+        raise UserInputError(
             f"features: expected distinct names from {', '.join(FEATURE_NAMES)} separated by commas, "
             f"got {spec!r}"
         )
@@ -275,7 +277,7 @@ class RewardModelSpec:
         values = dict(values)
         version = values.pop("format_version", None)
         if version not in READABLE_VERSIONS:
-            raise ValueError(
+            raise UserInputError(
                 f"{source}: format_version {version!r}; this prefkit reads "
                 f"{', '.join(map(str, READABLE_VERSIONS))}. Retrain the model or update prefkit."
             )
@@ -284,7 +286,7 @@ class RewardModelSpec:
             values.pop("embedding_dim", None)  # always equal to backbone.hidden_size
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(f"{source}: unknown fields {', '.join(unknown)}.")
+            raise UserInputError(f"{source}: unknown fields {', '.join(unknown)}.")
         try:
             backbone = BackboneSpec(**values.pop("backbone"))
             lora = values.pop("lora", None)
@@ -298,7 +300,7 @@ class RewardModelSpec:
                 values["features"] = parse_feature_spec(values["features"])
             return cls(backbone=backbone, lora=lora, **values)
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{source}: not a valid reward-model config ({error}).") from None
+            raise UserInputError(f"{source}: not a valid reward-model config ({error}).") from None
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``folder/config.json``."""
@@ -317,9 +319,9 @@ class RewardModelSpec:
         try:
             values = json.loads(path.read_text())
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not JSON ({error}).") from None
+            raise UserInputError(f"{path}: not JSON ({error}).") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a JSON object.")
+            raise UserInputError(f"{path}: expected a JSON object.")
         return cls.from_json(values, str(path))
 
 
@@ -329,4 +331,4 @@ def _is_int(value: object) -> bool:
 
 def _require(condition: object, name: str, expected: str, found: object) -> None:
     if not condition:
-        raise ValueError(f"RewardModelSpec: {name} must be {expected}, got {found!r}.")
+        raise UserInputError(f"RewardModelSpec: {name} must be {expected}, got {found!r}.")

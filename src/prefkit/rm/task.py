@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from prefkit.data.records import AnyRecord, PairwiseRecord, RankingRecord, RatingRecord
+from prefkit.errors import UserInputError
 from prefkit.losses.reward import (
     OUTCOME_A_WINS,
     OUTCOME_TIE,
@@ -81,14 +82,14 @@ def choose_loss(records: Sequence[AnyRecord], requested: str = "auto", source: s
             chosen = "bradley-terry"
         ties = sum(r.is_tie for r in pairs)
         if requested in ("bradley-terry", "bt-margin", "bt-strength") and ties:
-            raise ValueError(
+            raise UserInputError(
                 f"{source}: {ties} of {len(pairs)} pairs are ties, which --loss {requested} cannot use; "
                 "use --loss davidson or soft-label (or auto), or remove the ties."
             )
     if requested == "auto":
         return chosen
     if requested not in allowed:
-        raise ValueError(
+        raise UserInputError(
             f"{source}: --loss {requested} does not fit {kind} records; use one of {', '.join(allowed)}."
         )
     return requested

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from prefkit.data.records import AnyRecord
+from prefkit.errors import UserInputError
 from prefkit.progress import ProgressCounter
 from prefkit.rm.embedding_model import EmbeddingRewardModel
 from prefkit.rm.encoder import resolve_backbone
@@ -107,32 +108,32 @@ class RMTrainConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("embedding", "finetune", "lora"):
-            raise ValueError(
+            raise UserInputError(
                 f"RMTrainConfig: mode must be embedding, finetune or lora, got {self.mode!r}."
             )
         if self.loss not in LOSS_NAMES:
-            raise ValueError(
+            raise UserInputError(
                 f"RMTrainConfig: loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}."
             )
         parse_feature_spec(self.features)
         if self.head not in ("mlp", "linear"):
-            raise ValueError(f"RMTrainConfig: head must be mlp or linear, got {self.head!r}.")
+            raise UserInputError(f"RMTrainConfig: head must be mlp or linear, got {self.head!r}.")
         if self.hidden_size < 1 or self.max_length < 4 or self.embed_batch_size < 1:
-            raise ValueError(
+            raise UserInputError(
                 "RMTrainConfig: hidden_size and embed_batch_size must be >= 1, max_length >= 4."
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"RMTrainConfig: dropout must be in [0, 1), got {self.dropout}.")
+            raise UserInputError(f"RMTrainConfig: dropout must be in [0, 1), got {self.dropout}.")
         if self.truncation not in ("truncate", "drop"):
-            raise ValueError(
+            raise UserInputError(
                 f"RMTrainConfig: truncation must be truncate or drop, got {self.truncation!r}."
             )
         if not (math.isfinite(self.centering) and self.centering >= 0):
-            raise ValueError(f"RMTrainConfig: centering must be >= 0, got {self.centering}.")
+            raise UserInputError(f"RMTrainConfig: centering must be >= 0, got {self.centering}.")
         if self.lora_r < 1:
-            raise ValueError(f"RMTrainConfig: lora_r must be >= 1, got {self.lora_r}.")
+            raise UserInputError(f"RMTrainConfig: lora_r must be >= 1, got {self.lora_r}.")
         if self.train is not None and not isinstance(self.train, TrainConfig):
-            raise ValueError(
+            raise UserInputError(
                 f"RMTrainConfig: train must be a TrainConfig or None, got {type(self.train).__name__}."
             )
 
@@ -292,7 +293,7 @@ def train_reward_model(
     if eval_records:
         eval_kind = data_kind(eval_records, "eval data")
         if eval_kind != kind:
-            raise ValueError(
+            raise UserInputError(
                 f"eval data holds {eval_kind} records but the training data holds {kind} records."
             )
     attributes = rating_attributes(records)
@@ -307,7 +308,7 @@ def train_reward_model(
         store, examples = prepare(model, records, config, attributes, counts, progress)
     log(counts.summary())
     if len(examples) == 0:
-        raise ValueError(
+        raise UserInputError(
             f"{source}: no examples left after truncation policy '{config.truncation}'."
         )
     eval_counts = eval_examples = eval_store = None

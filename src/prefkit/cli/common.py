@@ -94,13 +94,14 @@ def announce_layout(reader: FeedbackReader) -> None:
     )
 
 
-def with_layout_notice(reader: FeedbackReader) -> Iterator:
-    """Iterate ``reader``, printing the layout once it is known (after the first row)."""
+def with_layout_notice(reader: FeedbackReader, items: Iterable[T] | None = None) -> Iterator:
+    """Iterate ``reader`` (or ``items`` drawn from it, such as ``reader.batches()``),
+    printing the layout once it is known (after the first row)."""
     announced = False
     if reader.layout is not None:
         announce_layout(reader)
         announced = True
-    for record in reader:
+    for record in reader if items is None else items:
         if not announced:
             announce_layout(reader)
             announced = True

@@ -87,13 +87,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_read_arguments(convert)
     convert.set_defaults(handler=run_convert)
 
+    from prefkit.cli import data_candidates
+
+    data_candidates.register(sub)
+
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from prefkit.data.inspect import format_report, inspect_records, report_dict
+    from prefkit.data.inspect import InspectReport, format_report, report_dict
+    from prefkit.progress import ProgressCounter
 
     reader = open_reader(args, args.path, args.rejects)
-    records = progress(with_layout_notice(reader), description="inspect", enabled=args.progress)
-    report = inspect_records(records)
+    report = InspectReport()
+    with ProgressCounter("inspect", "rec", enabled=args.progress) as counter:
+        for batch in with_layout_notice(reader, reader.batches()):
+            report.add_batch(batch)
+            counter(len(batch))
     summary = report_dict(report, format_name=reader.format_name, read_stats=reader.stats)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -11,24 +11,59 @@ named layout or collection), or detected from the first readable row (or from
 the folder's files for multi-file collections). Every row that yields no record
 is either rejected (counted by reason, and written to the rejects file with
 ``on_error="skip"``) or, for collections, dropped with a stated reason.
+
+A single JSONL or Parquet file in the ``prefkit`` layout (canonical records, or
+canonical field names) is read block by block; a block of clean flat pairs
+takes the fast path (:mod:`prefkit.data.fastpath`), any other block the
+row-by-row path, so results and errors are the same either way.
 """
 
 from __future__ import annotations
 
+import io
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefkit.data.corpora import COLLECTIONS, Collection, detect_collection
 from prefkit.data.errors import ON_ERROR_CHOICES, DataError, OnError, Rejects
-from prefkit.data.layouts import NAMED_LAYOUTS, Layout, LayoutError, MappingLayout, detect_layout
+from prefkit.data.fastpath import (
+    PairwiseColumns,
+    decode_pairwise_block,
+    pairwise_columns_from_arrow,
+)
+from prefkit.data.layouts import (
+    NAMED_LAYOUTS,
+    PREFKIT_BY_NAMES,
+    WINNER_FIELD,
+    Layout,
+    LayoutError,
+    MappingLayout,
+    detect_layout,
+)
 from prefkit.data.records import AnyRecord, FieldError, Text, text_length
-from prefkit.data.sources import RawRow, iter_rows
+from prefkit.data.sources import (
+    JSONL_SUFFIXES,
+    PARQUET_SUFFIXES,
+    RawRow,
+    iter_jsonl_blocks,
+    iter_jsonl_lines,
+    iter_parquet_batches,
+    iter_rows,
+    parquet_batch_rows,
+    suffix_of,
+)
 
 DEFAULT_MAX_TEXT_CHARS = 1_000_000
 """Longest text (in characters) accepted by default; longer ones are rejected as ``text_too_long``."""
+
+
+BATCH_RECORDS = 4096
+"""Records per batch of :meth:`FeedbackReader.batches` on the validating path."""
+
+_FAST_LAYOUTS = (NAMED_LAYOUTS["prefkit"], PREFKIT_BY_NAMES)
 
 
 def known_formats() -> list[str]:
@@ -99,6 +134,7 @@ class FeedbackReader:
         self.stats = ReadStats(rejects=Rejects(Path(rejects_path) if rejects_path else None))
         self.layout: Layout | MappingLayout | Collection | None = None
         self.detected = False
+        self._detected_fields: frozenset[str] = frozenset()
         if mapping:
             self.layout = MappingLayout(mapping, winner_values)
         elif format is not None:
@@ -126,13 +162,114 @@ class FeedbackReader:
         return getattr(self.layout, "name", "unknown")
 
     def __iter__(self) -> Iterator[AnyRecord]:
+        for item in self._stream():
+            if isinstance(item, PairwiseColumns):
+                yield from item.records()
+            else:
+                yield item
+
+    def batches(self, size: int = BATCH_RECORDS) -> Iterator[list[AnyRecord] | PairwiseColumns]:
+        """The same records as iterating the reader, in batches.
+
+        A batch is a list of up to ``size`` records, or a block of pairwise
+        records kept column by column (:class:`~prefkit.data.fastpath.PairwiseColumns`,
+        from the fast path for clean JSONL; ``records()`` turns it into records).
+        Consumers that can work on columns (``inspect``) skip building the objects.
+        """
+        pending: list[AnyRecord] = []
+        for item in self._stream():
+            if isinstance(item, PairwiseColumns):
+                if pending:
+                    yield pending
+                    pending = []
+                yield item
+            else:
+                pending.append(item)
+                if len(pending) >= size:
+                    yield pending
+                    pending = []
+        if pending:
+            yield pending
+
+    def _stream(self) -> Iterator[AnyRecord | PairwiseColumns]:
         try:
             if isinstance(self.layout, Collection):
                 yield from self._read_collection(self.layout)
+            elif self._fast_file(JSONL_SUFFIXES):
+                yield from self._read_jsonl_blocks()
+            elif self._fast_file(PARQUET_SUFFIXES):
+                yield from self._read_parquet_batches()
             else:
-                yield from self._read_rows()
+                yield from self._read_rows(iter_rows(self.path))
         finally:
             self.stats.rejects.close()
+
+    def _fast_file(self, suffixes: tuple[str, ...]) -> bool:
+        """A single file of one of ``suffixes`` whose layout may take the fast path."""
+        return (
+            self.path.is_file()
+            and suffix_of(self.path) in suffixes
+            and (self.layout is None or self.layout in _FAST_LAYOUTS)
+        )
+
+    def _read_jsonl_blocks(self) -> Iterator[AnyRecord | PairwiseColumns]:
+        """A JSONL file block by block: the fast path where it applies, else row by row."""
+        source = str(self.path)
+        for first_line, n_lines, block in iter_jsonl_blocks(self.path):
+            shape = self._fast_shape()
+            columns = (
+                None
+                if shape is None
+                else decode_pairwise_block(
+                    block,
+                    n_lines,
+                    shape=shape,
+                    max_text_chars=self.max_text_chars,
+                    allow_empty_responses=self.allow_empty_responses,
+                )
+            )
+            if columns is None:
+                yield from self._read_rows(iter_jsonl_lines(io.BytesIO(block), source, first_line))
+                continue
+            self._count_columns(columns)
+            yield columns
+
+    def _read_parquet_batches(self) -> Iterator[AnyRecord | PairwiseColumns]:
+        """A Parquet file batch by batch: the fast path where it applies, else row by row."""
+        source = str(self.path)
+        for first_index, batch, json_columns in iter_parquet_batches(self.path):
+            shape = self._fast_shape()
+            columns = (
+                None
+                if shape is None
+                else pairwise_columns_from_arrow(
+                    batch,
+                    json_columns,
+                    shape=shape,
+                    max_text_chars=self.max_text_chars,
+                    allow_empty_responses=self.allow_empty_responses,
+                )
+            )
+            if columns is None:
+                yield from self._read_rows(
+                    parquet_batch_rows(batch, json_columns, source, first_index)
+                )
+                continue
+            self._count_columns(columns)
+            yield columns
+
+    def _count_columns(self, columns: PairwiseColumns) -> None:
+        self.stats.n_rows += len(columns)
+        self.stats.n_records += len(columns)
+        self.stats.kinds["pairwise"] += len(columns)
+
+    def _fast_shape(self) -> str | None:
+        """Which line shape the fast path expects, once the layout is known."""
+        if self.layout is NAMED_LAYOUTS["prefkit"]:
+            return "prefkit"
+        if self.layout is PREFKIT_BY_NAMES:
+            return "names-winner" if WINNER_FIELD in self._detected_fields else "names-outcome"
+        return None
 
     def _read_collection(self, collection: Collection) -> Iterator[AnyRecord]:
         for record in collection.read(self.path, self.stats.dropped):
@@ -146,8 +283,8 @@ class FeedbackReader:
             self._count(record)
             yield record
 
-    def _read_rows(self) -> Iterator[AnyRecord]:
-        for row in iter_rows(self.path):
+    def _read_rows(self, rows: Iterable[RawRow]) -> Iterator[AnyRecord]:
+        for row in rows:
             self.stats.n_rows += 1
             if row.error is not None:
                 self._reject(row.error)
@@ -155,6 +292,7 @@ class FeedbackReader:
             if self.layout is None:
                 self.layout = detect_layout(row.fields)  # type: ignore[arg-type]
                 self.detected = True
+                self._detected_fields = frozenset(row.fields)  # type: ignore[arg-type]
                 if self.layout is None:
                     raise DataError(
                         row.source,

@@ -341,6 +341,40 @@ class PairwiseRecord(Record):
         set_(self, "category", _optional_str(self.category, "category"))
         set_(self, "metadata", _metadata(self.metadata))
 
+    @classmethod
+    def trusted(
+        cls,
+        id: str,
+        prompt: Text,
+        response_a: Text,
+        response_b: Text,
+        outcome: Outcome,
+        strength: float | None,
+        margin: float | None,
+        soft_label: float | None,
+        weight: float | None,
+        category: str | None,
+        metadata: dict[str, Any],
+    ) -> PairwiseRecord:
+        """A record (without votes) from values that are already in canonical form and
+        valid; no check runs. For readers that validated a whole block at once."""
+        record = object.__new__(cls)
+        record.__dict__.update(
+            id=id,
+            prompt=prompt,
+            response_a=response_a,
+            response_b=response_b,
+            outcome=outcome,
+            strength=strength,
+            votes=None,
+            margin=margin,
+            soft_label=soft_label,
+            weight=weight,
+            category=category,
+            metadata=metadata,
+        )
+        return record
+
     @property
     def is_tie(self) -> bool:
         return self.outcome == "tie"

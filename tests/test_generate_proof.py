@@ -30,7 +30,7 @@ from prefkit.align.synthetic import WORDS, good_fraction
 from prefkit.cli import main
 from prefkit.data.records import PairwiseRecord
 from prefkit.rm.model import RewardModel
-from prefkit.rm.train import RMTrainConfig, train_reward_model
+from prefkit.rm.train import RMTrainConfig, default_train_config, train_reward_model
 from test_generate import save_policy, write_prompts
 from test_rm_train import make_tiny_bert
 
@@ -63,9 +63,8 @@ def world(tmp_path_factory):
     config = RMTrainConfig(
         backbone=make_tiny_bert(folder / "bert"),
         features="response",
-        epochs=8,
         cache_dir=str(folder / "cache"),
-        device="cpu",
+        train=default_train_config("embedding", epochs=8, device="cpu"),
     )
     train_reward_model(pairs, config, folder / "rm", log=lambda line: None)
     return folder, policy, str(folder / "rm")
@@ -145,7 +144,7 @@ def test_west_of_n_pairs_agree_with_the_rule_and_the_files_flow_through(world, c
         )
         == 0
     )
-    assert RewardModel.load(folder / "rm2", cache_dir=folder / "cache").spec["mode"] == "embedding"
+    assert RewardModel.load(folder / "rm2", cache_dir=folder / "cache").spec.mode == "embedding"
     assert (
         main(
             ["align", str(pairs), "--model", policy, "--out", str(folder / "aligned")]

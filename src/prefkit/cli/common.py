@@ -128,3 +128,17 @@ def progress(
 ) -> Iterable[T]:
     """A tqdm progress bar on stderr (rate and ETA when the total is known)."""
     return progress_iter(items, description=description, unit=unit, total=total, enabled=enabled)
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress`` (default on), the one spelling of every command; ``--quiet``
+    is kept as another name for ``--no-progress``."""
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show progress on stderr: bars on a terminal (default: on)",
+    )
+    parser.add_argument(
+        "--quiet", dest="progress", action="store_false", help="the same as --no-progress"
+    )

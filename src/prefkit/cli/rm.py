@@ -197,20 +197,16 @@ def _read_all(args: argparse.Namespace, path: str, rejects_for: str) -> list:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
     from prefkit.rm.train import train_reward_model
 
-    try:
-        given = {
-            item.name: getattr(args, item.name)
-            for item in dataclasses.fields(TrainConfig)
-            if getattr(args, item.name) is not None
-        }
-        config = dataclass_from_args(
-            RMTrainConfig, args, train=default_train_config(args.mode, **given)
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    given = {
+        item.name: getattr(args, item.name)
+        for item in dataclasses.fields(TrainConfig)
+        if getattr(args, item.name) is not None
+    }
+    config = dataclass_from_args(
+        RMTrainConfig, args, train=default_train_config(args.mode, **given)
+    )
     out = Path(args.out)
     records = _read_all(args, args.data, out / "train")
     eval_records = _read_all(args, args.eval, out / "eval") if args.eval else None
@@ -236,18 +232,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_train_multiobjective(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
     from prefkit.rm.multiobjective import check_evaluation_settings, train_multiobjective
 
-    try:
-        config = dataclass_from_args(MultiObjectiveConfig, args)
-        check_evaluation_settings(
-            config,
-            eval_ratings_given=args.eval_ratings is not None,
-            eval_pairs_given=args.eval_pairs is not None,
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    config = dataclass_from_args(MultiObjectiveConfig, args)
+    check_evaluation_settings(
+        config,
+        eval_ratings_given=args.eval_ratings is not None,
+        eval_pairs_given=args.eval_pairs is not None,
+    )
     out = Path(args.out)
     ratings = _read_all(args, args.ratings, out / "ratings")
     pairs = _read_all(args, args.pairs, out / "pairs")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from prefkit import __version__
 
-COMMAND_MODULES = ("quickstart", "data", "rm", "eval", "align", "annotate")
+COMMAND_MODULES = ("quickstart", "data", "rm", "eval", "align", "annotate", "curate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,105 @@
+"""``prefkit curate dedup|decontaminate|noise|select``: wiring only (see :mod:`prefkit.curate`).
+
+Every command reads its data with the shared reading options, writes OUT in the
+canonical schema and prints how many records it read, kept and dropped, and why.
+Rows the reader cannot read go to ``OUT.rejects.jsonl`` with ``--on-error skip``;
+records the step itself cannot use go to ``OUT.curate-rejects.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefkit.cli.common import add_read_arguments, open_reader, with_layout_notice
+from prefkit.config import add_dataclass_arguments, dataclass_from_args
+
+DEDUP_EXAMPLES = """examples:
+  # near-duplicate prompts (MinHash LSH), keep the longest of each cluster
+  prefkit curate dedup pairs.jsonl --out clean.jsonl --field prompt --keep longest
+  # whole pairs, exact after normalisation only
+  prefkit curate dedup pairs.jsonl --out clean.jsonl --method exact
+  # paraphrases: frozen-encoder embeddings, cosine >= 0.92 within k-means clusters
+  prefkit curate dedup pairs.jsonl --out clean.jsonl --method semantic --semantic-threshold 0.92
+Writes OUT, OUT.clusters.jsonl (each cluster: the kept id, members, similarity, reason).
+"""
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    from prefkit.curate.dedup import DedupConfig
+
+    curate = commands.add_parser(
+        "curate",
+        help="remove duplicates and contamination, find label noise, select data",
+        description="Clean and select feedback data: near-duplicates, overlap with evaluation "
+        "sets, pairs whose label is probably wrong, and the subset closest to a target.",
+    )
+    sub = curate.add_subparsers(title="curate commands", metavar="COMMAND")
+    curate.set_defaults(handler=lambda args: curate.print_help() or 2)
+
+    dedup = sub.add_parser(
+        "dedup",
+        help="remove exact, near (MinHash LSH) or semantic duplicates",
+        description="Read DATA, cluster duplicate records by the field compared, keep one "
+        "record per cluster and write the rest to --out.",
+        epilog=DEDUP_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(dedup)
+    add_dataclass_arguments(dedup, DedupConfig, title="deduplication")
+    dedup.add_argument(
+        "--semantic",
+        action="store_const",
+        const="semantic",
+        dest="method",
+        help="the same as --method semantic",
+    )
+    dedup.set_defaults(handler=run_dedup)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", metavar="DATA", help="input file or folder")
+    parser.add_argument(
+        "--out", required=True, metavar="OUT", help="output: .jsonl, .jsonl.gz or .parquet"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_read_arguments(parser)
+
+
+def _curate_rejects(args: argparse.Namespace) -> Path | None:
+    return Path(f"{args.out}.curate-rejects.jsonl") if args.on_error == "skip" else None
+
+
+def _finish(
+    args: argparse.Namespace, reader: Any, summary: dict[str, Any], lines: list[str]
+) -> int:
+    summary = {**summary, "rejected_rows": reader.stats.rejects.total}
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    print(f"{args.data}: {reader.stats.summary()}", file=sys.stderr)
+    for line in lines:
+        print(line, file=sys.stderr)
+    return 0
+
+
+def run_dedup(args: argparse.Namespace) -> int:
+    from prefkit.curate.dedup import DedupConfig, dedup_records
+    from prefkit.data.write import output_kind
+
+    output_kind(args.out)
+    config = dataclass_from_args(DedupConfig, args)
+    reader = open_reader(args, args.data, args.out)
+    clusters = Path(f"{args.out}.clusters.jsonl")
+    report = dedup_records(
+        with_layout_notice(reader),
+        args.out,
+        config,
+        clusters_path=clusters,
+        on_error=args.on_error,
+        rejects_path=_curate_rejects(args),
+    )
+    lines = [report.stats.summary(), f"{report.num_clusters} clusters written to {clusters}"]
+    return _finish(args, reader, report.to_dict(), lines)

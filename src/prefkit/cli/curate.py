@@ -27,6 +27,15 @@ DEDUP_EXAMPLES = """examples:
 Writes OUT, OUT.clusters.jsonl (each cluster: the kept id, members, similarity, reason).
 """
 
+DECONTAMINATE_EXAMPLES = """examples:
+  prefkit curate decontaminate train.jsonl --against eval1.jsonl eval2.jsonl --out clean.jsonl
+  # GPT-3's n-gram length, prompts only
+  prefkit curate decontaminate train.jsonl --against eval.jsonl --out clean.jsonl \\
+      --ngram 13 --fields prompt
+Writes OUT, OUT.flagged.jsonl (each match: training id and field, evaluation set, id and
+field, overlap) and OUT.contamination.json (the per-evaluation-set table).
+"""
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     from prefkit.curate.dedup import DedupConfig
@@ -58,6 +67,24 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="the same as --method semantic",
     )
     dedup.set_defaults(handler=run_dedup)
+
+    from prefkit.curate.decontaminate import DecontaminateConfig
+
+    decontaminate = sub.add_parser(
+        "decontaminate",
+        help="remove training records that copy evaluation items (n-gram overlap)",
+        description="Flag every training record in which at least half of the word n-grams of "
+        "an evaluation text occur; write the others to --out. The reading options apply to "
+        "TRAIN and to every EVAL.",
+        epilog=DECONTAMINATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(decontaminate)
+    decontaminate.add_argument(
+        "--against", nargs="+", required=True, metavar="EVAL", help="evaluation sets"
+    )
+    add_dataclass_arguments(decontaminate, DecontaminateConfig, title="decontamination")
+    decontaminate.set_defaults(handler=run_decontaminate)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -102,4 +129,34 @@ def run_dedup(args: argparse.Namespace) -> int:
         rejects_path=_curate_rejects(args),
     )
     lines = [report.stats.summary(), f"{report.num_clusters} clusters written to {clusters}"]
+    return _finish(args, reader, report.to_dict(), lines)
+
+
+def run_decontaminate(args: argparse.Namespace) -> int:
+    from prefkit.curate.decontaminate import (
+        DecontaminateConfig,
+        decontaminate_records,
+        write_table,
+    )
+    from prefkit.data.write import output_kind
+
+    output_kind(args.out)
+    config = dataclass_from_args(DecontaminateConfig, args)
+    eval_sets = {}
+    for path in args.against:
+        eval_reader = open_reader(args, path, None)
+        eval_sets[path] = list(with_layout_notice(eval_reader))
+        print(f"{path}: {eval_reader.stats.summary()}", file=sys.stderr)
+    reader = open_reader(args, args.data, args.out)
+    flagged = Path(f"{args.out}.flagged.jsonl")
+    report = decontaminate_records(
+        with_layout_notice(reader), eval_sets, args.out, config, flagged_path=flagged
+    )
+    table = Path(f"{args.out}.contamination.json")
+    write_table(report, table)
+    lines = [
+        report.stats.summary(),
+        report.table_text(),
+        f"{report.flagged} matches written to {flagged}; table in {table}",
+    ]
     return _finish(args, reader, report.to_dict(), lines)

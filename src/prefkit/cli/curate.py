@@ -36,6 +36,13 @@ Writes OUT, OUT.flagged.jsonl (each match: training id and field, evaluation set
 field, overlap) and OUT.contamination.json (the per-evaluation-set table).
 """
 
+NOISE_EXAMPLES = """examples:
+  prefkit curate noise pairs.jsonl --out scored.jsonl                 # flag only
+  prefkit curate noise pairs.jsonl --out clean.jsonl --action drop --threshold 0.8
+  prefkit curate noise votes.jsonl --out soft.jsonl --action soften --soften-weight 0.5
+Every pair gets metadata.noise: p_label, p_a, fold, flagged (and vote_agreement with votes).
+"""
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     from prefkit.curate.dedup import DedupConfig
@@ -85,6 +92,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_dataclass_arguments(decontaminate, DecontaminateConfig, title="decontamination")
     decontaminate.set_defaults(handler=run_decontaminate)
+
+    from prefkit.curate.noise import NoiseConfig
+
+    noise = sub.add_parser(
+        "noise",
+        help="flag pairs whose label out-of-fold reward models contradict",
+        description="Train k embedding reward models, each on all folds but one, score the "
+        "held-out pairs and flag those whose label the model contradicts with probability "
+        "above --threshold; then flag, drop, flip or soften them.",
+        epilog=NOISE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(noise)
+    add_dataclass_arguments(noise, NoiseConfig, title="label noise")
+    noise.set_defaults(handler=run_noise)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -159,4 +181,36 @@ def run_decontaminate(args: argparse.Namespace) -> int:
         report.table_text(),
         f"{report.flagged} matches written to {flagged}; table in {table}",
     ]
+    return _finish(args, reader, report.to_dict(), lines)
+
+
+def run_noise(args: argparse.Namespace) -> int:
+    from prefkit.curate.noise import NoiseConfig, score_label_noise
+    from prefkit.data.write import output_kind
+
+    output_kind(args.out)
+    config = dataclass_from_args(NoiseConfig, args)
+    reader = open_reader(args, args.data, args.out)
+    report = score_label_noise(
+        with_layout_notice(reader),
+        args.out,
+        config,
+        on_error=args.on_error,
+        rejects_path=_curate_rejects(args),
+    )
+    accuracy = ", ".join(f"{value:.3f}" for value in report.fold_accuracy)
+    lines = [
+        report.stats.summary(),
+        f"{len(report.flagged_ids)} of {report.scored} pairs flagged (ties not judged: "
+        f"{report.ties}); out-of-fold accuracy per fold: {accuracy}",
+    ]
+    for example in report.examples[:5]:
+        lines.append(
+            f"  {example['id']}: P(label {example['outcome']}) = {example['p_label']:.3f}"
+            + (
+                f", vote agreement {example['vote_agreement']:.2f}"
+                if example["vote_agreement"] is not None
+                else ""
+            )
+        )
     return _finish(args, reader, report.to_dict(), lines)

@@ -43,6 +43,14 @@ NOISE_EXAMPLES = """examples:
 Every pair gets metadata.noise: p_label, p_a, fold, flagged (and vote_agreement with votes).
 """
 
+SELECT_EXAMPLES = """examples:
+  prefkit curate select pool.jsonl --target target.jsonl --method dsir --budget 5000 --out picked.jsonl
+  prefkit curate select pool.jsonl --target target.jsonl --method zipfit --budget 500 --out picked.jsonl
+  prefkit curate select pool.jsonl --method perplexity --model ./small-lm --band middle \\
+      --budget 2000 --out picked.jsonl
+Writes OUT (metadata.select: method and score) and OUT.report.html (the distribution of scores).
+"""
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     from prefkit.curate.dedup import DedupConfig
@@ -107,6 +115,30 @@ def register(commands: argparse._SubParsersAction) -> None:
     _add_common(noise)
     add_dataclass_arguments(noise, NoiseConfig, title="label noise")
     noise.set_defaults(handler=run_noise)
+
+    from prefkit.curate.select import SelectConfig
+
+    select = sub.add_parser(
+        "select",
+        help="select the part of a pool closest to a target (DSIR, ZIP-FIT, perplexity)",
+        description="Score every record of POOL toward --target (or by perplexity under --model), "
+        "keep --budget records and write them with their score. The reading options apply to "
+        "POOL and TARGET.",
+        epilog=SELECT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(select)
+    select.add_argument(
+        "--target", metavar="TARGET", default=None, help="target data (dsir and zipfit)"
+    )
+    select.add_argument(
+        "--report",
+        metavar="FILE.html",
+        default=None,
+        help="HTML report of the scores (default: OUT.report.html)",
+    )
+    add_dataclass_arguments(select, SelectConfig, title="selection")
+    select.set_defaults(handler=run_select)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -213,4 +245,29 @@ def run_noise(args: argparse.Namespace) -> int:
                 else ""
             )
         )
+    return _finish(args, reader, report.to_dict(), lines)
+
+
+def run_select(args: argparse.Namespace) -> int:
+    from prefkit.cli import UserError
+    from prefkit.curate.select import SelectConfig, select_records
+    from prefkit.data.write import output_kind
+
+    output_kind(args.out)
+    config = dataclass_from_args(SelectConfig, args)
+    target: list = []
+    if config.method != "perplexity":
+        if args.target is None:
+            raise UserError(f"--method {config.method} needs --target TARGET")
+        target_reader = open_reader(args, args.target, None)
+        target = list(with_layout_notice(target_reader))
+        print(f"{args.target}: {target_reader.stats.summary()}", file=sys.stderr)
+    elif args.target is not None:
+        raise UserError("--method perplexity scores the pool alone: drop --target")
+    reader = open_reader(args, args.data, args.out)
+    report = select_records(with_layout_notice(reader), target, args.out, config)
+    report_path = Path(args.report or f"{args.out}.report.html")
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(report.html(), encoding="utf-8")
+    lines = [report.stats.summary(), f"report: {report_path}"]
     return _finish(args, reader, report.to_dict(), lines)

@@ -27,6 +27,7 @@ The pool is held in memory (records and scores).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import math
@@ -44,6 +45,11 @@ from prefkit.data.records import AnyRecord
 from prefkit.data.write import write_records
 from prefkit.progress import progress_iter
 
+SCORE_LABELS = {
+    "dsir": "log importance weight",
+    "zipfit": "alignment (1 - mean NCD to the target)",
+    "perplexity": "perplexity",
+}
 _WORDPUNCT = re.compile(r"\w+|[^\w\s]+")  # nltk's WordPunctTokenizer pattern
 
 
@@ -104,6 +110,27 @@ class SelectReport:
     """(N,) score of every pool record (log importance weight, alignment, or perplexity)."""
     selected: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     """(N,) whether each pool record was kept."""
+    ids: list[str] = field(default_factory=list)
+    """(N,) pool record ids."""
+
+    @property
+    def score_label(self) -> str:
+        return SCORE_LABELS[self.method]
+
+    def html(self, title: str = "prefkit curate select") -> str:
+        """The HTML report: counts and the distribution of scores, pool against selected."""
+        from prefkit.curate.report import render_selection_report
+
+        summary = self.to_dict()
+        return render_selection_report(
+            title=title,
+            method=self.method,
+            score_label=self.score_label,
+            scores=self.scores,
+            selected=self.selected,
+            ids=self.ids,
+            summary={key: value for key, value in summary.items() if key != "step"},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         def describe(values: np.ndarray) -> dict[str, float] | None:
@@ -326,14 +353,8 @@ def select_records(
                 **record.metadata,
                 "select": {"method": config.method, "score": float(score)},
             }
-            yield type(record)(**{**_fields(record), "metadata": metadata})
+            yield dataclasses.replace(record, metadata=metadata)
 
     stats.n_kept = write_records(kept(), out_path)
     stats.dropped["not_selected"] = stats.n_read - stats.n_kept
-    return SelectReport(stats, config.method, scores, selected)
-
-
-def _fields(record: AnyRecord) -> dict[str, Any]:
-    import dataclasses
-
-    return {item.name: getattr(record, item.name) for item in dataclasses.fields(record)}
+    return SelectReport(stats, config.method, scores, selected, [record.id for record in records])

@@ -129,7 +129,7 @@ def out_of_fold_p_a(
     pairs: list[PairwiseRecord], config: NoiseConfig
 ) -> tuple[np.ndarray, list[float]]:
     """(N,) out-of-fold P(a better) of every pair and each fold's held-out accuracy."""
-    from prefkit.rm.train import RMTrainConfig, train_reward_model
+    from prefkit.rm.train import RMTrainConfig, default_train_config, train_reward_model
 
     folds = fold_of(len(pairs), config.folds, config.seed)
     p_a = np.zeros(len(pairs), dtype=np.float64)
@@ -142,12 +142,15 @@ def out_of_fold_p_a(
         backbone=config.backbone,
         loss="bradley-terry",
         features=config.features,
-        epochs=epochs,
-        batch_size=batch_size,
         max_length=config.max_length,
-        seed=config.seed,
         cache_dir=config.cache_dir,
-        progress=config.progress,
+        train=default_train_config(
+            "embedding",
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=config.seed,
+            progress=config.progress,
+        ),
     )
     with tempfile.TemporaryDirectory(prefix="prefkit-noise-") as scratch:
         for fold in range(config.folds):

@@ -38,10 +38,11 @@ prompt + completion tokens of every pair as two sequences, the same number for
 every run whatever layout the tool uses. The step-1 loss is measured separately on
 one batch of 8 pairs with a reference that differs from the policy (a second random
 model), so the value is not the trivial log 2; every prefkit layout must agree with
-TRL to 1e-4.
+TRL to 1e-4, or the script exits with status 1 before any speed run (``--check-only``
+runs this check alone and writes nothing).
 
 Usage: ``python bench/align_speed_vs_trl.py [--steps N] [--repeats N] [--threads N]
-[--out bench/results/align_speed.json]``
+[--out bench/results/align_speed.json] [--check-only]``
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ MAX_LENGTH = 320
 PROMPT_WORDS = (90, 16, 200)  # (median, min, max) of a log-normal with sigma 0.5
 COMPLETION_WORDS = (40, 8, 100)
 REF_BATCH_PAIRS = 16
+LOSS_TOLERANCE = 1e-4  # most |step-1 loss of a prefkit layout - TRL's| accepted
 
 
 def _tokenizer():
@@ -337,6 +339,22 @@ def _launch(name, args, cache):
     return result
 
 
+def check_step1_losses(losses: dict[str, float]) -> None:
+    """Exit with status 1 unless each prefkit layout's step-1 loss is within LOSS_TOLERANCE of TRL's."""
+    disagreeing = {
+        name: losses[name] - losses["loss_trl"]
+        for name in ("loss_prefkit", "loss_prefkit_plain")
+        if not abs(losses[name] - losses["loss_trl"]) <= LOSS_TOLERANCE  # NaN disagrees too
+    }
+    if disagreeing:
+        raise SystemExit(
+            f"step-1 loss differs from TRL's ({losses['loss_trl']!r}) by more than "
+            f"{LOSS_TOLERANCE}: {disagreeing}; the tools do not compute the same DPO loss, so "
+            "their speeds are not comparable. No result written."
+        )
+    print(f"step-1 losses agree with TRL's to {LOSS_TOLERANCE}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=16)
@@ -345,6 +363,11 @@ def main() -> None:
         "--threads", type=int, default=0, help="torch threads in every run; 0 keeps torch's default"
     )
     parser.add_argument("--out", default="bench/results/align_speed.json")
+    parser.add_argument(
+        "--check-only",
+        action="store_true",
+        help="only check that every prefkit layout's step-1 loss agrees with TRL's; write nothing",
+    )
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -360,6 +383,9 @@ def main() -> None:
     for name in ("loss_prefkit", "loss_prefkit_plain", "loss_trl"):
         losses[name] = _launch(name, args, "")["step1_loss"]
         print(name, losses[name], file=sys.stderr)
+    check_step1_losses(losses)
+    if args.check_only:
+        return
     repeats: dict[str, list[dict]] = {name: [] for name in SPEED_RUNS}
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory() as cache:

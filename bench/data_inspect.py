@@ -3,7 +3,8 @@
 Generates N pairwise records (default 1,000,000) deterministically, then times
 in separate processes, each repeated ``--repeats`` times (interleaved), on the same file:
 
-- ``prefkit data inspect FILE --json`` (streaming; validates every record);
+- ``prefkit data inspect FILE --json`` (streaming; validates every record; the
+  layout, canonical field names without ``kind``, is detected);
 - the usual alternative, Hugging Face ``datasets.load_dataset("json")`` followed
   by a pass counting ties and distinct prompts (Arrow conversion; no validation).
 
@@ -111,18 +112,6 @@ def main() -> None:
         generate(data, args.records)
         size_mib = data.stat().st_size / 2**20
         print(f"generated {args.records:,} records ({size_mib:.0f} MiB)", file=sys.stderr)
-        mapping = [
-            "--map",
-            "id=id",
-            "--map",
-            "prompt=prompt",
-            "--map",
-            "response_a=response_a",
-            "--map",
-            "response_b=response_b",
-            "--map",
-            "winner=winner",
-        ]
         prefkit_command = [
             sys.executable,
             "-m",
@@ -132,7 +121,6 @@ def main() -> None:
             str(data),
             "--json",
             "--no-progress",
-            *mapping,
         ]
         try:
             import datasets  # noqa: F401

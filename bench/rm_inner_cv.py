@@ -41,7 +41,7 @@ import torch
 
 from prefkit.data import load_feedback
 from prefkit.data.records import render_text
-from prefkit.rm.train import RMTrainConfig, train_reward_model
+from prefkit.rm.train import RMTrainConfig, default_train_config, train_reward_model
 
 DATA = Path(__file__).resolve().parents[1] / "../shared/data/ukpconvarg1/UKPConvArg1Strict-CSV"
 RESULTS = Path(__file__).resolve().parent / "results" / "rm_inner_cv.json"
@@ -104,7 +104,11 @@ def describe(setting: dict) -> str:
 
 
 def fit_and_score(train, test, setting: dict, cache: str, scratch: Path) -> float:
-    config = RMTrainConfig(**setting, cache_dir=cache, progress=False)
+    head = {key: setting[key] for key in ("features", "head", "hidden_size", "dropout")}
+    loop = default_train_config(
+        "embedding", epochs=setting["epochs"], lr=setting["lr"], progress=False
+    )
+    config = RMTrainConfig(**head, cache_dir=cache, train=loop)
     with tempfile.TemporaryDirectory(dir=scratch) as out:
         report = train_reward_model(train, config, out, resume=False, log=lambda _: None)
         return pairwise_accuracy(report.model, test)
@@ -124,8 +128,8 @@ def main() -> None:
         "head": defaults.head,
         "hidden_size": defaults.hidden_size,
         "dropout": defaults.dropout,
-        "epochs": defaults.resolved_epochs,
-        "lr": defaults.resolved_lr,
+        "epochs": defaults.loop.epochs,
+        "lr": defaults.loop.lr,
     }
     grid = settings(GRIDS[args.grid])
     results: dict = {

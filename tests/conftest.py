@@ -33,13 +33,17 @@ def top_level_imports(path: Path) -> set[str]:
 # ----------------------------------------------------- real services: browser, PostgreSQL
 
 
-def skip_or_fail_in_ci(reason: str) -> None:
-    """Skip with ``reason``; under ``CI=true`` fail instead, so CI cannot pass by skipping."""
+def skip_or_fail_in_ci(reason: str, *, allow_module_level: bool = False) -> None:
+    """Skip with ``reason``; under ``CI=true`` fail instead, so CI cannot pass by skipping.
+
+    ``allow_module_level``: called while a test module is imported, skip the whole module
+    (under CI the failure is then a collection error).
+    """
     import os
 
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=allow_module_level)
 
 
 @pytest.fixture(scope="session")
@@ -133,3 +137,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'annotate.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+# ------------------------------------------------------------- libraries of the test extra
+
+
+def import_or_skip_outside_ci(name: str, *, allow_module_level: bool = False):
+    """Import ``name``, a module the test extra installs: skip the test when it cannot be
+    imported, fail under ``CI=true`` (``pytest.importorskip`` would skip there too)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        skip_or_fail_in_ci(
+            f"{name} cannot be imported ({error}); pip install -e '.[test]' installs it",
+            allow_module_level=allow_module_level,
+        )

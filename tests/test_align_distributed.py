@@ -1,5 +1,9 @@
 """Two CPU processes (gloo) train exactly like one process on the same global batch.
 
+Each process records the example indices of every micro-batch it collates: each
+must have trained on its own strided half of every global batch of the single
+process (``shard_batch``), the two halves together being the whole batch.
+
 With ``bco_pair`` each rank also records the running reward mean delta after every
 step: it must be the same on every rank, and the single process's. With ``kto`` the
 KL estimate of every step must be the single process's.
@@ -17,6 +21,8 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from prefkit.train.sampler import shard_batch
 
 WORKER = textwrap.dedent(
     """
@@ -48,6 +54,13 @@ WORKER = textwrap.dedent(
             shifts.append(task.reward_shift.mean)
     AlignTask.after_optimizer_step = recording_fold
 
+    seen = []  # the example indices of every training micro-batch this process collated
+    collate = AlignTask.collate
+    def recording_collate(task, indices):
+        seen.append(list(indices))
+        return collate(task, indices)
+    AlignTask.collate = recording_collate
+
     align(records, model, tokenizer, sys.argv[1],
           AlignConfig(loss=loss, max_length=32, max_prompt_length=16, cache_ref=False),
           TrainConfig(batch_size=8, lr=1e-2, progress=False, device="cpu", epochs=epochs),
@@ -55,6 +68,8 @@ WORKER = textwrap.dedent(
     rank = os.environ.get("RANK", "0")
     with open(os.path.join(sys.argv[1], f"shifts-rank-{rank}.json"), "w") as handle:
         json.dump(shifts, handle)
+    with open(os.path.join(sys.argv[1], f"seen-rank-{rank}.json"), "w") as handle:
+        json.dump(seen, handle)
     """
 )
 
@@ -93,18 +108,30 @@ def _run(out_dir, world_size, loss, epochs):
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output[-3000:]
     lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    shifts = [
-        json.loads((out_dir / f"shifts-rank-{rank}.json").read_text()) for rank in range(world_size)
-    ]
-    return lines, load_file(str(out_dir / "model" / "model.safetensors")), shifts
+    shifts, seen = (
+        [
+            json.loads((out_dir / f"{kind}-rank-{rank}.json").read_text())
+            for rank in range(world_size)
+        ]
+        for kind in ("shifts", "seen")
+    )
+    return lines, load_file(str(out_dir / "model" / "model.safetensors")), shifts, seen
 
 
 @pytest.mark.parametrize(("loss", "epochs"), [("sigmoid", 1), ("bco_pair", 2), ("kto", 1)])
 def test_two_processes_match_one_process(tmp_path, loss, epochs):
-    single_lines, single_weights, (single_shifts,) = _run(tmp_path / "one", 1, loss, epochs)
-    double_lines, double_weights, (rank_0_shifts, rank_1_shifts) = _run(
+    single_lines, single_weights, (single_shifts,), (single_seen,) = _run(
+        tmp_path / "one", 1, loss, epochs
+    )
+    double_lines, double_weights, (rank_0_shifts, rank_1_shifts), double_seen = _run(
         tmp_path / "two", 2, loss, epochs
     )
+    # Each process trained on its strided half of every global batch, never the whole batch.
+    assert [len(batch) for batch in single_seen] == [8] * len(single_lines)
+    for rank, rank_seen in enumerate(double_seen):
+        assert rank_seen == [shard_batch(batch, rank, 2) for batch in single_seen], rank
+    for batch, first, second in zip(single_seen, *double_seen, strict=True):
+        assert len(first) == len(second) == 4 and sorted(first + second) == sorted(batch)
     # kto splits each of the 16 pairs into a desirable and an undesirable example.
     steps_per_epoch = 4 if loss == "kto" else 2
     assert len(single_lines) == len(double_lines) == steps_per_epoch * epochs

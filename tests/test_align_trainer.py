@@ -125,6 +125,180 @@ def test_interrupted_run_resumes_to_identical_weights(base_model, tokenizer, tmp
     ]
 
 
+def _with_attention_dropout(model, probability=0.2):
+    """``model`` with dropout on its attention weights (the tiny Llama has no other dropout)."""
+    model.config.attention_dropout = probability
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = probability
+    return model
+
+
+def test_resume_between_checkpoints_with_dropout_into_another_init_is_bitwise(
+    base_model, other_model, tokenizer, tmp_path
+):
+    """16 pairs in batches of 4 for 2 epochs (8 steps), a checkpoint every 3 steps and at
+    the end of each epoch (steps 3, 4, 6, 8). The run stops after step 6 is logged but
+    before its checkpoint, so the resumed run goes back to step 4 and replays steps 5 and
+    6, mid-epoch, with attention dropout on (its masks come from the restored RNG
+    states). It resumes into a model built from another seed: every weight must come
+    from the checkpoint. The reference is a separate model, the same in both runs."""
+    settings = {
+        "batch_size": 4,
+        "lr": 1e-2,
+        "progress": False,
+        "schedule": "constant",
+        "epochs": 2,
+        "checkpoint_every_steps": 3,
+    }
+    config = AlignConfig(cache_ref=False, **SMALL)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_step_6(event):
+        if event.kind == "step" and event.global_step == 6:
+            raise Stop
+
+    def run(out_dir, model, callbacks=()):
+        result = align(
+            _pairs(16),
+            model,
+            tokenizer,
+            out_dir,
+            config,
+            TrainConfig(**settings),
+            ref_model=copy.deepcopy(other_model),
+            callbacks=callbacks,
+        )
+        return model, result
+
+    full, _ = run(tmp_path / "full", _with_attention_dropout(copy.deepcopy(base_model)))
+    plain, _ = run(tmp_path / "plain", copy.deepcopy(base_model))
+    with pytest.raises(Stop):
+        run(
+            tmp_path / "cut",
+            _with_attention_dropout(copy.deepcopy(base_model)),
+            [stop_after_step_6],
+        )
+    other_init = _with_attention_dropout(
+        build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=7)
+    )
+    resumed, result = run(tmp_path / "cut", other_init)
+
+    assert result.train.resumed_from.name == "step-4"
+    full_losses = [m["loss"] for m in _metrics(tmp_path / "full")]
+    assert full_losses != [m["loss"] for m in _metrics(tmp_path / "plain")]  # dropout acts
+    for (name, expected), actual in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(actual, expected), name
+    assert [m["loss"] for m in _metrics(tmp_path / "cut")] == full_losses
+
+
+def _killable_run(out_dir, pause_at=0):
+    """8 steps (checkpoints at 3, 4, 6, 8) of a fresh model with attention dropout, one
+    thread; waits two minutes after step ``pause_at`` (to be killed there). Returns the
+    trained model."""
+    import time
+
+    torch.set_num_threads(1)
+    tokenizer = build_tokenizer()
+    model = _with_attention_dropout(
+        build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    )
+
+    def wait_to_be_killed(event):
+        if event.kind == "step" and event.global_step == pause_at:
+            time.sleep(120)
+
+    align(
+        _pairs(16),
+        model,
+        tokenizer,
+        out_dir,
+        AlignConfig(cache_ref=False, **SMALL),
+        TrainConfig(
+            batch_size=4,
+            lr=1e-2,
+            progress=False,
+            schedule="constant",
+            epochs=2,
+            checkpoint_every_steps=3,
+            device="cpu",
+        ),
+        ref_model=build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=1),
+        callbacks=[wait_to_be_killed],
+    )
+    return model
+
+
+KILLABLE_WORKER = """
+import sys
+sys.path.insert(0, sys.argv[2])
+import test_align_trainer
+test_align_trainer._killable_run(sys.argv[1], pause_at=5)
+"""
+
+
+def test_a_training_process_killed_mid_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    """A real process (8 steps, checkpoints at 3, 4, 6, 8, attention dropout on) gets
+    SIGKILL once step 5 is logged (it waits there, so the kill lands before step 6); the
+    line cut by a kill mid-write is appended to metrics.jsonl by hand, since no kill
+    lands there reliably. Run again (here, on one thread like the worker), it resumes
+    from step 4 and must end with the weights and metric lines of a run never
+    interrupted: the replayed and the cut lines are dropped, not duplicated or left to
+    break the file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    victim = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE_WORKER, str(tmp_path / "cut"), str(Path(__file__).parent)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    threads = torch.get_num_threads()
+    try:
+        full = _killable_run(tmp_path / "full")  # while the worker starts
+        metrics = tmp_path / "cut" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and '"step": 5' in metrics.read_text()):
+            assert victim.poll() is None, victim.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the worker never logged step 5"
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=30)
+        assert victim.returncode == -signal.SIGKILL
+        checkpoints = sorted(path.name for path in (tmp_path / "cut" / "checkpoints").iterdir())
+        assert checkpoints == ["step-3", "step-4"]  # so steps 5 and on are replayed
+        with metrics.open("a") as handle:
+            handle.write('{"split": "train", "epoch": 1, "step": 6, "lo')  # torn by the kill
+        resumed = _killable_run(tmp_path / "cut")
+    finally:
+        torch.set_num_threads(threads)
+        if victim.poll() is None:
+            victim.kill()
+            victim.communicate()
+
+    for (name, expected), actual in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(actual, expected), name
+
+    def lines(out_dir):
+        return [
+            {key: value for key, value in line.items() if key != "examples_per_s"}
+            for line in _metrics(out_dir)
+        ]
+
+    assert [line["step"] for line in lines(tmp_path / "cut")] == list(range(1, 9))
+    assert lines(tmp_path / "cut") == lines(tmp_path / "full")
+
+
 def test_metrics_lines_hold_rewards_accuracy_margins_and_logps(base_model, tokenizer, tmp_path):
     _train(base_model, tokenizer, tmp_path)
     first = _metrics(tmp_path)[0]
@@ -168,6 +342,101 @@ def test_training_paths_match_the_default_path(base_model, tokenizer, tmp_path, 
         )
     for (name, expected), actual in zip(default.state_dict().items(), other.state_dict().values()):
         torch.testing.assert_close(actual, expected, atol=1e-3, rtol=0, msg=name)
+
+
+class RecordingSGD(torch.optim.SGD):
+    """Plain SGD that keeps the parameters and gradients it was given at every step."""
+
+    def __init__(self, params, lr: float) -> None:
+        super().__init__(params, lr=lr)
+        self.parameters_before: list[list[torch.Tensor]] = []
+        self.gradients: list[list[torch.Tensor]] = []
+
+    def step(self, closure=None):
+        parameters = [p for group in self.param_groups for p in group["params"]]
+        self.parameters_before.append([p.detach().clone() for p in parameters])
+        self.gradients.append([p.grad.detach().clone() for p in parameters])
+        return super().step(closure)
+
+
+def _plain_dpo_loss(policy, reference_logps, examples, beta=0.1):
+    """Mean DPO loss -log sigmoid(beta ((pi_c - ref_c) - (pi_r - ref_r))) of ``examples``,
+    from one unpadded forward pass per completion (with gradient)."""
+    policy_logps = torch.stack([_example_logps(policy, example) for example in examples])  # (N, 2)
+    log_ratios = policy_logps - reference_logps  # (N, 2)
+    margins = log_ratios[:, 0] - log_ratios[:, 1]  # (N,)
+    return -torch.nn.functional.logsigmoid(beta * margins).mean()
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"precompute_ref": False},
+        {"shared_prompt": True},
+        {"shared_prompt": True, "precompute_ref": False},
+        {"gradient_checkpointing": True},
+        {"shared_prompt": True, "gradient_checkpointing": True},
+        {"lora": True},
+        {"lora": True, "precompute_ref": False},
+        {"lora": True, "precompute_ref": False, "own_reference": True},
+    ],
+    ids=lambda variant: "-".join(variant) or "default",
+)
+def test_every_training_path_has_the_gradients_of_plain_pytorch_dpo(
+    base_model, other_model, tokenizer, tmp_path, variant
+):
+    """8 pairs in one batch of 8, two epochs: 2 SGD steps on every example. The gradient
+    each step hands the optimizer must be that of the DPO loss written out with one
+    unpadded forward pass per completion, at the parameters the step started from.
+    The reference is a second random model (or, with ``own_reference``, the LoRA model
+    with its adapters disabled), so the rewards are not 0 and the step-1 loss is not
+    log 2; a path whose gradients are off by any constant factor fails."""
+    variant = dict(variant)
+    own_reference = variant.pop("own_reference", False)
+    config = AlignConfig(cache_ref=False, **SMALL, **variant)
+    records = _pairs(8)
+    examples, _ = build_examples(records, tokenizer, "paired", config.tokenize_config())
+    recorders = []
+
+    def factory(model, train_config):
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        recorders.append(RecordingSGD(trainable, lr=train_config.lr))
+        return recorders[-1]
+
+    result = align(
+        records,
+        copy.deepcopy(base_model),
+        tokenizer,
+        tmp_path,
+        config,
+        TrainConfig(batch_size=8, lr=0.5, progress=False, schedule="constant", epochs=2),
+        ref_model=None if own_reference else copy.deepcopy(other_model),
+        optimizer_factory=factory,
+    )
+    (recorder,) = recorders
+    reference_logps = _plain_logps(base_model if own_reference else other_model, examples)
+    # The LoRA model holds the adapters; the others are checked on a plain copy (no checkpointing).
+    policy = result.model if config.lora else copy.deepcopy(base_model)
+    policy.train()
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    expected_losses = []
+    for parameters, gradients in zip(recorder.parameters_before, recorder.gradients, strict=True):
+        with torch.no_grad():
+            for target, value in zip(trainable, parameters, strict=True):
+                target.copy_(value)
+        loss = _plain_dpo_loss(policy, reference_logps, examples)
+        expected = torch.autograd.grad(loss, trainable, allow_unused=True)
+        expected_losses.append(loss.item())
+        for got, want in zip(gradients, expected, strict=True):
+            want = torch.zeros_like(got) if want is None else want
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    assert len(expected_losses) == 2
+    if not own_reference:  # the adapter-disabled reference equals the policy at step 1
+        assert abs(expected_losses[0] - math.log(2)) > 1e-3
+    assert max(float(g.abs().max()) for g in recorder.gradients[1]) > 1e-4
+    logged = [m["loss"] for m in _metrics(tmp_path)]
+    assert logged == pytest.approx(expected_losses, abs=1e-6)
 
 
 def test_batches_are_grouped_by_the_width_of_the_rows_the_layout_builds(tokenizer):
@@ -337,20 +606,22 @@ def other_model(tokenizer):
     return build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=1)
 
 
+def _example_logps(model, example):
+    """(K,) summed log-probs of the example's completions: one unpadded forward pass each."""
+    row = []
+    for completion in example.completions:
+        ids = torch.tensor([[*example.prompt_ids, *completion]])  # (1, T)
+        logprobs = model(ids).logits[0, :-1].log_softmax(-1)  # (T - 1, V)
+        token_logps = logprobs.gather(-1, ids[0, 1:, None])[:, 0]  # (T - 1,)
+        row.append(token_logps[len(example.prompt_ids) - 1 :].sum())
+    return torch.stack(row)
+
+
 @torch.no_grad()
 def _plain_logps(model, examples):
     """(N, K) summed completion log-probs: one unpadded forward pass per completion."""
     model.eval()
-    table = []
-    for example in examples:
-        row = []
-        for completion in example.completions:
-            ids = torch.tensor([[*example.prompt_ids, *completion]])  # (1, T)
-            logprobs = model(ids).logits[0, :-1].log_softmax(-1)  # (T - 1, V)
-            token_logps = logprobs.gather(-1, ids[0, 1:, None])[:, 0]  # (T - 1,)
-            row.append(token_logps[len(example.prompt_ids) - 1 :].sum())
-        table.append(torch.stack(row))
-    return torch.stack(table)
+    return torch.stack([_example_logps(model, example) for example in examples])
 
 
 def _pure_bco(loss, policy, reference, examples, delta):

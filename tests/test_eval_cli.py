@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -122,15 +121,17 @@ def test_report_without_the_report_module(
     assert "--report needs prefkit.eval.report" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("prefkit.eval.report") is None, reason="no report module"
-)
 def test_report_is_written(pairs_file: Path, tmp_path: Path) -> None:
     report = tmp_path / "report.html"
     assert (
         main(["eval", "length", str(pairs_file), "--report", str(report), "--bootstrap", "20"]) == 0
     )
-    assert report.is_file() and report.stat().st_size > 0
+    document = report.read_text(encoding="utf-8")
+    assert document.startswith("<!DOCTYPE html>") and document.rstrip().endswith("</html>")
+    assert (
+        f"<code>{pairs_file}</code>" in document
+        and '<h3 class="model-name">length</h3>' in document
+    )
 
 
 def test_help_explains_models(capsys) -> None:

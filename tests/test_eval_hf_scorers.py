@@ -107,12 +107,16 @@ def load_causal_lm(folder: Path) -> tuple[PreTrainedTokenizerFast, LlamaForCausa
     ).eval()
 
 
-def direct_token_logps(folder: Path, prompt: str, response: str) -> torch.Tensor:
+def direct_token_logps(
+    folder: Path, prompt: str, response: str, max_length: int | None = None
+) -> torch.Tensor:
     """Log-probs of the response tokens (EOS included), one unpadded sequence at a time.
 
     The sequence is <s> + tokens(prompt) + response tokens + </s>, where the response tokens
     are the rest of tokens(prompt + response) when tokens(prompt) is its prefix, else
-    tokens(response) (a merge across the seam).
+    tokens(response) (a merge across the seam). With ``max_length``, the documented cut:
+    <s> and the prompt's last ``max_length // 2 - 1`` tokens, then the response tokens (EOS
+    included) that fit in the rest, from its start.
     """
     tokenizer, model = load_causal_lm(folder)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -121,7 +125,11 @@ def direct_token_logps(folder: Path, prompt: str, response: str) -> torch.Tensor
         response_ids = full_ids[len(prompt_ids) :]
     else:
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    ids = [tokenizer.bos_token_id, *prompt_ids, *response_ids, tokenizer.eos_token_id]
+    response_ids = [*response_ids, tokenizer.eos_token_id]
+    if max_length is not None:
+        prompt_ids = prompt_ids[len(prompt_ids) - min(len(prompt_ids), max_length // 2 - 1) :]
+        response_ids = response_ids[: max_length - 1 - len(prompt_ids)]
+    ids = [tokenizer.bos_token_id, *prompt_ids, *response_ids]
     start = 1 + len(prompt_ids)
     with torch.no_grad():
         log_probs = torch.log_softmax(
@@ -178,12 +186,28 @@ def test_policy_needs_a_reference_or_a_reference_free_reward(policy_folders) -> 
     assert isinstance(scorer, ImplicitRewardScorer) and scorer.name == f"{policy} (norm)"
 
 
-def test_truncation_is_counted(policy_folders) -> None:
+def test_truncation_keeps_the_prompt_end_and_the_response_start(policy_folders) -> None:
     policy, _ = policy_folders
+    tokenizer, _ = load_causal_lm(policy)
+    prompts = [*PROMPTS, "Name a colour."]
+    responses = [*RESPONSES, " A spider has eight legs, I think."]  # both sides cut
     scorer = ImplicitRewardScorer(policy, reward="sum", max_length=8, device="cpu", progress=False)
-    rewards = scorer.score(PROMPTS, RESPONSES)
-    assert np.all(np.isfinite(rewards))
-    assert "truncated" in scorer.notes[-1] and "(norm)" not in scorer.name
+    rewards = scorer.score(prompts, responses)
+    expected = [
+        direct_token_logps(policy, prompt, response, max_length=8).sum().item()
+        for prompt, response in zip(prompts, responses)
+    ]
+    np.testing.assert_allclose(rewards, expected, rtol=1e-5, atol=1e-5)
+    # The cuts are real on both sides, and counted: prompts over 3 tokens, and responses
+    # that do not fit beside their (cut) prompt.
+    prompt_lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    cut_prompts = sum(length > 3 for length in prompt_lengths)
+    assert 0 < cut_prompts < len(prompts)
+    assert f"prompt truncated in {cut_prompts} " in scorer.notes[-1], scorer.notes
+    assert "completion truncated in 0 " not in scorer.notes[-1] and "(norm)" not in scorer.name
+    # Without the cut the same items score differently (the check above can tell them apart).
+    full = ImplicitRewardScorer(policy, reward="sum", device="cpu", progress=False)
+    assert not np.allclose(full.score(prompts, responses), rewards, atol=1e-3)
 
 
 def test_chat_template_turns_plain_texts_into_turns() -> None:

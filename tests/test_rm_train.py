@@ -7,6 +7,7 @@ MiniLM tokenizer copied beside them; one uses the real MiniLM on a few texts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -20,19 +21,19 @@ from safetensors.torch import load_file
 
 from prefkit.data.records import PairwiseRecord, RankingRecord, RatingRecord
 from prefkit.rm.encoder import EmbeddingCache, FrozenEncoder, default_backbone, pool_hidden_states
-from prefkit.rm.model import RewardModel, TransformerRewardModel, pad_sequences, tokenize_pair
+from prefkit.rm.examples import ItemIndex, build_examples
+from prefkit.rm.model import RewardModel, pad_sequences
+from prefkit.rm.spec import BackboneSpec, RewardModelSpec
+from prefkit.rm.task import choose_loss, evaluate_examples, example_losses, make_batch
 from prefkit.rm.train import (
-    ItemIndex,
     RMTrainConfig,
-    build_examples,
     build_store,
-    choose_loss,
-    evaluate_examples,
-    example_losses,
-    make_batch,
+    default_train_config,
     new_model,
     train_reward_model,
 )
+from prefkit.rm.transformer_model import TransformerRewardModel, tokenize_pair
+from prefkit.train.loop import TrainConfig
 
 TOKENIZER_FILES = (
     "vocab.txt",
@@ -155,7 +156,10 @@ def quick_config(backbone: str, tmp_path: Path, **overrides) -> RMTrainConfig:
         device="cpu",
     )
     values.update(overrides)
-    return RMTrainConfig(**values)
+    loop_names = {item.name for item in dataclasses.fields(TrainConfig)}
+    loop = {name: values.pop(name) for name in list(values) if name in loop_names}
+    mode = values.get("mode", "embedding")
+    return RMTrainConfig(**values, train=default_train_config(mode, **loop))
 
 
 def pair_accuracy(model: RewardModel, records: list[PairwiseRecord]) -> float:
@@ -304,7 +308,7 @@ def test_loss_chosen_from_data_and_each_kind_trains(tiny_bert, tmp_path):
             tmp_path / loss,
             log=lambda _: None,
         )
-        assert report.loss == loss and np.isfinite(report.train_result.last_train_loss)
+        assert report.loss == loss and np.isfinite(report.stages["train"].result.last_train_loss)
         loaded = RewardModel.load(tmp_path / loss, cache_dir=tmp_path / "cache")
         assert loaded.score(["q"], ["some answer"]).shape == (1,)
     assert "tie_log_nu" in load_file(tmp_path / "davidson" / "model.safetensors")
@@ -316,6 +320,104 @@ def test_loss_chosen_from_data_and_each_kind_trains(tiny_bert, tmp_path):
         choose_loss(ties, "bradley-terry")
     with pytest.raises(ValueError, match="does not fit"):
         choose_loss(rankings, "bradley-terry")
+
+
+# Each loss against a known true reward: the quality of a response is how many times it
+# says "excellent" (0, 1 or 2 of its 6 words). Training labels are derived from that
+# quality in the form each loss reads (ties, votes, margins, strengths, ranks, ratings);
+# the held-out check is pair accuracy on new responses of different quality, and the
+# same labels turned around (a <-> b, ranks reversed, ratings mirrored) must turn the
+# learned order around too, so an orientation error in any loss cannot pass.
+
+KIND_LOSSES = ("davidson", "soft-label", "bt-margin", "bt-strength", "plackett-luce", "regression")
+
+
+def quality_response(rng: random.Random, quality: int) -> str:
+    words = rng.sample(WORDS, 6 - quality) + ["excellent"] * quality
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def quality_records(loss: str, count: int, seed: int, flipped: bool) -> list:
+    """``count`` records for ``loss`` labelled by the true quality (or against it if ``flipped``)."""
+    rng = random.Random(seed)
+    swap = {"a": "b", "b": "a", "tie": "tie"}
+    if loss == "plackett-luce":
+        records = []
+        for index in range(count):
+            qualities = [0, 1, 2]
+            rng.shuffle(qualities)
+            records.append(
+                RankingRecord(
+                    id=f"r{index}",
+                    prompt="say something",
+                    responses=[quality_response(rng, q) for q in qualities],
+                    ranks=[1 + q if flipped else 3 - q for q in qualities],  # rank 1 is best
+                )
+            )
+        return records
+    if loss == "regression":
+        records = []
+        for index in range(count):
+            quality = rng.randrange(3)
+            records.append(
+                RatingRecord(
+                    id=f"t{index}",
+                    prompt="say something",
+                    response=quality_response(rng, quality),
+                    ratings={"quality": float(2 - quality if flipped else quality)},
+                )
+            )
+        return records
+    records = []
+    while len(records) < count:
+        quality_a, quality_b = rng.randrange(3), rng.randrange(3)
+        if quality_a == quality_b and loss != "davidson":
+            continue
+        better = "tie" if quality_a == quality_b else "a" if quality_a > quality_b else "b"
+        better = swap[better] if flipped else better
+        common = dict(
+            id=f"q{len(records)}",
+            prompt="say something",
+            response_a=quality_response(rng, quality_a),
+            response_b=quality_response(rng, quality_b),
+        )
+        gap = float(abs(quality_a - quality_b))
+        if loss == "davidson":
+            records.append(PairwiseRecord(outcome=better, **common))
+        elif loss == "soft-label":
+            votes = (better, better, swap[better]) if rng.random() < 0.5 else (better,) * 3
+            records.append(PairwiseRecord(votes=votes, **common))
+        elif loss == "bt-margin":
+            records.append(PairwiseRecord(outcome=better, margin=gap, **common))
+        else:
+            records.append(PairwiseRecord(outcome=better, strength=gap, **common))
+    return records
+
+
+@pytest.fixture(scope="module")
+def quality_cache(tmp_path_factory) -> Path:
+    """One embedding cache for every kind: the texts repeat across them."""
+    return tmp_path_factory.mktemp("quality-cache")
+
+
+@pytest.mark.parametrize("loss", KIND_LOSSES)
+def test_each_kind_learns_a_known_reward_and_flipped_labels_flip_it(
+    tiny_bert, tmp_path, quality_cache, loss
+):
+    held_out = quality_records("bt-margin", 200, seed=99, flipped=False)
+    accuracies = {}
+    for flipped in (False, True):
+        records = quality_records(loss, 80 if loss == "plackett-luce" else 200, 1, flipped)
+        assert choose_loss(records) == loss
+        config = quick_config(tiny_bert, quality_cache, epochs=8, features="response", dropout=0.0)
+        report = train_reward_model(
+            records, config, tmp_path / f"flipped-{flipped}", log=lambda _: None
+        )
+        assert report.loss == loss
+        accuracies[flipped] = pair_accuracy(report.model, held_out)
+    # Chance is 0.5; both runs reach 1.0 and 0.0 on this data.
+    assert accuracies[False] > 0.9 and accuracies[True] < 0.1, accuracies
 
 
 def test_truncation_counts_and_drop(tiny_bert, tmp_path):
@@ -330,14 +432,20 @@ def test_truncation_counts_and_drop(tiny_bert, tmp_path):
         tmp_path / "t",
         log=lambda _: None,
     )
-    assert kept.truncation.responses_truncated == 1 and kept.truncation.examples_kept == 20
+    assert (
+        kept.stages["train"].truncation.responses_truncated == 1
+        and kept.stages["train"].truncation.examples_kept == 20
+    )
     dropped = train_reward_model(
         records,
         quick_config(tiny_bert, tmp_path, epochs=1, max_length=16, truncation="drop"),
         tmp_path / "d",
         log=lambda _: None,
     )
-    assert dropped.truncation.examples_dropped == 1 and dropped.truncation.examples_kept == 19
+    assert (
+        dropped.stages["train"].truncation.examples_dropped == 1
+        and dropped.stages["train"].truncation.examples_kept == 19
+    )
     saved = json.loads((tmp_path / "d" / "config.json").read_text())["training"]["truncation"]
     assert saved["examples_dropped"] == 1
 
@@ -358,15 +466,14 @@ def test_tokenize_pair_keeps_response_and_cuts_prompt_start(tiny_bert):
 
 
 def test_decoder_pooling_same_for_left_and_right_padding(tiny_llama):
-    from prefkit.rm.model import backbone_spec
-
-    spec = {
-        "mode": "finetune",
-        "backbone": backbone_spec(tiny_llama),
-        "embedding_dim": 32,
-        "max_length": 32,
-    }
-    assert spec["backbone"]["pooling"] == "last"
+    spec = RewardModelSpec(
+        mode="finetune",
+        backbone=BackboneSpec.from_checkpoint(tiny_llama),
+        max_length=32,
+        truncation="truncate",
+        loss="bradley-terry",
+    )
+    assert spec.backbone.pooling == "last"
     model = TransformerRewardModel.create(spec).eval()
     sequences = [
         tokenize_pair(model.tokenizer, "prompt", text, 32).input_ids
@@ -419,7 +526,7 @@ def test_interrupted_training_resumes_to_identical_weights(tiny_bert, tmp_path):
             log=lambda _: None,
         )
     resumed = train_reward_model(records, config, tmp_path / "resumed", log=lambda _: None)
-    assert resumed.train_result.resumed_from is not None
+    assert resumed.stages["train"].result.resumed_from is not None
     full_state = load_file(tmp_path / "full" / "model.safetensors")
     resumed_state = load_file(tmp_path / "resumed" / "model.safetensors")
     for name, tensor in full_state.items():
@@ -634,13 +741,16 @@ def test_parallel_encoding_keeps_order_and_pads_only_a_few_batches_ahead():
 def test_evaluate_examples_matches_batchwise_forward(tiny_bert, tmp_path):
     records = keyword_pairs(37, seed=3)
     config = RMTrainConfig(
-        mode="finetune", backbone=tiny_bert, max_length=32, progress=False, device="cpu"
+        mode="finetune",
+        backbone=tiny_bert,
+        max_length=32,
+        train=default_train_config("finetune", progress=False, device="cpu"),
     )
     model = new_model(config, "bradley-terry", None)
     model.eval()
     index = ItemIndex()
     examples = build_examples(records, index, None)
-    store, _ = build_store(model, index, config)
+    store, _, _ = build_store(model, index, config)
 
     fast = evaluate_examples(model, store, examples, "bradley-terry", batch_size=8)
 

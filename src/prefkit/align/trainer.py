@@ -10,8 +10,10 @@ The pipeline, one part per module:
    the evaluation set, under its own cache key;
 3. :class:`AlignTask` scores the policy (:mod:`prefkit.align.logprobs`: all
    completions of a batch in one forward pass, or the shared-prompt pass) and
-   applies a loss from :mod:`prefkit.losses.preference`; the shared loop
-   (:func:`prefkit.train.loop.train`) does batching, reduction, accumulation,
+   applies a loss from :mod:`prefkit.losses.preference`, driven by its registry
+   entry alone (reference or not, input container, extra inputs, and the
+   :class:`~prefkit.losses.preference.LossState` whose hooks it calls); the shared
+   loop (:func:`prefkit.train.loop.train`) does batching, reduction, accumulation,
    checkpoints, exact resume and data parallelism; with an evaluation set
    (``eval_records``, or ``eval_fraction`` of the records held out) the task's
    ``evaluate`` reports loss, rewards, margin and (paired) reward accuracy at each
@@ -24,18 +26,20 @@ LoRA it is the same model with its adapters disabled, so no second copy is held.
 
 Departures from TRL 1.16, besides those listed in :mod:`prefkit.losses.preference`:
 
-- KTO's KL estimate z0 is the mean log-ratio log(pi / pi_ref) of the mismatched
-  (prompt, completion) pairs of the whole *optimizer step*: in the global batch,
-  example b's prompt is paired with the first completion of example b - 1 (the
-  last example for b = 0). Before the step's first micro-batch, every process
-  scores its share of these pairs without gradient, and the sums are all-reduced,
-  so z0 is the same for every micro-batch and process, and KTO, like the other
-  losses, does not change with gradient accumulation or the number of processes.
+- KTO's KL estimate z0 (:class:`~prefkit.losses.preference.MismatchedKLEstimate`)
+  is the mean log-ratio log(pi / pi_ref) of the mismatched (prompt, completion)
+  pairs of the whole *optimizer step*: in the global batch, example b's prompt
+  is paired with the first completion of example b - 1 (the last example for
+  b = 0). Before the step's first micro-batch, every process scores its share of
+  these pairs without gradient, and the sums are all-reduced, so z0 is the same
+  for every micro-batch and process, and KTO, like the other losses, does not
+  change with gradient accumulation or the number of processes.
   TRL estimates z0 per micro-batch (shifting completions within the micro-batch)
   and averages it over processes; with one micro-batch per step the two agree.
   A global batch of one example has no mismatched pair and uses z0 = 0.
   Evaluation pairs the examples of each evaluation batch the same way.
-- ``bco`` and ``bco_pair``: the reward shift delta is the exact mean of the
+- ``bco`` and ``bco_pair``: the reward shift delta
+  (:class:`~prefkit.losses.preference.RewardShift`) is the exact mean of the
   implicit rewards beta * log(pi / pi_ref) of every completion (desirable and
   undesirable, or chosen and rejected) trained on in all *earlier* optimizer
   steps; 0 at step 1. It is updated once per optimizer step from the reward sums
@@ -94,17 +98,28 @@ from prefkit.data.records import BinaryRecord, PairwiseRecord, RankingRecord
 from prefkit.data.split import split_eval_records
 from prefkit.losses.preference import (
     LOSSES,
+    BatchContext,
     ListwiseLogps,
+    LossSpec,
+    LossState,
     LossTerm,
     PairedLogps,
     RunningMean,
+    StepContext,
     UnpairedLogps,
     weighted_sum,
 )
-from prefkit.train.loop import TrainCallback, TrainConfig, TrainResult, move_to_device, train
+from prefkit.train.loop import (
+    OptimizerFactory,
+    TrainCallback,
+    TrainConfig,
+    TrainResult,
+    move_to_device,
+    train,
+)
 
 __all__ = [
-    "REFERENCE_FREE_LOSSES",
+    "SFT_TERM",
     "AlignBatch",
     "AlignConfig",
     "AlignDataStats",
@@ -119,8 +134,8 @@ __all__ = [
     "split_eval_records",
 ]
 
-REFERENCE_FREE_LOSSES = frozenset({"simpo", "cpo", "orpo", "sft"})
-"""Losses computed from policy log-probs alone; no reference model is needed for them."""
+SFT_TERM = "sft"
+"""The registered loss that ``sft_weight`` adds to a paired loss (the RPO recipe)."""
 
 
 @dataclass
@@ -176,11 +191,11 @@ class AlignConfig:
                 f"AlignConfig: unknown loss {self.loss!r}; the losses are {sorted(LOSSES)}."
             )
         self.loss_config()  # unknown arguments and bad values fail here
-        spec = LOSSES[self.loss]
+        spec = self.loss_spec
         if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
             raise ValueError(f"AlignConfig: sft_weight must be >= 0, got {self.sft_weight}.")
         if self.sft_weight > 0 and (
-            spec.kind != "paired" or spec.extra_inputs or self.loss == "sft"
+            spec.kind != "paired" or spec.extra_inputs or self.loss == SFT_TERM
         ):
             raise ValueError(
                 f"AlignConfig: sft_weight adds an SFT term to a paired loss; {self.loss!r} is "
@@ -207,20 +222,20 @@ class AlignConfig:
             )
 
     @property
+    def loss_spec(self) -> LossSpec:
+        """The registry entry of :attr:`loss`: everything the trainer knows about the loss."""
+        return LOSSES[self.loss]
+
+    @property
     def kind(self) -> Literal["paired", "unpaired", "listwise"]:
-        return LOSSES[self.loss].kind
+        return self.loss_spec.kind
 
     @property
     def needs_reference(self) -> bool:
-        return self.loss not in REFERENCE_FREE_LOSSES
-
-    @property
-    def uses_reward_shift(self) -> bool:
-        """True for the losses that take BCO's running reward mean delta (bco, bco_pair)."""
-        return "reward_shift" in LOSSES[self.loss].extra_inputs
+        return self.loss_spec.uses_reference
 
     def loss_config(self) -> Any:
-        spec = LOSSES[self.loss]
+        spec = self.loss_spec
         accepted = {f.name for f in dataclasses.fields(spec.config_type)}
         unknown = sorted(set(self.loss_args) - accepted)
         if unknown:
@@ -388,8 +403,8 @@ class AlignBatch:
     """(B, K) float labels (see :class:`AlignExample`), 0 at empty slots."""
     ref_logps: Tensor | None
     """(B, K) precomputed reference log-probs, 0 at empty slots; None when computed in the step."""
-    kl_sequences: SequenceBatch | None
-    """(B rows) mismatched prompt/completion pairs for KTO's KL estimate; None otherwise."""
+    indices: tuple[int, ...]
+    """The B examples' indices in their set (for the loss state's inputs)."""
 
 
 @dataclass
@@ -410,11 +425,15 @@ class _ExampleSet:
 class AlignTask:
     """The :class:`~prefkit.train.loop.TrainTask` of preference optimisation.
 
-    For ``bco`` and ``bco_pair`` it is a :class:`~prefkit.train.loop.StatefulTrainTask`:
-    ``loss`` adds up the implicit rewards of each micro-batch, ``after_optimizer_step``
-    folds the step's sums (over all ranks) into the running mean delta, and
-    ``state_dict`` carries delta through checkpoints. For ``kto``, ``before_step``
-    estimates the step's KL term z0 from the whole global batch.
+    It reads the loss's registry entry (:class:`~prefkit.losses.preference.LossSpec`)
+    and nothing else about the loss: whether to score a reference, which input
+    container to build, and the loss's :class:`~prefkit.losses.preference.LossState`
+    (:attr:`loss_state`), whose hooks it forwards. It is a
+    :class:`~prefkit.train.loop.StatefulTrainTask`: ``before_step`` lets the state
+    prepare the step (KTO estimates z0 from the whole global batch), ``loss`` asks
+    it for the loss's extra inputs and shows it each micro-batch's rewards (BCO adds
+    them up), ``after_optimizer_step`` lets it fold the step in (BCO's running mean
+    over all ranks), and ``state_dict`` carries it through checkpoints.
     """
 
     def __init__(
@@ -437,16 +456,20 @@ class AlignTask:
         self.train_set = _ExampleSet.of(examples, ref_table)
         self.eval_set = _ExampleSet.of(eval_examples, eval_ref_table) if eval_examples else None
         self.reference_model = reference_model
+        self.loss_spec = config.loss_spec
         self.loss_function = _build_loss_function(config)
-        self.reward_shift = RunningMean() if config.uses_reward_shift else None
-        """BCO's delta: the running mean of the implicit rewards of earlier steps."""
-        self._step_reward_totals: Tensor | None = None  # (2,) float64: sum and count this step
-        self._step_kl: Tensor | None = None
-        """KTO's z0 for the current optimizer step, set by :meth:`before_step`."""
+        state = self.loss_spec.state
+        self.loss_state: LossState = LossState() if state is None else state()
+        """What the loss keeps across steps (KTO's KL estimate, BCO's reward shift)."""
 
     @property
     def examples(self) -> list[AlignExample]:
         return self.train_set.examples
+
+    @property
+    def reward_shift(self) -> RunningMean | None:
+        """The loss state's running reward mean (BCO's delta), None when it keeps none."""
+        return getattr(self.loss_state, "reward_shift", None)
 
     def example_lengths(self) -> list[int]:
         """Width of the row(s) each example becomes, the key the sampler groups batches by.
@@ -472,13 +495,10 @@ class AlignTask:
         ]
 
     def collate(self, indices: list[int]) -> AlignBatch:
-        return self._collate(self.train_set, indices, kl_rows=False)
+        return self._collate(self.train_set, indices)
 
-    def _collate(
-        self, example_set: _ExampleSet, indices: list[int], *, kl_rows: bool = True
-    ) -> AlignBatch:
-        """The batch of ``indices``; with ``kl_rows``, KTO's mismatched pairs of these examples
-        (training takes them from the whole step instead, in :meth:`before_step`)."""
+    def _collate(self, example_set: _ExampleSet, indices: list[int]) -> AlignBatch:
+        """The batch of ``indices`` of ``example_set``."""
         chosen = [example_set.examples[index] for index in indices]
         num_slots = example_set.num_slots
         slot_mask = torch.zeros((len(chosen), num_slots), dtype=torch.bool)
@@ -504,10 +524,6 @@ class AlignTask:
         ref_logps = None
         if example_set.ref_table is not None:
             ref_logps = torch.nan_to_num(example_set.ref_table[indices], nan=0.0)
-        kl_sequences = None
-        if kl_rows and self.config.loss == "kto" and len(chosen) > 1:
-            previous = [chosen[position - 1] for position in range(len(chosen))]
-            kl_sequences = self._mismatched_pairs(chosen, previous)
         return AlignBatch(
             sequences=sequences,
             shared=shared,
@@ -516,28 +532,30 @@ class AlignTask:
             slot_mask=slot_mask,
             labels=labels,
             ref_logps=ref_logps,
-            kl_sequences=kl_sequences,
+            indices=tuple(indices),
         )
 
-    def _mismatched_pairs(
-        self, examples: Sequence[AlignExample], others: Sequence[AlignExample]
-    ) -> SequenceBatch:
-        """Rows ``prompt of examples[i] + first completion of others[i]`` (KTO's KL pairs),
-        the completion cut to fit ``max_length``."""
+    def _mismatched_log_ratios(
+        self, model: nn.Module, example_set: _ExampleSet, pairs: Sequence[tuple[int, int]]
+    ) -> Tensor:
+        """(R,) log pi - log pi_ref, without gradient, of the rows ``prompt of example i + first
+        completion of example j`` (the completion cut to fit ``max_length``) for each
+        ``(i, j)`` of ``pairs``, in one forward pass of each model (KTO's KL pairs)."""
         rows = []
-        for example, other in zip(examples, others, strict=True):
+        for example_index, other_index in pairs:
+            example = example_set.examples[example_index]
+            other = example_set.examples[other_index]
             room = self.config.max_length - len(example.prompt_ids)
             rows.append((example.prompt_ids, other.completions[0][:room]))
-        return pack_sequences(rows, self.pad_id)
-
-    def _kl_log_ratios(self, model: nn.Module, pairs: SequenceBatch) -> Tensor:
-        """(R,) log pi - log pi_ref of KTO's mismatched pairs, without gradient."""
+        sequences = move_to_device(
+            pack_sequences(rows, self.pad_id), next(model.parameters()).device
+        )
         with torch.no_grad():
-            policy_logps = sequence_logps(model, pairs)[0]
-            ref_logps = self._reference_scores(model, lambda m: sequence_logps(m, pairs)[0])
+            policy_logps = sequence_logps(model, sequences)[0]
+            ref_logps = self._reference_scores(model, lambda m: sequence_logps(m, sequences)[0])
         return policy_logps - ref_logps
 
-    # -- state carried across steps (KTO's KL estimate, BCO's reward shift)
+    # -- the loss state's hooks (KTO's KL estimate, BCO's reward shift)
 
     def before_step(
         self,
@@ -546,45 +564,28 @@ class AlignTask:
         micro_batches: Sequence[Sequence[int]],
         sum_over_ranks: Callable[[Tensor], Tensor],
     ) -> None:
-        """KTO: z0 of this step, the mean log(pi / pi_ref) of the mismatched pairs of the
-        global batch (example b's prompt with example b - 1's completion), summed over
-        this rank's ``micro_batches`` (its share, in micro-batches) and over the ranks."""
-        if self.config.loss != "kto":
-            return
-        device = next(model.parameters()).device
-        totals = torch.zeros(2, dtype=torch.float64, device=device)  # sum of log-ratios, pairs
-        if len(global_batch) > 1:
-            position = {index: number for number, index in enumerate(global_batch)}
-            examples = self.train_set.examples
-            for micro_batch in micro_batches:
-                previous = [examples[global_batch[position[index] - 1]] for index in micro_batch]
-                pairs = move_to_device(
-                    self._mismatched_pairs([examples[index] for index in micro_batch], previous),
-                    device,
-                )
-                log_ratios = self._kl_log_ratios(model, pairs).double()
-                totals += torch.stack([log_ratios.sum(), log_ratios.new_tensor(len(micro_batch))])
-        total, count = sum_over_ranks(totals).tolist()
-        self._step_kl = torch.tensor(
-            total / count if count else 0.0, dtype=torch.float32, device=device
+        """Let the loss state prepare the step from the whole ``global_batch``, of which this
+        rank trains on ``micro_batches``; e.g. KTO's z0, the mean log(pi / pi_ref) of the
+        mismatched pairs of the global batch, summed over the ranks."""
+        self.loss_state.before_step(
+            StepContext(
+                global_batch=global_batch,
+                micro_batches=micro_batches,
+                sum_over_ranks=sum_over_ranks,
+                mismatched_log_ratios=functools.partial(
+                    self._mismatched_log_ratios, model, self.train_set
+                ),
+                device=next(model.parameters()).device,
+            )
         )
 
     def after_optimizer_step(self, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
-        """Fold this step's rewards, summed over micro-batches and ranks, into delta."""
-        self._step_kl = None
-        if self.reward_shift is None:
-            return
-        totals = self._step_reward_totals
-        if totals is None:  # no example of this step on this rank
-            totals = torch.zeros(2, dtype=torch.float64)
-        reward_sum, reward_count = sum_over_ranks(totals).tolist()
-        self.reward_shift.add_sum(reward_sum, round(reward_count))
-        self._step_reward_totals = None
+        """Let the loss state fold in the step, e.g. BCO's rewards summed over micro-batches
+        and ranks into delta."""
+        self.loss_state.after_step(sum_over_ranks)
 
     def state_dict(self) -> dict[str, Any]:
-        if self.reward_shift is None:
-            return {}
-        return {"reward_shift": self.reward_shift.state_dict()}
+        return self.loss_state.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         expected = set(self.state_dict())
@@ -594,8 +595,7 @@ class AlignTask:
                 f"{self.config.loss!r} keeps {sorted(expected)}; it was written with another "
                 "loss. Resume with the loss it was written with, or use an empty output folder."
             )
-        if self.reward_shift is not None:
-            self.reward_shift.load_state_dict(state["reward_shift"])
+        self.loss_state.load_state_dict(state)
 
     # -- scoring
 
@@ -627,66 +627,70 @@ class AlignTask:
             return score(model)
 
     def loss(self, model: nn.Module, batch: AlignBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """Per-example losses (B,) and metrics of a training micro-batch. With a reward
-        shift (bco, bco_pair) the batch's rewards are also added to this step's sums,
-        which :meth:`after_optimizer_step` folds into delta."""
-        if self.config.loss == "kto" and self._step_kl is None:
-            raise RuntimeError(
-                "AlignTask.loss with kto needs the step's KL estimate: call before_step(model, "
-                "global_batch, micro_batches, sum_over_ranks) first, as the training loop does"
-            )
-        losses, metrics = self._scored(model, batch, step_kl=self._step_kl)
-        if self.reward_shift is not None:
-            if self.config.kind == "paired":
-                rewards = torch.cat([metrics["chosen_rewards"], metrics["rejected_rewards"]])
-            else:
-                rewards = metrics["rewards"]
-            rewards = rewards.detach().double()  # (2B,) paired, (B,) unpaired
-            batch_totals = torch.stack([rewards.sum(), rewards.new_tensor(rewards.numel())])
-            previous = self._step_reward_totals
-            self._step_reward_totals = batch_totals if previous is None else previous + batch_totals
+        """Per-example losses (B,) and metrics of a training micro-batch; the loss state sees
+        the batch's rewards (BCO adds them to this step's sums, which
+        :meth:`after_optimizer_step` folds into delta)."""
+        losses, metrics, rewards = self._scored(model, batch, training=True)
+        self.loss_state.after_micro_batch(rewards)
         return losses, metrics
 
     def _scored(
-        self, model: nn.Module, batch: AlignBatch, *, step_kl: Tensor | None = None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Per-example losses (B,) and metrics; changes no state. ``step_kl`` is KTO's z0 of
-        the training step (evaluation batches carry their own mismatched pairs instead)."""
+        self, model: nn.Module, batch: AlignBatch, *, training: bool
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """Per-example losses (B,), metrics, and the detached rewards (M,) of the batch's
+        completions; changes no state. The loss's extra inputs come from the loss state
+        (``training`` says whether the batch is a training micro-batch of the current step or
+        an evaluation batch); they are reported as metrics under their names."""
         row_logps, row_lengths = self._row_logps(model, batch)
         policy = self._to_slots(batch, row_logps)  # (B, K)
         lengths = self._to_slots(batch, row_lengths.to(row_logps.dtype)).long()  # (B, K)
         reference = None
-        if self.config.needs_reference:
+        if self.loss_spec.uses_reference:
             if batch.ref_logps is not None:
                 reference = batch.ref_logps.to(policy.dtype)
             else:
                 ref_rows = self._reference_scores(model, lambda m: self._row_logps(m, batch)[0])
                 reference = self._to_slots(batch, ref_rows.to(policy.dtype))
-        kind = self.config.kind
+        extra = self._extra_inputs(model, batch, policy, training=training)
+        kind = self.loss_spec.kind
         if kind == "paired":
-            return self._paired_loss(policy, reference, lengths)
-        if kind == "unpaired":
+            losses, metrics, rewards = self._paired_loss(policy, reference, lengths, extra)
+        elif kind == "unpaired":
             assert reference is not None
-            return self._unpaired_loss(model, batch, policy, reference, step_kl)
-        assert reference is not None
-        output = self.loss_function(
-            ListwiseLogps(policy, reference, batch.labels.to(policy.dtype), batch.slot_mask)
-        )
-        present = batch.slot_mask.to(policy.dtype)
-        return output.losses, {
-            "mean_logps": (policy.detach() * present).sum(1) / present.sum(1),
-            **output.metrics,
-        }
+            losses, metrics, rewards = self._unpaired_loss(batch, policy, reference, extra)
+        else:
+            assert reference is not None
+            losses, metrics, rewards = self._listwise_loss(batch, policy, reference, extra)
+        metrics.update({name: value.detach() for name, value in extra.items()})
+        return losses, metrics, rewards
 
-    def _shift_inputs(self, like: Tensor) -> tuple[Tensor, ...]:
-        """``(delta,)`` as a 0-dim tensor for the losses with a reward shift, else ``()``."""
-        if self.reward_shift is None:
-            return ()
-        return (like.new_tensor(self.reward_shift.mean),)
+    def _extra_inputs(
+        self, model: nn.Module, batch: AlignBatch, policy: Tensor, *, training: bool
+    ) -> dict[str, Tensor]:
+        """The loss state's inputs for ``batch``, checked against the spec's ``extra_inputs``
+        and in their order."""
+        example_set = self.train_set if training else self.eval_set
+        assert example_set is not None
+        context = BatchContext(
+            indices=batch.indices,
+            training=training,
+            like=policy,
+            mismatched_log_ratios=functools.partial(
+                self._mismatched_log_ratios, model, example_set
+            ),
+        )
+        extra = self.loss_state.inputs(context)
+        expected = self.loss_spec.extra_inputs
+        if set(extra) != set(expected):
+            raise ValueError(
+                f"AlignTask: loss {self.config.loss!r} takes the extra inputs {list(expected)} "
+                f"but its state supplied {sorted(extra)}; fix the LossState's inputs()"
+            )
+        return {name: extra[name] for name in expected}
 
     def _paired_loss(
-        self, policy: Tensor, reference: Tensor | None, lengths: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+        self, policy: Tensor, reference: Tensor | None, lengths: Tensor, extra: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         logps = PairedLogps(
             policy_chosen_logps=policy[:, 0],
             policy_rejected_logps=policy[:, 1],
@@ -695,8 +699,7 @@ class AlignTask:
             chosen_lengths=lengths[:, 0],
             rejected_lengths=lengths[:, 1],
         )
-        shift = self._shift_inputs(policy)
-        output = self.loss_function(logps, *shift)
+        output = self.loss_function(logps, *extra.values())
         chosen_rewards, rejected_rewards = output.chosen_rewards, output.rejected_rewards
         metrics = {
             "chosen_rewards": chosen_rewards,
@@ -707,34 +710,35 @@ class AlignTask:
             "rejected_logps": policy[:, 1].detach(),
             **output.metrics,
         }
-        if shift:
-            metrics["reward_shift"] = shift[0]
-        return output.losses, metrics
+        rewards = torch.cat([chosen_rewards, rejected_rewards])  # (2B,)
+        return output.losses, metrics, rewards
 
     def _unpaired_loss(
-        self,
-        model: nn.Module,
-        batch: AlignBatch,
-        policy: Tensor,
-        reference: Tensor,
-        step_kl: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+        self, batch: AlignBatch, policy: Tensor, reference: Tensor, extra: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         desirable = batch.labels[:, 0] > 0.5
         logps = UnpairedLogps(policy[:, 0], reference[:, 0], desirable)
-        metrics = {"logps": policy[:, 0].detach(), "desirable": desirable.to(policy.dtype)}
-        if self.reward_shift is not None:
-            (delta,) = self._shift_inputs(policy)
-            output = self.loss_function(logps, delta)
-            metrics["reward_shift"] = delta
-        else:
-            kl_estimate = policy.new_zeros(())
-            if batch.kl_sequences is not None:  # evaluation: the evaluation batch's own pairs
-                kl_estimate = self._kl_log_ratios(model, batch.kl_sequences).mean().to(policy.dtype)
-            elif step_kl is not None:  # training: the whole step's estimate
-                kl_estimate = step_kl.to(policy.dtype)
-            output = self.loss_function(logps, kl_estimate)
-            metrics["kl_estimate"] = kl_estimate.detach()
-        return output.losses, {"rewards": output.rewards, **metrics}
+        output = self.loss_function(logps, *extra.values())
+        metrics = {
+            "rewards": output.rewards,
+            "logps": policy[:, 0].detach(),
+            "desirable": desirable.to(policy.dtype),
+        }
+        return output.losses, metrics, output.rewards
+
+    def _listwise_loss(
+        self, batch: AlignBatch, policy: Tensor, reference: Tensor, extra: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        output = self.loss_function(
+            ListwiseLogps(policy, reference, batch.labels.to(policy.dtype), batch.slot_mask),
+            *extra.values(),
+        )
+        present = batch.slot_mask.to(policy.dtype)
+        metrics = {
+            "mean_logps": (policy.detach() * present).sum(1) / present.sum(1),
+            **output.metrics,
+        }
+        return output.losses, metrics, output.rewards[batch.slot_mask]
 
     # -- evaluation
 
@@ -754,7 +758,8 @@ class AlignTask:
         ``rewards`` and ``chosen_rewards``/``rejected_rewards`` (means over the
         desirable / undesirable examples) with ``reward_margin``, their difference;
         listwise losses report ``loss`` and ``mean_logps``. ``num_examples`` counts
-        the examples. The reward shift of BCO is used, not updated.
+        the examples, and the loss's extra inputs are reported under their names. The
+        loss state is read, not updated (BCO's reward shift stays as training left it).
         """
         if self.eval_set is None:
             raise ValueError("AlignTask: no evaluation examples were given")
@@ -765,7 +770,7 @@ class AlignTask:
         for start in range(0, count, self.config.eval_batch_size):
             indices = list(range(start, min(start + self.config.eval_batch_size, count)))
             batch = move_to_device(self._collate(self.eval_set, indices), device)
-            losses, metrics = self._scored(model, batch)
+            losses, metrics, _ = self._scored(model, batch, training=False)
             for name, value in {"loss": losses, **metrics}.items():
                 value = value.detach().double()
                 total = value.sum() if value.ndim else value * len(indices)  # scalar: batch mean
@@ -790,12 +795,11 @@ class AlignTask:
 
 
 def _build_loss_function(config: AlignConfig) -> Callable[..., Any]:
-    spec = LOSSES[config.loss]
     loss_config = config.loss_config()
     if config.sft_weight > 0:
-        terms = [LossTerm(config.loss, 1.0, loss_config), LossTerm("sft", config.sft_weight)]
+        terms = [LossTerm(config.loss, 1.0, loss_config), LossTerm(SFT_TERM, config.sft_weight)]
         return functools.partial(weighted_sum, terms=terms)
-    return functools.partial(spec.function, config=loss_config)
+    return functools.partial(config.loss_spec.function, config=loss_config)
 
 
 # ---------------------------------------------------------------------------
@@ -893,6 +897,7 @@ def align(
     eval_records: Iterable[Any] | None = None,
     resume: bool = True,
     callbacks: Sequence[TrainCallback] = (),
+    optimizer_factory: OptimizerFactory | None = None,
 ) -> AlignResult:
     """Align ``model`` to the preferences in ``records``; see the module docstring.
 
@@ -904,6 +909,8 @@ def align(
     watch them. Metrics go to ``out_dir/metrics.jsonl``, checkpoints to
     ``out_dir/checkpoints`` and the final model to ``out_dir/model``. A run
     interrupted and started again with the same arguments resumes exactly.
+    ``optimizer_factory`` builds the optimizer from the (LoRA-wrapped) model and
+    ``train_config`` (default: AdamW, :func:`prefkit.train.loop.default_optimizer`).
     """
     config = config or AlignConfig()
     train_config = train_config or TrainConfig()
@@ -942,8 +949,10 @@ def align(
         ref_table, ref_cache_hit = tables[0]
         if eval_examples:
             eval_ref_table = tables[1][0]
-    # KTO's KL estimate scores mismatched pairs that change with every batch, so it keeps a reference.
-    reference_in_step = config.needs_reference and (ref_table is None or config.loss == "kto")
+    # A state that scores mismatched pairs (KTO's KL estimate) needs the reference in every step.
+    reference_in_step = config.needs_reference and (
+        ref_table is None or config.loss_spec.scores_mismatched_pairs
+    )
     if not reference_in_step:
         ref_model = None
 
@@ -968,7 +977,15 @@ def align(
         eval_examples=eval_examples,
         eval_ref_table=eval_ref_table,
     )
-    result = train(model, task, train_config, out_dir, resume=resume, callbacks=callbacks)
+    result = train(
+        model,
+        task,
+        train_config,
+        out_dir,
+        resume=resume,
+        optimizer_factory=optimizer_factory,
+        callbacks=callbacks,
+    )
 
     model_dir = None
     if config.save_model and int(os.environ.get("RANK", "0")) == 0:

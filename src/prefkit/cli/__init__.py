@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 from prefkit import __version__
 
-COMMAND_MODULES = ("quickstart", "data", "rm", "eval", "align", "annotate")
+COMMAND_MODULES = ("quickstart", "data", "rm", "eval", "align", "annotate", "generate", "curate")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command_modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prefkit",
         description=(
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"prefkit {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in command_modules:
         importlib.import_module(f"prefkit.cli.{name}").register(commands)
     return parser
 
@@ -37,8 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(
     argv: Sequence[str] | None = None, *, parser: argparse.ArgumentParser | None = None
 ) -> int:
-    """Run one command; ``parser`` defaults to :func:`build_parser` (every command)."""
-    parser = parser or build_parser()
+    """Run one command; ``parser`` defaults to :func:`build_parser`.
+
+    When the first argument names a command, only that command's module is
+    imported (``prefkit data ...`` does not pay for torch at start-up).
+    """
+    if parser is None:
+        words = list(sys.argv[1:] if argv is None else argv)
+        named = [words[0]] if words and words[0] in COMMAND_MODULES else COMMAND_MODULES
+        parser = build_parser(named)
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
@@ -60,9 +67,19 @@ def _is_user_error(error: Exception) -> bool:
     from prefkit.data.errors import DataError
     from prefkit.data.layouts import LayoutError
     from prefkit.data.records import FieldError
+    from prefkit.errors import UserInputError
 
     return isinstance(
-        error, (DataError, LayoutError, FieldError, FileNotFoundError, UserError, AnnotateError)
+        error,
+        (
+            DataError,
+            LayoutError,
+            FieldError,
+            FileNotFoundError,
+            UserError,
+            AnnotateError,
+            UserInputError,
+        ),
     )
 
 

@@ -6,7 +6,13 @@ import argparse
 import json
 import sys
 
-from prefkit.cli.common import add_read_arguments, open_reader, progress, with_layout_notice
+from prefkit.cli.common import (
+    add_progress_argument,
+    add_read_arguments,
+    open_reader,
+    progress,
+    with_layout_notice,
+)
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 
 INSPECT_EXAMPLES = """examples:
@@ -59,9 +65,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="also write the rejected rows with their reasons to FILE.rejects.jsonl",
     )
-    inspect.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
-    )
+    add_progress_argument(inspect)
     add_read_arguments(inspect, on_error_default="skip")
     inspect.set_defaults(handler=run_inspect)
 
@@ -78,20 +82,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     convert.add_argument("input", metavar="IN", help="input file or folder")
     convert.add_argument("output", metavar="OUT", help="output file: .jsonl, .jsonl.gz or .parquet")
-    convert.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
-    )
+    add_progress_argument(convert)
     add_dataclass_arguments(convert, ConversionOptions, title="conversion")
     add_read_arguments(convert)
     convert.set_defaults(handler=run_convert)
 
+    from prefkit.cli import data_candidates
+
+    data_candidates.register(sub)
+
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from prefkit.data.inspect import format_report, inspect_records, report_dict
+    from prefkit.data.inspect import InspectReport, format_report, report_dict
+    from prefkit.progress import ProgressCounter
 
     reader = open_reader(args, args.path, args.rejects)
-    records = progress(with_layout_notice(reader), description="inspect", enabled=args.progress)
-    report = inspect_records(records)
+    report = InspectReport()
+    with ProgressCounter("inspect", "rec", enabled=args.progress) as counter:
+        for batch in with_layout_notice(reader, reader.batches()):
+            report.add_batch(batch)
+            counter(len(batch))
     summary = report_dict(report, format_name=reader.format_name, read_stats=reader.stats)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -2,6 +2,7 @@
 
 - :mod:`prefkit.data.records`: the record kinds and their validation.
 - :mod:`prefkit.data.read`: reading any supported source into records.
+- :mod:`prefkit.data.fastpath`: the reader's fast path for clean pairwise JSONL and Parquet.
 - :mod:`prefkit.data.write`: writing records as JSONL or Parquet.
 - :mod:`prefkit.data.layouts`: named layouts and ``--map`` mappings.
 - :mod:`prefkit.data.convert`: conversions between kinds.

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from prefkit.data.fastpath import PairwiseColumns
 from prefkit.data.read import ReadStats
 from prefkit.data.records import (
     OUTCOMES,
@@ -81,6 +82,11 @@ def _content_parts(record: AnyRecord) -> list[str]:
     else:
         parts.append(json.dumps([record.scores, record.ranks]))
     return parts
+
+
+def _hash_array(hashes: Iterable[int], count: int) -> bytes:
+    """Python hashes as the unsigned 64-bit values of :func:`_hash_parts` (raw bytes)."""
+    return np.fromiter(hashes, np.int64, count).view(np.uint64).tobytes()
 
 
 def length_summary(lengths: array) -> dict[str, float] | None:
@@ -272,6 +278,37 @@ class InspectReport:
         else:
             self.n_good += record.label
 
+    def add_columns(self, columns: PairwiseColumns) -> None:
+        """Add a block of pairwise records given column by column; the same tallies as
+        :meth:`add` on each record, computed with ``map`` over builtins."""
+        count = len(columns)
+        self.n_records += count
+        self.kinds["pairwise"] += count
+        categories = Counter(columns.categories)
+        self.n_no_category += categories.pop(None, 0)
+        self.categories.update(categories)
+        self.prompt_hashes.frombytes(_hash_array(map(hash, zip(columns.prompts)), count))
+        content = zip(
+            itertools.repeat("pairwise"),
+            columns.prompts,
+            columns.responses_a,
+            columns.responses_b,
+            columns.outcomes,
+        )
+        self.content_hashes.frombytes(_hash_array(map(hash, content), count))
+        self.prompt_lengths.frombytes(columns.prompt_lengths.tobytes())
+        self.response_lengths.frombytes(columns.response_a_lengths.tobytes())
+        self.response_lengths.frombytes(columns.response_b_lengths.tobytes())
+        self.outcomes.update(columns.outcomes)
+
+    def add_batch(self, batch: list[AnyRecord] | PairwiseColumns) -> None:
+        """Add one batch of :meth:`FeedbackReader.batches`."""
+        if isinstance(batch, PairwiseColumns):
+            self.add_columns(batch)
+        else:
+            for record in batch:
+                self.add(record)
+
     @property
     def n_ties(self) -> int:
         return self.outcomes["tie"]
@@ -297,6 +334,14 @@ def inspect_records(records: Iterable[AnyRecord]) -> InspectReport:
     report = InspectReport()
     for record in records:
         report.add(record)
+    return report
+
+
+def inspect_batches(batches: Iterable[list[AnyRecord] | PairwiseColumns]) -> InspectReport:
+    """:func:`inspect_records` over :meth:`FeedbackReader.batches` (columns stay columns)."""
+    report = InspectReport()
+    for batch in batches:
+        report.add_batch(batch)
     return report
 
 
@@ -338,6 +383,7 @@ def report_dict(
         if read_stats is not None
         else None,
         "dropped": dict(read_stats.dropped) if read_stats is not None else None,
+        "n_empty_responses": read_stats.n_empty_responses if read_stats is not None else None,
         "n_distinct_prompts": report.n_distinct_prompts,
         "n_exact_duplicates": report.n_exact_duplicates,
         "n_ties": report.n_ties,
@@ -402,6 +448,8 @@ def format_report(summary: dict[str, Any]) -> str:
             f"{reason} {count:,}" for reason, count in summary["rejected_by_reason"].items()
         )
         line("rejected", f"{summary['n_rejected']:,}" + (f" ({reasons})" if reasons else ""))
+    if summary["n_empty_responses"]:
+        line("empty", f"{summary['n_empty_responses']:,} empty responses (kept)")
     if summary["dropped"]:
         line(
             "dropped",

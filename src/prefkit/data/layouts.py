@@ -35,6 +35,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from prefkit.data.records import (
@@ -464,6 +465,102 @@ def _canonical(row: RawRow) -> list[AnyRecord]:
     return [record_from_dict(fields)]
 
 
+WINNER_FIELD = "winner"
+"""Accepted for ``outcome`` in canonical records without ``kind`` (the usual spelling in files)."""
+
+_REQUIRED_BY_KIND: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # kind -> (fields that must all be present, fields of which one must be present)
+    "pairwise": (("prompt", "response_a", "response_b"), ("outcome", WINNER_FIELD, "votes")),
+    "ranking": (("prompt", "responses"), ("scores", "ranks")),
+    "rating": (("prompt", "response", "ratings"), ()),
+    "binary": (("prompt", "response", "label"), ()),
+}
+
+
+def _kind_from_names(fields: dict[str, Any]) -> str | None:
+    """The record kind that canonical field names imply (``kind`` itself when present)."""
+    if "kind" in fields:
+        return fields["kind"] if fields["kind"] in RECORD_TYPES else None
+    if "response_a" in fields or "response_b" in fields:
+        return "pairwise"
+    if "responses" in fields:
+        return "ranking"
+    if "ratings" in fields:
+        return "rating"
+    if "label" in fields:
+        return "binary"
+    return None
+
+
+def canonical_names(kind: str) -> frozenset[str]:
+    """Every field name a canonical record of ``kind`` may carry (``winner`` for pairwise)."""
+    names = {item.name for item in dataclass_fields(RECORD_TYPES[kind])}  # type: ignore[arg-type]
+    names |= {"schema_version", "kind"}
+    if kind == "pairwise":
+        names.add(WINNER_FIELD)
+    return frozenset(names)
+
+
+def _looks_canonical_names(fields: dict[str, Any]) -> bool:
+    """Only canonical field names, with those the implied kind needs, and no ``kind`` or version."""
+    if "kind" in fields or "schema_version" in fields:
+        return False
+    kind = _kind_from_names(fields)
+    if kind is None:
+        return False
+    required, one_of = _REQUIRED_BY_KIND[kind]
+    names = set(fields) - set(INTERNAL_FIELDS)
+    return (
+        names <= canonical_names(kind)
+        and all(name in names for name in required)
+        and (not one_of or any(name in names for name in one_of))
+    )
+
+
+def _canonical_by_names(row: RawRow) -> list[AnyRecord]:
+    """A canonical record whose kind comes from its field names; ``winner`` is ``outcome``.
+
+    A record with no ``id`` gets the row's position (``file:line``), as other layouts do.
+    """
+    fields = {key: value for key, value in row.fields.items() if key not in INTERNAL_FIELDS}  # type: ignore[union-attr]
+    kind = _kind_from_names(fields)
+    if kind is None:
+        raise FieldError(
+            "kind",
+            "canonical field names that imply a kind (response_a/response_b, responses, "
+            "ratings or label)",
+            sorted(fields)[:12],
+            "unknown_layout",
+        )
+    renamed = WINNER_FIELD in fields
+    if renamed:
+        if "outcome" in fields:
+            raise FieldError(
+                WINNER_FIELD, "either 'winner' or 'outcome', not both", fields[WINNER_FIELD]
+            )
+        fields["outcome"] = fields.pop(WINNER_FIELD)
+    fields.setdefault("kind", kind)
+    fields.setdefault("id", default_id(row))
+    try:
+        return [record_from_dict(fields)]
+    except FieldError as error:
+        if renamed and error.field == "outcome":
+            raise FieldError(
+                WINNER_FIELD, error.expected, fields["outcome"], error.reason
+            ) from None
+        raise
+
+
+PREFKIT_BY_NAMES = Layout(
+    "prefkit",
+    "prefkit's canonical field names without kind/schema_version; "
+    "the kind is read from the field names, 'winner' is the outcome",
+    _looks_canonical_names,
+    _canonical_by_names,
+)
+"""The canonical layout recognised by its field names alone (detected, not named by ``--format``)."""
+
+
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
 
 
@@ -809,9 +906,13 @@ DETECTION_ORDER = (
 
 
 def detect_layout(fields: dict[str, Any]) -> Layout | None:
-    """The first named layout whose signature matches ``fields``."""
+    """The first named layout whose signature matches ``fields``; else the canonical
+    layout when every field is a canonical name (:data:`PREFKIT_BY_NAMES`)."""
     for name in DETECTION_ORDER:
         layout = NAMED_LAYOUTS[name]
         if layout.detect(fields):
             return layout
+    # Last, so that it never takes a row that a named layout recognises.
+    if PREFKIT_BY_NAMES.detect(fields):
+        return PREFKIT_BY_NAMES
     return None

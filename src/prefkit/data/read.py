@@ -11,24 +11,59 @@ named layout or collection), or detected from the first readable row (or from
 the folder's files for multi-file collections). Every row that yields no record
 is either rejected (counted by reason, and written to the rejects file with
 ``on_error="skip"``) or, for collections, dropped with a stated reason.
+
+A single JSONL or Parquet file in the ``prefkit`` layout (canonical records, or
+canonical field names) is read block by block; a block of clean flat pairs
+takes the fast path (:mod:`prefkit.data.fastpath`), any other block the
+row-by-row path, so results and errors are the same either way.
 """
 
 from __future__ import annotations
 
+import io
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefkit.data.corpora import COLLECTIONS, Collection, detect_collection
 from prefkit.data.errors import ON_ERROR_CHOICES, DataError, OnError, Rejects
-from prefkit.data.layouts import NAMED_LAYOUTS, Layout, LayoutError, MappingLayout, detect_layout
+from prefkit.data.fastpath import (
+    PairwiseColumns,
+    decode_pairwise_block,
+    pairwise_columns_from_arrow,
+)
+from prefkit.data.layouts import (
+    NAMED_LAYOUTS,
+    PREFKIT_BY_NAMES,
+    WINNER_FIELD,
+    Layout,
+    LayoutError,
+    MappingLayout,
+    detect_layout,
+)
 from prefkit.data.records import AnyRecord, FieldError, Text, text_length
-from prefkit.data.sources import RawRow, iter_rows
+from prefkit.data.sources import (
+    JSONL_SUFFIXES,
+    PARQUET_SUFFIXES,
+    RawRow,
+    iter_jsonl_blocks,
+    iter_jsonl_lines,
+    iter_parquet_batches,
+    iter_rows,
+    parquet_batch_rows,
+    suffix_of,
+)
 
 DEFAULT_MAX_TEXT_CHARS = 1_000_000
 """Longest text (in characters) accepted by default; longer ones are rejected as ``text_too_long``."""
+
+
+BATCH_RECORDS = 4096
+"""Records per batch of :meth:`FeedbackReader.batches` on the validating path."""
+
+_FAST_LAYOUTS = (NAMED_LAYOUTS["prefkit"], PREFKIT_BY_NAMES)
 
 
 def known_formats() -> list[str]:
@@ -44,6 +79,8 @@ class ReadStats:
     """Rows (or collection units) looked at."""
     n_records: int = 0
     """Records produced."""
+    n_empty_responses: int = 0
+    """Empty responses (no words) in the records produced; kept unless the reader rejects them."""
     kinds: Counter = field(default_factory=Counter)
     """Record kind -> count."""
     rejects: Rejects = field(default_factory=Rejects)
@@ -53,7 +90,10 @@ class ReadStats:
 
     def summary(self) -> str:
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.kinds.items())) or "0"
-        text = f"read {self.n_rows} rows -> {self.n_records} records ({kinds}); {self.rejects.summary()}"
+        text = f"read {self.n_rows} rows -> {self.n_records} records ({kinds})"
+        if self.n_empty_responses:
+            text += f"; {self.n_empty_responses} empty responses kept"
+        text += f"; {self.rejects.summary()}"
         if self.dropped:
             text += "; dropped " + ", ".join(
                 f"{count} {why}" for why, count in self.dropped.items()
@@ -72,8 +112,9 @@ class FeedbackReader:
         on_error: ``"raise"`` stops at the first bad row; ``"skip"`` counts it and goes on.
         rejects_path: where ``"skip"`` writes bad rows (JSONL); ``None`` keeps only counts.
         max_text_chars: longest text accepted; a longer one is a ``text_too_long`` reject.
-        allow_empty_responses: keep records with an empty response (rejected as
-            ``empty_text`` by default; a model's empty answer can be real data).
+        reject_empty_responses: reject records with an empty response as ``empty_text``.
+            By default they are kept and counted (``stats.n_empty_responses``): saying
+            nothing can be the judged answer (HH-RLHF harmless, a model's empty output).
     """
 
     def __init__(
@@ -86,7 +127,7 @@ class FeedbackReader:
         on_error: OnError = "raise",
         rejects_path: str | Path | None = None,
         max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
-        allow_empty_responses: bool = False,
+        reject_empty_responses: bool = False,
     ):
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
@@ -95,10 +136,11 @@ class FeedbackReader:
         self.path = Path(path)
         self.on_error = on_error
         self.max_text_chars = max_text_chars
-        self.allow_empty_responses = allow_empty_responses
+        self.reject_empty_responses = reject_empty_responses
         self.stats = ReadStats(rejects=Rejects(Path(rejects_path) if rejects_path else None))
         self.layout: Layout | MappingLayout | Collection | None = None
         self.detected = False
+        self._detected_fields: frozenset[str] = frozenset()
         if mapping:
             self.layout = MappingLayout(mapping, winner_values)
         elif format is not None:
@@ -126,13 +168,115 @@ class FeedbackReader:
         return getattr(self.layout, "name", "unknown")
 
     def __iter__(self) -> Iterator[AnyRecord]:
+        for item in self._stream():
+            if isinstance(item, PairwiseColumns):
+                yield from item.records()
+            else:
+                yield item
+
+    def batches(self, size: int = BATCH_RECORDS) -> Iterator[list[AnyRecord] | PairwiseColumns]:
+        """The same records as iterating the reader, in batches.
+
+        A batch is a list of up to ``size`` records, or a block of pairwise
+        records kept column by column (:class:`~prefkit.data.fastpath.PairwiseColumns`,
+        from the fast path for clean JSONL; ``records()`` turns it into records).
+        Consumers that can work on columns (``inspect``) skip building the objects.
+        """
+        pending: list[AnyRecord] = []
+        for item in self._stream():
+            if isinstance(item, PairwiseColumns):
+                if pending:
+                    yield pending
+                    pending = []
+                yield item
+            else:
+                pending.append(item)
+                if len(pending) >= size:
+                    yield pending
+                    pending = []
+        if pending:
+            yield pending
+
+    def _stream(self) -> Iterator[AnyRecord | PairwiseColumns]:
         try:
             if isinstance(self.layout, Collection):
                 yield from self._read_collection(self.layout)
+            elif self._fast_file(JSONL_SUFFIXES):
+                yield from self._read_jsonl_blocks()
+            elif self._fast_file(PARQUET_SUFFIXES):
+                yield from self._read_parquet_batches()
             else:
-                yield from self._read_rows()
+                yield from self._read_rows(iter_rows(self.path))
         finally:
             self.stats.rejects.close()
+
+    def _fast_file(self, suffixes: tuple[str, ...]) -> bool:
+        """A single file of one of ``suffixes`` whose layout may take the fast path."""
+        return (
+            self.path.is_file()
+            and suffix_of(self.path) in suffixes
+            and (self.layout is None or self.layout in _FAST_LAYOUTS)
+        )
+
+    def _read_jsonl_blocks(self) -> Iterator[AnyRecord | PairwiseColumns]:
+        """A JSONL file block by block: the fast path where it applies, else row by row."""
+        source = str(self.path)
+        for first_line, n_lines, block in iter_jsonl_blocks(self.path):
+            shape = self._fast_shape()
+            columns = (
+                None
+                if shape is None
+                else decode_pairwise_block(
+                    block,
+                    n_lines,
+                    shape=shape,
+                    max_text_chars=self.max_text_chars,
+                    reject_empty_responses=self.reject_empty_responses,
+                )
+            )
+            if columns is None:
+                yield from self._read_rows(iter_jsonl_lines(io.BytesIO(block), source, first_line))
+                continue
+            self._count_columns(columns)
+            yield columns
+
+    def _read_parquet_batches(self) -> Iterator[AnyRecord | PairwiseColumns]:
+        """A Parquet file batch by batch: the fast path where it applies, else row by row."""
+        source = str(self.path)
+        for first_index, batch, json_columns in iter_parquet_batches(self.path):
+            shape = self._fast_shape()
+            columns = (
+                None
+                if shape is None
+                else pairwise_columns_from_arrow(
+                    batch,
+                    json_columns,
+                    shape=shape,
+                    max_text_chars=self.max_text_chars,
+                    reject_empty_responses=self.reject_empty_responses,
+                )
+            )
+            if columns is None:
+                yield from self._read_rows(
+                    parquet_batch_rows(batch, json_columns, source, first_index)
+                )
+                continue
+            self._count_columns(columns)
+            yield columns
+
+    def _count_columns(self, columns: PairwiseColumns) -> None:
+        self.stats.n_rows += len(columns)
+        self.stats.n_records += len(columns)
+        self.stats.kinds["pairwise"] += len(columns)
+        self.stats.n_empty_responses += columns.n_empty_responses
+
+    def _fast_shape(self) -> str | None:
+        """Which line shape the fast path expects, once the layout is known."""
+        if self.layout is NAMED_LAYOUTS["prefkit"]:
+            return "prefkit"
+        if self.layout is PREFKIT_BY_NAMES:
+            return "names-winner" if WINNER_FIELD in self._detected_fields else "names-outcome"
+        return None
 
     def _read_collection(self, collection: Collection) -> Iterator[AnyRecord]:
         for record in collection.read(self.path, self.stats.dropped):
@@ -146,8 +290,8 @@ class FeedbackReader:
             self._count(record)
             yield record
 
-    def _read_rows(self) -> Iterator[AnyRecord]:
-        for row in iter_rows(self.path):
+    def _read_rows(self, rows: Iterable[RawRow]) -> Iterator[AnyRecord]:
+        for row in rows:
             self.stats.n_rows += 1
             if row.error is not None:
                 self._reject(row.error)
@@ -155,6 +299,7 @@ class FeedbackReader:
             if self.layout is None:
                 self.layout = detect_layout(row.fields)  # type: ignore[arg-type]
                 self.detected = True
+                self._detected_fields = frozenset(row.fields)  # type: ignore[arg-type]
                 if self.layout is None:
                     raise DataError(
                         row.source,
@@ -183,7 +328,11 @@ class FeedbackReader:
                 yield record
 
     def _check_texts(self, record: AnyRecord, row: RawRow) -> DataError | None:
-        """Apply the reader's text policies: the size limit and empty responses."""
+        """Apply the reader's text policies: the size limit and empty responses.
+
+        A record that passes adds its empty responses to ``stats.n_empty_responses``.
+        """
+        n_empty = 0
         for name, text in [("prompt", record.prompt), *record.named_responses()]:
             length = text_length(text)
             if length > self.max_text_chars:
@@ -194,13 +343,17 @@ class FeedbackReader:
                     "text_too_long",
                     hint="Raise the limit (--max-text-chars) if this is intended",
                 )
-            if name != "prompt" and not self.allow_empty_responses and not _content(text).strip():
-                return row.fail(
-                    name,
-                    "expected a non-empty response, found an empty text",
-                    "empty_text",
-                    hint="Fix the source, or keep such records with --allow-empty-responses",
-                )
+            if name != "prompt" and not _content(text).strip():
+                if self.reject_empty_responses:
+                    return row.fail(
+                        name,
+                        "expected a non-empty response, found an empty text",
+                        "empty_text",
+                        hint="Fix the source, or keep such records by leaving out "
+                        "--reject-empty-responses",
+                    )
+                n_empty += 1
+        self.stats.n_empty_responses += n_empty
         return None
 
     def _count(self, record: AnyRecord) -> None:

@@ -16,7 +16,7 @@ A text is either a plain string or a conversation: a tuple of :class:`Message`
 Every record has an ``id``, an optional ``category`` and free ``metadata``.
 
 Records accept empty responses (a model can answer with nothing); readers
-reject them by default (``allow_empty_responses``). Records validate
+keep and count them unless ``reject_empty_responses``. Records validate
 themselves on construction and raise :class:`FieldError`
 naming the field, what was expected and what was found; readers add the file
 and line. ``to_dict`` / :func:`record_from_dict` round-trip losslessly through
@@ -340,6 +340,40 @@ class PairwiseRecord(Record):
         set_(self, "soft_label", soft)
         set_(self, "category", _optional_str(self.category, "category"))
         set_(self, "metadata", _metadata(self.metadata))
+
+    @classmethod
+    def trusted(
+        cls,
+        id: str,
+        prompt: Text,
+        response_a: Text,
+        response_b: Text,
+        outcome: Outcome,
+        strength: float | None,
+        margin: float | None,
+        soft_label: float | None,
+        weight: float | None,
+        category: str | None,
+        metadata: dict[str, Any],
+    ) -> PairwiseRecord:
+        """A record (without votes) from values that are already in canonical form and
+        valid; no check runs. For readers that validated a whole block at once."""
+        record = object.__new__(cls)
+        record.__dict__.update(
+            id=id,
+            prompt=prompt,
+            response_a=response_a,
+            response_b=response_b,
+            outcome=outcome,
+            strength=strength,
+            votes=None,
+            margin=margin,
+            soft_label=soft_label,
+            weight=weight,
+            category=category,
+            metadata=metadata,
+        )
+        return record
 
     @property
     def is_tie(self) -> bool:

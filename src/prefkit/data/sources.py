@@ -18,7 +18,7 @@ import gzip
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,18 +226,55 @@ def _parse_object(text: str, source: str, line: int, location: str = "line") -> 
 
 
 def _iter_jsonl(path: Path) -> Iterator[RawRow]:
-    source = str(path)
     with _open_binary(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
+        yield from iter_jsonl_lines(handle, str(path))
+
+
+def iter_jsonl_lines(lines: Iterable[bytes], source: str, first_line: int = 1) -> Iterator[RawRow]:
+    """Rows of JSONL ``lines`` (bytes, as a binary file iterates), numbered from ``first_line``."""
+    for number, raw in enumerate(lines, start=first_line):
+        if not raw.strip():
+            continue
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        text, error = _decode(raw, source, number)
+        if error is not None:
+            yield RawRow(source, number, None, "line", error)
+            continue
+        yield _parse_object(text, source, number)  # type: ignore[arg-type]
+
+
+JSONL_BLOCK_BYTES = 4 << 20
+"""Size of the blocks :func:`iter_jsonl_blocks` reads (whole lines, so a little more or less)."""
+
+
+def iter_jsonl_blocks(
+    path: Path, block_bytes: int = JSONL_BLOCK_BYTES
+) -> Iterator[tuple[int, int, bytes]]:
+    """``(first line's number, number of lines, block)`` over a JSONL file, in blocks of
+    whole lines (blank ones included).
+
+    The first block is short (64 KiB), so that a caller can look at the first
+    rows before committing to a way of reading the rest.
+    """
+    with _open_binary(path) as handle:
+        first_line, rest, size = 1, b"", min(block_bytes, 1 << 16)
+        while True:
+            chunk = handle.read(size)
+            size = block_bytes
+            if not chunk:
+                break
+            chunk = rest + chunk
+            cut = chunk.rfind(b"\n") + 1
+            if cut == 0:
+                rest = chunk
                 continue
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            text, error = _decode(raw, source, number)
-            if error is not None:
-                yield RawRow(source, number, None, "line", error)
-                continue
-            yield _parse_object(text, source, number)  # type: ignore[arg-type]
+            block, rest = chunk[:cut], chunk[cut:]
+            n_lines = block.count(b"\n")
+            yield first_line, n_lines, block
+            first_line += n_lines
+        if rest:
+            yield first_line, 1, rest
 
 
 def _iter_json(path: Path) -> Iterator[RawRow]:
@@ -307,22 +344,41 @@ def _iter_json(path: Path) -> Iterator[RawRow]:
         yield RawRow(source, index, item, "record")
 
 
-def _iter_parquet(path: Path) -> Iterator[RawRow]:
+PARQUET_BATCH_ROWS = 16384
+"""Rows per batch that :func:`iter_parquet_batches` reads."""
+
+
+def iter_parquet_batches(path: Path) -> Iterator[tuple[int, Any, list[str]]]:
+    """``(index of the batch's first row, pyarrow RecordBatch, JSON text columns)`` over a Parquet file.
+
+    Canonical files written by prefkit keep nested fields (and texts) as JSON
+    text; their names are in the file's ``prefkit.json_columns`` metadata.
+    """
     import pyarrow.parquet as pq
 
-    source = str(path)
     handle = pq.ParquetFile(path)
     metadata = handle.schema_arrow.metadata or {}
-    # Canonical files written by prefkit keep nested fields as JSON text.
     json_columns = json.loads(metadata.get(b"prefkit.json_columns", b"[]"))
     index = 0
-    for batch in handle.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            for name in json_columns:
-                if row.get(name) is not None:
-                    row[name] = json.loads(row[name])
-            yield RawRow(source, index, row, "record")
-            index += 1
+    for batch in handle.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        yield index, batch, json_columns
+        index += batch.num_rows
+
+
+def parquet_batch_rows(
+    batch: Any, json_columns: list[str], source: str, first_index: int
+) -> Iterator[RawRow]:
+    """The rows of one batch of :func:`iter_parquet_batches`, JSON text columns decoded."""
+    for index, row in enumerate(batch.to_pylist(), start=first_index):
+        for name in json_columns:
+            if row.get(name) is not None:
+                row[name] = json.loads(row[name])
+        yield RawRow(source, index, row, "record")
+
+
+def _iter_parquet(path: Path) -> Iterator[RawRow]:
+    for index, batch, json_columns in iter_parquet_batches(path):
+        yield from parquet_batch_rows(batch, json_columns, str(path), index)
 
 
 def _sniff_delimiter(header: str, suffix: str) -> str:

@@ -7,7 +7,8 @@ its paper and equation on the line that implements it.
 - :mod:`prefkit.losses.reward`: reward-model losses (Bradley-Terry and its
   variants, ties, soft labels, Plackett-Luce, rating regression).
 - :mod:`prefkit.losses.preference`: policy-optimisation losses (DPO family,
-  reference-free, unpaired, listwise).
+  reference-free, unpaired, listwise), the state a loss keeps across
+  optimizer steps (KTO's KL estimate, BCO's reward shift), and their registry.
 
 This package imports torch and nothing else.
 """

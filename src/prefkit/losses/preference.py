@@ -20,7 +20,10 @@ beta * log(pi / pi_ref) of each completion, whatever the loss, so reward margins
 and accuracies compare across losses (TRL reports the same quantity). SimPO, CPO
 and ORPO report beta * log pi (length-averaged for SimPO and ORPO), as TRL does.
 
-:data:`LOSSES` maps each name to its function, config type and input kind;
+:data:`LOSSES` maps each name to a :class:`LossSpec`: its function, config type
+and input kind, whether it uses a reference, which extra inputs it reads, and the
+:class:`LossState` that supplies them across steps (KTO's KL estimate, BCO's
+reward shift); :func:`register_loss` adds a loss.
 :func:`make_loss` builds a configured loss from a name and keyword arguments,
 rejecting unknown arguments and bad values before any data is seen.
 :func:`weighted_sum` combines paired losses (e.g. DPO + SFT, the RPO recipe).
@@ -38,9 +41,10 @@ Departures from the papers, and differences from TRL 1.16:
   only the completion is scored, as in every loss of this module.
 - ``bco_pair``: Jung et al. shift the rewards by delta, a running mean of the
   rewards; TRL 1.16 drops the shift. Pass ``reward_shift=0`` to reproduce TRL.
-  The running mean is kept by the caller (:class:`RunningMean`), over the
-  batches seen *before* the current one. The paper's underlying-distribution
-  matching (a density-ratio classifier) is not implemented.
+  The running mean is kept by the caller (:class:`RunningMean`, or the
+  registered :class:`RewardShift`), over the batches seen *before* the current
+  one. The paper's underlying-distribution matching (a density-ratio
+  classifier) is not implemented.
 - ``hinge``: SLiC's calibration loss compares policy log-probs with a margin
   delta. As in TRL, the log-probs are replaced by log-ratios against the
   reference and the margin is 1 / beta, scaled by beta: relu(1 - beta * h).
@@ -78,7 +82,7 @@ import functools
 import math
 import types
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -87,6 +91,7 @@ from torch import Tensor
 
 __all__ = [
     "LOSSES",
+    "BatchContext",
     "BetaConfig",
     "CPOConfig",
     "DiscoPOPConfig",
@@ -96,15 +101,19 @@ __all__ = [
     "ListwiseLogps",
     "ListwiseLossOutput",
     "LossSpec",
+    "LossState",
     "LossTerm",
+    "MismatchedKLEstimate",
     "ORPOConfig",
     "PairedLogps",
     "PreferenceLossOutput",
+    "RewardShift",
     "RobustConfig",
     "RunningMean",
     "SFTConfig",
     "SimPOConfig",
     "SmoothedConfig",
+    "StepContext",
     "UnpairedLogps",
     "UnpairedLossOutput",
     "aot",
@@ -125,11 +134,13 @@ __all__ = [
     "make_loss",
     "nca_pair",
     "orpo",
+    "register_loss",
     "robust",
     "sft",
     "sigmoid_norm",
     "simpo",
     "sppo_hard",
+    "unregister_loss",
     "weighted_sum",
 ]
 
@@ -1019,12 +1030,182 @@ def lipo_lambda(logps: ListwiseLogps, config: BetaConfig | None = None) -> Listw
 
 
 # ---------------------------------------------------------------------------
+# state across optimizer steps
+#
+# Most losses are pure functions of one batch. A few read a statistic that no
+# micro-batch holds alone: KTO's reference point z0 (a KL estimate over the whole
+# optimizer step) and BCO's reward shift delta (the running mean of the rewards of
+# earlier steps). Such a loss registers a LossState factory (LossSpec.state); a
+# trainer creates one state per run and calls its hooks, in this order:
+#   before_step(StepContext)      once per optimizer step, before its first micro-batch;
+#   inputs(BatchContext)          for every batch, training or evaluation: the loss
+#                                 function's extra inputs by name (LossSpec.extra_inputs);
+#   after_micro_batch(rewards)    after each training micro-batch;
+#   after_step(sum_over_ranks)    once the optimizer has stepped;
+#   state_dict / load_state_dict  with each checkpoint (JSON values).
+# Statistics over micro-batches and ranks are summed with sum_over_ranks and folded
+# in once per step, so they do not change with gradient accumulation or the number
+# of processes.
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What :meth:`LossState.before_step` may read about the coming optimizer step."""
+
+    global_batch: Sequence[int]
+    """Indices of the step's examples, over all micro-batches and ranks, in batch order."""
+    micro_batches: Sequence[Sequence[int]]
+    """This rank's share of ``global_batch``, as the micro-batches it will train on."""
+    sum_over_ranks: Callable[[Tensor], Tensor]
+    """Element-wise sum of a tensor over all ranks (the identity with one process)."""
+    mismatched_log_ratios: Callable[[Sequence[tuple[int, int]]], Tensor]
+    """``(R,)`` log pi - log pi_ref, without gradient, of the rows ``prompt of example i +
+    first completion of example j`` for each ``(i, j)`` given (training examples)."""
+    device: torch.device
+    """Where the model is."""
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """What :meth:`LossState.inputs` may read about the batch being scored."""
+
+    indices: Sequence[int]
+    """Indices of the batch's examples in their set (training or evaluation), in batch order."""
+    training: bool
+    """True for a training micro-batch, False for an evaluation batch (which changes no state)."""
+    like: Tensor
+    """A tensor of the policy log-probs' dtype and device, for building inputs."""
+    mismatched_log_ratios: Callable[[Sequence[tuple[int, int]]], Tensor]
+    """As :attr:`StepContext.mismatched_log_ratios`, over the examples of this batch's set."""
+
+
+class LossState:
+    """A loss's state across steps; every hook does nothing by default, so a state
+    defines only the hooks it needs."""
+
+    def before_step(self, step: StepContext) -> None:
+        """Prepare the statistics of the coming optimizer step."""
+
+    def inputs(self, batch: BatchContext) -> dict[str, Tensor]:
+        """The loss function's extra inputs for ``batch``: exactly the names of the spec's
+        ``extra_inputs``, each a tensor the function accepts (0-dim for the built-in ones)."""
+        return {}
+
+    def after_micro_batch(self, rewards: Tensor) -> None:
+        """Observe the detached rewards ``(M,)`` of every completion of a training micro-batch:
+        paired, the B chosen then the B rejected; unpaired, the B completions; listwise,
+        the present responses, example by example."""
+
+    def after_step(self, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
+        """Fold the finished step into the state (the same on every rank)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must hold to continue, as JSON values (empty: nothing)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the keys are checked by the caller)."""
+
+
+class RewardShift(LossState):
+    """BCO's delta (input ``reward_shift``): the exact mean of the rewards of every completion
+    trained on in all *earlier* optimizer steps; 0 at step 1.
+
+    Each training micro-batch's rewards are summed; after the optimizer step the
+    sums of all micro-batches and ranks fold into :attr:`reward_shift` at once, so
+    delta is the same on every rank and does not depend on gradient accumulation
+    or the number of processes. Evaluation reads delta and leaves it unchanged.
+    Checkpoints hold ``{"reward_shift": {"count": ..., "mean": ...}}``.
+    """
+
+    def __init__(self) -> None:
+        self.reward_shift = RunningMean()
+        """The running mean of the rewards of the finished steps."""
+        self._step_totals: Tensor | None = None  # (2,) float64: reward sum and count this step
+
+    def inputs(self, batch: BatchContext) -> dict[str, Tensor]:
+        return {"reward_shift": batch.like.new_tensor(self.reward_shift.mean)}
+
+    def after_micro_batch(self, rewards: Tensor) -> None:
+        rewards = rewards.detach().double()
+        batch_totals = torch.stack([rewards.sum(), rewards.new_tensor(rewards.numel())])
+        previous = self._step_totals
+        self._step_totals = batch_totals if previous is None else previous + batch_totals
+
+    def after_step(self, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
+        totals = self._step_totals
+        if totals is None:  # no example of this step on this rank
+            totals = torch.zeros(2, dtype=torch.float64)
+        reward_sum, reward_count = sum_over_ranks(totals).tolist()
+        self.reward_shift.add_sum(reward_sum, round(reward_count))
+        self._step_totals = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reward_shift": self.reward_shift.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.reward_shift.load_state_dict(state["reward_shift"])
+
+
+class MismatchedKLEstimate(LossState):
+    """KTO's reference point z0 (input ``kl_estimate``): the mean log(pi / pi_ref) of mismatched
+    (prompt, completion) pairs, example b's prompt with the first completion of example b - 1
+    (the last example for b = 0).
+
+    Training: the pairs of the whole *global batch* of the step, scored by every
+    process for its share before the first micro-batch and summed over the ranks,
+    so z0 is the same for every micro-batch and process. Evaluation: the pairs of
+    each evaluation batch. A batch of one example has no mismatched pair and uses
+    z0 = 0. Nothing outlives a step, so checkpoints hold nothing.
+    """
+
+    def __init__(self) -> None:
+        self._step_estimate: Tensor | None = None
+        """z0 of the current optimizer step, set by :meth:`before_step`."""
+
+    def before_step(self, step: StepContext) -> None:
+        totals = torch.zeros(2, dtype=torch.float64, device=step.device)  # log-ratio sum, pairs
+        if len(step.global_batch) > 1:
+            position = {index: number for number, index in enumerate(step.global_batch)}
+            for micro_batch in step.micro_batches:
+                pairs = [(index, step.global_batch[position[index] - 1]) for index in micro_batch]
+                log_ratios = step.mismatched_log_ratios(pairs).double()
+                totals += torch.stack([log_ratios.sum(), log_ratios.new_tensor(len(micro_batch))])
+        total, count = step.sum_over_ranks(totals).tolist()
+        self._step_estimate = torch.tensor(
+            total / count if count else 0.0, dtype=torch.float32, device=step.device
+        )
+
+    def inputs(self, batch: BatchContext) -> dict[str, Tensor]:
+        if batch.training:
+            if self._step_estimate is None:
+                raise RuntimeError(
+                    "the kl_estimate of a training batch is the step's: call before_step(model, "
+                    "global_batch, micro_batches, sum_over_ranks) first, as the training loop does"
+                )
+            return {"kl_estimate": self._step_estimate.to(batch.like.dtype)}
+        estimate = batch.like.new_zeros(())
+        indices = batch.indices
+        if len(indices) > 1:
+            pairs = [(indices[b], indices[b - 1]) for b in range(len(indices))]
+            estimate = batch.mismatched_log_ratios(pairs).mean().to(batch.like.dtype)
+        return {"kl_estimate": estimate}
+
+    def after_step(self, sum_over_ranks: Callable[[Tensor], Tensor]) -> None:
+        self._step_estimate = None
+
+
+# ---------------------------------------------------------------------------
 # registry
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    """What the registry knows about a loss."""
+    """What the registry knows about a loss: everything a trainer needs to run it.
+
+    A trainer reads only these fields, so adding a loss is adding one entry
+    (:func:`register_loss`); it never tests a loss's name.
+    """
 
     name: str
     """Registry name, e.g. ``"sigmoid"``."""
@@ -1035,7 +1216,35 @@ class LossSpec:
     kind: Literal["paired", "unpaired", "listwise"]
     """The input container: PairedLogps, UnpairedLogps or ListwiseLogps."""
     extra_inputs: tuple[str, ...] = ()
-    """Per-batch tensors the function takes after the container, e.g. ``("reward_shift",)``."""
+    """Per-batch tensors the function takes after the container, e.g. ``("reward_shift",)``;
+    :attr:`state` supplies them by these names."""
+    _: KW_ONLY
+    uses_reference: bool = True
+    """False for the losses computed from policy log-probs alone (SimPO, CPO, ORPO, SFT): the
+    container's reference log-probs are then None and no reference model is used."""
+    state: Callable[[], LossState] | None = None
+    """Factory of the :class:`LossState` the loss keeps across steps (KTO's KL estimate,
+    BCO's reward shift); required when there are extra inputs. A trainer makes one per run."""
+    scores_mismatched_pairs: bool = False
+    """True when :attr:`state` scores prompt/completion pairs other than the batch's own (KTO's
+    KL estimate), so a reference model is kept even when the batch's reference log-probs
+    are precomputed."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("paired", "unpaired", "listwise"):
+            raise ValueError(
+                f"loss {self.name!r}: kind must be paired, unpaired or listwise, got {self.kind!r}"
+            )
+        if self.extra_inputs and self.state is None:
+            raise ValueError(
+                f"loss {self.name!r} takes {list(self.extra_inputs)} but has no state to supply "
+                "them; give LossSpec(state=...) a LossState factory whose inputs() returns them"
+            )
+        if self.scores_mismatched_pairs and not (self.uses_reference and self.state is not None):
+            raise ValueError(
+                f"loss {self.name!r}: scores_mismatched_pairs needs a reference "
+                "(uses_reference=True) and a state that scores the pairs"
+            )
 
 
 _SPECS = (
@@ -1046,7 +1255,7 @@ _SPECS = (
     LossSpec("hinge", hinge, BetaConfig, "paired"),
     LossSpec("exo_pair", exo_pair, ExoPairConfig, "paired"),
     LossSpec("nca_pair", nca_pair, BetaConfig, "paired"),
-    LossSpec("bco_pair", bco_pair, BetaConfig, "paired", ("reward_shift",)),
+    LossSpec("bco_pair", bco_pair, BetaConfig, "paired", ("reward_shift",), state=RewardShift),
     LossSpec("sppo_hard", sppo_hard, BetaConfig, "paired"),
     LossSpec("apo_zero", apo_zero, BetaConfig, "paired"),
     LossSpec("apo_down", apo_down, BetaConfig, "paired"),
@@ -1054,17 +1263,46 @@ _SPECS = (
     LossSpec("aot_unpaired", aot_unpaired, SmoothedConfig, "paired"),
     LossSpec("discopop", discopop, DiscoPOPConfig, "paired"),
     LossSpec("sigmoid_norm", sigmoid_norm, BetaConfig, "paired"),
-    LossSpec("sft", sft, SFTConfig, "paired"),
-    LossSpec("simpo", simpo, SimPOConfig, "paired"),
-    LossSpec("cpo", cpo, CPOConfig, "paired"),
-    LossSpec("orpo", orpo, ORPOConfig, "paired"),
-    LossSpec("kto", kto, KTOConfig, "unpaired", ("kl_estimate",)),
-    LossSpec("bco", bco, BetaConfig, "unpaired", ("reward_shift",)),
+    LossSpec("sft", sft, SFTConfig, "paired", uses_reference=False),
+    LossSpec("simpo", simpo, SimPOConfig, "paired", uses_reference=False),
+    LossSpec("cpo", cpo, CPOConfig, "paired", uses_reference=False),
+    LossSpec("orpo", orpo, ORPOConfig, "paired", uses_reference=False),
+    LossSpec(
+        "kto",
+        kto,
+        KTOConfig,
+        "unpaired",
+        ("kl_estimate",),
+        state=MismatchedKLEstimate,
+        scores_mismatched_pairs=True,
+    ),
+    LossSpec("bco", bco, BetaConfig, "unpaired", ("reward_shift",), state=RewardShift),
     LossSpec("lipo_lambda", lipo_lambda, BetaConfig, "listwise"),
 )
 
-LOSSES: Mapping[str, LossSpec] = types.MappingProxyType({spec.name: spec for spec in _SPECS})
-"""Every loss by name (read-only)."""
+_REGISTRY: dict[str, LossSpec] = {spec.name: spec for spec in _SPECS}
+
+LOSSES: Mapping[str, LossSpec] = types.MappingProxyType(_REGISTRY)
+"""Every loss by name (read-only; :func:`register_loss` adds one)."""
+
+
+def register_loss(spec: LossSpec) -> LossSpec:
+    """Add ``spec`` to :data:`LOSSES`, so ``AlignConfig(loss=spec.name)`` and :func:`make_loss`
+    find it; a name already registered raises ValueError. Returns ``spec``."""
+    if not isinstance(spec, LossSpec):
+        raise TypeError(f"register_loss takes a LossSpec, got {type(spec).__name__}")
+    if spec.name in _REGISTRY:
+        raise ValueError(
+            f"loss {spec.name!r} is already registered; pick another name or "
+            "unregister_loss it first"
+        )
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_loss(name: str) -> LossSpec:
+    """Remove the loss ``name`` from :data:`LOSSES` and return its spec."""
+    return _REGISTRY.pop(_lookup(name).name)
 
 
 def _lookup(name: str) -> LossSpec:

@@ -1,0 +1,1 @@
+"""Generation engines (hf, vllm) writing candidate sets: sample, score, best-of-N."""

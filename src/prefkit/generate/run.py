@@ -1,0 +1,429 @@
+"""Candidate sets from a policy: encode prompts, generate, optionally score, write, resume.
+
+The output is JSONL, one record per distinct prompt, in input order:
+
+- N >= 2 responses: a :class:`~prefkit.data.records.RankingRecord` with one
+  score per response (``null`` until scored) and ``response_ids`` ``ID/0`` ..
+  ``ID/N-1``;
+- one response (N = 1, or the best of N with ``best_of``): a
+  :class:`~prefkit.data.records.RatingRecord` whose ``reward`` rating is the
+  score (``null`` until scored).
+
+``metadata.generation`` holds the model, its weights digest, the engine and the
+sampling settings; ``metadata.responses`` one ``{"tokens", "finish_reason"}``
+per response; ``metadata.prompt`` the prompt's tokens, the tokens cut from its
+front and how many input records hold it. Best-of-N adds
+``metadata.best_of = {"n", "scores", "index"}``.
+
+Prompts are processed in chunks of input order and each chunk is written (and
+flushed) whole, so a killed run leaves a prefix of the final file. Started
+again with the same settings, :func:`generate_candidates` keeps that prefix
+(dropping a half-written last line), skips its prompts and appends the rest;
+since every sequence has its own seed, the result equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prefkit.align.tokenize import tokenizer_adds_bos
+from prefkit.data.records import RankingRecord, RatingRecord, Record, Text, render_text, text_key
+from prefkit.generate.config import SamplingConfig, sequence_seed
+from prefkit.generate.engines import Completion, Request
+from prefkit.generate.prompts import PromptItem
+from prefkit.progress import progress_bar
+
+__all__ = [
+    "GenerateSummary",
+    "best_of_n_kl",
+    "encode_prompt",
+    "generate_candidates",
+    "weights_digest",
+]
+
+Scorer = Callable[[list[str], list[str]], np.ndarray]
+"""(prompts, responses) -> (M,) rewards, one per response."""
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || sampler) = log n - (n - 1) / n (Beirami et al. 2024, the analytic bound
+    that holds with equality for distinct outcomes)."""
+    return math.log(n) - (n - 1) / n
+
+
+def weights_digest(model_path: str | Path) -> str | None:
+    """SHA-256 over the model folder's safetensors files (sorted by name); ``None`` for no folder."""
+    folder = Path(model_path)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def encode_prompt(
+    tokenizer: Any, prompt: Text, *, chat_template: bool, max_prompt_length: int
+) -> tuple[tuple[int, ...], int]:
+    """Token ids of ``prompt`` and how many were cut from its front to fit ``max_prompt_length``.
+
+    Conversations go through the chat template (with the generation prompt) when
+    ``chat_template``; otherwise they are sent as ``role: content`` text. BOS
+    follows the rule of :mod:`prefkit.align.tokenize`: it is first exactly when
+    the tokenizer adds it to a plain encode, and stays first after truncation.
+    """
+    if isinstance(prompt, str) or not chat_template:
+        text = render_text(prompt)
+    else:
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                "the prompts are conversations but the tokenizer has no chat_template; "
+                "give the tokenizer a template, or pass --no-chat-template to send them as "
+                "'role: content' text"
+            )
+        text = tokenizer.apply_chat_template(
+            [message.to_dict() for message in prompt], tokenize=False, add_generation_prompt=True
+        )
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = tokenizer.bos_token_id
+    has_bos = bos is not None and tokenizer_adds_bos(tokenizer)
+    if has_bos and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    dropped = max(0, len(ids) - max_prompt_length)
+    if dropped:
+        keep_front = 1 if has_bos else 0
+        ids = ids[:keep_front] + ids[keep_front + dropped :]
+    return tuple(ids), dropped
+
+
+@dataclass
+class GenerateSummary:
+    """What a run did (this invocation; ``resumed`` prompts were written by an earlier one)."""
+
+    prompts: int = 0
+    """Distinct prompts in the input."""
+    resumed: int = 0
+    """Prompts already in the output file from an interrupted run, skipped."""
+    generated_prompts: int = 0
+    """Prompts generated by this run."""
+    sequences: int = 0
+    """Responses generated by this run."""
+    truncated_prompts: int = 0
+    """Prompts cut from the left to fit."""
+    prompt_tokens_dropped: int = 0
+    """Tokens cut from those prompts."""
+    finish_reasons: Counter = field(default_factory=Counter)
+    """eos / length / stop -> responses."""
+    lengths: list[int] = field(default_factory=list)
+    """Tokens of each generated response."""
+    seconds: float = 0.0
+    """Wall time of generation (scoring excluded)."""
+    best_of: int | None = None
+    """N of best-of-N, when used."""
+    best_scores: list[float] = field(default_factory=list)
+    """Best-of-N: the winning score per prompt."""
+    all_scores: list[float] = field(default_factory=list)
+    """Every score given by the reward model in this run."""
+    unscored: int = 0
+    """Responses the reward model gave no score (NaN): written as ``null``, never picked as best."""
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(self.lengths)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prompts": self.prompts,
+            "resumed": self.resumed,
+            "generated_prompts": self.generated_prompts,
+            "sequences": self.sequences,
+            "truncated_prompts": self.truncated_prompts,
+            "prompt_tokens_dropped": self.prompt_tokens_dropped,
+            "finish_reasons": dict(self.finish_reasons),
+            "new_tokens": self.new_tokens,
+            "seconds": round(self.seconds, 3),
+            "tokens_per_s": round(self.new_tokens / self.seconds, 1) if self.seconds else None,
+        }
+        if self.lengths:
+            out["length"] = {
+                "mean": round(statistics.fmean(self.lengths), 2),
+                "median": statistics.median(self.lengths),
+                "max": max(self.lengths),
+            }
+        if self.all_scores:
+            out["mean_score"] = statistics.fmean(self.all_scores)
+        if self.unscored:
+            out["unscored_responses"] = self.unscored
+        if self.best_of is not None:
+            out["best_of"] = {
+                "n": self.best_of,
+                "kl_to_sampler": best_of_n_kl(self.best_of),
+                "mean_best_score": statistics.fmean(self.best_scores) if self.best_scores else None,
+            }
+        return out
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in self.finish_reasons.items())
+        text = (
+            f"{self.prompts} prompts ({self.resumed} already written, {self.generated_prompts} "
+            f"generated), {self.sequences} responses; finish reasons: {reasons or 'none'}; "
+            f"{self.truncated_prompts} prompts truncated ({self.prompt_tokens_dropped} tokens)"
+        )
+        if self.lengths:
+            text += (
+                f"; length mean {statistics.fmean(self.lengths):.1f} median "
+                f"{statistics.median(self.lengths)} max {max(self.lengths)} tokens"
+            )
+        if self.seconds:
+            text += f"; {self.new_tokens / self.seconds:.1f} new tokens/s"
+        if self.unscored:
+            text += f"; {self.unscored} responses without a score (NaN)"
+        if self.best_of is not None:
+            text += (
+                f"; best-of-{self.best_of} KL to the sampler log N - (N-1)/N = "
+                f"{best_of_n_kl(self.best_of):.4f} nats"
+            )
+        return text
+
+
+def _read_existing(path: Path, generation: dict[str, Any]) -> list[str]:
+    """Ids already written to ``path`` by a run with the same settings (a half line is dropped)."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        path.write_bytes(complete)  # the line a killed run was writing
+    ids = []
+    for line_number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}:{line_number}: not a JSON record ({error.msg}); this is not a file "
+                "that prefkit generate wrote. Delete it or choose another --out"
+            ) from None
+        written = row.get("metadata", {}).get("generation")
+        if written != generation:
+            raise ValueError(
+                f"{path}:{line_number}: this file was written with other generation settings "
+                f"({json.dumps(written, sort_keys=True)[:300]}); to resume, repeat the same "
+                "command; to start over, delete the file or choose another --out"
+            )
+        ids.append(str(row["id"]))
+    return ids
+
+
+def _records_for(
+    item: PromptItem,
+    completions: Sequence[Completion],
+    prompt_tokens: int,
+    dropped: int,
+    generation: dict[str, Any],
+    scores: Sequence[float] | None,
+    best_of: bool,
+) -> Record:
+    metadata: dict[str, Any] = {
+        "generation": generation,
+        "prompt": {
+            "tokens": prompt_tokens,
+            "truncated_tokens": dropped,
+            "occurrences": item.occurrences,
+        },
+    }
+    per_response = [
+        {"tokens": completion.num_tokens, "finish_reason": completion.finish_reason}
+        for completion in completions
+    ]
+    if best_of:
+        assert scores is not None
+        finite = [index for index, score in enumerate(scores) if not math.isnan(score)]
+        best = max(finite, key=lambda index: scores[index]) if finite else 0
+        metadata["best_of"] = {
+            "n": len(completions),
+            "scores": [None if math.isnan(score) else score for score in scores],
+            "index": best,
+        }
+        metadata["responses"] = [per_response[best]]
+        reward = scores[best] if finite else None
+        return RatingRecord(
+            id=item.id,
+            prompt=item.prompt,
+            response=completions[best].text,
+            ratings={"reward": reward},
+            category=item.category,
+            metadata=metadata,
+        )
+    metadata["responses"] = per_response
+    values: list[float | None] = (
+        [None] * len(completions)
+        if scores is None
+        else [None if math.isnan(score) else float(score) for score in scores]
+    )
+    if len(completions) == 1:
+        return RatingRecord(
+            id=item.id,
+            prompt=item.prompt,
+            response=completions[0].text,
+            ratings={"reward": values[0]},
+            category=item.category,
+            metadata=metadata,
+        )
+    return RankingRecord(
+        id=item.id,
+        prompt=item.prompt,
+        responses=tuple(completion.text for completion in completions),
+        scores=tuple(values),
+        response_ids=tuple(f"{item.id}/{index}" for index in range(len(completions))),
+        category=item.category,
+        metadata=metadata,
+    )
+
+
+class _Throughput:
+    """A progress callback: advances the bar and shows new tokens/s of generation time."""
+
+    def __init__(self, bar: Any):
+        self.bar = bar
+        self.tokens = 0
+        self.seconds = 0.0
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def stop(self) -> float:
+        """Seconds since :meth:`start` (added to the total)."""
+        elapsed = time.perf_counter() - self.started
+        self.seconds += elapsed
+        return elapsed
+
+    def __call__(self, sequences: int, new_tokens: int) -> None:
+        self.tokens += new_tokens
+        elapsed = self.seconds + time.perf_counter() - self.started
+        self.bar.update(sequences)
+        self.bar.set_postfix_str(f"{self.tokens / max(elapsed, 1e-9):.0f} tok/s", refresh=False)
+
+
+def generate_candidates(
+    prompts: Sequence[PromptItem],
+    engine: Any,
+    tokenizer: Any,
+    sampling: SamplingConfig,
+    out_path: str | Path,
+    *,
+    generation: dict[str, Any],
+    max_prompt_length: int,
+    chat_template: bool = True,
+    chunk_size: int = 256,
+    scorer: Scorer | None = None,
+    best_of: bool = False,
+    show_progress: bool = True,
+) -> GenerateSummary:
+    """Generate ``sampling.num_samples`` responses per prompt into ``out_path`` (JSONL).
+
+    ``generation`` is written to every record's ``metadata.generation`` and must
+    match the records already in ``out_path`` to resume (see the module
+    docstring). With ``scorer`` the responses are scored; with ``best_of`` only
+    the best one per prompt is kept.
+    """
+    if best_of and scorer is None:
+        raise ValueError("best-of-N needs a reward model to pick the best response (--reward)")
+    if chunk_size < 1:
+        raise ValueError(f"chunk-size must be >= 1, got {chunk_size}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    generation = json.loads(json.dumps(generation))  # exactly what a reader of the file gets
+    written_ids = _read_existing(out_path, generation)
+    expected = [item.id for item in prompts[: len(written_ids)]]
+    if written_ids != expected:
+        raise ValueError(
+            f"{out_path}: holds {len(written_ids)} records that are not the first prompts of "
+            "this input in order; it was written from other prompts. Delete it or choose "
+            "another --out"
+        )
+    summary = GenerateSummary(prompts=len(prompts), resumed=len(written_ids))
+    summary.best_of = sampling.num_samples if best_of else None
+    remaining = list(prompts[len(written_ids) :])
+    num_samples = sampling.num_samples
+    with (
+        out_path.open("a", encoding="utf-8") as handle,
+        progress_bar(
+            total=len(remaining) * num_samples,
+            description="generate",
+            unit="seq",
+            enabled=show_progress,
+        ) as bar,
+    ):
+        throughput = _Throughput(bar)
+        for start in range(0, len(remaining), chunk_size):
+            chunk = remaining[start : start + chunk_size]
+            encoded = []
+            for item in chunk:
+                ids, dropped = encode_prompt(
+                    tokenizer,
+                    item.prompt,
+                    chat_template=chat_template,
+                    max_prompt_length=max_prompt_length,
+                )
+                encoded.append((ids, dropped))
+                if dropped:
+                    summary.truncated_prompts += 1
+                    summary.prompt_tokens_dropped += dropped
+            requests = [
+                Request(ids, sequence_seed(sampling.seed, text_key(item.prompt), index))
+                for item, (ids, _) in zip(chunk, encoded, strict=True)
+                for index in range(num_samples)
+            ]
+            throughput.start()
+            completions = engine.generate(requests, sampling, progress=throughput)
+            summary.seconds += throughput.stop()
+            scores: np.ndarray | None = None
+            if scorer is not None:
+                scores = np.asarray(
+                    scorer(
+                        [render_text(item.prompt) for item in chunk for _ in range(num_samples)],
+                        [completion.text for completion in completions],
+                    ),
+                    dtype=np.float64,
+                )  # (chunk * N,)
+                summary.all_scores.extend(float(s) for s in scores if not math.isnan(s))
+                summary.unscored += int(np.isnan(scores).sum())
+            lines = []
+            for position, (item, (ids, dropped)) in enumerate(zip(chunk, encoded, strict=True)):
+                span = slice(position * num_samples, (position + 1) * num_samples)
+                record = _records_for(
+                    item,
+                    completions[span],
+                    len(ids),
+                    dropped,
+                    generation,
+                    None if scores is None else scores[span].tolist(),
+                    best_of,
+                )
+                if best_of and record.ratings["reward"] is not None:  # type: ignore[attr-defined]
+                    summary.best_scores.append(record.ratings["reward"])  # type: ignore[attr-defined]
+                lines.append(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+            for completion in completions:
+                summary.finish_reasons[completion.finish_reason] += 1
+                summary.lengths.append(completion.num_tokens)
+            handle.write("".join(lines))
+            handle.flush()
+            summary.generated_prompts += len(chunk)
+            summary.sequences += len(completions)
+    return summary

@@ -189,6 +189,7 @@ def test_eval_every_option_takes_the_word_epoch_or_a_number_of_steps(capsys):
     [
         (("--loss", "simpo", "--ref", "base"), "uses no reference model"),
         (("--mixed-precision", "bf16", "--device", "cpu"), "bf16 is far slower"),
+        (("--loss", "sigmoid", "--loss-args", "beta=-1"), "beta must be a finite number"),
     ],
 )
 def test_align_command_prints_a_user_mistake_as_one_line(workspace, capsys, extra, message):

@@ -244,7 +244,10 @@ class AlignConfig:
                 f"AlignConfig: loss {self.loss!r} does not take {unknown}; its arguments are "
                 f"{sorted(accepted)}."
             )
-        return spec.config_type(**self.loss_args)
+        try:
+            return spec.config_type(**self.loss_args)
+        except ValueError as error:  # the loss's own check of the values given (--loss-args)
+            raise UserInputError(f"AlignConfig: loss {self.loss!r}: {error}") from error
 
     def tokenize_config(self) -> TokenizeConfig:
         return TokenizeConfig(

@@ -89,8 +89,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from prefkit.errors import UserInputError
-
 __all__ = [
     "LOSSES",
     "BatchContext",
@@ -412,7 +410,7 @@ def _check_range(
     above_low = is_number and (value > low if low_open else value >= low)
     if not (is_number and math.isfinite(value) and above_low and value < high):
         interval = f"{'(' if low_open else '['}{low}, {high})"
-        raise UserInputError(f"{name} must be a finite number in {interval}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
 
 
 @dataclass(frozen=True)

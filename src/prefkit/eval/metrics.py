@@ -74,6 +74,7 @@ __all__ = [
     "mean_ndcg",
     "preference_probability",
     "fit_temperature",
+    "temperature_scaling",
     "calibration",
     "length_bias",
     "bootstrap_ci",
@@ -871,6 +872,24 @@ def calibration(
         "ece": float((counts[filled] / n * gaps[filled]).sum()) if n else math.nan,
         "brier": float(((probability - a_won) ** 2).mean()) if n else math.nan,
         "bins": bins,
+    }
+
+
+def temperature_scaling(
+    reward_a: ArrayLike,
+    reward_b: ArrayLike,
+    outcome: ArrayLike,
+    *,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+) -> dict[str, Any]:
+    """:func:`fit_temperature` on held-out pairs and :func:`calibration` before (T = 1) and
+    after (the fitted T): ``temperature``, ``n``, ``nll_before``, ``nll_after``, and
+    ``before`` / ``after``, each a calibration block (ECE, Brier and the reliability bins)."""
+    fitted = fit_temperature(reward_a, reward_b, outcome, bounds=bounds)
+    return {
+        **fitted,
+        "before": calibration(reward_a, reward_b, outcome),
+        "after": calibration(reward_a, reward_b, outcome, temperature=fitted["temperature"]),
     }
 
 

@@ -275,6 +275,8 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
             "train": stage.metrics,
             "eval": stage.eval_metrics,
         }
+    if report.calibration is not None:
+        summary["calibration"] = calibration_summary(report.calibration)
     print(json.dumps(summary))
     return 0
 

@@ -86,3 +86,14 @@ def calibration_summary(calibration: Mapping[str, Any]) -> dict[str, Any]:
         "ece": [before["ece"], after["ece"]],
         "brier": [before["brier"], after["brier"]],
     }
+
+
+def temperature_summary(calibration: Mapping[str, Any]) -> str:
+    """One line: the fitted T and held-out ECE, Brier and NLL before -> after."""
+    before, after = calibration["before"], calibration["after"]
+    return (
+        f"temperature: T = {calibration['temperature']:.4g} fitted on {calibration['n']} "
+        f"held-out pairs; ECE {before['ece']:.4f} -> {after['ece']:.4f}, "
+        f"Brier {before['brier']:.4f} -> {after['brier']:.4f}, "
+        f"NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}"
+    )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +47,7 @@ from prefkit.rm.examples import (
     rating_attributes,
 )
 from prefkit.rm.model import FeatureStore, ItemStore, RewardModel, TokenStore
-from prefkit.rm.result import RewardTrainResult, StageReport
+from prefkit.rm.result import RewardTrainResult, StageReport, temperature_summary
 from prefkit.rm.spec import BackboneSpec, LoraSpec, RewardModelSpec, parse_feature_spec
 from prefkit.rm.task import (
     LOSS_NAMES,
@@ -394,15 +394,4 @@ def held_out_temperature(
     positions = examples.positions.numpy()  # (E, 2)
     return temperature_scaling(
         rewards[positions[:, 0]], rewards[positions[:, 1]], examples.targets["outcomes"].numpy()
-    )
-
-
-def temperature_summary(calibration: Mapping[str, Any]) -> str:
-    """One line: the fitted T and held-out ECE, Brier and NLL before -> after."""
-    before, after = calibration["before"], calibration["after"]
-    return (
-        f"temperature: T = {calibration['temperature']:.4g} fitted on {calibration['n']} "
-        f"held-out pairs; ECE {before['ece']:.4f} -> {after['ece']:.4f}, "
-        f"Brier {before['brier']:.4f} -> {after['brier']:.4f}, "
-        f"NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}"
     )

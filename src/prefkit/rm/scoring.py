@@ -13,13 +13,17 @@ record, in input order, with the record's id and kind and
   attribute -> value mapping per response.
 
 All responses of a batch of records go through the model in one call.
+:func:`scored_record` turns a record and its row back into a record
+(``prefkit rm score --records``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from prefkit.data.pairs import with_rewards
 from prefkit.data.records import AnyRecord, PairwiseRecord, RankingRecord
 from prefkit.rm.examples import record_items
 from prefkit.rm.model import RewardModel
@@ -67,3 +71,16 @@ def score_records(
             ]
         rows.append(row)
     return rows
+
+
+def scored_record(record: AnyRecord, row: dict[str, Any], scoring: dict[str, Any]) -> AnyRecord:
+    """``record`` with its :func:`score_records` row filled in.
+
+    Candidate sets (ranking records) take the rewards as their scores (any ranks are
+    replaced), rating records a ``reward`` rating; every record's ``metadata.scoring``
+    holds ``scoring`` (the reward model's name and settings) and the row's values.
+    """
+    values = {key: value for key, value in row.items() if key not in ("id", "kind")}
+    filled = with_rewards(record, row, source=str(scoring.get("reward_model", "scores")))
+    metadata = {**filled.metadata, "scoring": {**scoring, **values}}
+    return dataclasses.replace(filled, metadata=metadata)

@@ -17,6 +17,7 @@ from prefkit.losses.rl import (
     clipped_policy_loss,
     grpo_advantages,
     kl_per_token,
+    missing_eos_penalty,
     reinforce_pp_advantages,
     remax_advantages,
     rloo_advantages,
@@ -53,6 +54,29 @@ def test_rloo_leave_one_out() -> None:
     _close(rloo_advantages(torch.tensor([[0.0, 4.0]], dtype=D)), [[-4.0, 4.0]])
     with pytest.raises(ValueError, match="at least 2 samples"):
         rloo_advantages(torch.tensor([[1.0]]))
+
+
+def test_samples_without_reward_are_left_out_of_their_group() -> None:
+    """Row [1, none, 3, 2] is the group [1, 3, 2] (mean 2, std 1, leave-one-out means 2.5, 1.5, 2);
+    row [5, none] has one valid sample: no spread, no baseline, advantage 0."""
+    rewards = torch.tensor(
+        [[1.0, math.nan, 3.0, 2.0], [5.0, math.nan, math.nan, math.nan]], dtype=D
+    )
+    valid = ~rewards.isnan()
+    _close(grpo_advantages(rewards, "group", 0.0, valid), [[-1.0, 0.0, 1.0, 0.0], [0.0] * 4])
+    _close(rloo_advantages(rewards, valid), [[-1.5, 0.0, 1.5, 0.0], [0.0] * 4])
+    # batch: valid rewards 1, 3, 2, 5 (mean 2.75, squared deviations 3.0625 + 0.0625 + 0.5625 + 5.0625 = 8.75)
+    std = math.sqrt(8.75 / 3)
+    _close(
+        grpo_advantages(rewards, "batch", 0.0, valid), [[-1 / std, 0.0, 1 / std, 0.0], [0.0] * 4]
+    )
+
+
+def test_missing_eos_penalty() -> None:
+    rewards = torch.tensor([1.0, 2.0], dtype=D)
+    _close(missing_eos_penalty(rewards, torch.tensor([True, False]), 0.5), [1.0, 1.5])
+    with pytest.raises(ValueError, match=">= 0"):
+        missing_eos_penalty(rewards, torch.tensor([True, False]), -1.0)
 
 
 def test_remax_greedy_baseline() -> None:

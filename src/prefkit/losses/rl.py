@@ -62,38 +62,78 @@ def clip_rewards(rewards: torch.Tensor, limit: float) -> torch.Tensor:
     return rewards.clamp(-limit, limit)
 
 
+def _valid_mask(rewards: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    if valid is None:
+        return torch.ones_like(rewards, dtype=torch.bool)
+    _check_mask(rewards, valid)
+    return valid
+
+
 def grpo_advantages(
-    rewards: torch.Tensor, scale_rewards: ScaleRewards = "group", eps: float = 1e-4
+    rewards: torch.Tensor,
+    scale_rewards: ScaleRewards = "group",
+    eps: float = 1e-4,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """GRPO group-normalised advantages ``(P, G)`` from rewards ``(P, G)``.
 
     ``group``: (r - mean of the group) / (std of the group + eps), Shao et al. 2024
     (DeepSeekMath), section 4.1.2; ``batch``: divide by the std of every reward of
     the batch instead; ``none``: no division (Dr. GRPO, Liu et al. 2025, section 3.1).
+    ``valid`` ``(P, G)`` bool marks the samples that have a reward; the others
+    (a reward function answered None) count in no mean or std and get advantage 0.
+    A group with one valid sample has no spread and gets 0.
     """
     _check_groups(rewards, 2)
-    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    valid = _valid_mask(rewards, valid)
+    zeros = torch.zeros_like(rewards)
+    kept = torch.where(valid, rewards, zeros)
+    counts = valid.sum(dim=1, keepdim=True)
+    means = kept.sum(dim=1, keepdim=True) / counts.clamp_min(1)
+    centered = torch.where(valid, rewards - means, zeros)
     if scale_rewards == "none":
         return centered  # Dr. GRPO: A_i = r_i - mean(r), no std division
     if scale_rewards == "group":
-        std = rewards.std(dim=1, keepdim=True)  # DeepSeekMath 4.1.2: (r_i - mean(r)) / std(r)
+        # DeepSeekMath 4.1.2: (r_i - mean(r)) / std(r), std with Bessel's correction as TRL
+        variance = centered.square().sum(dim=1, keepdim=True) / (counts - 1).clamp_min(1)
     elif scale_rewards == "batch":
-        std = rewards.std()
+        batch_mean = kept.sum() / valid.sum().clamp_min(1)
+        batch_centered = torch.where(valid, rewards - batch_mean, zeros)
+        variance = batch_centered.square().sum() / (valid.sum() - 1).clamp_min(1)
     else:
         raise ValueError(f"scale_rewards must be group, batch or none, got {scale_rewards!r}")
-    return centered / (std + eps)
+    # a zero advantage stays 0 even at eps = 0 (a group of one sample: 0 / 0)
+    return torch.where(centered == 0, zeros, centered / (variance.sqrt() + eps))
 
 
-def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+def rloo_advantages(rewards: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """RLOO leave-one-out advantages ``(P, G)``: ``r_i - mean_{j != i} r_j``.
 
     Kool et al. 2019 ("Buy 4 REINFORCE samples, get a baseline for free"), the
     RLOO estimator of Ahmadian et al. 2024 ("Back to Basics"), section 3.
+    ``valid`` ``(P, G)`` bool marks the samples that have a reward: the others
+    are in no baseline and get advantage 0, as does a valid sample with no other
+    valid sample in its group.
     """
     _check_groups(rewards, 2)
-    samples = rewards.shape[1]
-    others_mean = (rewards.sum(dim=1, keepdim=True) - rewards) / (samples - 1)
-    return rewards - others_mean  # RLOO: r_i - 1/(k-1) sum_{j!=i} r_j
+    valid = _valid_mask(rewards, valid)
+    zeros = torch.zeros_like(rewards)
+    kept = torch.where(valid, rewards, zeros)
+    others = valid.sum(dim=1, keepdim=True) - 1  # valid samples besides this one
+    others_mean = (kept.sum(dim=1, keepdim=True) - kept) / others.clamp_min(1)
+    # RLOO: r_i - 1/(k-1) sum_{j!=i} r_j
+    return torch.where(valid & (others > 0), rewards - others_mean, zeros)
+
+
+def missing_eos_penalty(
+    rewards: torch.Tensor, ended_with_eos: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """Subtract ``penalty`` (>= 0) from the reward of every completion cut before its EOS, as TRL."""
+    if not penalty >= 0:
+        raise ValueError(f"the missing-EOS penalty must be >= 0, got {penalty}")
+    if ended_with_eos.dtype != torch.bool or ended_with_eos.shape != rewards.shape:
+        raise ValueError("ended_with_eos must be a bool tensor of the rewards' shape")
+    return torch.where(ended_with_eos, rewards, rewards - penalty)
 
 
 def remax_advantages(rewards: torch.Tensor, greedy_rewards: torch.Tensor) -> torch.Tensor:

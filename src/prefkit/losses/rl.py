@@ -245,7 +245,7 @@ def clipped_policy_loss(
     ``advantages`` is ``(B,)`` (one per sequence, broadcast over its tokens) or
     ``(B, T)``. Loss = -min(rho * A, clip(rho, 1 - clip_low, 1 + clip_high) * A)
     with rho = exp(logps - old_logps): Schulman et al. 2017, eq. 7; separate low
-    and high limits are DAPO's clip-higher (Yu et al. 2025, eq. 8).
+    and high limits are DAPO's clip-higher (Yu et al. 2025, section 3.1).
     """
     _check_mask(logps, mask)
     _check_mask(old_logps, mask)
@@ -280,8 +280,8 @@ def aggregate_loss(
 ) -> torch.Tensor:
     """Reduce per-token losses ``(B, T)`` to a scalar.
 
-    - ``token-mean``: sum over every completion token / ``num_tokens`` (DAPO, Yu et
-      al. 2025, eq. 8);
+    - ``token-mean``: sum over every completion token / ``num_tokens`` (DAPO's token-level
+      loss, Yu et al. 2025, section 3.3);
     - ``sequence-mean``: each sequence's mean over its tokens, summed and divided
       by ``num_sequences`` (GRPO, Shao et al. 2024, eq. 3);
     - ``constant``: sum over every token / (``num_sequences`` * ``max_length``)

@@ -8,7 +8,12 @@ record, in input order, with the record's id and kind and
   (with ``response_ids`` when the record has them);
 - single responses (ratings, thumbs): ``reward``;
 - models trained on ratings (K attributes): also ``attributes``, one
-  attribute -> value mapping per response.
+  attribute -> value mapping per response;
+- ensembles (``ensemble_size`` > 1): the rewards above are the members' mean, and
+  the members' standard deviation comes beside them: ``reward_std_a``,
+  ``reward_std_b`` and ``p_a_std`` (the spread of the members' sigmoid(margin),
+  larger where the ensemble is more often wrong) for pairs, ``reward_stds`` for rankings, ``reward_std`` for single responses
+  (scaled like the rewards under ``normalize``).
 
 All responses of a batch of records go through the model in one call.
 """
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from prefkit.data.records import AnyRecord, PairwiseRecord, RankingRecord
 from prefkit.rm.examples import record_items
@@ -35,7 +42,16 @@ def score_records(
     items = [record_items(record) for record in records]
     prompts = [prompt for record_items_ in items for prompt, _ in record_items_]
     responses = [response for record_items_ in items for _, response in record_items_]
-    outputs, rewards = model.predict_and_score(prompts, responses, batch_size=batch_size)
+    ensemble = model.spec.ensemble_size > 1
+    if ensemble:
+        member_outputs = model.predict_members(prompts, responses, batch_size=batch_size)
+        outputs = member_outputs.mean(axis=0)
+        members = member_outputs.mean(axis=2)  # (E, N)
+        rewards = members.mean(axis=0)
+        if normalize:
+            members = members / model.spec.reward_std
+    else:
+        outputs, rewards = model.predict_and_score(prompts, responses, batch_size=batch_size)
     if normalize:
         rewards = model.normalize(rewards)
     rows = []
@@ -53,6 +69,16 @@ def score_records(
                 row["response_ids"] = list(record.response_ids)
         else:
             row["reward"] = values[0]
+        if ensemble:
+            spread = [float(value) for value in members[:, span].std(axis=0)]
+            if isinstance(record, PairwiseRecord):
+                margins = (members[:, span.start] - members[:, span.start + 1]).astype(np.float64)
+                p_a_std = float((1.0 / (1.0 + np.exp(-margins))).std())
+                row.update(reward_std_a=spread[0], reward_std_b=spread[1], p_a_std=p_a_std)
+            elif isinstance(record, RankingRecord):
+                row["reward_stds"] = spread
+            else:
+                row["reward_std"] = spread[0]
         if model.attributes:
             row["attributes"] = [
                 dict(zip(model.attributes, map(float, output), strict=True))

@@ -170,6 +170,9 @@ class RewardModelSpec:
     """Mean reward on the training items (``score(normalize=True)`` subtracts it)."""
     reward_std: float = 1.0
     """Standard deviation of the reward on the training items (> 0)."""
+    ensemble_size: int = 1
+    """Embedding mode: the number of heads, each trained with its own seed on its own bootstrap
+    resample of the training pairs; the reward is their mean. Folders without the field hold one."""
     training: Mapping[str, Any] | None = field(default=None, compare=False)
     """The training summary (records, loss, config, truncation counts, metrics); JSON."""
 
@@ -241,6 +244,15 @@ class RewardModelSpec:
             "reward_std",
             "a number > 0",
             self.reward_std,
+        )
+
+        _require(
+            _is_int(self.ensemble_size)
+            and self.ensemble_size >= 1
+            and (self.ensemble_size == 1 or self.mode == "embedding"),
+            "ensemble_size",
+            "an integer >= 1 (> 1 in embedding mode only)",
+            self.ensemble_size,
         )
 
     @property

@@ -96,9 +96,15 @@ def test_ensemble_at_least_as_accurate_and_unsure_where_wrong(tiny_bert, cache, 
 def test_ensemble_folder_round_trips_and_compares_by_mean_probability(tiny_bert, cache, tmp_path):
     records = graded_pairs(60, 5, noise=0.2)
     config = quick_config(tiny_bert, cache, epochs=2, features="response")
-    result = train_ensemble(records, config, tmp_path / "rm", 3, log=lambda _: None)
+    held_out = graded_pairs(40, 55, noise=0.2)
+    result = train_ensemble(
+        records, config, tmp_path / "rm", 3, eval_records=held_out, log=lambda _: None
+    )
     assert list(result.stages) == ["member0", "member1", "member2"]
     spec = RewardModelSpec.read(tmp_path / "rm")
+    # One temperature for the ensemble, fitted on held-out pairs.
+    assert spec.temperature != 1.0 and result.calibration["temperature"] == spec.temperature
+    assert spec.training["calibration"]["nll_after"] <= spec.training["calibration"]["nll_before"]
     assert spec.ensemble_size == 3 and spec.training["ensemble"]["seeds"] == [0, 1, 2]
     assert "accuracy" in spec.training["train_metrics"]
 
@@ -119,15 +125,20 @@ def test_ensemble_folder_round_trips_and_compares_by_mean_probability(tiny_bert,
         np.testing.assert_allclose(member.score(prompts, responses), members[index, :, 0], 1e-5)
 
     margins = members[:, 0, 0] - members[:, 1, 0]
-    expected = float(np.mean([1 / (1 + math.exp(-margin)) for margin in margins]))
+    t = spec.temperature
+    expected = float(np.mean([1 / (1 + math.exp(-margin / t)) for margin in margins]))
     assert loaded.compare(prompts[0], responses[0], responses[1]) == pytest.approx(expected, 1e-6)
-    assert expected != pytest.approx(1 / (1 + math.exp(-margins.mean())), abs=1e-9)
+    assert expected != pytest.approx(1 / (1 + math.exp(-margins.mean() / t)), abs=1e-9)
 
     rows = score_records(loaded, records[:4], normalize=True)
     raw = score_records(loaded, records[:4])
     for row, plain in zip(rows, raw, strict=True):
         assert row["reward_std_a"] == pytest.approx(plain["reward_std_a"] / spec.reward_std)
         assert plain["reward_std_a"] > 0 and plain["reward_std_b"] > 0 and plain["p_a_std"] > 0
+    first = records[0]
+    assert raw[0]["prob_a"] == pytest.approx(
+        loaded.compare(first.prompt, first.response_a, first.response_b), 1e-6
+    )
     single_rows = score_records(
         loaded,
         [RatingRecord(id="r", prompt="say something", response=responses[0], ratings={"q": 1.0})],
@@ -146,12 +157,12 @@ def test_one_head_folder_is_unchanged(tiny_bert, cache, tmp_path):
     model = RewardModel.load(tmp_path / "rm", cache_dir=cache / "cache")
     assert all(name.startswith("head.") for name in model.head_state())
     rows = score_records(model, records[:3])
-    assert set(rows[0]) == {"id", "kind", "reward_a", "reward_b", "margin"}
+    assert set(rows[0]) == {"id", "kind", "reward_a", "reward_b", "margin", "prob_a"}
     reward_a, reward_b = model.score(
         ["say something"] * 2, [records[0].response_a, records[0].response_b]
     )
     assert model.compare("say something", records[0].response_a, records[0].response_b) == (
-        1.0 / (1.0 + math.exp(-(float(reward_a) - float(reward_b))))
+        float(model.preference_probability([reward_a], [reward_b])[0])
     )
 
     del config_json["ensemble_size"]  # a folder from before the field: one head

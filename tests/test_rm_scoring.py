@@ -91,3 +91,48 @@ def test_cli_scores_candidate_sets_keeping_order_and_ids(embedding_model, tmp_pa
     for record, row in zip(candidate_sets, rows, strict=True):
         expected = embedding_model.score([PROMPT] * 4, list(record.responses))
         np.testing.assert_allclose(row["rewards"], expected, atol=1e-5)
+
+
+def test_cli_records_writes_scored_candidate_sets_that_data_pairs_reads(
+    embedding_model, tmp_path: Path
+) -> None:
+    from prefkit.data.read import read_feedback
+
+    folder = _moved_copy("embedding", tmp_path)
+    data = tmp_path / "candidates.jsonl"
+    candidate_sets = [
+        RankingRecord(
+            id=f"set{i}",
+            prompt=PROMPT,
+            responses=tuple(ANSWERS[i:] + ANSWERS[:i]),
+            ranks=(1, 2, 3, 4),
+            response_ids=tuple(f"s{i}r{j}" for j in range(4)),
+            metadata={"generation": {"model": "policy"}},
+        )
+        for i in range(3)
+    ]
+    data.write_text("".join(json.dumps(record.to_dict()) + "\n" for record in candidate_sets))
+    scored = tmp_path / "scored.jsonl"
+    common = ["--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    code = main(["rm", "score", str(folder), str(data), "--records", "--out", str(scored)] + common)
+    assert code == 0
+    records = list(read_feedback(scored))
+    assert [record.id for record in records] == ["set0", "set1", "set2"]
+    for original, record in zip(candidate_sets, records, strict=True):
+        expected = embedding_model.score([PROMPT] * 4, list(original.responses))  # (4,)
+        assert record.ranks is None and record.responses == original.responses
+        assert record.response_ids == original.response_ids
+        np.testing.assert_allclose(record.scores, expected, atol=1e-5)
+        assert record.metadata["generation"] == {"model": "policy"}
+        assert record.metadata["scoring"]["reward_model"] == str(folder)
+        np.testing.assert_allclose(record.metadata["scoring"]["rewards"], expected, atol=1e-5)
+
+    pairs_out = tmp_path / "pairs.jsonl"
+    assert main(["data", "pairs", str(scored), "--out", str(pairs_out)]) == 0
+    pairs = list(read_feedback(pairs_out))
+    assert len(pairs) == 3
+    for original, pair in zip(candidate_sets, pairs, strict=True):
+        expected = embedding_model.score([PROMPT] * 4, list(original.responses))
+        assert pair.response_a == original.responses[int(np.argmax(expected))]
+        assert pair.response_b == original.responses[int(np.argmin(expected))]
+        assert pair.metadata["reward_model"] == str(folder)

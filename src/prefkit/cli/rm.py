@@ -17,6 +17,7 @@ from prefkit.cli.common import (
 )
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 from prefkit.rm.multiobjective import MultiObjectiveConfig
+from prefkit.rm.result import calibration_summary
 from prefkit.rm.train import RMTrainConfig, default_train_config
 from prefkit.train.loop import TrainConfig
 
@@ -60,11 +61,15 @@ checkpoints in OUT/training/regression/ and OUT/training/gate/.
 SCORE_EXAMPLES = """\
 examples:
   prefkit rm score runs/rm pairs.jsonl --out scores.jsonl
+  prefkit rm score runs/rm candidates.jsonl --records --out scored.jsonl
+  prefkit data pairs scored.jsonl --out pairs.jsonl
 Output: one JSON line per input record, in input order, with its id and
   pairs:    reward_a, reward_b, margin (= reward_a - reward_b)
   rankings: rewards (one per response)
   others:   reward
 plus per-attribute values ("attributes") for a model trained on ratings.
+With --records: the input records themselves, candidate sets scored (one score
+per response, order and ids kept), each with metadata.scoring.
 """
 
 
@@ -193,6 +198,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="standardise rewards by the training data's mean and std",
     )
+    score.add_argument(
+        "--records",
+        action="store_true",
+        help="write the input records back with their rewards filled in, instead of reward "
+        "rows: candidate sets become ranking records with one score per response (ready for "
+        "'prefkit data pairs'), ratings and thumbs get a 'reward'; every record's "
+        "metadata.scoring names the reward model and holds its rewards (--out may be .parquet)",
+    )
     add_progress_argument(score)
     add_read_arguments(score)
     score.set_defaults(handler=run_score)
@@ -255,6 +268,8 @@ def run_train(args: argparse.Namespace) -> int:
         "train": stage.metrics,
         "eval": stage.eval_metrics,
     }
+    if report.calibration is not None:
+        summary["calibration"] = calibration_summary(report.calibration)
     print(json.dumps(summary))
     return 0
 
@@ -296,14 +311,17 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
             "train": stage.metrics,
             "eval": stage.eval_metrics,
         }
+    if report.calibration is not None:
+        summary["calibration"] = calibration_summary(report.calibration)
     print(json.dumps(summary))
     return 0
 
 
 def run_score(args: argparse.Namespace) -> int:
     from prefkit.cli import UserError
+    from prefkit.data.write import write_records
     from prefkit.rm.model import RewardModel
-    from prefkit.rm.scoring import score_records
+    from prefkit.rm.scoring import score_records, scored_record
 
     if args.batch_size < 1 or args.chunk_size < 1:
         raise UserError("--batch-size and --chunk-size must be >= 1")
@@ -311,27 +329,45 @@ def run_score(args: argparse.Namespace) -> int:
     reader = open_reader(args, args.data, args.out)
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
+    counter = {"written": 0}
 
-    def flush(chunk: list, handle) -> None:
-        for row in score_records(
-            model, chunk, batch_size=args.batch_size, normalize=args.normalize
-        ):
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-    with out_path.open("w") as handle:
+    def scored_chunks():
         chunk: list = []
-        for record in progress(
-            with_layout_notice(reader), description="scoring", enabled=args.progress
-        ):
+        records = progress(with_layout_notice(reader), description="scoring", enabled=args.progress)
+        for record in records:
             chunk.append(record)
             if len(chunk) >= args.chunk_size:
-                flush(chunk, handle)
-                written += len(chunk)
+                yield (
+                    chunk,
+                    score_records(
+                        model, chunk, batch_size=args.batch_size, normalize=args.normalize
+                    ),
+                )
+                counter["written"] += len(chunk)
                 chunk = []
         if chunk:
-            flush(chunk, handle)
-            written += len(chunk)
+            yield (
+                chunk,
+                score_records(model, chunk, batch_size=args.batch_size, normalize=args.normalize),
+            )
+            counter["written"] += len(chunk)
+
+    if args.records:
+        scoring = {"reward_model": str(args.model_dir), "normalized": bool(args.normalize)}
+        write_records(
+            (
+                scored_record(record, row, scoring)
+                for chunk, rows in scored_chunks()
+                for record, row in zip(chunk, rows, strict=True)
+            ),
+            out_path,
+        )
+    else:
+        with out_path.open("w") as handle:
+            for _, rows in scored_chunks():
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    written = counter["written"]
     print(f"{args.data}: {reader.stats.summary()}", file=sys.stderr)
     print(f"wrote {written} scored records to {out_path}", file=sys.stderr)
     return 0

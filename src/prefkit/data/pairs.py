@@ -31,6 +31,7 @@ with fewer than two scored responses is skipped and counted.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections import Counter
@@ -129,9 +130,7 @@ def attach_rewards(
 ) -> Iterable[AnyRecord]:
     """Candidate sets with the rewards of ``prefkit rm score`` output rows (by record id).
 
-    A ranking record takes ``rewards`` (one per response), a rating record
-    ``reward``; a record without a row, or a row of the wrong length, raises
-    naming the id.
+    A record without a row raises naming the id; see :func:`with_rewards`.
     """
     for record in records:
         row = rows.get(record.id)
@@ -140,35 +139,29 @@ def attach_rewards(
                 f"{source}: no scores for record {record.id!r}; score the same candidate file "
                 "with 'prefkit rm score'"
             )
-        if isinstance(record, RankingRecord):
-            rewards = row.get("rewards")
-            if not isinstance(rewards, list) or len(rewards) != len(record.responses):
-                raise ValueError(
-                    f"{source}: record {record.id!r}: expected 'rewards' with "
-                    f"{len(record.responses)} values, found {rewards!r:.80}"
-                )
-            yield RankingRecord(
-                id=record.id,
-                prompt=record.prompt,
-                responses=record.responses,
-                scores=tuple(rewards),
-                response_ids=record.response_ids,
-                category=record.category,
-                metadata=record.metadata,
+        yield with_rewards(record, row, source=source)
+
+
+def with_rewards(record: AnyRecord, row: Mapping[str, Any], *, source: str) -> AnyRecord:
+    """``record`` with the rewards of one ``prefkit rm score`` row filled in.
+
+    A ranking record takes ``rewards`` as its scores (one per response), a rating
+    record a ``reward`` rating; other kinds come back unchanged. A row of the wrong
+    length raises naming the id.
+    """
+    if isinstance(record, RankingRecord):
+        rewards = row.get("rewards")
+        if not isinstance(rewards, list) or len(rewards) != len(record.responses):
+            raise ValueError(
+                f"{source}: record {record.id!r}: expected 'rewards' with "
+                f"{len(record.responses)} values, found {rewards!r:.80}"
             )
-        elif isinstance(record, RatingRecord):
-            if "reward" not in row:
-                raise ValueError(f"{source}: record {record.id!r}: expected a 'reward' value")
-            yield RatingRecord(
-                id=record.id,
-                prompt=record.prompt,
-                response=record.response,
-                ratings={**record.ratings, "reward": row["reward"]},
-                category=record.category,
-                metadata=record.metadata,
-            )
-        else:
-            yield record
+        return dataclasses.replace(record, scores=tuple(rewards), ranks=None)
+    if isinstance(record, RatingRecord):
+        if "reward" not in row:
+            raise ValueError(f"{source}: record {record.id!r}: expected a 'reward' value")
+        return dataclasses.replace(record, ratings={**record.ratings, "reward": row["reward"]})
+    return record
 
 
 def _lengths(record: RankingRecord, unit: str) -> list[int]:
@@ -290,7 +283,8 @@ def build_pairs(
             "p_chosen": 1.0 / (1.0 + math.exp(-candidate["margin"])),
             "reward_model": reward_model
             if reward_model is not None
-            else record.metadata.get("generation", {}).get("reward_model"),
+            else record.metadata.get("scoring", {}).get("reward_model")
+            or record.metadata.get("generation", {}).get("reward_model"),
         }
         if candidate["lengths"] is not None:
             metadata["length_penalty"] = {

@@ -11,8 +11,9 @@ reward is the members' mean, :meth:`~prefkit.rm.model.RewardModel.compare` the
 mean of their probabilities, and :func:`prefkit.rm.scoring.score_records` adds
 the members' standard deviation, a measure of how unsure the ensemble is
 (Coste et al. 2023 use it as a penalty against reward over-optimisation).
-Members' own folders and training checkpoints stay in ``members/<i>/`` so a rerun
-resumes them.
+With held-out pairs the ensemble gets one calibration temperature, fitted on its
+mean margins (each member also has its own, in its folder). Members' own folders
+and training checkpoints stay in ``members/<i>/`` so a rerun resumes them.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prefkit.data.records import AnyRecord
+from prefkit.data.records import AnyRecord, PairwiseRecord
 from prefkit.errors import UserInputError
 from prefkit.rm.embedding_model import EmbeddingRewardModel
 from prefkit.rm.examples import TruncationCounts, rating_attributes, record_items
-from prefkit.rm.result import RewardTrainResult
+from prefkit.rm.result import RewardTrainResult, temperature_summary
 from prefkit.rm.task import evaluate_examples
-from prefkit.rm.train import RMTrainConfig, prepare, train_reward_model
+from prefkit.rm.train import RMTrainConfig, held_out_temperature, prepare, train_reward_model
 from prefkit.train.loop import TrainCallback
 
 
@@ -99,19 +100,26 @@ def train_ensemble(
     rewards = model.score([prompt for prompt, _ in items], [response for _, response in items])
     attributes = rating_attributes(records)
     ensemble_metrics: dict[str, dict[str, float]] = {"train_metrics": {}, "eval_metrics": {}}
+    calibration = None
     for name, part in (("train_metrics", records), ("eval_metrics", eval_records)):
         if part:
             counts = TruncationCounts(config.max_length, config.truncation)
             store, examples = prepare(model, part, config, attributes, counts)
             ensemble_metrics[name] = evaluate_examples(model, store, examples, first.spec.loss)
+    if eval_records and records[0].kind == PairwiseRecord.kind and config.fit_temperature:
+        # One T for the ensemble, fitted on its mean margins over the held-out pairs.
+        calibration = held_out_temperature(model, store, examples)
+        log("ensemble " + temperature_summary(calibration))
     model.spec = dataclasses.replace(
         spec,
         reward_mean=float(rewards.mean()),
         reward_std=float(rewards.std()) or 1.0,
+        temperature=calibration["temperature"] if calibration is not None else 1.0,
         training={
             **dict(first.spec.training or {}),
             "records": len(records),
             **ensemble_metrics,
+            "calibration": calibration,
             "ensemble": {
                 "size": size,
                 "seeds": [seed + member for member in range(size)],
@@ -122,4 +130,4 @@ def train_ensemble(
     )
     model.save(out)
     log(f"ensemble of {size}: {ensemble_metrics}")
-    return RewardTrainResult(model, out, first.spec.loss, stages)
+    return RewardTrainResult(model, out, first.spec.loss, stages, calibration)

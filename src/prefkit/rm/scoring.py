@@ -3,7 +3,9 @@
 :func:`score_records` is what ``prefkit rm score`` writes, one row per input
 record, in input order, with the record's id and kind and
 
-- pairs: ``reward_a``, ``reward_b`` and ``margin`` (= reward_a - reward_b);
+- pairs: ``reward_a``, ``reward_b``, ``margin`` (= reward_a - reward_b) and ``prob_a``,
+  the calibrated P(a preferred) = sigmoid(raw margin / T) with the model's temperature T
+  (the raw margin, so ``normalize`` does not change it);
 - rankings and candidate sets: ``rewards``, one per response in the record's order
   (with ``response_ids`` when the record has them);
 - single responses (ratings, thumbs): ``reward``;
@@ -11,20 +13,23 @@ record, in input order, with the record's id and kind and
   attribute -> value mapping per response;
 - ensembles (``ensemble_size`` > 1): the rewards above are the members' mean, and
   the members' standard deviation comes beside them: ``reward_std_a``,
-  ``reward_std_b`` and ``p_a_std`` (the spread of the members' sigmoid(margin),
-  larger where the ensemble is more often wrong) for pairs, ``reward_stds`` for rankings, ``reward_std`` for single responses
-  (scaled like the rewards under ``normalize``).
+  ``reward_std_b`` and ``p_a_std`` (the spread of the members' P(a), larger where
+  the ensemble is more often wrong; ``prob_a`` is their mean) for pairs,
+  ``reward_stds`` for rankings, ``reward_std`` for single responses (scaled like
+  the rewards under ``normalize``).
 
 All responses of a batch of records go through the model in one call.
+:func:`scored_record` turns a record and its row back into a record
+(``prefkit rm score --records``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
+from prefkit.data.pairs import with_rewards
 from prefkit.data.records import AnyRecord, PairwiseRecord, RankingRecord
 from prefkit.rm.examples import record_items
 from prefkit.rm.model import RewardModel
@@ -46,14 +51,11 @@ def score_records(
     if ensemble:
         member_outputs = model.predict_members(prompts, responses, batch_size=batch_size)
         outputs = member_outputs.mean(axis=0)
-        members = member_outputs.mean(axis=2)  # (E, N)
-        rewards = members.mean(axis=0)
-        if normalize:
-            members = members / model.spec.reward_std
+        members = member_outputs.mean(axis=2)  # (E, N) raw rewards
+        raw_rewards = members.mean(axis=0)
     else:
-        outputs, rewards = model.predict_and_score(prompts, responses, batch_size=batch_size)
-    if normalize:
-        rewards = model.normalize(rewards)
+        outputs, raw_rewards = model.predict_and_score(prompts, responses, batch_size=batch_size)
+    rewards = model.normalize(raw_rewards) if normalize else raw_rewards
     rows = []
     offset = 0
     for record, record_items_ in zip(records, items, strict=True):
@@ -62,7 +64,20 @@ def score_records(
         values = [float(value) for value in rewards[span]]  # (N,) for this record
         row: dict[str, Any] = {"id": record.id, "kind": record.kind}
         if isinstance(record, PairwiseRecord):
-            row.update(reward_a=values[0], reward_b=values[1], margin=values[0] - values[1])
+            raw_a, raw_b = raw_rewards[span]
+            if ensemble:  # the members' mean probability, as RewardModel.compare
+                member_probs = model.preference_probability(
+                    members[:, span.start], members[:, span.start + 1]
+                )
+                prob_a = float(member_probs.mean())
+            else:
+                prob_a = float(model.preference_probability([raw_a], [raw_b])[0])
+            row.update(
+                reward_a=values[0],
+                reward_b=values[1],
+                margin=values[0] - values[1],
+                prob_a=prob_a,
+            )
         elif isinstance(record, RankingRecord):
             row["rewards"] = values
             if record.response_ids is not None:
@@ -70,11 +85,14 @@ def score_records(
         else:
             row["reward"] = values[0]
         if ensemble:
-            spread = [float(value) for value in members[:, span].std(axis=0)]
+            scale = model.spec.reward_std if normalize else 1.0
+            spread = [float(value) / scale for value in members[:, span].std(axis=0)]
             if isinstance(record, PairwiseRecord):
-                margins = (members[:, span.start] - members[:, span.start + 1]).astype(np.float64)
-                p_a_std = float((1.0 / (1.0 + np.exp(-margins))).std())
-                row.update(reward_std_a=spread[0], reward_std_b=spread[1], p_a_std=p_a_std)
+                row.update(
+                    reward_std_a=spread[0],
+                    reward_std_b=spread[1],
+                    p_a_std=float(member_probs.std()),
+                )
             elif isinstance(record, RankingRecord):
                 row["reward_stds"] = spread
             else:
@@ -86,3 +104,16 @@ def score_records(
             ]
         rows.append(row)
     return rows
+
+
+def scored_record(record: AnyRecord, row: dict[str, Any], scoring: dict[str, Any]) -> AnyRecord:
+    """``record`` with its :func:`score_records` row filled in.
+
+    Candidate sets (ranking records) take the rewards as their scores (any ranks are
+    replaced), rating records a ``reward`` rating; every record's ``metadata.scoring``
+    holds ``scoring`` (the reward model's name and settings) and the row's values.
+    """
+    values = {key: value for key, value in row.items() if key not in ("id", "kind")}
+    filled = with_rewards(record, row, source=str(scoring.get("reward_model", "scores")))
+    metadata = {**filled.metadata, "scoring": {**scoring, **values}}
+    return dataclasses.replace(filled, metadata=metadata)

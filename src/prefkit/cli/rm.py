@@ -219,6 +219,7 @@ def _read_all(args: argparse.Namespace, path: str, rejects_for: str) -> list:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from prefkit.cli import UserError
     from prefkit.rm.train import train_reward_model
 
     given = {
@@ -229,11 +230,11 @@ def run_train(args: argparse.Namespace) -> int:
     config = dataclass_from_args(
         RMTrainConfig, args, train=default_train_config(args.mode, **given)
     )
+    if args.ensemble < 1 or (args.ensemble > 1 and config.mode != "embedding"):
+        raise UserError("--ensemble must be >= 1, and > 1 only with --mode embedding")
     out = Path(args.out)
     records = _read_all(args, args.data, out / "train")
     eval_records = _read_all(args, args.eval, out / "eval") if args.eval else None
-    if args.ensemble < 1 or (args.ensemble > 1 and config.mode != "embedding"):
-        raise UserError("--ensemble must be >= 1, and > 1 only with --mode embedding")
     common = dict(
         eval_records=eval_records,
         resume=args.resume,

@@ -15,8 +15,8 @@ from prefkit.cli.common import (
     progress,
     with_layout_notice,
 )
-from prefkit.config import add_dataclass_arguments, dataclass_from_args
-from prefkit.rm.multiobjective import MultiObjectiveConfig
+from prefkit.config import add_dataclass_arguments, dataclass_from_args, field_docs
+from prefkit.rm.multiobjective import MultiObjectiveConfig, default_stage_config
 from prefkit.rm.result import calibration_summary
 from prefkit.rm.train import RMTrainConfig, default_train_config
 from prefkit.train.loop import TrainConfig
@@ -56,7 +56,26 @@ examples:
 Truncation counts of each stage are printed; they and the held-out metrics are saved in
 OUT/config.json under "training". Rerunning the same command resumes from the newest
 checkpoints in OUT/training/regression/ and OUT/training/gate/.
+The training options apply to both stages, except epochs and learning rate, which each
+stage takes on its own (--regression-epochs, --gate-epochs, --regression-lr, --gate-lr).
 """
+
+MULTIOBJECTIVE_STAGES = {"regression": "stage 1 (regression)", "gate": "stage 2 (gate)"}
+"""The stages of ``rm train-multiobjective``: the prefix of their own options, and their name."""
+MULTIOBJECTIVE_STAGE_OPTIONS = ("epochs", "lr")
+"""Loop settings that each stage takes on its own (``--regression-epochs``, ``--gate-lr``, ...)."""
+MULTIOBJECTIVE_SHARED_OPTIONS = tuple(
+    item.name
+    for item in dataclasses.fields(TrainConfig)
+    if item.name
+    not in (
+        *MULTIOBJECTIVE_STAGE_OPTIONS,
+        "group_by_length",  # cached features have no length to group by
+        "early_stopping_metric",  # the stages report different metrics; both watch "loss"
+        "early_stopping_mode",
+    )
+)
+"""Loop settings given once for both stages of ``rm train-multiobjective``."""
 
 SCORE_EXAMPLES = """\
 examples:
@@ -158,7 +177,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="refuse to continue from checkpoints already in DIR/training",
     )
     add_read_arguments(multi)
-    add_dataclass_arguments(multi, MultiObjectiveConfig, title="multi-objective options")
+    add_multiobjective_arguments(multi)
     multi.set_defaults(handler=run_train_multiobjective)
 
     score = sub.add_parser(
@@ -209,6 +228,60 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_progress_argument(score)
     add_read_arguments(score)
     score.set_defaults(handler=run_score)
+
+
+def add_multiobjective_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of :class:`MultiObjectiveConfig`, the loop settings shared by both stages
+    (defaults of :func:`default_stage_config`) and the epochs and learning rate of each stage."""
+    add_dataclass_arguments(
+        parser,
+        MultiObjectiveConfig,
+        skip=tuple(MULTIOBJECTIVE_STAGES),
+        title="multi-objective options",
+    )
+    defaults = dataclasses.asdict(default_stage_config())
+    add_dataclass_arguments(
+        parser,
+        TrainConfig,
+        skip=tuple(
+            item.name
+            for item in dataclasses.fields(TrainConfig)
+            if item.name not in MULTIOBJECTIVE_SHARED_OPTIONS
+        ),
+        title="training options (both stages)",
+        defaults=defaults,
+    )
+    parser.add_argument(
+        "--quiet", dest="progress", action="store_false", help="the same as --no-progress"
+    )
+    docs = field_docs(TrainConfig)
+    group = parser.add_argument_group("training options (each stage)")
+    for stage, name in MULTIOBJECTIVE_STAGES.items():
+        for option in MULTIOBJECTIVE_STAGE_OPTIONS:
+            group.add_argument(
+                f"--{stage}-{option}",
+                dest=f"{stage}_{option}",
+                type=int if option == "epochs" else float,
+                metavar="N" if option == "epochs" else "X",
+                default=defaults[option],
+                help=f"{name}: {docs[option]} (default: {defaults[option]})",
+            )
+
+
+def multiobjective_config_from_args(args: argparse.Namespace) -> MultiObjectiveConfig:
+    """The config of the options added by :func:`add_multiobjective_arguments`."""
+    shared = {name: getattr(args, name) for name in MULTIOBJECTIVE_SHARED_OPTIONS}
+    stages = {
+        stage: default_stage_config(
+            **shared,
+            **{
+                option: getattr(args, f"{stage}_{option}")
+                for option in MULTIOBJECTIVE_STAGE_OPTIONS
+            },
+        )
+        for stage in MULTIOBJECTIVE_STAGES
+    }
+    return dataclass_from_args(MultiObjectiveConfig, args, **stages)
 
 
 def _read_all(args: argparse.Namespace, path: str, rejects_for: str) -> list:
@@ -274,7 +347,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_train_multiobjective(args: argparse.Namespace) -> int:
     from prefkit.rm.multiobjective import check_evaluation_settings, train_multiobjective
 
-    config = dataclass_from_args(MultiObjectiveConfig, args)
+    config = multiobjective_config_from_args(args)
     check_evaluation_settings(
         config,
         eval_ratings_given=args.eval_ratings is not None,

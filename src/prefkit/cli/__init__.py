@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from prefkit import __version__
 
-COMMAND_MODULES = ("quickstart", "data", "rm", "eval", "align", "annotate", "generate")
+COMMAND_MODULES = ("quickstart", "data", "rm", "eval", "align", "annotate", "generate", "serve")
 
 
 def build_parser(command_modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:

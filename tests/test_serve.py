@@ -1,0 +1,295 @@
+"""``prefkit serve``: the endpoints against the model itself, batching across clients,
+the OpenAPI schema, and OpenRLHF's own request (aiohttp). Every test talks real HTTP to
+real uvicorn on 127.0.0.1 (a free port) and stops the server itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from prefkit.rm.model import RewardModel
+from prefkit.serve.app import LoadedModel
+from serve_helpers import CountingModel, ThreadServer, metric, train_small_model
+
+PROMPTS = ["Say something nice", "Say something", "Describe the weather"]
+RESPONSES = ["an excellent apple river", "stone cloud green table", "music paper excellent light"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return train_small_model(tmp_path_factory.mktemp("serve-model"))
+
+
+@pytest.fixture(scope="module")
+def model(model_dir) -> RewardModel:
+    loaded = RewardModel.load(model_dir)
+    loaded.cache = None
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    with ThreadServer.for_folder(model_dir) as running:
+        yield running
+
+
+def test_score_compare_and_get_reward_equal_the_model(server, model) -> None:
+    items = [{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES)]
+    with httpx.Client(base_url=server.url) as client:
+        scored = client.post("/v1/score", json={"items": items})
+        assert scored.status_code == 200, scored.text
+        expected = model.score(PROMPTS, RESPONSES)
+        np.testing.assert_allclose(scored.json()["rewards"], expected, rtol=1e-5, atol=1e-6)
+        attributes = model.score_attributes(PROMPTS, RESPONSES)
+        assert set(scored.json()["attributes"]) == set(attributes)
+        for name, values in attributes.items():
+            np.testing.assert_allclose(
+                scored.json()["attributes"][name], values, rtol=1e-5, atol=1e-6
+            )
+
+        normalized = client.post("/v1/score", json={"items": items, "normalize": True}).json()
+        np.testing.assert_allclose(
+            normalized["rewards"],
+            model.score(PROMPTS, RESPONSES, normalize=True),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        assert normalized["normalized"] is True
+
+        conversation = [
+            {"role": "user", "content": "Say hi"},
+            {"role": "assistant", "content": "hi"},
+        ]
+        turned = client.post(
+            "/v1/score", json={"items": [{"prompt": conversation, "response": "excellent"}]}
+        )
+        np.testing.assert_allclose(
+            turned.json()["rewards"],
+            model.score(["user: Say hi\n\nassistant: hi"], ["excellent"]),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+        one = client.post(
+            "/v1/compare",
+            json={"prompt": PROMPTS[0], "response_a": RESPONSES[0], "response_b": RESPONSES[1]},
+        ).json()
+        assert one["probabilities"][0] == pytest.approx(
+            model.compare(PROMPTS[0], RESPONSES[0], RESPONSES[1]), abs=1e-6
+        )
+        several = client.post(
+            "/v1/compare",
+            json=[
+                {"prompt": p, "response_a": RESPONSES[0], "response_b": r}
+                for p, r in zip(PROMPTS, RESPONSES)
+            ],
+        ).json()
+        assert several["probabilities"] == pytest.approx(
+            [model.compare(p, RESPONSES[0], r) for p, r in zip(PROMPTS, RESPONSES)], abs=1e-6
+        )
+
+        queries = [p + r for p, r in zip(PROMPTS, RESPONSES)]
+        with_prompts = client.post(
+            "/get_reward", json={"query": queries, "prompts": PROMPTS}
+        ).json()
+        np.testing.assert_allclose(with_prompts["rewards"], expected, rtol=1e-5, atol=1e-6)
+        assert (
+            with_prompts["scores"] == with_prompts["rewards"] and with_prompts["extra_logs"] == {}
+        )
+        whole = client.post("/get_reward", json={"query": queries}).json()
+        np.testing.assert_allclose(
+            whole["rewards"], model.score([""] * 3, queries), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_health_model_and_metrics(server, model_dir) -> None:
+    with httpx.Client(base_url=server.url) as client:
+        assert client.get("/health").json() == {"status": "ok", "detail": None}
+        info = client.get("/v1/model").json()
+        config = json.loads((model_dir / "config.json").read_text())
+        assert info["kind"] == config["mode"] == "embedding"
+        assert info["backbone"] == config["backbone"]["path"]
+        assert info["attributes"] == ["reward"]
+        assert len(info["weights_sha256"]) == 64
+        assert info["limits"]["max_items"] == server.config.max_items
+        client.post("/v1/score", json={"items": [{"prompt": "a", "response": "b"}]})
+        client.post("/v1/score", json={"items": []})
+        page = client.get("/metrics")
+        assert page.headers["content-type"].startswith("text/plain")
+        text = page.text
+        assert metric(text, "prefkit_serve_requests_total", path="/v1/score", code="200") >= 1
+        assert metric(text, "prefkit_serve_errors_total", code="422") >= 1
+        assert metric(text, "prefkit_serve_model_calls_total") >= 1
+        assert metric(text, "prefkit_serve_queue_items") == 0
+        assert 'prefkit_serve_request_duration_seconds_bucket{path="/v1/score",le="+Inf"}' in text
+        assert "prefkit_serve_batch_items_count" in text
+
+
+def test_health_is_503_until_the_model_is_loaded(model) -> None:
+    release = threading.Event()
+    loaded = LoadedModel(model, None)
+
+    def slow_loader() -> LoadedModel:
+        release.wait(timeout=30)
+        return loaded
+
+    with (
+        ThreadServer(slow_loader, wait_ready=False) as running,
+        httpx.Client(base_url=running.url) as client,
+    ):
+        waiting = client.get("/health")
+        assert waiting.status_code == 503 and waiting.json()["status"] == "loading"
+        early = client.post("/v1/score", json={"items": [{"prompt": "a", "response": "b"}]})
+        assert early.status_code == 503 and early.headers["Retry-After"] == "1"
+        release.set()
+        from serve_helpers import wait_ready
+
+        wait_ready(client, running.url)
+        assert (
+            client.post("/v1/score", json={"items": [{"prompt": "a", "response": "b"}]}).status_code
+            == 200
+        )
+
+
+async def _concurrent_single_items(url: str, count: int) -> list[float]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    "/v1/score",
+                    json={"items": [{"prompt": f"prompt {i}", "response": f"excellent {i}"}]},
+                )
+                for i in range(count)
+            )
+        )
+    assert all(answer.status_code == 200 for answer in answers), [a.text for a in answers]
+    return [answer.json()["rewards"][0] for answer in answers]
+
+
+@pytest.mark.parametrize("cross_request_batching", [True, False])
+def test_concurrent_requests_share_model_calls(model, cross_request_batching) -> None:
+    """32 one-item requests at once: far fewer than 32 model calls, each answer equal to
+    scoring its item alone. Without cross-request batching (the one-call-per-request
+    design) the same load takes exactly 32 calls, so the count is what batching buys."""
+    counting = CountingModel(model)
+    with ThreadServer.for_model(
+        counting, max_wait_ms=100, max_batch_items=64, cross_request_batching=cross_request_batching
+    ) as running:
+        rewards = asyncio.run(_concurrent_single_items(running.url, 32))
+        page = httpx.get(f"{running.url}/metrics").text
+    alone = [float(model.score([f"prompt {i}"], [f"excellent {i}"])[0]) for i in range(32)]
+    np.testing.assert_allclose(rewards, alone, rtol=1e-5, atol=1e-6)
+    assert sum(counting.calls) == 32
+    assert metric(page, "prefkit_serve_model_calls_total") == len(counting.calls)
+    if cross_request_batching:
+        assert len(counting.calls) <= 4, counting.calls
+    else:
+        assert len(counting.calls) == 32
+
+
+def test_batches_respect_item_and_token_limits(model) -> None:
+    counting = CountingModel(model)
+    with ThreadServer.for_model(
+        counting, max_wait_ms=200, max_batch_items=8, max_batch_tokens=10_000
+    ) as running:
+        asyncio.run(_concurrent_single_items(running.url, 32))
+    assert max(counting.calls) <= 8 and sum(counting.calls) == 32
+    counting.calls.clear()
+    # Each item is about 2,500 estimated tokens, so a 10,000-token batch holds at most 4.
+    with ThreadServer.for_model(
+        counting, max_wait_ms=200, max_batch_items=64, max_batch_tokens=10_000
+    ) as running:
+
+        async def long_items() -> None:
+            async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+                answers = await asyncio.gather(
+                    *(
+                        client.post(
+                            "/v1/score",
+                            json={"items": [{"prompt": "", "response": "excellent " * 1000}]},
+                        )
+                        for _ in range(12)
+                    )
+                )
+            assert all(answer.status_code == 200 for answer in answers)
+
+        asyncio.run(long_items())
+    assert max(counting.calls) <= 4 and sum(counting.calls) == 12
+
+
+def test_openapi_schema_matches_the_routes_and_answers(server) -> None:
+    with httpx.Client(base_url=server.url) as client:
+        schema = client.get("/openapi.json").json()
+        routes = {
+            (route.path, method.lower())
+            for route in server.app.routes
+            for method in getattr(route, "methods", ())
+            if route.path not in ("/openapi.json",) and method != "HEAD"
+        }
+        documented = {
+            (path, method) for path, operations in schema["paths"].items() for method in operations
+        }
+        assert documented == routes
+        assert routes >= {
+            ("/get_reward", "post"),
+            ("/v1/score", "post"),
+            ("/v1/compare", "post"),
+            ("/health", "get"),
+            ("/v1/model", "get"),
+            ("/metrics", "get"),
+        }
+        components = schema["components"]["schemas"]
+        answers = {
+            "/v1/score": client.post(
+                "/v1/score", json={"items": [{"prompt": "a", "response": "b"}]}
+            ),
+            "/v1/compare": client.post(
+                "/v1/compare", json={"prompt": "a", "response_a": "b", "response_b": "c"}
+            ),
+            "/get_reward": client.post("/get_reward", json={"query": ["ab"], "prompts": ["a"]}),
+        }
+        for path, answer in answers.items():
+            reference = schema["paths"][path]["post"]["responses"]["200"]["content"][
+                "application/json"
+            ]["schema"]["$ref"]
+            properties = components[reference.rsplit("/", 1)[1]]
+            assert set(answer.json()) == set(properties["properties"]), path
+            assert set(properties["required"]) <= set(answer.json())
+            request_ref = schema["paths"][path]["post"]["requestBody"]["content"][
+                "application/json"
+            ]["schema"]
+            assert request_ref, path
+        error = client.post("/v1/score", json={"items": []}).json()
+        assert set(error["error"]) == set(components["ErrorDetail"]["properties"])
+        info = client.get("/v1/model").json()
+        assert set(info) == set(components["ModelInfo"]["properties"])
+
+
+def test_openrlhf_remote_reward_request(server, model) -> None:
+    """The request OpenRLHF's remote reward function sends: a JSON POST of query, prompts and
+    labels, reading ``rewards`` from the answer."""
+    aiohttp = pytest.importorskip("aiohttp")
+    queries = [p + r for p, r in zip(PROMPTS, RESPONSES)]
+
+    async def request() -> list[float]:
+        headers = {"Content-Type": "application/json"}
+        data = {"query": queries, "prompts": PROMPTS, "labels": ["", "", ""]}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{server.url}/get_reward",
+                json=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=180),
+            ) as response:
+                response.raise_for_status()
+                answer = await response.json()
+        assert "rewards" in answer
+        return answer["rewards"]
+
+    rewards = asyncio.run(request())
+    np.testing.assert_allclose(rewards, model.score(PROMPTS, RESPONSES), rtol=1e-5, atol=1e-6)

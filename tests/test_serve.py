@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -14,9 +15,10 @@ import pytest
 
 from prefkit.rm.model import RewardModel
 from prefkit.serve.app import LoadedModel
-from serve_helpers import CountingModel, ThreadServer, metric, train_small_model
+from serve_helpers import CountingModel, GatedModel, ThreadServer, metric, train_small_model
 
 PROMPTS = ["Say something nice", "Say something", "Describe the weather"]
+JSON = {"Content-Type": "application/json"}
 RESPONSES = ["an excellent apple river", "stone cloud green table", "music paper excellent light"]
 
 
@@ -293,3 +295,88 @@ def test_openrlhf_remote_reward_request(server, model) -> None:
 
     rewards = asyncio.run(request())
     np.testing.assert_allclose(rewards, model.score(PROMPTS, RESPONSES), rtol=1e-5, atol=1e-6)
+
+
+def test_limits_and_bad_requests_are_4xx_naming_the_field_and_the_server_keeps_serving(
+    model,
+) -> None:
+    limits = {"max_request_bytes": 4096, "max_items": 4, "max_text_chars": 200}
+    item = {"prompt": "a", "response": "b"}
+    with (
+        ThreadServer.for_model(model, **limits) as running,
+        httpx.Client(base_url=running.url) as client,
+    ):
+
+        def error(response: httpx.Response, status: int) -> dict:
+            assert response.status_code == status, response.text
+            return response.json()["error"]
+
+        big = error(client.post("/v1/score", json={"items": [item] * 3, "pad": "x" * 5000}), 413)
+        assert big["field"] == "body" and "4,096 bytes" in big["message"]
+        chunked = client.post(
+            "/v1/score", content=iter([b'{"items": [', b" " * 5000, b"]}"])
+        )  # no Content-Length: the bytes read decide
+        assert error(chunked, 413)["field"] == "body"
+
+        many = error(client.post("/v1/score", json={"items": [item] * 5}), 422)
+        assert many["field"] == "items" and "at most 4" in many["message"]
+        long = [item, {"prompt": "a", "response": "x" * 201}]
+        assert error(client.post("/v1/score", json={"items": long}), 422)["field"] == (
+            "items[1].response"
+        )
+        queries = {"query": ["a b", "c d"], "prompts": ["a", "x"]}
+        mismatch = error(client.post("/get_reward", json=queries), 422)
+        assert mismatch["field"] == "query[1]" and "prompts[1]" in mismatch["message"]
+        missing = error(client.post("/v1/score", json={"items": [{"prompt": "a"}]}), 422)
+        assert missing["field"] == "items[0].response"
+        wrong = error(
+            client.post("/v1/score", json={"items": [{"prompt": "a", "response": 3}]}), 422
+        )
+        assert wrong["field"] == "items[0].response"
+        assert error(client.post("/v1/score", json={"items": []}), 422)["field"] == "items"
+        assert error(client.post("/get_reward", json={"query": []}), 422)["field"] == "query"
+
+        broken = error(client.post("/v1/score", content=b'{"items": [', headers=JSON), 400)
+        assert broken["field"] == "body" and "not valid JSON" in broken["message"]
+        latin1 = '{"items": [{"prompt": "caf\u00e9", "response": "b"}]}'.encode("latin-1")
+        undecodable = error(client.post("/v1/score", content=latin1, headers=JSON), 400)
+        assert undecodable["field"] == "body" and "not UTF-8" in undecodable["message"]
+
+        after = client.post("/v1/score", json={"items": [item]})
+        assert after.status_code == 200
+        np.testing.assert_allclose(
+            after.json()["rewards"], model.score(["a"], ["b"]), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_a_full_queue_answers_503_with_retry_after(model) -> None:
+    gated = GatedModel(model)
+    settings = {"max_batch_items": 2, "max_items": 2, "max_queue_items": 2, "max_wait_ms": 0}
+    two = {"items": [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]}
+    answers: list[int] = []
+    with (
+        ThreadServer.for_model(gated, **settings) as running,
+        httpx.Client(base_url=running.url, timeout=30) as client,
+    ):
+
+        def post() -> None:
+            with httpx.Client(base_url=running.url, timeout=30) as own:
+                answers.append(own.post("/v1/score", json=two).status_code)
+
+        in_flight = threading.Thread(target=post)
+        in_flight.start()
+        assert gated.entered.wait(timeout=30)  # the first request is being scored
+        queued = threading.Thread(target=post)
+        queued.start()
+        deadline = time.monotonic() + 30
+        while metric(client.get("/metrics").text, "prefkit_serve_queue_items") < 2:
+            assert time.monotonic() < deadline, "the second request was never queued"
+            time.sleep(0.01)
+        full = client.post("/v1/score", json=two)
+        assert full.status_code == 503 and full.headers["Retry-After"] == "1"
+        assert "queue is full" in full.json()["error"]["message"]
+        gated.open()
+        in_flight.join(timeout=30)
+        queued.join(timeout=30)
+        assert answers == [200, 200]
+        assert client.post("/v1/score", json=two).status_code == 200

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import threading
 import time
 
@@ -15,7 +16,15 @@ import pytest
 
 from prefkit.rm.model import RewardModel
 from prefkit.serve.app import LoadedModel
-from serve_helpers import CountingModel, GatedModel, ThreadServer, metric, train_small_model
+from serve_helpers import (
+    CountingModel,
+    GatedModel,
+    ThreadServer,
+    metric,
+    start_cli_server,
+    train_small_model,
+    wait_ready,
+)
 
 PROMPTS = ["Say something nice", "Say something", "Describe the weather"]
 JSON = {"Content-Type": "application/json"}
@@ -149,8 +158,6 @@ def test_health_is_503_until_the_model_is_loaded(model) -> None:
         early = client.post("/v1/score", json={"items": [{"prompt": "a", "response": "b"}]})
         assert early.status_code == 503 and early.headers["Retry-After"] == "1"
         release.set()
-        from serve_helpers import wait_ready
-
         wait_ready(client, running.url)
         assert (
             client.post("/v1/score", json={"items": [{"prompt": "a", "response": "b"}]}).status_code
@@ -380,3 +387,46 @@ def test_a_full_queue_answers_503_with_retry_after(model) -> None:
         queued.join(timeout=30)
         assert answers == [200, 200]
         assert client.post("/v1/score", json=two).status_code == 200
+
+
+def test_api_keys_guard_every_endpoint_but_health(model) -> None:
+    item = {"items": [{"prompt": "a", "response": "b"}]}
+    with (
+        ThreadServer.for_model(model, api_keys=("first-key", "second-key")) as running,
+        httpx.Client(base_url=running.url) as client,
+    ):
+        assert client.get("/health").status_code == 200
+        for method, path in [
+            ("POST", "/v1/score"),
+            ("POST", "/get_reward"),
+            ("POST", "/v1/compare"),
+            ("GET", "/v1/model"),
+            ("GET", "/metrics"),
+            ("GET", "/openapi.json"),
+        ]:
+            for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "first-key"}]:
+                refused = client.request(method, path, json=item, headers=headers)
+                assert refused.status_code == 401, (path, headers, refused.text)
+                assert refused.headers["WWW-Authenticate"] == "Bearer"
+                assert refused.json()["error"]["field"] == "Authorization"
+        for key in ("first-key", "second-key"):
+            answer = client.post("/v1/score", json=item, headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200, answer.text
+
+
+def test_cli_reads_api_keys_from_the_environment(model_dir) -> None:
+    process, url = start_cli_server(model_dir, env={"PREFKIT_API_KEYS": "env-one, env-two"})
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            wait_ready(client, url)
+            item = {"items": [{"prompt": "a", "response": "b"}]}
+            assert client.post("/v1/score", json=item).status_code == 401
+            for key in ("env-one", "env-two"):
+                headers = {"Authorization": f"Bearer {key}"}
+                assert client.post("/v1/score", json=item, headers=headers).status_code == 200
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the captured SIGTERM
+    assert process.returncode in (0, -signal.SIGTERM), errors
+    assert "Traceback" not in errors

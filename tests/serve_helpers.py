@@ -75,10 +75,17 @@ class CountingModel:
 class ThreadServer:
     """``create_app`` under uvicorn on 127.0.0.1 (a free port), in a background thread."""
 
-    def __init__(self, loader, config: ServeConfig | None = None, *, wait_ready: bool = True):
+    def __init__(
+        self,
+        loader,
+        config: ServeConfig | None = None,
+        *,
+        wait_ready: bool = True,
+        port: int = 0,
+    ):
         self.config = config or ServeConfig(port=0)
         self.wait_ready = wait_ready
-        self._socket = bind_socket("127.0.0.1", 0)
+        self._socket = bind_socket("127.0.0.1", port)
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
         self.app = create_app(loader, self.config)
         self._server = build_server(self.app, self.config)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import threading
 import time
 
@@ -430,3 +431,47 @@ def test_cli_reads_api_keys_from_the_environment(model_dir) -> None:
     # uvicorn shuts down gracefully, then re-raises the captured SIGTERM
     assert process.returncode in (0, -signal.SIGTERM), errors
     assert "Traceback" not in errors
+
+
+def test_reward_client_retries_503_and_connection_errors_then_gives_up(model) -> None:
+    from prefkit.serve import RewardClient, RewardClientError
+
+    release = threading.Event()
+    loaded = LoadedModel(model, None)
+
+    def slow_loader() -> LoadedModel:
+        release.wait(timeout=30)
+        return loaded
+
+    # 503 with Retry-After while the model loads: retried until it answers.
+    with ThreadServer(slow_loader, wait_ready=False) as running:
+        threading.Timer(0.5, release.set).start()
+        with RewardClient(running.url, max_retries=5, backoff=0.05) as client:
+            rewards = client.score(PROMPTS, RESPONSES)
+            np.testing.assert_allclose(
+                rewards, model.score(PROMPTS, RESPONSES), rtol=1e-5, atol=1e-6
+            )
+            with pytest.raises(RewardClientError) as refused:
+                client.score(["a"], ["x" * 200_000])  # 422 is not retried
+            assert refused.value.status == 422 and "items[0].response" in str(refused.value)
+        page = httpx.get(f"{running.url}/metrics").text
+        assert metric(page, "prefkit_serve_errors_total", code="503") >= 1
+        assert metric(page, "prefkit_serve_errors_total", code="422") == 1
+
+    # Nothing listening yet: connection errors are retried until the server is up.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    answers: list[np.ndarray] = []
+    with RewardClient(f"http://127.0.0.1:{port}", max_retries=8, backoff=0.1) as client:
+        calling = threading.Thread(target=lambda: answers.append(client.score(["a"], ["b"])))
+        calling.start()
+        time.sleep(0.5)
+        with ThreadServer(lambda: loaded, port=port):
+            calling.join(timeout=30)
+    assert len(answers) == 1
+    np.testing.assert_allclose(answers[0], model.score(["a"], ["b"]), rtol=1e-5, atol=1e-6)
+
+    with RewardClient(f"http://127.0.0.1:{port}", max_retries=2, backoff=0.01) as client:
+        with pytest.raises(RewardClientError, match="failed after 3 attempts"):
+            client.score(["a"], ["b"])

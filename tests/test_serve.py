@@ -350,6 +350,13 @@ def test_limits_and_bad_requests_are_4xx_naming_the_field_and_the_server_keeps_s
         undecodable = error(client.post("/v1/score", content=latin1, headers=JSON), 400)
         assert undecodable["field"] == "body" and "not UTF-8" in undecodable["message"]
 
+        as_curl_sends = client.post(  # curl -d without -H: form-encoded, still read as JSON
+            "/v1/score",
+            content=json.dumps({"items": [item]}).encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert as_curl_sends.status_code == 200, as_curl_sends.text
+
         after = client.post("/v1/score", json={"items": [item]})
         assert after.status_code == 200
         np.testing.assert_allclose(

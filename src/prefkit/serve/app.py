@@ -314,7 +314,11 @@ class Guard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        # Every endpoint takes JSON: read the body as JSON whatever Content-Type says, so
+        # ``curl -d '{...}'`` (form-encoded by default) works as documented.
+        headers_as_json = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+        headers_as_json.append((b"content-type", b"application/json"))
+        await self.app({**scope, "headers": headers_as_json}, replay, send)
 
     async def _too_large(
         self, scope: dict, receive: Callable, send: Callable, size: int | None

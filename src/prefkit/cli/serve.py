@@ -34,7 +34,6 @@ examples:
   PREFKIT_API_KEYS=secret prefkit serve runs/rm --host 0.0.0.0 --port 8000
   curl -s http://127.0.0.1:8000/v1/score -H 'Authorization: Bearer secret' \\
        -d '{"items": [{"prompt": "Say hi", "response": "Hello!"}]}'
-  prefkit eval http://127.0.0.1:8000 data/test.jsonl     # key from $PREFKIT_API_KEY
 """
 
 

@@ -6,7 +6,9 @@ all-MiniLM-L6-v2), same epochs (3 by default: TRL's default num_train_epochs),
 max length and batch size, same machine, 2 torch threads. Each run is its own
 process, so peak memory (ru_maxrss) is its own; runs are interleaved round by
 round (embedding, finetune, TRL, embedding, ...) so that load from other
-processes falls on all methods, and the summary takes medians over repeats.
+processes falls on all methods, and the summary takes medians over repeats
+with their spread (min, quartiles, max). The 1-minute load average is recorded
+before and after every run (the machine may be shared).
 
 Wall time covers everything a method needs from raw records to a trained model:
 loading backbone and tokenizer, tokenizing, training, and what the trainer does
@@ -18,7 +20,11 @@ cache, so its encoder pass is counted. Held-out scoring is outside the clock.
 Pairs per second: ``pairs_trained_per_s`` counts the pairs each tool actually
 trained on, times epochs (TRL drops every pair with a side over max length;
 prefkit truncates and keeps them); ``pairs_offered_per_s`` counts every pair
-given to it. Writes bench/results/rm_speed.json.
+given to it. Held-out accuracy carries a 95% Wilson score interval over the test
+pairs (pairs treated as independent; arguments repeat across pairs, so this is
+a lower bound on the real uncertainty), and each run keeps its per-pair
+correctness so that methods can be compared pair by pair. Writes
+bench/results/rm_speed.json.
 
     .venv/bin/python bench/rm_speed_vs_trl.py [--train-pairs 160] [--test-pairs 300] [--repeats 3,2,2]
 """
@@ -58,10 +64,19 @@ def subset(train_pairs: int, test_pairs: int, seed: int = 0):
     return rng.sample(train, train_pairs), rng.sample(test, test_pairs)
 
 
-def accuracy(score_fn, test) -> float:
+def correct_pairs(score_fn, test) -> np.ndarray:
+    """(N,) bool: the reward ranks the better response of each test pair higher (strict)."""
     rewards_a = score_fn([r.response_a for r in test])
     rewards_b = score_fn([r.response_b for r in test])
-    return float(np.mean((rewards_a > rewards_b) == np.array([r.outcome == "a" for r in test])))
+    return (rewards_a > rewards_b) == np.array([r.outcome == "a" for r in test])
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion (z = the normal 97.5% quantile)."""
+    share = successes / trials
+    centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials))
+    return centre - half / (1 + z * z / trials), centre + half / (1 + z * z / trials)
 
 
 def run_prefkit(mode: str, train, test, args, scratch: Path) -> dict:
@@ -89,7 +104,7 @@ def run_prefkit(mode: str, train, test, args, scratch: Path) -> dict:
     model = report.model
     return {
         "seconds": seconds,
-        "accuracy": accuracy(lambda texts: model.score([""] * len(texts), texts), test),
+        "correct": correct_pairs(lambda texts: model.score([""] * len(texts), texts), test),
         "pairs_trained": report.stages["train"].truncation.examples_kept,
         "config": {
             "mode": mode,
@@ -161,7 +176,7 @@ def run_trl(train, test, args, scratch: Path) -> dict:
 
     return {
         "seconds": seconds,
-        "accuracy": accuracy(score, test),
+        "correct": correct_pairs(score, test),
         "pairs_trained": kept,
         "config": {
             "epochs": args.epochs,
@@ -174,13 +189,20 @@ def run_trl(train, test, args, scratch: Path) -> dict:
 
 
 def summarize(runs: list[dict]) -> dict:
-    """Medians over the successful runs of one method, and how many there were."""
+    """Medians over the successful runs of one method, their spread, and how many there were."""
     done = [run for run in runs if "seconds" in run]
     if not done:
         return {}
+    spread = {}
+    for key in ("seconds", "pairs_trained_per_s"):
+        values = [run[key] for run in done]
+        low, q1, q3, high = np.quantile(values, [0.0, 0.25, 0.75, 1.0])
+        spread[key] = {"min": low, "q1": q1, "q3": q3, "max": high}
     return {
         "runs": len(done),
         **{key: float(np.median([run[key] for run in done])) for key in SUMMARY_KEYS},
+        "spread": {key: {k: float(v) for k, v in s.items()} for key, s in spread.items()},
+        "accuracy_values": sorted({run["accuracy"] for run in done}),
     }
 
 
@@ -195,6 +217,10 @@ def worker(args) -> None:
             result = run_prefkit(
                 args.worker.removeprefix("prefkit-"), train, test, args, Path(scratch)
             )
+    correct = result.pop("correct")
+    result["accuracy"] = float(correct.mean())
+    result["accuracy_ci95_wilson"] = list(wilson_interval(int(correct.sum()), len(correct)))
+    result["correct"] = "".join("1" if hit else "0" for hit in correct)
     result["pairs_trained_per_s"] = result["pairs_trained"] * args.epochs / result["seconds"]
     result["pairs_offered_per_s"] = args.train_pairs * args.epochs / result["seconds"]
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -251,6 +277,7 @@ def main() -> None:
             "torch_threads": args.threads,
             "cuda": torch.cuda.is_available(),
         },
+        "loadavg_1_5_15_at_start": list(os.getloadavg()),
         "runs": {method: [] for method in methods},
     }
     bench_start = time.perf_counter()
@@ -258,6 +285,7 @@ def main() -> None:
         for method in methods:
             if round_index >= repeats[method]:
                 continue
+            load_before = os.getloadavg()
             process = subprocess.run(
                 [sys.executable, __file__, "--worker", method, *shared],
                 capture_output=True,
@@ -265,20 +293,39 @@ def main() -> None:
             )
             lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
             if process.returncode != 0 or not lines:
-                results["runs"][method].append({"error": process.stderr[-2000:]})
+                results["runs"][method].append(
+                    {"error": process.stderr[-2000:], "loadavg_1_5_15_before": list(load_before)}
+                )
                 print(f"{method}: failed\n{process.stderr[-2000:]}", file=sys.stderr)
                 continue
-            results["runs"][method].append(json.loads(lines[-1].removeprefix("RESULT ")))
-            print(method, results["runs"][method][-1], file=sys.stderr, flush=True)
+            run = json.loads(lines[-1].removeprefix("RESULT "))
+            run["round"] = round_index
+            run["loadavg_1_5_15_before"] = list(load_before)
+            run["loadavg_1_5_15_after"] = list(os.getloadavg())
+            results["runs"][method].append(run)
+            shown = {key: value for key, value in run.items() if key != "correct"}
+            print(method, shown, file=sys.stderr, flush=True)
             results["bench_seconds"] = time.perf_counter() - bench_start
             write_results(
                 results, Path(args.results)
             )  # after every run, so a cut-short bench keeps its runs
+    results["loadavg_1_5_15_at_end"] = list(os.getloadavg())
+    write_results(results, Path(args.results))
     print(json.dumps(results.get("ratios", {}), indent=2))
 
 
+def first_run(runs: list[dict]) -> dict:
+    return next(run for run in runs if "seconds" in run)
+
+
 def write_results(results: dict, path: Path) -> None:
-    """Medians per method, ratios to TRL (once every method has a run), then the JSON file."""
+    """Medians per method, ratios to TRL (once every method has a run), then the JSON file.
+
+    The accuracy differences carry a paired percentile bootstrap interval over the
+    test pairs (10,000 resamples, seed 0), from each method's first run.
+    """
+    from prefkit.eval.metrics import bootstrap_ci
+
     results["medians"] = medians = {
         method: summarize(runs) for method, runs in results["runs"].items()
     }
@@ -286,13 +333,34 @@ def write_results(results: dict, path: Path) -> None:
         embedding, finetune, trl = (medians[m] for m in METHODS)
         results["ratios"] = {
             "embedding_speedup_vs_trl": trl["seconds"] / embedding["seconds"],
+            # worst case over runs: the slowest embedding run against the fastest TRL run
+            "embedding_speedup_vs_trl_slowest_vs_fastest": trl["spread"]["seconds"]["min"]
+            / embedding["spread"]["seconds"]["max"],
+            "embedding_speedup_vs_trl_fastest_vs_slowest": trl["spread"]["seconds"]["max"]
+            / embedding["spread"]["seconds"]["min"],
             "embedding_accuracy_minus_trl": embedding["accuracy"] - trl["accuracy"],
             "finetune_pairs_trained_per_s_vs_trl": finetune["pairs_trained_per_s"]
             / trl["pairs_trained_per_s"],
+            "finetune_pairs_trained_per_s_vs_trl_worst": finetune["spread"]["pairs_trained_per_s"][
+                "min"
+            ]
+            / trl["spread"]["pairs_trained_per_s"]["max"],
+            "finetune_pairs_trained_per_s_vs_trl_best": finetune["spread"]["pairs_trained_per_s"][
+                "max"
+            ]
+            / trl["spread"]["pairs_trained_per_s"]["min"],
             "finetune_pairs_offered_per_s_vs_trl": finetune["pairs_offered_per_s"]
             / trl["pairs_offered_per_s"],
             "finetune_wall_speedup_vs_trl": trl["seconds"] / finetune["seconds"],
         }
+        first_correct = {
+            method: np.array([hit == "1" for hit in first_run(results["runs"][method])["correct"]])
+            for method in METHODS
+        }
+        for method in ("prefkit-embedding", "prefkit-finetune"):
+            difference = first_correct[method].astype(float) - first_correct[METHODS[2]]
+            key = method.removeprefix("prefkit-") + "_accuracy_minus_trl_ci95_paired_bootstrap"
+            results["ratios"][key] = list(bootstrap_ci(difference, n_resamples=10000, seed=0))
     path.write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -35,7 +35,7 @@ def test_package_and_data_layer_import_without_heavy_libraries() -> None:
 
 def test_losses_import_only_torch() -> None:
     code = (
-        "import sys, prefkit.losses.reward, prefkit.losses.preference; "
+        "import sys, prefkit.losses.reward, prefkit.losses.preference, prefkit.losses.rl; "
         "print(','.join(m for m in ('transformers', 'pyarrow', 'trl', 'scipy') if m in sys.modules))"
     )
     output = subprocess.run(

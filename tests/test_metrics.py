@@ -419,6 +419,88 @@ def test_calibration_extreme_margins_do_not_overflow():
     assert result["ece"] == 0.0 and result["brier"] == 0.0
 
 
+# ------------------------------------------------------------- temperature
+
+
+def test_fit_temperature_hand_worked_closed_form():
+    """Every |margin| is 2 and the model's choice wins in 3 of the 4 decided pairs, so the
+    NLL 3 softplus(-2/T) + softplus(2/T) is least where sigmoid(2/T) = 3/4:
+    2/T = log 3, T = 2 / log 3 = 1.8205. The tie is left out (n = 4). NLL before:
+    (3 softplus(-2) + softplus(2)) / 4 = (3 * 0.126928 + 2.126928) / 4 = 0.626928;
+    after: -(3 log 3/4 + log 1/4) / 4 = 0.562335."""
+    result = m.fit_temperature([2.0, 2.0, -2.0, -2.0, 5.0], [0.0] * 5, ["a", "a", "b", "a", "tie"])
+    assert result["temperature"] == pytest.approx(2.0 / math.log(3.0), rel=1e-9)
+    assert result["n"] == 4
+    assert result["nll_before"] == pytest.approx(0.626928, abs=1e-6)
+    assert result["nll_after"] == pytest.approx(0.562335, abs=1e-6)
+
+
+def test_fit_temperature_matches_a_brute_force_search():
+    rng = np.random.default_rng(3)
+    margins = rng.normal(0.0, 1.5, 300)
+    outcome = np.where(rng.random(300) < 1.0 / (1.0 + np.exp(-0.4 * margins)), "a", "b")
+    grid = np.exp(np.linspace(math.log(0.05), math.log(20.0), 20001))
+    signed = np.where(outcome == "a", margins, -margins)
+    nll = np.logaddexp(0.0, -signed[None, :] / grid[:, None]).mean(axis=1)
+    fitted = m.fit_temperature(margins, np.zeros(300), outcome)
+    assert fitted["temperature"] == pytest.approx(grid[np.argmin(nll)], rel=1e-3)
+    assert fitted["nll_after"] == pytest.approx(nll.min(), abs=1e-9)
+
+
+def test_fit_temperature_recovers_a_known_overconfidence_and_lowers_ece():
+    """True margins z give P(a) = sigmoid(z); the model reports 3 z, three times too sure."""
+    rng = np.random.default_rng(0)
+    true_margins = rng.normal(0.0, 2.0, 20000)
+    outcome = np.where(rng.random(20000) < 1.0 / (1.0 + np.exp(-true_margins)), "a", "b")
+    reported = 3.0 * true_margins
+    fitted = m.fit_temperature(reported, np.zeros(20000), outcome)
+    assert fitted["temperature"] == pytest.approx(3.0, rel=0.05)
+    before = m.calibration(reported, np.zeros(20000), outcome)
+    after = m.calibration(reported, np.zeros(20000), outcome, temperature=fitted["temperature"])
+    assert after["temperature"] == fitted["temperature"] and before["temperature"] == 1.0
+    assert before["ece"] > 0.1 and after["ece"] < 0.02
+    assert after["brier"] < before["brier"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_temperature_never_lowers_log_likelihood_and_keeps_accuracy(seed):
+    rng = np.random.default_rng(seed)
+    margins = rng.normal(0.0, rng.uniform(0.1, 5.0), 200)
+    outcome = np.where(rng.random(200) < rng.uniform(0.3, 0.9), "a", "b")
+    fitted = m.fit_temperature(margins, np.zeros(200), outcome)
+    assert fitted["nll_after"] <= fitted["nll_before"] + 1e-12
+    scaled = margins / fitted["temperature"]
+    before = m.pairwise_accuracy(margins, np.zeros(200), outcome, n_resamples=0)
+    after = m.pairwise_accuracy(scaled, np.zeros(200), outcome, n_resamples=0)
+    assert after["accuracy"] == before["accuracy"]
+
+
+def test_fit_temperature_at_the_bounds_and_without_information():
+    separable = m.fit_temperature([1.0, -2.0], [0.0, 0.0], ["a", "b"])
+    assert separable["temperature"] == m.TEMPERATURE_BOUNDS[0]
+    backwards = m.fit_temperature([1.0, -2.0], [0.0, 0.0], ["b", "a"])
+    assert backwards["temperature"] == m.TEMPERATURE_BOUNDS[1]
+    assert m.fit_temperature([0.0, 0.0], [0.0, 0.0], ["a", "b"])["temperature"] == 1.0
+    only_ties = m.fit_temperature([1.0], [0.0], ["tie"])
+    assert only_ties["temperature"] == 1.0 and only_ties["n"] == 0
+    assert math.isnan(only_ties["nll_before"])
+    with pytest.raises(ValueError, match="temperature"):
+        m.calibration([1.0], [0.0], ["a"], temperature=0.0)
+
+
+def test_calibration_temperature_divides_the_margins():
+    rng = np.random.default_rng(1)
+    margins = rng.normal(0.0, 2.0, 100)
+    outcome = np.where(rng.random(100) < 0.6, "a", "b")
+    scaled = m.calibration(margins, np.zeros(100), outcome, temperature=2.5)
+    divided = m.calibration(margins / 2.5, np.zeros(100), outcome)
+    assert scaled["ece"] == pytest.approx(divided["ece"], abs=1e-12)
+    assert scaled["brier"] == pytest.approx(divided["brier"], abs=1e-12)
+    assert [b["n"] for b in scaled["bins"]] == [b["n"] for b in divided["bins"]]
+    report = m.pairwise_report(margins, np.zeros(100), outcome, n_resamples=0, temperature=2.5)
+    assert report["calibration"]["ece"] == pytest.approx(divided["ece"], abs=1e-12)
+
+
 # ------------------------------------------------------------------ length bias
 
 

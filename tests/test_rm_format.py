@@ -37,6 +37,7 @@ def test_version_1_folders_load_and_score_as_before(name: str, tmp_path: Path) -
     folder = _moved_copy(name, tmp_path)
     expected = json.loads((folder / "expected.json").read_text())
     model = RewardModel.load(folder, cache_dir=tmp_path / "cache")
+    assert model.spec.temperature == 1.0  # no temperature in version 1: sigmoid(margin) as before
     prompts, responses = expected["prompts"], expected["responses"]
     np.testing.assert_allclose(model.score(prompts, responses), expected["scores"], atol=1e-5)
     np.testing.assert_allclose(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import pkgutil
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def test_spec_is_frozen_validated_and_round_trips() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.max_length = 64  # type: ignore[misc]
     written = spec.to_json()
-    assert written["format_version"] == 2 and written["features"] == ["response", "length"]
+    assert written["format_version"] == 3 and written["features"] == ["response", "length"]
     assert RewardModelSpec.from_json(json.loads(json.dumps(written))) == spec
     for changes, message in (
         ({"mode": "tree"}, "mode must be"),
@@ -124,9 +125,13 @@ def test_spec_is_frozen_validated_and_round_trips() -> None:
         ({"reward_std": 0.0}, "reward_std must be a number > 0"),
         ({"mode": "lora"}, "lora must be adapters exactly when mode is lora"),
         ({"mode": "multi-objective", "attributes": ("A",)}, "two or more"),
+        ({"temperature": 0.0}, "temperature must be a number > 0"),
+        ({"temperature": math.inf}, "temperature must be a number > 0"),
     ):
         with pytest.raises(ValueError, match=message):
             _spec(**changes)
+    version_2 = {key: value for key, value in written.items() if key != "temperature"}
+    assert RewardModelSpec.from_json({**version_2, "format_version": 2}).temperature == 1.0
     with pytest.raises(ValueError, match="format_version 7"):
         RewardModelSpec.from_json({**written, "format_version": 7})
     with pytest.raises(ValueError, match="unknown fields colour"):

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from prefkit.data.records import PairwiseRecord, RatingRecord
+from prefkit.eval.metrics import fit_temperature
 from prefkit.rm.multiobjective import (
     GateBatch,
     MultiObjectiveConfig,
@@ -559,6 +560,24 @@ def test_held_out_fraction_is_evaluated_every_epoch(tiny_bert, tmp_path):
     assert report.stages["gate"].eval_metrics["accuracy"] == pytest.approx(gate_accuracy, abs=1e-9)
     assert not report.stages["regression"].result.stopped_early
 
+    # The calibration temperature is the fit on the held-out pairs' margins of the saved model.
+    prompts = [r.prompt for r in held_pairs]
+    margins = model.score(prompts, [r.response_a for r in held_pairs]) - model.score(
+        prompts, [r.response_b for r in held_pairs]
+    )
+    refit = fit_temperature(margins, np.zeros(len(margins)), [r.outcome for r in held_pairs])
+    assert model.spec.temperature == pytest.approx(refit["temperature"], rel=1e-4)
+    assert training["calibration"]["temperature"] == model.spec.temperature
+    assert training["calibration"]["n"] == 6 and report.calibration is not None
+    unfitted = train_multiobjective(
+        ratings,
+        pairs,
+        dataclasses.replace(config, fit_temperature=False),
+        tmp_path / "rm-unfitted",
+        log=lambda _: None,
+    )
+    assert unfitted.model.spec.temperature == 1.0 and unfitted.calibration is None
+
 
 def test_early_stopping_keeps_the_best_weights_of_each_stage(tiny_bert, tmp_path):
     """Held-out data that training makes worse: ratings with negated targets and pairs with the
@@ -602,8 +621,9 @@ def test_early_stopping_keeps_the_best_weights_of_each_stage(tiny_bert, tmp_path
     for stage in (report.stages["regression"], report.stages["gate"]):
         assert stage.result.stopped_early and stage.result.restored_best
         assert (stage.result.best_step, stage.result.global_step) == (1, 3)
-    assert "regression: stopped early at step 3; kept the weights of step 1" in lines[-2]
-    assert "gate: stopped early at step 3; kept the weights of step 1" in lines[-1]
+    assert "regression: stopped early at step 3; kept the weights of step 1" in lines[-3]
+    assert "gate: stopped early at step 3; kept the weights of step 1" in lines[-2]
+    assert lines[-1].startswith("temperature: T = ")  # fitted on the held-out pairs
 
     regression_eval = [
         line["loss"]

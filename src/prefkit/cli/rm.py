@@ -17,6 +17,7 @@ from prefkit.cli.common import (
 )
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 from prefkit.rm.multiobjective import MultiObjectiveConfig
+from prefkit.rm.result import calibration_summary
 from prefkit.rm.train import RMTrainConfig, default_train_config
 from prefkit.train.loop import TrainConfig
 
@@ -243,6 +244,8 @@ def run_train(args: argparse.Namespace) -> int:
         "train": stage.metrics,
         "eval": stage.eval_metrics,
     }
+    if report.calibration is not None:
+        summary["calibration"] = calibration_summary(report.calibration)
     print(json.dumps(summary))
     return 0
 
@@ -284,6 +287,8 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
             "train": stage.metrics,
             "eval": stage.eval_metrics,
         }
+    if report.calibration is not None:
+        summary["calibration"] = calibration_summary(report.calibration)
     print(json.dumps(summary))
     return 0
 

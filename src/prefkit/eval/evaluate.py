@@ -24,6 +24,11 @@ response; its verdict becomes rewards 1 / 0 (a preferred), 0 / 1 (b preferred)
 or 0.5 / 0.5 (tie), so a judge's tie counts as wrong in strict accuracy, half
 right with half credit, and as a predicted tie in three-way accuracy. Its
 calibration numbers describe these fixed margins, not a probability.
+
+A scorer with a ``temperature`` attribute (a prefkit reward model fitted one on
+held-out pairs, see :mod:`prefkit.rm.train`) is calibrated with
+P(a) = sigmoid(margin / temperature); any other with sigmoid(margin). Accuracy and
+every other metric read the margins alone.
 """
 
 from __future__ import annotations
@@ -152,6 +157,7 @@ def _pairwise_metrics(
     tie_band: float | None,
     seed: int,
     n_resamples: int,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     outcomes = [record.outcome for record in records]
     report = pairwise_report(
@@ -166,6 +172,7 @@ def _pairwise_metrics(
         seed=seed,
         n_resamples=n_resamples,
         tie_band=tie_band,
+        temperature=temperature,
     )
     report["rewardbench_v1"] = None
     if categories is not None and set(categories) <= _REWARDBENCH_SUBSETS:
@@ -348,6 +355,7 @@ def evaluate(
                     tie_band=tie_band,
                     seed=seed,
                     n_resamples=n_resamples,
+                    temperature=getattr(scorer, "temperature", 1.0),
                 )
             )
             pairs = [

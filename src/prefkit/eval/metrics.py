@@ -73,6 +73,8 @@ __all__ = [
     "ndcg",
     "mean_ndcg",
     "preference_probability",
+    "fit_temperature",
+    "temperature_scaling",
     "calibration",
     "length_bias",
     "bootstrap_ci",
@@ -700,19 +702,122 @@ def mean_ndcg(
 # ------------------------------------------------------------------ calibration
 
 
-def preference_probability(reward_a: ArrayLike, reward_b: ArrayLike) -> np.ndarray:
-    """Bradley-Terry P(a preferred) = sigmoid(reward_a - reward_b) ``(n,)``, overflow-free."""
+def preference_probability(
+    reward_a: ArrayLike, reward_b: ArrayLike, *, temperature: float = 1.0
+) -> np.ndarray:
+    """Bradley-Terry P(a preferred) = sigmoid((reward_a - reward_b) / temperature) ``(n,)``,
+    overflow-free."""
+    _check_temperature(temperature)
     rewards_a = _scores("reward_a", reward_a)
     margin = rewards_a - _scores("reward_b", reward_b, rewards_a.shape[0])
-    decay = np.exp(-np.abs(margin))  # in (0, 1]: never overflows
-    return np.where(margin >= 0, 1.0 / (1.0 + decay), decay / (1.0 + decay))
+    return _sigmoid(margin / temperature)
+
+
+def _check_temperature(temperature: float) -> None:
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+TEMPERATURE_BOUNDS = (0.01, 100.0)
+"""The range :func:`fit_temperature` searches: margins scaled by 1/100 to 100."""
+
+
+def _mean_nll(margin: np.ndarray, a_won: np.ndarray, temperature: float) -> float:
+    """Mean -log P(human's choice) under P(a) = sigmoid(margin / T); logaddexp is overflow-free."""
+    signed = np.where(a_won, margin, -margin) / temperature
+    return float(np.logaddexp(0.0, -signed).mean())
+
+
+def fit_temperature(
+    reward_a: ArrayLike,
+    reward_b: ArrayLike,
+    outcome: ArrayLike,
+    *,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+) -> dict[str, float]:
+    """The temperature T that minimises the negative log-likelihood of the human choices
+    under P(a preferred) = sigmoid((reward_a - reward_b) / T) (Guo et al. 2017, temperature
+    scaling), fitted on held-out pairs.
+
+    Human ties are left out, as in :func:`calibration`: sigmoid(margin) is the probability
+    of a among decided pairs under Bradley-Terry and under Davidson's tie model alike
+    (Davidson's P(a) / (P(a) + P(b)) is sigmoid(margin)), so the fit agrees with either
+    training loss.
+
+    With s = 1 / T the loss sum_i softplus(-s * m_i) (m_i the margin signed towards the
+    human's choice) is convex in s, with derivative g(s) = sum_i m_i (sigmoid(s m_i) - 1)
+    increasing in s; its root is found by Newton steps kept inside a bisection bracket
+    over s in [1 / bounds[1], 1 / bounds[0]]. When the margins separate the choices
+    perfectly the loss falls all the way to s = infinity and T is ``bounds[0]``; when they
+    point the wrong way on balance the best s is <= 0 and T is ``bounds[1]``. With no
+    decided pair, or every margin 0, T is 1 (any T fits equally).
+
+    Returns ``temperature``, ``n`` (decided pairs) and the mean NLL per pair at T = 1
+    (``nll_before``) and at the fitted T (``nll_after``); the NLLs are NaN when n = 0.
+    Accuracy does not change: dividing by T > 0 keeps every margin's sign.
+    """
+    lower, upper = bounds
+    if not (0 < lower <= 1 <= upper and math.isfinite(upper)):
+        raise ValueError(f"bounds must satisfy 0 < low <= 1 <= high < inf, got {bounds!r}")
+    rewards_a, rewards_b, codes = _pairs(reward_a, reward_b, outcome)
+    decided = codes != TIE
+    margin = (rewards_a - rewards_b)[decided]
+    a_won = codes[decided] == A_PREFERRED
+    n = int(margin.shape[0])
+    if n == 0:
+        return {"temperature": 1.0, "n": 0, "nll_before": math.nan, "nll_after": math.nan}
+    signed = np.where(a_won, margin, -margin)  # (n,) margin towards the human's choice
+
+    def slope(inverse: float) -> float:  # g(s), increasing in s
+        return float((signed * (_sigmoid(inverse * signed) - 1.0)).sum())
+
+    temperature = 1.0
+    if np.any(signed != 0):
+        low, high = 1.0 / upper, 1.0 / lower
+        if slope(low) >= 0:
+            temperature = upper
+        elif slope(high) <= 0:
+            temperature = lower
+        else:
+            inverse = 1.0 if low < 1.0 < high else 0.5 * (low + high)
+            for _ in range(200):
+                value = slope(inverse)
+                if value > 0:
+                    high = inverse
+                else:
+                    low = inverse
+                probability = _sigmoid(inverse * signed)
+                curvature = float((signed**2 * probability * (1.0 - probability)).sum())
+                step = inverse - value / curvature if curvature > 0 else math.nan
+                following = step if low <= step <= high else 0.5 * (low + high)
+                converged = abs(following - inverse) <= 1e-12 * inverse
+                inverse = following
+                if converged:
+                    break
+            temperature = 1.0 / inverse
+    return {
+        "temperature": temperature,
+        "n": n,
+        "nll_before": _mean_nll(margin, a_won, 1.0),
+        "nll_after": _mean_nll(margin, a_won, temperature),
+    }
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    decay = np.exp(-np.abs(values))  # in (0, 1]: never overflows
+    return np.where(values >= 0, 1.0 / (1.0 + decay), decay / (1.0 + decay))
 
 
 def calibration(
-    reward_a: ArrayLike, reward_b: ArrayLike, outcome: ArrayLike, *, n_bins: int = 10
+    reward_a: ArrayLike,
+    reward_b: ArrayLike,
+    outcome: ArrayLike,
+    *,
+    n_bins: int = 10,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """Calibration of P(a preferred) = sigmoid(margin) against who the human preferred,
-    independent of which response is stored as a.
+    """Calibration of P(a preferred) = sigmoid(margin / temperature) against who the human
+    preferred, independent of which response is stored as a.
 
     Human ties are excluded (``n`` counts the pairs used). With p = P(a preferred) and
     y = 1 if a was preferred, else 0, each pair is judged by the response the model
@@ -737,7 +842,9 @@ def calibration(
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     rewards_a, rewards_b, codes = _pairs(reward_a, reward_b, outcome)
     preferred = codes != TIE
-    probability = preference_probability(rewards_a[preferred], rewards_b[preferred])
+    probability = preference_probability(
+        rewards_a[preferred], rewards_b[preferred], temperature=temperature
+    )
     a_won = (codes[preferred] == A_PREFERRED).astype(np.float64)
     confidence = np.maximum(probability, 1.0 - probability)
     correct = np.where(probability > 0.5, a_won, np.where(probability < 0.5, 1.0 - a_won, 0.5))
@@ -761,9 +868,28 @@ def calibration(
     ]
     return {
         "n": n,
+        "temperature": float(temperature),
         "ece": float((counts[filled] / n * gaps[filled]).sum()) if n else math.nan,
         "brier": float(((probability - a_won) ** 2).mean()) if n else math.nan,
         "bins": bins,
+    }
+
+
+def temperature_scaling(
+    reward_a: ArrayLike,
+    reward_b: ArrayLike,
+    outcome: ArrayLike,
+    *,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+) -> dict[str, Any]:
+    """:func:`fit_temperature` on held-out pairs and :func:`calibration` before (T = 1) and
+    after (the fitted T): ``temperature``, ``n``, ``nll_before``, ``nll_after``, and
+    ``before`` / ``after``, each a calibration block (ECE, Brier and the reliability bins)."""
+    fitted = fit_temperature(reward_a, reward_b, outcome, bounds=bounds)
+    return {
+        **fitted,
+        "before": calibration(reward_a, reward_b, outcome),
+        "after": calibration(reward_a, reward_b, outcome, temperature=fitted["temperature"]),
     }
 
 
@@ -1137,6 +1263,7 @@ def pairwise_report(
     seed: int = 0,
     n_resamples: int = 1000,
     tie_band: float | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Every pairwise metric in one JSON-ready dict (the schema of ``prefkit eval --json``).
 
@@ -1145,7 +1272,8 @@ def pairwise_report(
     category, prompt id (given, intervals resample prompts instead of pairs) and
     an ``(n, n_annotators)`` vote matrix with ``missing_vote`` for no vote.
     ``tie_band`` is the 3-way tie band; fit it on a dev split with
-    :func:`fit_tie_band`. Every value is a plain ``int``, ``float``, ``str``,
+    :func:`fit_tie_band`. ``temperature`` divides the margins of the calibration block (a
+    reward model's fitted temperature, see :func:`fit_temperature`). Every value is a plain ``int``, ``float``, ``str``,
     ``list``, ``dict`` or ``None``; an undefined number (NaN) is ``None`` and
     ``notes`` says why. Every ``*_ci95`` is ``[low, high]``, a 95% percentile
     bootstrap interval (None if ``n_resamples`` is 0).
@@ -1166,9 +1294,10 @@ def pairwise_report(
         by_category                  {name: {n, n_human_ties, n_tied_scores, accuracy,
                                      accuracy_ci95, accuracy_half_credit,
                                      accuracy_half_credit_ci95}}  ({} without category)
-        calibration                  {n, ece, brier, bins: [{lower, upper, n,
+        calibration                  {n, temperature, ece, brier, bins: [{lower, upper, n,
                                      mean_predicted, observed_frequency}]}
-                                     (see calibration(); 10 bins of confidence over [0.5, 1])
+                                     (see calibration(); 10 bins of confidence over [0.5, 1],
+                                     p = sigmoid(margin / temperature))
         length_bias                  None without lengths, else {spearman,
                                      accuracy_when_chosen_longer(_ci95),
                                      accuracy_when_chosen_shorter(_ci95),
@@ -1234,7 +1363,7 @@ def pairwise_report(
             prompt_ids=clusters,
         )
     )
-    report["calibration"] = calibration(rewards_a, rewards_b, codes)
+    report["calibration"] = calibration(rewards_a, rewards_b, codes, temperature=temperature)
     report["length_bias"] = (
         None
         if lengths_a is None

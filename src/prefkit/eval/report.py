@@ -229,6 +229,7 @@ def _summary_card(index: int, model: ModelEvaluation) -> str:
         ),
         ("expected calibration error (ECE)", _number(calibration.get("ece"))),
         ("Brier score", _number(calibration.get("brier"))),
+        ("calibration temperature T", _number(calibration.get("temperature"))),
         ("Spearman(reward, length)", _number(bias.get("spearman"), signed=True)),
         (
             "accuracy when preferred is longer",
@@ -470,7 +471,7 @@ def _calibration_plot(model: ModelEvaluation) -> tuple[str, str]:
         )
     svg = frame.svg(
         marks,
-        x_label="confidence max(p, 1 − p), p = sigmoid(margin)",
+        x_label=f"confidence max(p, 1 − p), p = {_probability_formula(calibration)}",
         y_label="share where the model's choice won",
         title=f"Reliability diagram, ECE {_number(calibration.get('ece'))}",
     )
@@ -483,6 +484,14 @@ def _calibration_plot(model: ModelEvaluation) -> tuple[str, str]:
         ("diagonal", "perfect calibration"),
         ("count", "pairs per bin"),
     )
+
+
+def _probability_formula(calibration: dict[str, Any]) -> str:
+    """sigmoid(margin), or sigmoid(margin / T) with the model's fitted T."""
+    temperature = _finite(calibration.get("temperature"))
+    if temperature is None or temperature == 1.0:
+        return "sigmoid(margin)"
+    return f"sigmoid(margin / {_number(temperature)})"
 
 
 def _length_scatter(model: ModelEvaluation) -> tuple[str, str]:
@@ -581,7 +590,8 @@ _PLOTS = (
     (
         "Calibration",
         "Reliability diagram: the confidence max(p, 1 − p) in the preferred response, "
-        "p = sigmoid(reward_a − reward_b), in 10 bins, against how often that response won "
+        "p = sigmoid((reward_a − reward_b) / T) with the model's calibration temperature T "
+        "(1 unless it was fitted on held-out pairs), in 10 bins, against how often that response won "
         "(the same whichever response is stored first). Points on the diagonal are well "
         "calibrated; the bars at the bottom count the pairs per bin.",
         _calibration_plot,

@@ -191,6 +191,11 @@ class PrefkitRewardModelScorer:
         self.notes: list[str] = []
         self.model = RewardModel.load(path, device=device or _default_device())
 
+    @property
+    def temperature(self) -> float:
+        """The model's calibration temperature: the engine's calibration uses sigmoid(margin / T)."""
+        return self.model.spec.temperature
+
     def score(self, prompts: Sequence[Text], responses: Sequence[Text]) -> np.ndarray:
         _check_items(prompts, responses)
         rewards = np.zeros(len(responses), dtype=np.float64)

@@ -21,7 +21,8 @@ Model folder (nothing pickled)::
 
     config.json          the spec (see :mod:`prefkit.rm.spec`): mode, backbone (path,
                          weights hash), head shape, features, max length, truncation,
-                         attributes, reward mean/std on the training data, training summary
+                         attributes, reward mean/std on the training data, calibration
+                         temperature, training summary
     model.safetensors    head (and, in embedding mode, the feature standardisation)
     backbone/            finetune: the whole backbone (safetensors) and tokenizer
     adapter/             lora: the adapter (safetensors); tokenizer/ beside it
@@ -41,6 +42,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from prefkit.eval.metrics import preference_probability
 from prefkit.rm.spec import RewardModelSpec
 
 WEIGHTS_NAME = "model.safetensors"
@@ -211,9 +213,17 @@ class RewardModel(nn.Module):
         return {name: outputs[:, column] for column, name in enumerate(names)}
 
     def compare(self, prompt: str, response_a: str, response_b: str) -> float:
-        """P(a preferred over b) = sigmoid(r_a - r_b) (Bradley-Terry)."""
+        """P(a preferred over b) = sigmoid((r_a - r_b) / T) (Bradley-Terry with the model's
+        calibration temperature T, see :attr:`RewardModelSpec.temperature`)."""
         reward_a, reward_b = self.score([prompt, prompt], [response_a, response_b])
-        return float(1.0 / (1.0 + math.exp(-(float(reward_a) - float(reward_b)))))
+        return float(self.preference_probability([reward_a], [reward_b])[0])
+
+    def preference_probability(
+        self, rewards_a: Sequence[float] | np.ndarray, rewards_b: Sequence[float] | np.ndarray
+    ) -> np.ndarray:
+        """(N,) calibrated P(a preferred) = sigmoid((r_a - r_b) / T) from raw (not normalised)
+        rewards."""
+        return preference_probability(rewards_a, rewards_b, temperature=self.spec.temperature)
 
     # -- persistence -----------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ from torch import nn
 from prefkit.data.records import PairwiseRecord, RatingRecord
 from prefkit.data.split import split_eval_records
 from prefkit.errors import UserInputError
+from prefkit.eval.metrics import temperature_scaling
 from prefkit.losses.reward import OUTCOME_A_WINS, bradley_terry_loss, rating_regression_loss
 from prefkit.progress import ProgressCounter
 from prefkit.rm.encoder import FrozenEncoder, resolve_backbone
@@ -95,7 +96,7 @@ from prefkit.rm.multiobjective_model import (
     MultiObjectiveRewardModel,
     length_decorrelation_coefficients,
 )
-from prefkit.rm.result import RewardTrainResult, StageReport
+from prefkit.rm.result import RewardTrainResult, StageReport, temperature_summary
 from prefkit.rm.spec import BackboneSpec, RewardModelSpec, parse_feature_spec
 from prefkit.train.loop import TrainCallback, TrainConfig, TrainResult, move_to_device, train
 
@@ -155,6 +156,9 @@ class MultiObjectiveConfig:
     """Where to train; auto picks CUDA when available."""
     progress: bool = False
     """Show progress bars."""
+    fit_temperature: bool = True
+    """With held-out pair records: fit the calibration temperature T of P(a preferred) =
+    sigmoid((r_a - r_b) / T) on them after stage 2; off = T stays 1."""
 
     def __post_init__(self) -> None:
         parse_feature_spec(self.features)
@@ -704,11 +708,22 @@ def train_multiobjective(
         eval_pairs.truncation if eval_pairs is not None else None,
         gate_metrics(model, held_out_pairs) if held_out_pairs is not None else {},
     )
+    calibration = None
+    if eval_pairs is not None and config.fit_temperature:
+        held_out_rewards = model.evaluate_items(eval_pairs.items)[2]  # (U,)
+        positions = eval_pairs.examples.positions.numpy()  # (E, 2)
+        calibration = temperature_scaling(
+            held_out_rewards[positions[:, 0]],
+            held_out_rewards[positions[:, 1]],
+            eval_pairs.examples.targets["outcomes"].numpy(),
+        )
+        log(temperature_summary(calibration))
     all_rewards = model.evaluate_items(pairs.items.select(reference))[2]
     model.spec = dataclasses.replace(
         model.spec,
         reward_mean=float(all_rewards.mean()),
         reward_std=float(all_rewards.std()) or 1.0,
+        temperature=calibration["temperature"] if calibration is not None else 1.0,
         training={
             "rating_records": len(rating_records),
             "pair_records": len(pair_records),
@@ -717,10 +732,13 @@ def train_multiobjective(
             "config": dataclasses.asdict(config),
             "regression": regression.as_json(),
             "gate": gate.as_json(),
+            "calibration": calibration,
         },
     )
     model.save(out)
-    return RewardTrainResult(model, out, spec.loss, {"regression": regression, "gate": gate})
+    return RewardTrainResult(
+        model, out, spec.loss, {"regression": regression, "gate": gate}, calibration
+    )
 
 
 def _log_early_stop(stage: str, result: TrainResult, log: Callable[[str], None]) -> None:

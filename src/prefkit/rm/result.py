@@ -56,6 +56,9 @@ class RewardTrainResult:
     stages: Mapping[str, StageReport]
     """Stage name -> report, in training order: ``train`` for :func:`~prefkit.rm.train.train_reward_model`,
     ``regression`` and ``gate`` for :func:`~prefkit.rm.multiobjective.train_multiobjective`."""
+    calibration: Mapping[str, Any] | None = None
+    """Temperature scaling on the held-out pairs (:func:`prefkit.eval.metrics.temperature_scaling`:
+    the fitted ``temperature``, NLL and ECE/Brier/bins before and after); None when not fitted."""
 
     def summary(self) -> dict[str, Any]:
         """The JSON line that ``prefkit rm train`` prints."""
@@ -68,4 +71,29 @@ class RewardTrainResult:
                 "train": stage.metrics,
                 "eval": stage.eval_metrics,
             }
+        if self.calibration is not None:
+            summary["calibration"] = calibration_summary(self.calibration)
         return summary
+
+
+def calibration_summary(calibration: Mapping[str, Any]) -> dict[str, Any]:
+    """The fitted temperature and held-out NLL, ECE and Brier before and after (no bins)."""
+    before, after = calibration["before"], calibration["after"]
+    return {
+        "temperature": calibration["temperature"],
+        "n": calibration["n"],
+        "nll": [calibration["nll_before"], calibration["nll_after"]],
+        "ece": [before["ece"], after["ece"]],
+        "brier": [before["brier"], after["brier"]],
+    }
+
+
+def temperature_summary(calibration: Mapping[str, Any]) -> str:
+    """One line: the fitted T and held-out ECE, Brier and NLL before -> after."""
+    before, after = calibration["before"], calibration["after"]
+    return (
+        f"temperature: T = {calibration['temperature']:.4g} fitted on {calibration['n']} "
+        f"held-out pairs; ECE {before['ece']:.4f} -> {after['ece']:.4f}, "
+        f"Brier {before['brier']:.4f} -> {after['brier']:.4f}, "
+        f"NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}"
+    )

@@ -3,7 +3,9 @@
 :func:`score_records` is what ``prefkit rm score`` writes, one row per input
 record, in input order, with the record's id and kind and
 
-- pairs: ``reward_a``, ``reward_b`` and ``margin`` (= reward_a - reward_b);
+- pairs: ``reward_a``, ``reward_b``, ``margin`` (= reward_a - reward_b) and ``prob_a``,
+  the calibrated P(a preferred) = sigmoid(raw margin / T) with the model's temperature T
+  (the raw margin, so ``normalize`` does not change it);
 - rankings and candidate sets: ``rewards``, one per response in the record's order
   (with ``response_ids`` when the record has them);
 - single responses (ratings, thumbs): ``reward``;
@@ -39,9 +41,8 @@ def score_records(
     items = [record_items(record) for record in records]
     prompts = [prompt for record_items_ in items for prompt, _ in record_items_]
     responses = [response for record_items_ in items for _, response in record_items_]
-    outputs, rewards = model.predict_and_score(prompts, responses, batch_size=batch_size)
-    if normalize:
-        rewards = model.normalize(rewards)
+    outputs, raw_rewards = model.predict_and_score(prompts, responses, batch_size=batch_size)
+    rewards = model.normalize(raw_rewards) if normalize else raw_rewards
     rows = []
     offset = 0
     for record, record_items_ in zip(records, items, strict=True):
@@ -50,7 +51,13 @@ def score_records(
         values = [float(value) for value in rewards[span]]  # (N,) for this record
         row: dict[str, Any] = {"id": record.id, "kind": record.kind}
         if isinstance(record, PairwiseRecord):
-            row.update(reward_a=values[0], reward_b=values[1], margin=values[0] - values[1])
+            raw_a, raw_b = raw_rewards[span]
+            row.update(
+                reward_a=values[0],
+                reward_b=values[1],
+                margin=values[0] - values[1],
+                prob_a=float(model.preference_probability([raw_a], [raw_b])[0]),
+            )
         elif isinstance(record, RankingRecord):
             row["rewards"] = values
             if record.response_ids is not None:

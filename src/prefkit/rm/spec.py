@@ -5,10 +5,11 @@ read (mode, backbone, head shape, features, attributes, tie model) and what
 scoring needs besides the weights (the training data's reward mean and std, the
 calibration temperature). The training summary rides along as plain JSON.
 
-config.json carries ``format_version``. Version 2 (written now) stores features
-as a list; version 1 (prefkit before the typed spec) stored them as a
-comma-separated string and repeated the backbone width as ``embedding_dim``.
-Both are read; nothing else changed between them.
+config.json carries ``format_version``. Version 3 (written now) adds
+``temperature``; version 2 stores features as a list; version 1 (prefkit before
+the typed spec) stored them as a comma-separated string and repeated the backbone
+width as ``embedding_dim``. All three are read; a folder without ``temperature``
+reads with T = 1, the uncalibrated sigmoid(margin) it was written with.
 
 This module imports the standard library only.
 """
@@ -26,9 +27,9 @@ from typing import Any, Literal
 
 from prefkit.errors import UserInputError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """The config.json format written by this prefkit."""
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 """The config.json formats this prefkit reads."""
 CONFIG_NAME = "config.json"
 
@@ -170,6 +171,10 @@ class RewardModelSpec:
     """Mean reward on the training items (``score(normalize=True)`` subtracts it)."""
     reward_std: float = 1.0
     """Standard deviation of the reward on the training items (> 0)."""
+    temperature: float = 1.0
+    """Calibration temperature T (> 0): P(a preferred) = sigmoid((r_a - r_b) / T), fitted on
+    held-out pairs at the end of training (:func:`prefkit.eval.metrics.fit_temperature`);
+    1 = not fitted."""
     training: Mapping[str, Any] | None = field(default=None, compare=False)
     """The training summary (records, loss, config, truncation counts, metrics); JSON."""
 
@@ -241,6 +246,14 @@ class RewardModelSpec:
             "reward_std",
             "a number > 0",
             self.reward_std,
+        )
+        _require(
+            _is_number(self.temperature)
+            and math.isfinite(self.temperature)
+            and self.temperature > 0,
+            "temperature",
+            "a number > 0",
+            self.temperature,
         )
 
     @property
@@ -327,6 +340,10 @@ class RewardModelSpec:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _require(condition: object, name: str, expected: str, found: object) -> None:

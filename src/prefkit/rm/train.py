@@ -10,6 +10,12 @@ each within ``max_length`` tokens (the prompt keeps its end, the response its
 start); finetune/LoRA modes join them and, when too long, drop prompt tokens
 from the start first. With ``truncation="drop"`` an example with any truncated
 text is left out. The counts are printed and saved in config.json.
+
+Pair models trained with held-out records end with temperature scaling (Guo et al.
+2017): one T fitted on the held-out pairs by :func:`prefkit.eval.metrics.fit_temperature`
+and stored in the spec, so ``compare``, ``prefkit rm score`` and ``prefkit eval``
+give sigmoid(margin / T); the training summary keeps ECE, Brier and the reliability
+bins before and after. Without held-out records T stays 1.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from prefkit.data.records import AnyRecord
+from prefkit.data.records import AnyRecord, PairwiseRecord
 from prefkit.errors import UserInputError
+from prefkit.eval.metrics import temperature_scaling
 from prefkit.progress import ProgressCounter
 from prefkit.rm.embedding_model import EmbeddingRewardModel
 from prefkit.rm.encoder import resolve_backbone
@@ -40,7 +47,7 @@ from prefkit.rm.examples import (
     rating_attributes,
 )
 from prefkit.rm.model import FeatureStore, ItemStore, RewardModel, TokenStore
-from prefkit.rm.result import RewardTrainResult, StageReport
+from prefkit.rm.result import RewardTrainResult, StageReport, temperature_summary
 from prefkit.rm.spec import BackboneSpec, LoraSpec, RewardModelSpec, parse_feature_spec
 from prefkit.rm.task import (
     LOSS_NAMES,
@@ -102,6 +109,9 @@ class RMTrainConfig:
     """Embedding cache folder; none = $PREFKIT_CACHE/embeddings or ~/.cache/prefkit/embeddings."""
     embed_batch_size: int = 16
     """Texts per encoder forward pass when embedding."""
+    fit_temperature: bool = True
+    """Pair data with held-out records (--eval-data): fit the calibration temperature T of
+    P(a preferred) = sigmoid((r_a - r_b) / T) on them after training; off = T stays 1."""
     train: TrainConfig | None = None
     """Settings of the training loop (epochs, batch size, learning rate, seed, device, progress,
     ...); None = :func:`default_train_config` of the mode."""
@@ -343,10 +353,20 @@ def train_reward_model(
     eval_metrics = dict(result.last_eval)
     if eval_examples is not None and eval_store is not None:
         eval_metrics = evaluate_examples(model, eval_store, eval_examples, loss_name)
+    calibration = None
+    if kind == PairwiseRecord.kind and eval_examples is not None and eval_store is not None:
+        if config.fit_temperature:
+            calibration = held_out_temperature(model, eval_store, eval_examples)
+            log(temperature_summary(calibration))
+        else:
+            log("temperature: not fitted (--no-fit-temperature); T = 1")
+    elif kind == PairwiseRecord.kind and config.fit_temperature:
+        log("temperature: not fitted, no held-out pairs (give --eval-data); T = 1")
     model.spec = dataclasses.replace(
         model.spec,
         reward_mean=float(all_rewards.mean()),
         reward_std=float(all_rewards.std()) or 1.0,
+        temperature=calibration["temperature"] if calibration is not None else 1.0,
         training={
             "records": len(records),
             "kind": kind,
@@ -357,8 +377,21 @@ def train_reward_model(
             "train_metrics": train_metrics,
             "eval_metrics": eval_metrics,
             "steps": result.global_step,
+            "calibration": calibration,
         },
     )
     model.save(out)
     stage = StageReport(result, counts, train_metrics, eval_counts, eval_metrics)
-    return RewardTrainResult(model, out, loss_name, {"train": stage})
+    return RewardTrainResult(model, out, loss_name, {"train": stage}, calibration)
+
+
+def held_out_temperature(
+    model: RewardModel, store: ItemStore, examples: Examples
+) -> dict[str, Any]:
+    """:func:`~prefkit.eval.metrics.temperature_scaling` on held-out pair ``examples``: the
+    fitted T and the calibration before and after (human ties left out)."""
+    rewards = model.store_outputs(store).mean(dim=1).numpy()  # (U,)
+    positions = examples.positions.numpy()  # (E, 2)
+    return temperature_scaling(
+        rewards[positions[:, 0]], rewards[positions[:, 1]], examples.targets["outcomes"].numpy()
+    )

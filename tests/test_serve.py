@@ -482,3 +482,64 @@ def test_reward_client_retries_503_and_connection_errors_then_gives_up(model) ->
     with RewardClient(f"http://127.0.0.1:{port}", max_retries=2, backoff=0.01) as client:
         with pytest.raises(RewardClientError, match="failed after 3 attempts"):
             client.score(["a"], ["b"])
+
+
+def test_clients_that_disconnect_are_dropped_and_the_server_keeps_serving(model) -> None:
+    gated = GatedModel(model)
+    one = {"items": [{"prompt": "a", "response": "b"}]}
+    with (
+        ThreadServer.for_model(gated, max_batch_items=1, max_wait_ms=0) as running,
+        httpx.Client(base_url=running.url, timeout=30) as client,
+    ):
+
+        def leave_early() -> None:
+            with httpx.Client(base_url=running.url, timeout=0.3) as impatient:
+                with pytest.raises(httpx.ReadTimeout):
+                    impatient.post("/v1/score", json=one)
+
+        leave_early()  # its item is in the (held) model call when it goes
+        assert gated.entered.is_set()
+        leave_early()  # its item waits in the queue when it goes
+        page = client.get("/metrics").text
+        deadline = time.monotonic() + 30
+        while metric(page, "prefkit_serve_dropped_requests_total", reason="disconnected") < 2:
+            assert time.monotonic() < deadline, page
+            time.sleep(0.05)
+            page = client.get("/metrics").text
+        gated.open()
+        answer = client.post("/v1/score", json=one)
+        assert answer.status_code == 200
+        np.testing.assert_allclose(
+            answer.json()["rewards"], model.score(["a"], ["b"]), rtol=1e-5, atol=1e-6
+        )
+        page = client.get("/metrics").text
+        assert metric(page, "prefkit_serve_queue_items") == 0
+        # the queued item of the second client was never scored
+        assert metric(page, "prefkit_serve_dropped_requests_total", reason="abandoned") == 1
+        assert metric(page, "prefkit_serve_items_scored_total") == 2
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits(model_dir) -> None:
+    # The first request of a batch waits --max-wait-ms for others: 3 s in flight.
+    process, url = start_cli_server(model_dir, "--max-wait-ms", "3000")
+    answers: list[httpx.Response] = []
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            wait_ready(client, url)
+            item = {"items": [{"prompt": "a", "response": "b"}]}
+            sending = threading.Thread(
+                target=lambda: answers.append(client.post("/v1/score", json=item))
+            )
+            sending.start()
+            time.sleep(1.0)
+            process.send_signal(signal.SIGTERM)
+            sending.join(timeout=30)
+        _, errors = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert len(answers) == 1 and answers[0].status_code == 200, errors
+    assert len(answers[0].json()["rewards"]) == 1
+    assert process.returncode in (0, -signal.SIGTERM), errors
+    assert "Traceback" not in errors

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -543,3 +546,44 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(model_dir) -> None:
     assert len(answers[0].json()["rewards"]) == 1
     assert process.returncode in (0, -signal.SIGTERM), errors
     assert "Traceback" not in errors
+
+
+def test_a_request_not_answered_in_time_is_504_and_the_server_keeps_serving(model) -> None:
+    gated = GatedModel(model)
+    one = {"items": [{"prompt": "a", "response": "b"}]}
+    with (
+        ThreadServer.for_model(gated, request_timeout_s=0.5, max_wait_ms=0) as running,
+        httpx.Client(base_url=running.url, timeout=30) as client,
+    ):
+        late = client.post("/v1/score", json=one)
+        assert late.status_code == 504 and late.headers["Retry-After"] == "1"
+        assert "not answered within 0.5 s" in late.json()["error"]["message"]
+        gated.open()
+        assert client.post("/v1/score", json=one).status_code == 200
+
+
+def test_listening_on_all_interfaces_without_a_key_warns(model_dir) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefkit",
+            "serve",
+            str(model_dir),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PREFKIT_API_KEYS": ""},
+    )
+    try:
+        listening = process.stdout.readline()  # the warning is flushed before this line
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=30)
+    assert "listening on http://0.0.0.0:" in listening, errors
+    assert "warning: listening on all interfaces" in errors and "PREFKIT_API_KEYS" in errors

@@ -116,6 +116,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--quiet", dest="progress", action="store_false", help="the same as --no-progress"
     )
+    train.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        metavar="E",
+        help="embedding mode: train E heads (seeds seed..seed+E-1, bootstrap resamples of the "
+        "records) on the same cached embeddings, stored as one model whose reward is their mean; "
+        "rm score then adds the members' standard deviation (default 1: one head)",
+    )
     train.set_defaults(handler=run_train)
 
     multi = sub.add_parser(
@@ -213,29 +222,41 @@ def run_train(args: argparse.Namespace) -> int:
     from prefkit.cli import UserError
     from prefkit.rm.train import train_reward_model
 
-    try:
-        given = {
-            item.name: getattr(args, item.name)
-            for item in dataclasses.fields(TrainConfig)
-            if getattr(args, item.name) is not None
-        }
-        config = dataclass_from_args(
-            RMTrainConfig, args, train=default_train_config(args.mode, **given)
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    given = {
+        item.name: getattr(args, item.name)
+        for item in dataclasses.fields(TrainConfig)
+        if getattr(args, item.name) is not None
+    }
+    config = dataclass_from_args(
+        RMTrainConfig, args, train=default_train_config(args.mode, **given)
+    )
+    if args.ensemble < 1 or (args.ensemble > 1 and config.mode != "embedding"):
+        raise UserError("--ensemble must be >= 1, and > 1 only with --mode embedding")
     out = Path(args.out)
     records = _read_all(args, args.data, out / "train")
     eval_records = _read_all(args, args.eval, out / "eval") if args.eval else None
-    report = train_reward_model(
-        records,
-        config,
-        out,
+    common = dict(
         eval_records=eval_records,
         resume=args.resume,
         log=lambda line: print(line, file=sys.stderr),
         source=args.data,
     )
+    if args.ensemble > 1:
+        from prefkit.rm.ensemble import train_ensemble
+
+        report = train_ensemble(records, config, out, args.ensemble, **common)
+        training = report.model.spec.training or {}
+        summary = {
+            "model_dir": str(out),
+            "loss": report.loss,
+            "ensemble": args.ensemble,
+            "steps": [stage.result.global_step for stage in report.stages.values()],
+            "train": training.get("train_metrics", {}),
+            "eval": training.get("eval_metrics", {}),
+        }
+        print(json.dumps(summary))
+        return 0
+    report = train_reward_model(records, config, out, **common)
     stage = report.stages["train"]
     summary = {
         "model_dir": str(out),
@@ -251,18 +272,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_train_multiobjective(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
     from prefkit.rm.multiobjective import check_evaluation_settings, train_multiobjective
 
-    try:
-        config = dataclass_from_args(MultiObjectiveConfig, args)
-        check_evaluation_settings(
-            config,
-            eval_ratings_given=args.eval_ratings is not None,
-            eval_pairs_given=args.eval_pairs is not None,
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    config = dataclass_from_args(MultiObjectiveConfig, args)
+    check_evaluation_settings(
+        config,
+        eval_ratings_given=args.eval_ratings is not None,
+        eval_pairs_given=args.eval_pairs is not None,
+    )
     out = Path(args.out)
     ratings = _read_all(args, args.ratings, out / "ratings")
     pairs = _read_all(args, args.pairs, out / "pairs")

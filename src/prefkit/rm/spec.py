@@ -175,6 +175,9 @@ class RewardModelSpec:
     """Calibration temperature T (> 0): P(a preferred) = sigmoid((r_a - r_b) / T), fitted on
     held-out pairs at the end of training (:func:`prefkit.eval.metrics.fit_temperature`);
     1 = not fitted."""
+    ensemble_size: int = 1
+    """Embedding mode: the number of heads, each trained with its own seed on its own bootstrap
+    resample of the training pairs; the reward is their mean. Folders without the field hold one."""
     training: Mapping[str, Any] | None = field(default=None, compare=False)
     """The training summary (records, loss, config, truncation counts, metrics); JSON."""
 
@@ -254,6 +257,15 @@ class RewardModelSpec:
             "temperature",
             "a number > 0",
             self.temperature,
+        )
+
+        _require(
+            _is_int(self.ensemble_size)
+            and self.ensemble_size >= 1
+            and (self.ensemble_size == 1 or self.mode == "embedding"),
+            "ensemble_size",
+            "an integer >= 1 (> 1 in embedding mode only)",
+            self.ensemble_size,
         )
 
     @property

@@ -55,3 +55,16 @@ def test_annotate_loads_its_server_and_database_only_when_used() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert output.strip() == ""
+
+
+def test_serve_loads_its_web_framework_only_when_serving() -> None:
+    code = (
+        "import sys, prefkit.cli, prefkit.serve, prefkit.serve.config; "
+        "prefkit.cli.build_parser(('serve',)); "
+        "print(','.join(m for m in ('fastapi', 'uvicorn', 'starlette', 'pydantic', 'httpx', 'torch') "
+        "if m in sys.modules))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert output.strip() == ""

@@ -53,6 +53,28 @@ def server(model_dir):
         yield running
 
 
+def test_compare_uses_the_model_calibration_temperature(model_dir, tmp_path) -> None:
+    import shutil
+
+    folder = tmp_path / "calibrated"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["temperature"] = 3.0
+    (folder / "config.json").write_text(json.dumps(config))
+    calibrated = RewardModel.load(folder)
+    calibrated.cache = None
+    assert calibrated.spec.temperature == 3.0
+    pair = {"prompt": PROMPTS[0], "response_a": RESPONSES[0], "response_b": RESPONSES[1]}
+    with ThreadServer.for_folder(folder) as running, httpx.Client(base_url=running.url) as client:
+        answer = client.post("/v1/compare", json=pair).json()
+    rewards = calibrated.score([PROMPTS[0]] * 2, RESPONSES[:2])
+    expected = 1.0 / (1.0 + np.exp(-(rewards[0] - rewards[1]) / 3.0))
+    assert answer["probabilities"][0] == pytest.approx(expected, abs=1e-6)
+    assert answer["probabilities"][0] == pytest.approx(
+        calibrated.compare(PROMPTS[0], RESPONSES[0], RESPONSES[1]), abs=1e-6
+    )
+
+
 def test_score_compare_and_get_reward_equal_the_model(server, model) -> None:
     items = [{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES)]
     with httpx.Client(base_url=server.url) as client:

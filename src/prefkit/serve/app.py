@@ -11,7 +11,9 @@ Endpoints (every one but ``/health`` needs ``Authorization: Bearer KEY`` when ke
 - ``POST /v1/score``: ``{"items": [{"prompt", "response"}], "normalize"?}`` -> rewards
   in order, and each attribute's values (``{"reward": ...}`` for a scalar model).
 - ``POST /v1/compare``: one ``{"prompt", "response_a", "response_b"}`` or a list of
-  them -> P(a preferred) = sigmoid(r_a - r_b), as :meth:`RewardModel.compare`.
+  them -> P(a preferred) = sigmoid((r_a - r_b) / T) with the model's calibration
+  temperature T, as :meth:`RewardModel.compare` (for an ensemble, of the members' mean
+  rewards, where ``compare`` averages the members' probabilities).
 - ``GET /health`` (503 until the model is loaded), ``GET /v1/model``, ``GET /metrics``.
 
 Requests go through :class:`Guard` first (API key, body size, UTF-8), then FastAPI's
@@ -195,6 +197,10 @@ class LoadedModel:
         )
         return np.asarray(attributes, dtype=np.float64), np.asarray(rewards, dtype=np.float64)
 
+    def preference_probability(self, rewards_a: np.ndarray, rewards_b: np.ndarray) -> np.ndarray:
+        """(N,) P(a preferred) from raw rewards, with the model's calibration temperature."""
+        return np.asarray(self.model.preference_probability(rewards_a, rewards_b), dtype=np.float64)
+
 
 def weights_digest(folder: Path) -> str:
     """SHA-256 over every safetensors file of a model folder (names and contents)."""
@@ -205,12 +211,6 @@ def weights_digest(folder: Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def sigmoid(values: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-x)) without overflow for large |x|."""
-    exp_neg = np.exp(-np.abs(values))
-    return np.where(values >= 0, 1.0 / (1.0 + exp_neg), exp_neg / (1.0 + exp_neg))
 
 
 # ------------------------------------------------------------------------------ the guard
@@ -551,8 +551,8 @@ def create_app(
 
     @app.post("/v1/compare", response_model=CompareResponse, responses=ERRORS)
     async def compare(body: ComparePair | list[ComparePair], request: Request) -> CompareResponse:
-        """P(response_a preferred over response_b) = sigmoid(r_a - r_b), per pair."""
-        ready_model()
+        """P(response_a preferred over response_b) = sigmoid((r_a - r_b) / T), per pair."""
+        loaded = ready_model()
         pairs = body if isinstance(body, list) else [body]
         if not pairs:
             raise ApiError(422, "body: an empty list; give at least one pair", "body")
@@ -570,7 +570,7 @@ def create_app(
         _, rewards = await run(request, prompts, responses)
         rewards_a, rewards_b = rewards[0::2], rewards[1::2]
         return CompareResponse(
-            probabilities=sigmoid(rewards_a - rewards_b).tolist(),
+            probabilities=loaded.preference_probability(rewards_a, rewards_b).tolist(),
             rewards_a=rewards_a.tolist(),
             rewards_b=rewards_b.tolist(),
         )

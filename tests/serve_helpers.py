@@ -167,3 +167,25 @@ def metric(text: str, name: str, **labels: str) -> float:
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def run_coroutine(coroutine: Any) -> Any:
+    """``asyncio.run(coroutine)`` on a thread of its own, so that it works even when this
+    thread already runs an event loop (Playwright's sync API, used by the session's browser
+    tests, keeps one running on the main thread)."""
+    import asyncio
+
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = asyncio.run(coroutine)
+        except BaseException as error:  # re-raised on the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -25,6 +25,7 @@ from serve_helpers import (
     GatedModel,
     ThreadServer,
     metric,
+    run_coroutine,
     start_cli_server,
     train_small_model,
     wait_ready,
@@ -215,7 +216,7 @@ def test_concurrent_requests_share_model_calls(model, cross_request_batching) ->
     with ThreadServer.for_model(
         counting, max_wait_ms=100, max_batch_items=64, cross_request_batching=cross_request_batching
     ) as running:
-        rewards = asyncio.run(_concurrent_single_items(running.url, 32))
+        rewards = run_coroutine(_concurrent_single_items(running.url, 32))
         page = httpx.get(f"{running.url}/metrics").text
     alone = [float(model.score([f"prompt {i}"], [f"excellent {i}"])[0]) for i in range(32)]
     np.testing.assert_allclose(rewards, alone, rtol=1e-5, atol=1e-6)
@@ -232,7 +233,7 @@ def test_batches_respect_item_and_token_limits(model) -> None:
     with ThreadServer.for_model(
         counting, max_wait_ms=200, max_batch_items=8, max_batch_tokens=10_000
     ) as running:
-        asyncio.run(_concurrent_single_items(running.url, 32))
+        run_coroutine(_concurrent_single_items(running.url, 32))
     assert max(counting.calls) <= 8 and sum(counting.calls) == 32
     counting.calls.clear()
     # Each item is about 2,500 estimated tokens, so a 10,000-token batch holds at most 4.
@@ -253,7 +254,7 @@ def test_batches_respect_item_and_token_limits(model) -> None:
                 )
             assert all(answer.status_code == 200 for answer in answers)
 
-        asyncio.run(long_items())
+        run_coroutine(long_items())
     assert max(counting.calls) <= 4 and sum(counting.calls) == 12
 
 
@@ -326,7 +327,7 @@ def test_openrlhf_remote_reward_request(server, model) -> None:
         assert "rewards" in answer
         return answer["rewards"]
 
-    rewards = asyncio.run(request())
+    rewards = run_coroutine(request())
     np.testing.assert_allclose(rewards, model.score(PROMPTS, RESPONSES), rtol=1e-5, atol=1e-6)
 
 

@@ -5,11 +5,12 @@ read (mode, backbone, head shape, features, attributes, tie model) and what
 scoring needs besides the weights (the training data's reward mean and std, the
 calibration temperature). The training summary rides along as plain JSON.
 
-config.json carries ``format_version``. Version 3 (written now) adds
-``temperature``; version 2 stores features as a list; version 1 (prefkit before
+config.json carries ``format_version``. Version 4 (written now) adds
+``length_debias``; version 3 adds ``temperature``; version 2 stores features as a list; version 1 (prefkit before
 the typed spec) stored them as a comma-separated string and repeated the backbone
 width as ``embedding_dim``. All three are read; a folder without ``temperature``
-reads with T = 1, the uncalibrated sigmoid(margin) it was written with.
+reads with T = 1, the uncalibrated sigmoid(margin) it was written with, and one
+without ``length_debias`` as trained without it.
 
 This module imports the standard library only.
 """
@@ -27,9 +28,9 @@ from typing import Any, Literal
 
 from prefkit.errors import UserInputError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """The config.json format written by this prefkit."""
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 """The config.json formats this prefkit reads."""
 CONFIG_NAME = "config.json"
 
@@ -175,6 +176,9 @@ class RewardModelSpec:
     """Calibration temperature T (> 0): P(a preferred) = sigmoid((r_a - r_b) / T), fitted on
     held-out pairs at the end of training (:func:`prefkit.eval.metrics.fit_temperature`);
     1 = not fitted."""
+    length_debias: float = 0.0
+    """Weight of the length-debiasing penalty the model was trained with (a length head beside
+    the reward, dropped before saving, :mod:`prefkit.rm.length_debias`); 0 = not debiased."""
     training: Mapping[str, Any] | None = field(default=None, compare=False)
     """The training summary (records, loss, config, truncation counts, metrics); JSON."""
 
@@ -246,6 +250,14 @@ class RewardModelSpec:
             "reward_std",
             "a number > 0",
             self.reward_std,
+        )
+        _require(
+            _is_number(self.length_debias)
+            and math.isfinite(self.length_debias)
+            and self.length_debias >= 0,
+            "length_debias",
+            "a number >= 0",
+            self.length_debias,
         )
         _require(
             _is_number(self.temperature)

@@ -182,3 +182,42 @@ def test_eval_every_option_takes_the_word_epoch_or_a_number_of_steps(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--eval-every", "soon"])
     assert "expected 'epoch' or int, found 'soon'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--loss", "simpo", "--ref", "base"), "uses no reference model"),
+        (("--mixed-precision", "bf16", "--device", "cpu"), "bf16 is far slower"),
+        (("--loss", "sigmoid", "--loss-args", "beta=-1"), "beta must be a finite number"),
+    ],
+)
+def test_align_command_prints_a_user_mistake_as_one_line(workspace, capsys, extra, message):
+    """A mistake found while training (not while parsing) is the user's: one line, status 2."""
+    extra = [str(workspace / part) if part == "base" else part for part in extra]
+    assert main(_args(workspace, *extra)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("prefkit: error:")]
+    assert len(errors) == 1 and message in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("function", "error"),
+    [
+        ("align", ValueError("record 'r1' points at slot 3 of a 2-slot table")),
+        ("align", RuntimeError("CUDA error: an illegal memory access")),
+        ("check_evaluation_settings", TypeError("unsupported operand type(s)")),
+    ],
+)
+def test_align_command_lets_a_bug_show_its_traceback(workspace, monkeypatch, function, error):
+    """An exception the library did not raise as a user error propagates out of main, so
+    the traceback is shown, whatever words its message holds."""
+    import prefkit.align.trainer
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(prefkit.align.trainer, function, broken)
+    with pytest.raises(type(error), match=re.escape(str(error))):
+        main(_args(workspace))

@@ -164,3 +164,23 @@ def test_pairs_and_select_commands(tmp_path, capsys):
     assert "skipped 1 missing_score" in capsys.readouterr().err
     code = main(["data", "select", str(scored), "--out", str(selected)])
     assert code == 2 and "exactly one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "function"),
+    [
+        (["pairs"], "prefkit.data.pairs.build_pairs"),
+        (["select", "--budget-records", "1"], "prefkit.data.select.select_records"),
+    ],
+)
+def test_a_bug_in_pairs_or_select_keeps_its_traceback(tmp_path, monkeypatch, command, function):
+    """A ValueError the library did not raise as a user error propagates out of main."""
+    scored = tmp_path / "scored.jsonl"
+    scored.write_text(json.dumps(candidate_set("s", [0.0, 1.0]).to_dict()) + "\n")
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal index mismatch")
+
+    monkeypatch.setattr(function, broken)
+    with pytest.raises(ValueError, match="internal index mismatch"):
+        main(["data", command[0], str(scored), "--out", str(tmp_path / "out.jsonl"), *command[1:]])

@@ -140,3 +140,14 @@ def test_help_explains_models(capsys) -> None:
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "MODEL is one of" in text and "--implicit-reward" in text and "examples:" in text
+
+
+def test_a_bug_in_the_evaluation_keeps_its_traceback(pairs_file: Path, monkeypatch) -> None:
+    """A ValueError the library did not raise as a user error propagates out of main."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr("prefkit.eval.evaluate.evaluate", broken)
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        main(["eval", "length", str(pairs_file), "--bootstrap", "0"])

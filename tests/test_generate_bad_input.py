@@ -195,3 +195,15 @@ def test_best_of_n_skips_nan_scores_and_counts_them(policy, tmp_path):
     assert one_nan["ratings"]["reward"] == 2.0
     assert one_nan["metadata"]["best_of"] == {"n": 3, "scores": [None, 2.0, 1.0], "index": 1}
     assert summary.best_scores == [2.0]
+
+
+def test_a_bug_in_generation_keeps_its_traceback(policy, tmp_path, monkeypatch):
+    """A ValueError the library did not raise as a user error propagates out of main."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal shape mismatch")
+
+    monkeypatch.setattr("prefkit.generate.run.generate_candidates", broken)
+    prompts = _prompts(tmp_path / "p.jsonl", "a :")
+    with pytest.raises(ValueError, match="internal shape mismatch"):
+        generate(prompts, policy, tmp_path / "out.jsonl")

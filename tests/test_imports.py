@@ -35,7 +35,7 @@ def test_package_and_data_layer_import_without_heavy_libraries() -> None:
 
 def test_losses_import_only_torch() -> None:
     code = (
-        "import sys, prefkit.losses.reward, prefkit.losses.preference; "
+        "import sys, prefkit.losses.reward, prefkit.losses.preference, prefkit.losses.rl; "
         "print(','.join(m for m in ('transformers', 'pyarrow', 'trl', 'scipy') if m in sys.modules))"
     )
     output = subprocess.run(
@@ -50,6 +50,19 @@ def test_annotate_loads_its_server_and_database_only_when_used() -> None:
         "prefkit.annotate.agreement; prefkit.cli.build_parser; "
         "print(','.join(m for m in ('sqlalchemy', 'alembic', 'starlette', 'uvicorn', 'psycopg', "
         "'jinja2', 'markdown_it') if m in sys.modules))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert output.strip() == ""
+
+
+def test_serve_loads_its_web_framework_only_when_serving() -> None:
+    code = (
+        "import sys, prefkit.cli, prefkit.serve, prefkit.serve.config; "
+        "prefkit.cli.build_parser(('serve',)); "
+        "print(','.join(m for m in ('fastapi', 'uvicorn', 'starlette', 'pydantic', 'httpx', 'torch') "
+        "if m in sys.modules))"
     )
     output = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -205,3 +205,24 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(
     monkeypatch.setattr(prefkit.rm.train, "train_reward_model", broken)
     with pytest.raises(ValueError, match="internal shape mismatch"):
         main(command)
+
+
+def test_a_bug_while_building_the_train_settings_keeps_its_traceback(
+    tiny_backbone, tmp_path, capsys, monkeypatch
+):
+    """A bad --lr is the user's (one line); a ValueError from building the settings is not."""
+    import prefkit.cli.rm
+
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, keyword_pairs(8, seed=1))
+    command = ["rm", "train", str(data), "--out", str(tmp_path / "rm"), "--backbone"]
+    command += [tiny_backbone, "--no-progress", "--device", "cpu"]
+    assert main([*command, "--lr", "-1"]) == 2
+    assert "lr must be a positive finite number" in capsys.readouterr().err
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal field mismatch")
+
+    monkeypatch.setattr(prefkit.cli.rm, "default_train_config", broken)
+    with pytest.raises(ValueError, match="internal field mismatch"):
+        main(command)

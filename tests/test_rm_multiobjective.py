@@ -28,6 +28,7 @@ from prefkit.rm.multiobjective import (
     GateBatch,
     MultiObjectiveConfig,
     RegressionBatch,
+    default_stage_config,
     gate_losses,
     regression_losses,
     train_multiobjective,
@@ -119,20 +120,30 @@ def pair_data(count: int, seed: int) -> list[PairwiseRecord]:
     return records
 
 
+LOOP_SETTINGS = ("batch_size", "device", "seed", "early_stopping_patience")
+"""quick_config overrides that go to the loop settings of both stages."""
+
+
 def quick_config(backbone: str, tmp_path: Path, **overrides) -> MultiObjectiveConfig:
+    """A small config; ``regression_epochs``, ``gate_lr`` and the like set one stage's epochs or
+    lr, the names in LOOP_SETTINGS both stages', the rest the MultiObjectiveConfig fields."""
     values = dict(
         backbone=backbone,
         cache_dir=str(tmp_path / "cache"),
         features="response,length",
-        regression_epochs=15,
-        gate_epochs=15,
-        batch_size=100,
-        regression_lr=3e-2,
-        gate_lr=3e-2,
-        device="cpu",
-        seed=0,
     )
-    values.update(overrides)
+    loop = dict(batch_size=100, device="cpu", seed=0)
+    stages = {stage: dict(epochs=15, lr=3e-2) for stage in ("regression", "gate")}
+    for name, value in overrides.items():
+        stage, _, option = name.partition("_")
+        if name in LOOP_SETTINGS:
+            loop[name] = value
+        elif stage in stages and option in ("epochs", "lr"):
+            stages[stage][option] = value
+        else:
+            values[name] = value
+    for stage, settings in stages.items():
+        values[stage] = default_stage_config(**loop, **settings)
     return MultiObjectiveConfig(**values)
 
 
@@ -665,7 +676,7 @@ def test_held_out_settings_are_checked(tiny_bert, tmp_path):
         train_multiobjective(
             ratings,
             pairs,
-            dataclasses.replace(config, early_stopping_patience=2),
+            quick_config(tiny_bert, tmp_path, early_stopping_patience=2),
             tmp_path / "b",
             eval_pair_records=pairs[:2],
         )
@@ -673,7 +684,10 @@ def test_held_out_settings_are_checked(tiny_bert, tmp_path):
         ValueError, match="--eval-ratings and --eval-pairs held-out records are missing"
     ):
         train_multiobjective(
-            ratings, pairs, dataclasses.replace(config, early_stopping_patience=2), tmp_path / "b"
+            ratings,
+            pairs,
+            quick_config(tiny_bert, tmp_path, early_stopping_patience=2),
+            tmp_path / "b",
         )
     with pytest.raises(
         ValueError, match=r"pair records: eval_fraction 0.05 of 8 records holds out no record"
@@ -867,16 +881,92 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(tiny_bert, tmp_pat
 def test_cli_options_generate_from_the_config():
     import argparse
 
-    from prefkit.config import add_dataclass_arguments, dataclass_from_args
+    from prefkit.cli.rm import add_multiobjective_arguments, multiobjective_config_from_args
 
     parser = argparse.ArgumentParser()
-    add_dataclass_arguments(parser, MultiObjectiveConfig, title="multi-objective options")
+    add_multiobjective_arguments(parser)
     args = parser.parse_args(
         ["--length-decorrelation", "--gate-temperature", "2.5", "--regression-head", "mlp"]
     )
-    config = dataclass_from_args(MultiObjectiveConfig, args)
+    config = multiobjective_config_from_args(args)
     assert (
         config.length_decorrelation
         and config.gate_temperature == 2.5
         and config.regression_head == "mlp"
     )
+
+
+def test_cli_loop_options_reach_each_stage():
+    """Without options both stages get default_stage_config(); epochs and lr go to their own
+    stage, the other loop options (batch size, seed, early stopping, progress, ...) to both."""
+    import argparse
+
+    from prefkit.cli.rm import add_multiobjective_arguments, multiobjective_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_multiobjective_arguments(parser)
+    config = multiobjective_config_from_args(parser.parse_args([]))
+    assert config == MultiObjectiveConfig()
+    assert config.regression == config.gate == default_stage_config()
+    assert (config.regression.epochs, config.regression.lr, config.regression.progress) == (
+        30,
+        3e-3,
+        False,
+    )
+    args = parser.parse_args(
+        [
+            "--regression-epochs",
+            "7",
+            "--gate-epochs",
+            "5",
+            "--regression-lr",
+            "0.01",
+            "--gate-lr",
+            "0.02",
+            "--batch-size",
+            "16",
+            "--weight-decay",
+            "0.1",
+            "--seed",
+            "4",
+            "--early-stopping-patience",
+            "2",
+            "--device",
+            "cpu",
+            "--progress",
+            "--warmup-ratio",
+            "0.1",
+        ]
+    )
+    config = multiobjective_config_from_args(args)
+    shared = dict(
+        batch_size=16,
+        weight_decay=0.1,
+        seed=4,
+        early_stopping_patience=2,
+        device="cpu",
+        progress=True,
+        warmup_ratio=0.1,
+    )
+    assert config.regression == default_stage_config(epochs=7, lr=0.01, **shared)
+    assert config.gate == default_stage_config(epochs=5, lr=0.02, **shared)
+    assert not multiobjective_config_from_args(
+        parser.parse_args(["--progress", "--quiet"])
+    ).gate.progress
+
+
+def test_early_stopping_needs_held_out_records_of_its_own_stage():
+    """Each stage's patience asks only for that stage's held-out records."""
+    from prefkit.rm.multiobjective import check_evaluation_settings
+
+    gate_only = MultiObjectiveConfig(gate=default_stage_config(early_stopping_patience=2))
+    check_evaluation_settings(gate_only, eval_ratings_given=False, eval_pairs_given=True)
+    with pytest.raises(ValueError, match="but --eval-pairs held-out records are missing"):
+        check_evaluation_settings(gate_only, eval_ratings_given=True, eval_pairs_given=False)
+    regression_only = MultiObjectiveConfig(
+        regression=default_stage_config(early_stopping_patience=2)
+    )
+    with pytest.raises(ValueError, match="but --eval-ratings held-out records are missing"):
+        check_evaluation_settings(regression_only, eval_ratings_given=False, eval_pairs_given=True)
+    with pytest.raises(ValueError, match="regression must be a TrainConfig"):
+        MultiObjectiveConfig(regression={"epochs": 3})  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from prefkit.errors import UserInputError
 from prefkit.train import checkpoint as checkpoint_module
 from prefkit.train import loop as loop_module
 from prefkit.train.loop import TrainConfig, TrainEvent, move_to_device, train
@@ -734,7 +735,7 @@ def test_errors_at_train_time_say_what_to_change(tmp_path):
 
     with pytest.raises(ValueError, match="one unreduced loss per example"):
         train(make_mlp(), ReducedLossTask(), quiet_config(), tmp_path / "c")
-    with pytest.raises(KeyError, match="returned only \\['loss'\\]"):
+    with pytest.raises(UserInputError, match="returned only \\['loss'\\]"):
         config = quiet_config(early_stopping_patience=1, early_stopping_metric="accuracy")
         train(make_mlp(), RegressionTask(), config, tmp_path / "d")
 

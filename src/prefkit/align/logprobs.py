@@ -32,6 +32,8 @@ from functools import cache
 import torch
 from torch import Tensor, nn
 
+from prefkit.errors import UserInputError
+
 __all__ = [
     "SequenceBatch",
     "SharedPromptBatch",
@@ -110,7 +112,7 @@ def pack_shared_prompts(
     Completion r is scored in the order given; all completions of prompt b share row b.
     """
     if not all(prompts):
-        raise ValueError("the shared-prompt pass needs a non-empty prompt for every example")
+        raise UserInputError("the shared-prompt pass needs a non-empty prompt for every example")
     segments: list[list[int]] = [[] for _ in prompts]  # completion numbers of each row
     for number, (prompt_index, _) in enumerate(completions):
         segments[prompt_index].append(number)
@@ -205,7 +207,7 @@ def _custom_attention_mask(model: nn.Module, allowed: Tensor, dtype: torch.dtype
     """``allowed`` as the model's attention implementation takes a ready 4D mask."""
     implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
     if implementation.startswith("flash"):
-        raise ValueError(
+        raise UserInputError(
             f"the shared-prompt pass needs a 4D attention mask, which {implementation!r} does not "
             "take; load the model with attn_implementation='sdpa' or turn shared_prompt off"
         )

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefkit.data.records import Message, Text
+from prefkit.errors import UserInputError
 
 __all__ = [
     "EncodedCompletion",
@@ -60,9 +61,11 @@ class TokenizeConfig:
         for name in ("max_length", "max_prompt_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TokenizeConfig: {name} must be an integer >= 1, got {value!r}.")
+                raise UserInputError(
+                    f"TokenizeConfig: {name} must be an integer >= 1, got {value!r}."
+                )
         if self.max_prompt_length >= self.max_length:
-            raise ValueError(
+            raise UserInputError(
                 f"TokenizeConfig: max_prompt_length ({self.max_prompt_length}) must be smaller than "
                 f"max_length ({self.max_length}) so every completion keeps at least one token."
             )
@@ -125,7 +128,7 @@ def _render(tokenizer: Any, prompt: Text, completion: Text) -> tuple[str, str]:
     if isinstance(prompt, str) and isinstance(completion, str):
         return prompt, completion
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError(
+        raise UserInputError(
             "the data holds conversations but the tokenizer has no chat_template; set "
             "tokenizer.chat_template or give prompts and responses as plain strings"
         )
@@ -144,7 +147,7 @@ def _render(tokenizer: Any, prompt: Text, completion: Text) -> tuple[str, str]:
     )
     full_text = tokenizer.apply_chat_template(prompt_messages + completion_messages, tokenize=False)
     if not full_text.startswith(prompt_text):
-        raise ValueError(
+        raise UserInputError(
             "the chat template renders the prompt differently with and without the assistant "
             "turn, so the completion cannot be separated from it; use a template whose "
             "generation prompt is a prefix of the full conversation"
@@ -183,12 +186,12 @@ def encode_completion(
         prompt_ids = [bos, *prompt_ids]
     if config.add_eos:
         if eos is None:
-            raise ValueError("TokenizeConfig.add_eos is on but the tokenizer has no eos_token")
+            raise UserInputError("TokenizeConfig.add_eos is on but the tokenizer has no eos_token")
         if not completion_ids or completion_ids[-1] != eos:
             completion_ids = [*completion_ids, eos]
     stats.completions += 1
     if not completion_ids:
-        raise ValueError(
+        raise UserInputError(
             "the completion encodes to no tokens; drop empty responses or turn add_eos on"
         )
 

@@ -96,6 +96,7 @@ from prefkit.align.refcache import (
 from prefkit.align.tokenize import TokenizeConfig, TokenizeStats, encode_completions
 from prefkit.data.records import BinaryRecord, PairwiseRecord, RankingRecord
 from prefkit.data.split import split_eval_records
+from prefkit.errors import UserInputError
 from prefkit.losses.preference import (
     LOSSES,
     BatchContext,
@@ -187,17 +188,17 @@ class AlignConfig:
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise ValueError(
+            raise UserInputError(
                 f"AlignConfig: unknown loss {self.loss!r}; the losses are {sorted(LOSSES)}."
             )
         self.loss_config()  # unknown arguments and bad values fail here
         spec = self.loss_spec
         if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
-            raise ValueError(f"AlignConfig: sft_weight must be >= 0, got {self.sft_weight}.")
+            raise UserInputError(f"AlignConfig: sft_weight must be >= 0, got {self.sft_weight}.")
         if self.sft_weight > 0 and (
             spec.kind != "paired" or spec.extra_inputs or self.loss == SFT_TERM
         ):
-            raise ValueError(
+            raise UserInputError(
                 f"AlignConfig: sft_weight adds an SFT term to a paired loss; {self.loss!r} is "
                 f"{spec.kind}. Set sft_weight to 0."
             )
@@ -205,9 +206,9 @@ class AlignConfig:
         for name in ("ref_batch_size", "lora_r", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"AlignConfig: {name} must be an integer >= 1, got {value!r}.")
+                raise UserInputError(f"AlignConfig: {name} must be an integer >= 1, got {value!r}.")
         if not 0 <= self.lora_dropout < 1:
-            raise ValueError(
+            raise UserInputError(
                 f"AlignConfig: lora_dropout must be in [0, 1), got {self.lora_dropout}."
             )
         fraction = self.eval_fraction
@@ -216,7 +217,7 @@ class AlignConfig:
             or not isinstance(fraction, int | float)
             or not 0 <= fraction < 1
         ):
-            raise ValueError(
+            raise UserInputError(
                 f"AlignConfig: eval_fraction must be a number in [0, 1) (0 = no held-out split), "
                 f"got {fraction!r}; e.g. 0.1 holds out a tenth of the records."
             )
@@ -239,11 +240,14 @@ class AlignConfig:
         accepted = {f.name for f in dataclasses.fields(spec.config_type)}
         unknown = sorted(set(self.loss_args) - accepted)
         if unknown:
-            raise ValueError(
+            raise UserInputError(
                 f"AlignConfig: loss {self.loss!r} does not take {unknown}; its arguments are "
                 f"{sorted(accepted)}."
             )
-        return spec.config_type(**self.loss_args)
+        try:
+            return spec.config_type(**self.loss_args)
+        except ValueError as error:  # the loss's own check of the values given (--loss-args)
+            raise UserInputError(f"AlignConfig: loss {self.loss!r}: {error}") from error
 
     def tokenize_config(self) -> TokenizeConfig:
         return TokenizeConfig(
@@ -351,30 +355,30 @@ def build_examples(
                 "unpaired": "binary or pairwise",
                 "listwise": "ranking or pairwise",
             }[kind]
-            raise ValueError(
+            raise UserInputError(
                 f"record {record.id!r} is a {record.kind} record, but a {kind} loss needs "
                 f"{accepted} records; convert the data (prefkit data convert --to ...) or pick "
                 "a loss for this kind of feedback"
             )
     stats.examples = len(examples)
     if not examples:
-        raise ValueError(f"no {purpose} examples: {stats.summary()}")
+        raise UserInputError(f"no {purpose} examples: {stats.summary()}")
     return examples, stats
 
 
 def check_evaluation_settings(
     config: AlignConfig, train_config: TrainConfig, *, eval_records_given: bool
 ) -> None:
-    """Raise ValueError when the evaluation settings contradict each other (before any work)."""
+    """Raise UserInputError when the evaluation settings contradict each other (before any work)."""
     if eval_records_given and config.eval_fraction > 0:
-        raise ValueError(
+        raise UserInputError(
             "evaluation data and eval_fraction are both given; either hold out a fraction of "
             "the training records (--eval-fraction) or pass an evaluation set (--eval-data)."
         )
     if train_config.early_stopping_patience is not None and not (
         eval_records_given or config.eval_fraction > 0
     ):
-        raise ValueError(
+        raise UserInputError(
             "early_stopping_patience is set but there is no evaluation set to watch; pass "
             "evaluation data (--eval-data) or eval_fraction (--eval-fraction), or drop early "
             "stopping."
@@ -590,7 +594,7 @@ class AlignTask:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         expected = set(self.state_dict())
         if set(state) != expected:
-            raise ValueError(
+            raise UserInputError(
                 f"AlignTask: the checkpoint's task state holds {sorted(state)} but loss "
                 f"{self.config.loss!r} keeps {sorted(expected)}; it was written with another "
                 "loss. Resume with the loss it was written with, or use an empty output folder."
@@ -927,7 +931,9 @@ def align(
     if ref_model is not None and not isinstance(ref_model, nn.Module):
         ref_model = load_causal_lm(ref_model)
     if ref_model is not None and not config.needs_reference:
-        raise ValueError(f"loss {config.loss!r} uses no reference model; drop ref_model (--ref).")
+        raise UserInputError(
+            f"loss {config.loss!r} uses no reference model; drop ref_model (--ref)."
+        )
     pad_id = _pad_id(tokenizer)
 
     examples, data_stats = build_examples(records, tokenizer, config.kind, config.tokenize_config())

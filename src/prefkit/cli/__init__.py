@@ -15,7 +15,17 @@ from collections.abc import Sequence
 
 from prefkit import __version__
 
-COMMAND_MODULES = ("quickstart", "data", "rm", "eval", "align", "annotate", "generate", "curate")
+COMMAND_MODULES = (
+    "quickstart",
+    "data",
+    "rm",
+    "eval",
+    "align",
+    "annotate",
+    "generate",
+    "curate",
+    "serve",
+)
 
 
 def build_parser(command_modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:

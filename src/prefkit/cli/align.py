@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         check_evaluation_settings(
             config, train_config, eval_records_given=args.eval_data is not None
         )
-    except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+    except argparse.ArgumentTypeError as error:  # a malformed --loss-args
         raise UserError(str(error)) from error
 
     from transformers import AutoTokenizer
@@ -131,21 +131,16 @@ def run(args: argparse.Namespace) -> int:
         eval_records = list(with_layout_notice(eval_reader))
     model = load_causal_lm(args.model)
     ref_model = load_causal_lm(args.ref) if args.ref else None
-    try:
-        result = align(
-            records,
-            model,
-            tokenizer,
-            args.out,
-            config,
-            train_config,
-            ref_model=ref_model,
-            eval_records=eval_records,
-        )
-    except ValueError as error:
-        if any(text in str(error) for text in ("examples:", "record ", "eval_fraction")):
-            raise UserError(str(error)) from error
-        raise
+    result = align(
+        records,
+        model,
+        tokenizer,
+        args.out,
+        config,
+        train_config,
+        ref_model=ref_model,
+        eval_records=eval_records,
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports for all processes
     print(result.data.summary(), file=sys.stderr)

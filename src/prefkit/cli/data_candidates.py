@@ -104,25 +104,18 @@ def _read_score_rows(path: str) -> dict[str, dict]:
 
 
 def run_pairs(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
     from prefkit.data.pairs import PairsConfig, attach_rewards, build_pairs
     from prefkit.data.write import output_kind, write_records
 
     output_kind(args.out)
-    try:
-        config = dataclass_from_args(PairsConfig, args)
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    config = dataclass_from_args(PairsConfig, args)
     reader = open_reader(args, args.scored, args.out)
     records = with_layout_notice(reader)
     reward_model = args.reward_model
     if args.scores is not None:
         records = attach_rewards(records, _read_score_rows(args.scores), source=args.scores)
         reward_model = reward_model or f"scores from {args.scores}"
-    try:
-        pairs, stats = build_pairs(records, config, reward_model=reward_model)
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    pairs, stats = build_pairs(records, config, reward_model=reward_model)
     written = write_records(pairs, args.out)
     print(f"{args.scored}: {reader.stats.summary()}", file=sys.stderr)
     print(f"pairs: {stats.summary()}", file=sys.stderr)
@@ -132,21 +125,17 @@ def run_pairs(args: argparse.Namespace) -> int:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
     from prefkit.data.pairs import attach_rewards
     from prefkit.data.select import SelectConfig, select_records
     from prefkit.data.write import output_kind, write_records
 
     output_kind(args.out)
-    try:
-        config = dataclass_from_args(SelectConfig, args)
-        reader = open_reader(args, args.scored, args.out)
-        records = with_layout_notice(reader)
-        if args.scores is not None:
-            records = attach_rewards(records, _read_score_rows(args.scores), source=args.scores)
-        selected, stats = select_records(records, config)
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    config = dataclass_from_args(SelectConfig, args)
+    reader = open_reader(args, args.scored, args.out)
+    records = with_layout_notice(reader)
+    if args.scores is not None:
+        records = attach_rewards(records, _read_score_rows(args.scores), source=args.scores)
+    selected, stats = select_records(records, config)
     written = write_records(selected, args.out)
     print(f"{args.scored}: {reader.stats.summary()}", file=sys.stderr)
     print(f"select: {stats.summary()}", file=sys.stderr)

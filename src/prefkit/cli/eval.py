@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
             n_rejected=reader.stats.rejects.total,
             notes=notes,
         )
-    except (ValueError, ScorerError, JudgeError) as error:
+    except (ScorerError, JudgeError) as error:
         raise UserError(str(error)) from None
     document = evaluation.to_json()
     print(summary_table(document))

@@ -173,17 +173,11 @@ def run(args: argparse.Namespace) -> int:
     for name in ("batch_size", "chunk_size", "reward_batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    try:
-        sampling = dataclass_from_args(SamplingConfig, args)
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    sampling = dataclass_from_args(SamplingConfig, args)
     if not Path(args.model).is_dir():
         raise UserError(f"--model {args.model}: not a model folder")
 
-    try:
-        prompts, prompt_stats = _read_prompts(args)
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    prompts, prompt_stats = _read_prompts(args)
     print(f"prompts: {prompt_stats.summary()}", file=sys.stderr)
     tokenizer = _load_tokenizer(args.tokenizer or args.model)
 
@@ -245,23 +239,20 @@ def run(args: argparse.Namespace) -> int:
     if reward_info is not None:
         generation["reward_model"] = reward_info
         generation["best_of"] = args.best_of is not None
-    try:
-        summary = generate_candidates(
-            prompts,
-            engine,
-            tokenizer,
-            sampling,
-            args.out,
-            generation=generation,
-            max_prompt_length=max_prompt_length,
-            chat_template=args.chat_template,
-            chunk_size=args.chunk_size,
-            scorer=scorer,
-            best_of=args.best_of is not None,
-            show_progress=args.progress,
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    summary = generate_candidates(
+        prompts,
+        engine,
+        tokenizer,
+        sampling,
+        args.out,
+        generation=generation,
+        max_prompt_length=max_prompt_length,
+        chat_template=args.chat_template,
+        chunk_size=args.chunk_size,
+        scorer=scorer,
+        best_of=args.best_of is not None,
+        show_progress=args.progress,
+    )
     print(f"generate: {summary.summary()}", file=sys.stderr)
     print(f"wrote {summary.generated_prompts} records to {args.out}", file=sys.stderr)
     print(json.dumps({"out": args.out, "prompts_read": prompt_stats.records, **summary.to_dict()}))

@@ -15,9 +15,9 @@ from prefkit.cli.common import (
     progress,
     with_layout_notice,
 )
-from prefkit.config import add_dataclass_arguments, dataclass_from_args
+from prefkit.config import add_dataclass_arguments, dataclass_from_args, field_docs
 from prefkit.rm.length_debias import DEFAULT_LENGTH_DEBIAS
-from prefkit.rm.multiobjective import MultiObjectiveConfig
+from prefkit.rm.multiobjective import MultiObjectiveConfig, default_stage_config
 from prefkit.rm.result import calibration_summary
 from prefkit.rm.train import RMTrainConfig, default_train_config
 from prefkit.train.loop import TrainConfig
@@ -57,7 +57,26 @@ examples:
 Truncation counts of each stage are printed; they and the held-out metrics are saved in
 OUT/config.json under "training". Rerunning the same command resumes from the newest
 checkpoints in OUT/training/regression/ and OUT/training/gate/.
+The training options apply to both stages, except epochs and learning rate, which each
+stage takes on its own (--regression-epochs, --gate-epochs, --regression-lr, --gate-lr).
 """
+
+MULTIOBJECTIVE_STAGES = {"regression": "stage 1 (regression)", "gate": "stage 2 (gate)"}
+"""The stages of ``rm train-multiobjective``: the prefix of their own options, and their name."""
+MULTIOBJECTIVE_STAGE_OPTIONS = ("epochs", "lr")
+"""Loop settings that each stage takes on its own (``--regression-epochs``, ``--gate-lr``, ...)."""
+MULTIOBJECTIVE_SHARED_OPTIONS = tuple(
+    item.name
+    for item in dataclasses.fields(TrainConfig)
+    if item.name
+    not in (
+        *MULTIOBJECTIVE_STAGE_OPTIONS,
+        "group_by_length",  # cached features have no length to group by
+        "early_stopping_metric",  # the stages report different metrics; both watch "loss"
+        "early_stopping_mode",
+    )
+)
+"""Loop settings given once for both stages of ``rm train-multiobjective``."""
 
 SCORE_EXAMPLES = """\
 examples:
@@ -132,6 +151,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--quiet", dest="progress", action="store_false", help="the same as --no-progress"
     )
+    train.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        metavar="E",
+        help="embedding mode: train E heads (seeds seed..seed+E-1, bootstrap resamples of the "
+        "records) on the same cached embeddings, stored as one model whose reward is their mean; "
+        "rm score then adds the members' standard deviation (default 1: one head)",
+    )
     train.set_defaults(handler=run_train)
 
     multi = sub.add_parser(
@@ -165,7 +193,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="refuse to continue from checkpoints already in DIR/training",
     )
     add_read_arguments(multi)
-    add_dataclass_arguments(multi, MultiObjectiveConfig, title="multi-objective options")
+    add_multiobjective_arguments(multi)
     multi.set_defaults(handler=run_train_multiobjective)
 
     score = sub.add_parser(
@@ -218,6 +246,60 @@ def register(commands: argparse._SubParsersAction) -> None:
     score.set_defaults(handler=run_score)
 
 
+def add_multiobjective_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of :class:`MultiObjectiveConfig`, the loop settings shared by both stages
+    (defaults of :func:`default_stage_config`) and the epochs and learning rate of each stage."""
+    add_dataclass_arguments(
+        parser,
+        MultiObjectiveConfig,
+        skip=tuple(MULTIOBJECTIVE_STAGES),
+        title="multi-objective options",
+    )
+    defaults = dataclasses.asdict(default_stage_config())
+    add_dataclass_arguments(
+        parser,
+        TrainConfig,
+        skip=tuple(
+            item.name
+            for item in dataclasses.fields(TrainConfig)
+            if item.name not in MULTIOBJECTIVE_SHARED_OPTIONS
+        ),
+        title="training options (both stages)",
+        defaults=defaults,
+    )
+    parser.add_argument(
+        "--quiet", dest="progress", action="store_false", help="the same as --no-progress"
+    )
+    docs = field_docs(TrainConfig)
+    group = parser.add_argument_group("training options (each stage)")
+    for stage, name in MULTIOBJECTIVE_STAGES.items():
+        for option in MULTIOBJECTIVE_STAGE_OPTIONS:
+            group.add_argument(
+                f"--{stage}-{option}",
+                dest=f"{stage}_{option}",
+                type=int if option == "epochs" else float,
+                metavar="N" if option == "epochs" else "X",
+                default=defaults[option],
+                help=f"{name}: {docs[option]} (default: {defaults[option]})",
+            )
+
+
+def multiobjective_config_from_args(args: argparse.Namespace) -> MultiObjectiveConfig:
+    """The config of the options added by :func:`add_multiobjective_arguments`."""
+    shared = {name: getattr(args, name) for name in MULTIOBJECTIVE_SHARED_OPTIONS}
+    stages = {
+        stage: default_stage_config(
+            **shared,
+            **{
+                option: getattr(args, f"{stage}_{option}")
+                for option in MULTIOBJECTIVE_STAGE_OPTIONS
+            },
+        )
+        for stage in MULTIOBJECTIVE_STAGES
+    }
+    return dataclass_from_args(MultiObjectiveConfig, args, **stages)
+
+
 def _read_all(args: argparse.Namespace, path: str, rejects_for: str) -> list:
     reader = open_reader(args, path, rejects_for)
     records = list(with_layout_notice(reader))
@@ -229,29 +311,41 @@ def run_train(args: argparse.Namespace) -> int:
     from prefkit.cli import UserError
     from prefkit.rm.train import train_reward_model
 
-    try:
-        given = {
-            item.name: getattr(args, item.name)
-            for item in dataclasses.fields(TrainConfig)
-            if getattr(args, item.name) is not None
-        }
-        config = dataclass_from_args(
-            RMTrainConfig, args, train=default_train_config(args.mode, **given)
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    given = {
+        item.name: getattr(args, item.name)
+        for item in dataclasses.fields(TrainConfig)
+        if getattr(args, item.name) is not None
+    }
+    config = dataclass_from_args(
+        RMTrainConfig, args, train=default_train_config(args.mode, **given)
+    )
+    if args.ensemble < 1 or (args.ensemble > 1 and config.mode != "embedding"):
+        raise UserError("--ensemble must be >= 1, and > 1 only with --mode embedding")
     out = Path(args.out)
     records = _read_all(args, args.data, out / "train")
     eval_records = _read_all(args, args.eval, out / "eval") if args.eval else None
-    report = train_reward_model(
-        records,
-        config,
-        out,
+    common = dict(
         eval_records=eval_records,
         resume=args.resume,
         log=lambda line: print(line, file=sys.stderr),
         source=args.data,
     )
+    if args.ensemble > 1:
+        from prefkit.rm.ensemble import train_ensemble
+
+        report = train_ensemble(records, config, out, args.ensemble, **common)
+        training = report.model.spec.training or {}
+        summary = {
+            "model_dir": str(out),
+            "loss": report.loss,
+            "ensemble": args.ensemble,
+            "steps": [stage.result.global_step for stage in report.stages.values()],
+            "train": training.get("train_metrics", {}),
+            "eval": training.get("eval_metrics", {}),
+        }
+        print(json.dumps(summary))
+        return 0
+    report = train_reward_model(records, config, out, **common)
     stage = report.stages["train"]
     summary = {
         "model_dir": str(out),
@@ -267,18 +361,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_train_multiobjective(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
     from prefkit.rm.multiobjective import check_evaluation_settings, train_multiobjective
 
-    try:
-        config = dataclass_from_args(MultiObjectiveConfig, args)
-        check_evaluation_settings(
-            config,
-            eval_ratings_given=args.eval_ratings is not None,
-            eval_pairs_given=args.eval_pairs is not None,
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    config = multiobjective_config_from_args(args)
+    check_evaluation_settings(
+        config,
+        eval_ratings_given=args.eval_ratings is not None,
+        eval_pairs_given=args.eval_pairs is not None,
+    )
     out = Path(args.out)
     ratings = _read_all(args, args.ratings, out / "ratings")
     pairs = _read_all(args, args.pairs, out / "pairs")

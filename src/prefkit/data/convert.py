@@ -64,6 +64,7 @@ from prefkit.data.records import (
     majority_outcome,
     text_key,
 )
+from prefkit.errors import UserInputError
 
 TARGETS = ("pairwise", "binary", "ranking", "rating")
 PAIR_STRATEGIES = ("all", "best-vs-worst", "best-vs-random")
@@ -87,7 +88,7 @@ CONVERSIONS = {
 
 def _finite(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise UserInputError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 
 
@@ -138,24 +139,26 @@ class ConversionOptions:
 
     def __post_init__(self) -> None:
         if self.to not in TARGETS:
-            raise ValueError(f"to must be one of {', '.join(TARGETS)}, got {self.to!r}")
+            raise UserInputError(f"to must be one of {', '.join(TARGETS)}, got {self.to!r}")
         if self.pairs not in PAIR_STRATEGIES:
-            raise ValueError(
+            raise UserInputError(
                 f"pairs must be one of {', '.join(PAIR_STRATEGIES)}, got {self.pairs!r}"
             )
         if self.pairs != "all" and self.to != "pairwise":
-            raise ValueError(f"pairs={self.pairs!r} applies to to='pairwise', not to={self.to!r}")
+            raise UserInputError(
+                f"pairs={self.pairs!r} applies to to='pairwise', not to={self.to!r}"
+            )
         if self.attribute is not None and self.weights is not None:
-            raise ValueError("give either attribute or weights to score ratings, not both")
+            raise UserInputError("give either attribute or weights to score ratings, not both")
         if self.attribute is not None and (
             not isinstance(self.attribute, str) or not self.attribute
         ):
-            raise ValueError(
+            raise UserInputError(
                 f"attribute must be a non-empty attribute name, got {self.attribute!r}"
             )
         if self.weights is not None:
             if not isinstance(self.weights, dict) or not self.weights:
-                raise ValueError(
+                raise UserInputError(
                     f"weights must be a non-empty mapping attribute -> weight, got {self.weights!r}"
                 )
             self.weights = {
@@ -163,47 +166,47 @@ class ConversionOptions:
                 for name, weight in self.weights.items()
             }
         if self.to == "rating" and (self.attribute is not None or self.weights is not None):
-            raise ValueError(
+            raise UserInputError(
                 "attribute and weights score ratings for another kind; to='rating' keeps ratings as they are"
             )
         self.tie_threshold = _finite(self.tie_threshold, "tie_threshold")
         if self.tie_threshold < 0:
-            raise ValueError(f"tie_threshold must be >= 0, got {self.tie_threshold}")
+            raise UserInputError(f"tie_threshold must be >= 0, got {self.tie_threshold}")
         if not isinstance(self.drop_ties, bool):
-            raise ValueError(f"drop_ties must be true or false, got {self.drop_ties!r}")
+            raise UserInputError(f"drop_ties must be true or false, got {self.drop_ties!r}")
         if self.to != "pairwise" and (self.tie_threshold != 0 or self.drop_ties):
-            raise ValueError(
+            raise UserInputError(
                 f"tie_threshold and drop_ties apply to to='pairwise', not to={self.to!r}"
                 + (" (ties are always dropped from binary data)" if self.to == "binary" else "")
             )
         if self.votes is not None and self.votes not in VOTE_MODES:
-            raise ValueError(
+            raise UserInputError(
                 f"votes must be one of {', '.join(VOTE_MODES)} or None, got {self.votes!r}"
             )
         if self.votes == "soft" and self.to != "pairwise":
-            raise ValueError(
+            raise UserInputError(
                 f"votes='soft' sets pairwise soft labels; it does not apply to to={self.to!r}"
             )
         if self.votes == "majority" and self.to not in ("pairwise", "binary"):
-            raise ValueError(
+            raise UserInputError(
                 f"votes='majority' applies to pairwise or binary output, not to={self.to!r}"
             )
         if self.tie_policy not in TIE_POLICIES:
-            raise ValueError(
+            raise UserInputError(
                 f"tie_policy must be one of {', '.join(TIE_POLICIES)}, got {self.tie_policy!r}"
             )
         if self.tie_policy != "tie" and self.votes != "majority":
-            raise ValueError(
+            raise UserInputError(
                 "tie_policy decides split votes under votes='majority'; set votes='majority'"
             )
         if self.binary_threshold is not None:
             self.binary_threshold = _finite(self.binary_threshold, "binary_threshold")
             if self.to != "binary":
-                raise ValueError(f"binary_threshold applies to to='binary', not to={self.to!r}")
+                raise UserInputError(f"binary_threshold applies to to='binary', not to={self.to!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+            raise UserInputError(f"seed must be an integer, got {self.seed!r}")
         if self.seed != 0 and self.pairs != "best-vs-random":
-            raise ValueError("seed is used only by pairs='best-vs-random'")
+            raise UserInputError("seed is used only by pairs='best-vs-random'")
 
 
 @dataclass
@@ -293,7 +296,7 @@ class Conversion:
             target = self.options.to
             if (record.kind, target) not in CONVERSIONS:
                 supported = ", ".join(f"{a} -> {b}" for a, b in sorted(CONVERSIONS) if a != b)
-                raise ValueError(
+                raise UserInputError(
                     f"cannot convert {record.kind} records to {target} (record {record.id!r}); "
                     f"supported conversions: {supported}, and any kind to itself"
                 )
@@ -579,7 +582,7 @@ class Conversion:
         if self.options.attribute is not None:
             return record.ratings.get(self.options.attribute)
         if self.options.weights is None:
-            raise ValueError(
+            raise UserInputError(
                 f"converting rating records to {self.options.to} needs a score: attribute=NAME or "
                 f"weights={{NAME: WEIGHT, ...}}; record {record.id!r} has the attributes "
                 f"{', '.join(record.ratings)}"
@@ -594,7 +597,7 @@ class Conversion:
 
     def _require_binary_threshold(self, kind: str) -> float:
         if self.options.binary_threshold is None:
-            raise ValueError(
+            raise UserInputError(
                 f"converting {kind} records to binary needs binary_threshold: "
                 "a response whose score is >= the threshold is good"
             )

@@ -47,6 +47,7 @@ from prefkit.data.records import (
     text_key,
     text_length,
 )
+from prefkit.errors import UserInputError
 
 __all__ = ["PairsConfig", "PairsStats", "attach_rewards", "build_pairs"]
 
@@ -76,9 +77,11 @@ class PairsConfig:
         for name in ("min_margin", "tie_margin", "length_penalty"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name.replace('_', '-')} must be a number >= 0, got {value!r}")
+                raise UserInputError(
+                    f"{name.replace('_', '-')} must be a number >= 0, got {value!r}"
+                )
         if self.top_quantile is not None and not 0 < self.top_quantile <= 1:
-            raise ValueError(f"top-quantile must be in (0, 1], got {self.top_quantile!r}")
+            raise UserInputError(f"top-quantile must be in (0, 1], got {self.top_quantile!r}")
 
 
 @dataclass
@@ -135,7 +138,7 @@ def attach_rewards(
     for record in records:
         row = rows.get(record.id)
         if row is None:
-            raise ValueError(
+            raise UserInputError(
                 f"{source}: no scores for record {record.id!r}; score the same candidate file "
                 "with 'prefkit rm score'"
             )
@@ -152,14 +155,14 @@ def with_rewards(record: AnyRecord, row: Mapping[str, Any], *, source: str) -> A
     if isinstance(record, RankingRecord):
         rewards = row.get("rewards")
         if not isinstance(rewards, list) or len(rewards) != len(record.responses):
-            raise ValueError(
+            raise UserInputError(
                 f"{source}: record {record.id!r}: expected 'rewards' with "
                 f"{len(record.responses)} values, found {rewards!r:.80}"
             )
         return dataclasses.replace(record, scores=tuple(rewards), ranks=None)
     if isinstance(record, RatingRecord):
         if "reward" not in row:
-            raise ValueError(f"{source}: record {record.id!r}: expected a 'reward' value")
+            raise UserInputError(f"{source}: record {record.id!r}: expected a 'reward' value")
         return dataclasses.replace(record, ratings={**record.ratings, "reward": row["reward"]})
     return record
 
@@ -169,7 +172,7 @@ def _lengths(record: RankingRecord, unit: str) -> list[int]:
         return [text_length(response) for response in record.responses]
     info = record.metadata.get("responses")
     if not isinstance(info, list) or len(info) != len(record.responses):
-        raise ValueError(
+        raise UserInputError(
             f"record {record.id!r}: --length-unit tokens needs metadata.responses[i].tokens "
             "(written by prefkit generate); use --length-unit chars for other data"
         )

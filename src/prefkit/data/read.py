@@ -55,6 +55,7 @@ from prefkit.data.sources import (
     parquet_batch_rows,
     suffix_of,
 )
+from prefkit.errors import UserInputError
 
 DEFAULT_MAX_TEXT_CHARS = 1_000_000
 """Longest text (in characters) accepted by default; longer ones are rejected as ``text_too_long``."""
@@ -130,9 +131,9 @@ class FeedbackReader:
         reject_empty_responses: bool = False,
     ):
         if on_error not in ON_ERROR_CHOICES:
-            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+            raise UserInputError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
         if max_text_chars < 1:
-            raise ValueError(f"max_text_chars must be >= 1, got {max_text_chars}")
+            raise UserInputError(f"max_text_chars must be >= 1, got {max_text_chars}")
         self.path = Path(path)
         self.on_error = on_error
         self.max_text_chars = max_text_chars

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from prefkit.data.records import AnyRecord, PairwiseRecord, RankingRecord, RatingRecord
+from prefkit.errors import UserInputError
 
 __all__ = ["SelectConfig", "SelectStats", "gumbel_top_k_order", "record_score", "select_records"]
 
@@ -52,13 +53,13 @@ class SelectConfig:
 
     def __post_init__(self) -> None:
         if (self.budget_records is None) == (self.budget_tokens is None):
-            raise ValueError("give exactly one of --budget-records K and --budget-tokens T")
+            raise UserInputError("give exactly one of --budget-records K and --budget-tokens T")
         for name in ("budget_records", "budget_tokens"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value!r}")
+                raise UserInputError(f"{name.replace('_', '-')} must be >= 1, got {value!r}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
+            raise UserInputError(f"temperature must be a number >= 0, got {self.temperature!r}")
 
 
 @dataclass
@@ -102,7 +103,7 @@ def _response_tokens(record: AnyRecord) -> int:
     if not isinstance(info, list) or not all(
         isinstance(item, dict) and isinstance(item.get("tokens"), int) for item in info
     ):
-        raise ValueError(
+        raise UserInputError(
             f"record {record.id!r}: --budget-tokens needs metadata.responses[i].tokens "
             "(written by prefkit generate); use --budget-records for other data"
         )

@@ -7,6 +7,8 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
+from prefkit.errors import UserInputError
+
 __all__ = ["split_eval_records"]
 
 
@@ -22,12 +24,12 @@ def split_eval_records(
     count = len(records)
     held_out = math.floor(fraction * count + 0.5)
     if held_out == 0:
-        raise ValueError(
+        raise UserInputError(
             f"eval_fraction {fraction} of {count} records holds out no record; raise it to at "
             f"least {1 / max(count, 1):.3g}, or pass separate evaluation data."
         )
     if held_out >= count:
-        raise ValueError(
+        raise UserInputError(
             f"eval_fraction {fraction} of {count} records holds out all of them and leaves none "
             "for training; lower it."
         )

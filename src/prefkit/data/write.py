@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.data.records import AnyRecord
+from prefkit.errors import UserInputError
 
 PARQUET_BATCH = 4096
 JSON_COLUMNS_KEY = b"prefkit.json_columns"
@@ -26,7 +27,7 @@ def output_kind(path: str | Path) -> str:
         return "parquet"
     if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
         return "jsonl"
-    raise ValueError(
+    raise UserInputError(
         f"cannot tell the output format of {path}: use a .jsonl, .jsonl.gz or .parquet name"
     )
 
@@ -120,7 +121,7 @@ def _write_parquet(records: Iterable[AnyRecord], partial: Path) -> int:
     for record in records:
         data = record.to_dict()
         if writer is not None and set(data) - set(columns):
-            raise ValueError(
+            raise UserInputError(
                 "a Parquet file holds one record kind's fields; write mixed kinds to JSONL"
             )
         rows.append(data)

@@ -48,6 +48,7 @@ from prefkit.data.records import (
     text_key,
     text_length,
 )
+from prefkit.errors import UserInputError
 from prefkit.eval.metrics import (
     REWARDBENCH_V1_PRIOR_SETS,
     REWARDBENCH_V1_UNSCORED_PRIOR_SETS,
@@ -108,7 +109,7 @@ def _categories(records: Sequence[AnyRecord], by: str | None) -> list[str] | Non
         if by is None:
             return None
         keys = sorted({key for record in records for key in record.metadata})
-        raise ValueError(
+        raise UserInputError(
             f"--by {by!r}: no record has this field; use 'category' or a metadata key "
             f"({', '.join(keys[:20]) or 'the records have no metadata'})"
         )
@@ -271,10 +272,12 @@ def evaluate(
     """
     scorer_list = list(scorers) if isinstance(scorers, Sequence) else [scorers]
     if not scorer_list:
-        raise ValueError("evaluate needs at least one scorer")
+        raise UserInputError("evaluate needs at least one scorer")
     names = [scorer.name for scorer in scorer_list]
     if len(set(names)) < len(names):
-        raise ValueError(f"scorer names must be distinct to tell the results apart, got {names}")
+        raise UserInputError(
+            f"scorer names must be distinct to tell the results apart, got {names}"
+        )
     record_list = list(records)
     pairwise = [record for record in record_list if isinstance(record, PairwiseRecord)]
     rankings = [record for record in record_list if isinstance(record, RankingRecord)]
@@ -282,13 +285,13 @@ def evaluate(
         record for record in record_list if not isinstance(record, PairwiseRecord | RankingRecord)
     ]
     if others:
-        raise ValueError(
+        raise UserInputError(
             f"record {others[0].id!r} is a {others[0].kind} record; evaluation needs pairwise or "
             f"ranking records ({len(others)} others found). Convert them first, e.g. "
             "'prefkit data convert IN OUT --to pairwise'"
         )
     if not record_list:
-        raise ValueError("no records to evaluate")
+        raise UserInputError("no records to evaluate")
 
     items = _Items()
     pair_rows = np.array(

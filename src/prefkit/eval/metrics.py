@@ -46,6 +46,8 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike
 
+from prefkit.errors import UserInputError
+
 __all__ = [
     "A_PREFERRED",
     "B_PREFERRED",
@@ -169,7 +171,7 @@ def _scores(name: str, values: ArrayLike, n: int | None = None) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(array))
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{name}[{i}] is {array[i]}; scores must be finite numbers")
+        raise UserInputError(f"{name}[{i}] is {array[i]}; scores must be finite numbers")
     return array
 
 
@@ -285,7 +287,7 @@ def predict_outcomes(
     default band of 0 only exactly equal rewards predict a tie.
     """
     if not tie_band >= 0:
-        raise ValueError(f"tie_band must be a number >= 0, got {tie_band}")
+        raise UserInputError(f"tie_band must be a number >= 0, got {tie_band}")
     rewards_a = _scores("reward_a", reward_a)
     rewards_b = _scores("reward_b", reward_b, rewards_a.shape[0])
     margin = rewards_a - rewards_b
@@ -666,7 +668,7 @@ def ndcg(scores: ArrayLike, relevance: ArrayLike, *, k: int | None = None) -> fl
     if np.any(graded < 0):
         raise ValueError(f"relevance must be >= 0, found {graded.min()}")
     if k is not None and k < 1:
-        raise ValueError(f"k must be a positive integer or None, got {k}")
+        raise UserInputError(f"k must be a positive integer or None, got {k}")
     depth = graded.shape[0] if k is None else min(k, graded.shape[0])
     if depth == 0:
         return math.nan
@@ -972,9 +974,9 @@ def bootstrap_ci(
     interval. Returns (nan, nan) when there is no item.
     """
     if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+        raise UserInputError(f"n_resamples must be >= 1, got {n_resamples}")
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise UserInputError(f"confidence must be in (0, 1), got {confidence}")
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1:
         raise ValueError(f"values must be one-dimensional, got shape {array.shape}")

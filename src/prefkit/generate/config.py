@@ -6,6 +6,8 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from prefkit.errors import UserInputError
+
 __all__ = ["FINISH_REASONS", "SamplingConfig", "sequence_seed"]
 
 FINISH_REASONS = ("eos", "length", "stop")
@@ -34,15 +36,15 @@ class SamplingConfig:
         for name, minimum in (("num_samples", 1), ("max_new_tokens", 1), ("top_k", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(
+                raise UserInputError(
                     f"{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}"
                 )
         if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+            raise UserInputError(f"temperature must be >= 0, got {self.temperature!r}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top-p must be in (0, 1], got {self.top_p!r}")
+            raise UserInputError(f"top-p must be in (0, 1], got {self.top_p!r}")
         if any(not isinstance(text, str) or not text for text in self.stop):
-            raise ValueError(f"stop strings must be non-empty, got {list(self.stop)!r}")
+            raise UserInputError(f"stop strings must be non-empty, got {list(self.stop)!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 
+from prefkit.errors import UserInputError
 from prefkit.generate.config import SamplingConfig
 from prefkit.generate.sampling import GumbelSampler
 
@@ -123,7 +124,7 @@ class HFEngine:
         self, model: Any, tokenizer: Any, *, batch_size: int = 16, shared_prefill: bool = True
     ):
         if batch_size < 1:
-            raise ValueError(f"batch-size must be >= 1, got {batch_size}")
+            raise UserInputError(f"batch-size must be >= 1, got {batch_size}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefkit.data.records import FieldError, Text, parse_text, text_key
+from prefkit.errors import UserInputError
 
 __all__ = ["PromptItem", "PromptStats", "is_prompt_list", "read_prompt_list", "unique_prompts"]
 
@@ -92,19 +93,19 @@ def read_prompt_list(path: str | Path) -> Iterator[tuple[str, Text, str | None]]
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+                raise UserInputError(f"{where}: not valid JSON ({error.msg})") from None
             if isinstance(value, str):
                 yield str(line_number), value, None
                 continue
             if not isinstance(value, dict) or "prompt" not in value:
-                raise ValueError(
+                raise UserInputError(
                     f"{where}: expected a JSON string or an object with a 'prompt' field, "
                     f"found {type(value).__name__}"
                 )
             try:
                 prompt = parse_text(value["prompt"], "prompt", allow_empty=True)
             except FieldError as error:
-                raise ValueError(f"{where}: {error}") from None
+                raise UserInputError(f"{where}: {error}") from None
             category = value.get("category")
             yield (
                 str(value.get("id", line_number)),
@@ -133,7 +134,7 @@ def unique_prompts(
             if on_error == "skip":
                 stats.empty += 1
                 continue
-            raise ValueError(
+            raise UserInputError(
                 f"{source}: record {record_id!r}: the prompt is empty; there is nothing to "
                 "generate from (remove it, or pass --on-error skip to count and skip it)"
             )
@@ -147,7 +148,7 @@ def unique_prompts(
             stats.duplicates += 1
             continue
         if record_id in ids:
-            raise ValueError(
+            raise UserInputError(
                 f"{source}: record id {record_id!r} is used by two different prompts; "
                 "give every record its own id"
             )

@@ -39,6 +39,7 @@ import numpy as np
 
 from prefkit.align.tokenize import tokenizer_adds_bos
 from prefkit.data.records import RankingRecord, RatingRecord, Record, Text, render_text, text_key
+from prefkit.errors import UserInputError
 from prefkit.generate.config import SamplingConfig, sequence_seed
 from prefkit.generate.engines import Completion, Request
 from prefkit.generate.prompts import PromptItem
@@ -91,7 +92,7 @@ def encode_prompt(
         text = render_text(prompt)
     else:
         if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError(
+            raise UserInputError(
                 "the prompts are conversations but the tokenizer has no chat_template; "
                 "give the tokenizer a template, or pass --no-chat-template to send them as "
                 "'role: content' text"
@@ -214,13 +215,13 @@ def _read_existing(path: Path, generation: dict[str, Any]) -> list[str]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(
+            raise UserInputError(
                 f"{path}:{line_number}: not a JSON record ({error.msg}); this is not a file "
                 "that prefkit generate wrote. Delete it or choose another --out"
             ) from None
         written = row.get("metadata", {}).get("generation")
         if written != generation:
-            raise ValueError(
+            raise UserInputError(
                 f"{path}:{line_number}: this file was written with other generation settings "
                 f"({json.dumps(written, sort_keys=True)[:300]}); to resume, repeat the same "
                 "command; to start over, delete the file or choose another --out"
@@ -343,16 +344,16 @@ def generate_candidates(
     the best one per prompt is kept.
     """
     if best_of and scorer is None:
-        raise ValueError("best-of-N needs a reward model to pick the best response (--reward)")
+        raise UserInputError("best-of-N needs a reward model to pick the best response (--reward)")
     if chunk_size < 1:
-        raise ValueError(f"chunk-size must be >= 1, got {chunk_size}")
+        raise UserInputError(f"chunk-size must be >= 1, got {chunk_size}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     generation = json.loads(json.dumps(generation))  # exactly what a reader of the file gets
     written_ids = _read_existing(out_path, generation)
     expected = [item.id for item in prompts[: len(written_ids)]]
     if written_ids != expected:
-        raise ValueError(
+        raise UserInputError(
             f"{out_path}: holds {len(written_ids)} records that are not the first prompts of "
             "this input in order; it was written from other prompts. Delete it or choose "
             "another --out"

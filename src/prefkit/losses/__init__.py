@@ -9,6 +9,8 @@ its paper and equation on the line that implements it.
 - :mod:`prefkit.losses.preference`: policy-optimisation losses (DPO family,
   reference-free, unpaired, listwise), the state a loss keeps across
   optimizer steps (KTO's KL estimate, BCO's reward shift), and their registry.
+- :mod:`prefkit.losses.rl`: online-RL pieces (GRPO, RLOO, ReMax and REINFORCE++
+  advantages, per-token KL estimators, the clipped policy loss, loss reductions).
 
 This package imports torch and nothing else.
 """

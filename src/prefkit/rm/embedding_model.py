@@ -1,7 +1,10 @@
 """A reward head on frozen-encoder embeddings (mode ``embedding``).
 
 The encoder is loaded only to embed texts that the embedding cache does not hold;
-the head reads the features of :mod:`prefkit.rm.heads`.
+the head reads the features of :mod:`prefkit.rm.heads`. With ``spec.ensemble_size``
+E > 1 the model holds E heads (``heads.0`` ... in model.safetensors) on the same
+features and its output is their mean; :meth:`EmbeddingRewardModel.predict_members`
+gives each head's.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from prefkit.rm.encoder import EmbeddingCache, FrozenEncoder, encode_texts
 from prefkit.rm.heads import RewardHead, build_features, feature_dim
@@ -36,7 +40,13 @@ class EmbeddingRewardModel(RewardModel):
         assert spec.features is not None  # checked by the spec
         self.features = spec.features
         dim = feature_dim(self.features, spec.embedding_dim)
-        self.head = RewardHead(dim, spec.hidden_sizes, self.num_outputs, spec.dropout)
+        if spec.ensemble_size == 1:
+            self.head = RewardHead(dim, spec.hidden_sizes, self.num_outputs, spec.dropout)
+        else:
+            self.heads = nn.ModuleList(
+                RewardHead(dim, spec.hidden_sizes, self.num_outputs, spec.dropout)
+                for _ in range(spec.ensemble_size)
+            )
         self._encoder = encoder
         self._device = device
         self.cache = EmbeddingCache(cache_dir) if use_cache else None
@@ -61,7 +71,42 @@ class EmbeddingRewardModel(RewardModel):
 
     def forward(self, items: Items) -> torch.Tensor:
         assert isinstance(items, FeatureItems)
-        return self.head(items.features)
+        if self.spec.ensemble_size == 1:
+            return self.head(items.features)
+        return self.member_forward(items).mean(dim=0)
+
+    def member_forward(self, items: FeatureItems) -> torch.Tensor:
+        """(E, M, K) outputs of each of the E heads."""
+        if self.spec.ensemble_size == 1:
+            return self.head(items.features)[None]
+        return torch.stack([head(items.features) for head in self.heads])
+
+    @torch.inference_mode()
+    def predict_members(
+        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+    ) -> np.ndarray:
+        """(E, N, K) raw outputs of each head, from one embedding pass."""
+        if len(prompts) != len(responses):
+            raise ValueError(
+                f"score: got {len(prompts)} prompts and {len(responses)} responses; give one prompt per response."
+            )
+        size = self.spec.ensemble_size
+        if not responses:
+            return np.zeros((size, 0, self.num_outputs), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        try:
+            features = self.item_store(prompts, responses).features
+            device = next(self.parameters()).device
+            parts = [
+                self.member_forward(FeatureItems(features[start : start + batch_size].to(device)))
+                .float()
+                .cpu()
+                for start in range(0, len(features), batch_size)
+            ]
+            return torch.cat(parts, dim=1).numpy()
+        finally:
+            self.train(was_training)
 
     def featurize(
         self,

@@ -212,11 +212,21 @@ class RewardModel(nn.Module):
         names = self.attributes or ["reward"]
         return {name: outputs[:, column] for column, name in enumerate(names)}
 
+    def predict_members(
+        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+    ) -> np.ndarray:
+        """(E, N, K) raw outputs of each of the E ensemble members (E = 1 for one model)."""
+        return self.predict(prompts, responses, batch_size=batch_size)[None]
+
     def compare(self, prompt: str, response_a: str, response_b: str) -> float:
         """P(a preferred over b) = sigmoid((r_a - r_b) / T) (Bradley-Terry with the model's
-        calibration temperature T, see :attr:`RewardModelSpec.temperature`)."""
-        reward_a, reward_b = self.score([prompt, prompt], [response_a, response_b])
-        return float(self.preference_probability([reward_a], [reward_b])[0])
+        calibration temperature T, see :attr:`RewardModelSpec.temperature`); for an ensemble,
+        the mean of its members' probabilities."""
+        if self.spec.ensemble_size == 1:
+            reward_a, reward_b = self.score([prompt, prompt], [response_a, response_b])
+            return float(self.preference_probability([reward_a], [reward_b])[0])
+        members = self.predict_members([prompt, prompt], [response_a, response_b]).mean(axis=2)
+        return float(self.preference_probability(members[:, 0], members[:, 1]).mean())
 
     def preference_probability(
         self, rewards_a: Sequence[float] | np.ndarray, rewards_b: Sequence[float] | np.ndarray

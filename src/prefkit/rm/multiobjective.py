@@ -35,10 +35,12 @@ given separately. Stage 1 reports the mean squared error (``loss``, and
 epochs without a lower held-out loss and keeps its best weights, so stage 2
 reads the attributes of stage 1's best head.
 
-Both stages run in the shared loop (:mod:`prefkit.train.loop`) with their own
-checkpoints; a run interrupted in either stage and started again resumes where
-it stopped (a finished stage 1 is reloaded from its last checkpoint, not
-retrained) and ends with the weights of the uninterrupted run.
+Both stages run in the shared loop (:mod:`prefkit.train.loop`), each with its own
+loop settings (``MultiObjectiveConfig.regression`` and ``.gate``, both
+:func:`default_stage_config` unless given) and its own checkpoints; a run
+interrupted in either stage and started again resumes where it stopped (a
+finished stage 1 is reloaded from its last checkpoint, not retrained) and ends
+with the weights of the uninterrupted run.
 
 How this departs from the paper:
 
@@ -101,6 +103,23 @@ from prefkit.rm.spec import BackboneSpec, RewardModelSpec, parse_feature_spec
 from prefkit.train.loop import TrainCallback, TrainConfig, TrainResult, move_to_device, train
 
 
+def default_stage_config(**changes: object) -> TrainConfig:
+    """The loop's settings of either stage unless changed: 30 epochs, lr 3e-3, batch 32, no
+    weight decay, linear decay without warmup, no length grouping, no progress bars (the other
+    fields keep the defaults of :class:`~prefkit.train.loop.TrainConfig`)."""
+    values: dict[str, object] = {
+        "epochs": 30,
+        "lr": 3e-3,
+        "batch_size": 32,
+        "weight_decay": 0.0,
+        "schedule": "linear",
+        "warmup_ratio": 0.0,
+        "group_by_length": False,
+        "progress": False,
+    }
+    return TrainConfig(**{**values, **changes})  # type: ignore[arg-type]
+
+
 @dataclass
 class MultiObjectiveConfig:
     """Settings of :func:`train_multiobjective`."""
@@ -129,36 +148,22 @@ class MultiObjectiveConfig:
     truncation: Literal["truncate", "drop"] = "truncate"
     """Texts over max-length: truncate them, or drop the rating record (stage 1) or pair record
     (stage 2) holding one that its stage reads. Counts are printed and saved per stage either way."""
-    regression_epochs: int = 30
-    """Stage 1 passes over the rating records."""
-    gate_epochs: int = 30
-    """Stage 2 passes over the pair records."""
-    batch_size: int = 32
-    """Examples per optimizer step in both stages."""
-    regression_lr: float = 3e-3
-    """Peak learning rate of stage 1."""
-    gate_lr: float = 3e-3
-    """Peak learning rate of stage 2."""
-    weight_decay: float = 0.0
-    """AdamW weight decay on matrices, both stages."""
-    seed: int = 0
-    """Seed of initialisation, dropout, batch order and the held-out split."""
     eval_fraction: float = 0.0
     """Hold out this fraction of the rating records and of the pair records, drawn at random with the
-    seed, and evaluate each stage on its held-out records after every epoch; 0 = none. Not together
-    with held-out records given separately (--eval-ratings, --eval-pairs)."""
-    early_stopping_patience: int | None = None
-    """With held-out records for both stages: stop a stage after this many epochs without a lower
-    held-out loss (stage 1: squared error, stage 2: Bradley-Terry) and keep its best weights."""
+    seed of their stage, and evaluate each stage on its held-out records after every epoch; 0 = none.
+    Not together with held-out records given separately (--eval-ratings, --eval-pairs)."""
     cache_dir: str | None = None
     """Embedding cache folder; none = $PREFKIT_CACHE/embeddings or ~/.cache/prefkit/embeddings."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to train; auto picks CUDA when available."""
-    progress: bool = False
-    """Show progress bars."""
     fit_temperature: bool = True
     """With held-out pair records: fit the calibration temperature T of P(a preferred) =
     sigmoid((r_a - r_b) / T) on them after stage 2; off = T stays 1."""
+    regression: TrainConfig = dataclasses.field(default_factory=default_stage_config)
+    """Loop settings of stage 1 (epochs, batch size, lr, seed, device, progress, early stopping
+    on the held-out squared error, ...); default :func:`default_stage_config`. Its seed also fixes
+    the initial weights of the whole model and the held-out split of the rating records."""
+    gate: TrainConfig = dataclasses.field(default_factory=default_stage_config)
+    """Loop settings of stage 2 (early stopping watches the held-out Bradley-Terry loss); default
+    :func:`default_stage_config`. Its seed also fixes the held-out split of the pair records."""
 
     def __post_init__(self) -> None:
         parse_feature_spec(self.features)
@@ -166,13 +171,7 @@ class MultiObjectiveConfig:
             raise UserInputError(
                 f"MultiObjectiveConfig: regression_head must be linear or mlp, got {self.regression_head!r}."
             )
-        for name in (
-            "hidden_size",
-            "gate_hidden_size",
-            "regression_epochs",
-            "gate_epochs",
-            "batch_size",
-        ):
+        for name in ("hidden_size", "gate_hidden_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserInputError(
@@ -212,24 +211,17 @@ class MultiObjectiveConfig:
                 f"MultiObjectiveConfig: eval_fraction must be a number in [0, 1) (0 = no held-out split), "
                 f"got {fraction!r}; e.g. 0.1 holds out a tenth of the rating and of the pair records."
             )
-        # The loop's config validates lr, weight decay, seed, device and early stopping.
-        self.stage_config("regression")
-        self.stage_config("gate")
+        for stage in ("regression", "gate"):
+            if not isinstance(getattr(self, stage), TrainConfig):
+                raise UserInputError(
+                    f"MultiObjectiveConfig: {stage} must be a TrainConfig (e.g. "
+                    f"default_stage_config(epochs=10)), got {type(getattr(self, stage)).__name__}."
+                )
 
     def stage_config(self, stage: Literal["regression", "gate"]) -> TrainConfig:
-        regression = stage == "regression"
-        return TrainConfig(
-            epochs=self.regression_epochs if regression else self.gate_epochs,
-            batch_size=self.batch_size,
-            lr=self.regression_lr if regression else self.gate_lr,
-            weight_decay=self.weight_decay,
-            schedule="linear",
-            seed=self.seed,
-            group_by_length=False,  # cached features have no length to group by
-            early_stopping_patience=self.early_stopping_patience,  # watches the held-out "loss"
-            device=self.device,
-            progress=self.progress,
-        )
+        """The loop's settings of ``stage`` for a run: ``regression`` or ``gate``, without length
+        grouping (the cached features of an item have no length to group by)."""
+        return dataclasses.replace(getattr(self, stage), group_by_length=False)
 
 
 @dataclass
@@ -293,10 +285,11 @@ def prepare_stage(
     config: MultiObjectiveConfig,
     *,
     reads_prompt: bool,
+    progress: bool,
 ) -> StageData:
     """Featurize the records of one stage and apply ``config.truncation``, counting what it did.
 
-    A text counts as truncated when its untruncated token count exceeds
+    ``progress`` shows the embedding progress (the stage's ``progress`` setting). A text counts as truncated when its untruncated token count exceeds
     ``max_length``; a prompt counts only when the stage reads it (``reads_prompt``).
     Counts are of unique texts; with the drop policy an example goes when any text
     it reads was truncated.
@@ -304,9 +297,9 @@ def prepare_stage(
     index = ItemIndex()
     examples = build_examples(list(records), index, attributes)
     prompts, responses = index.prompts, index.responses
-    with ProgressCounter("embedding", "text", enabled=config.progress) as progress:
+    with ProgressCounter("embedding", "text", enabled=progress) as counter:
         items, prompt_tokens, response_tokens = model.featurize_with_token_counts(
-            prompts, responses, progress
+            prompts, responses, counter
         )
     counts = TruncationCounts(config.max_length, config.truncation)
     examples = apply_truncation(
@@ -541,29 +534,29 @@ def check_evaluation_settings(
             "a fraction of the training records (--eval-fraction) or pass held-out records "
             "(--eval-ratings, --eval-pairs)."
         )
-    if config.early_stopping_patience is not None and config.eval_fraction == 0:
+    if config.eval_fraction == 0:
         missing = [
             flag
-            for flag, given in (
-                ("--eval-ratings", eval_ratings_given),
-                ("--eval-pairs", eval_pairs_given),
+            for flag, given, stage in (
+                ("--eval-ratings", eval_ratings_given, config.regression),
+                ("--eval-pairs", eval_pairs_given, config.gate),
             )
-            if not given
+            if stage.early_stopping_patience is not None and not given
         ]
         if missing:
             raise UserInputError(
                 f"train_multiobjective: early_stopping_patience is set but {' and '.join(missing)} "
                 "held-out records are missing; each stage stops on its own held-out loss. Set "
-                "eval_fraction (--eval-fraction), pass held-out records for both stages, or drop "
-                "early stopping."
+                "eval_fraction (--eval-fraction), pass held-out records for each stage that stops "
+                "early, or drop early stopping."
             )
 
 
 def _hold_out(
-    records: Sequence[Any], config: MultiObjectiveConfig, name: str
+    records: Sequence[Any], fraction: float, seed: int, name: str
 ) -> tuple[list[Any], list[Any]]:
     try:
-        return split_eval_records(records, config.eval_fraction, config.seed)
+        return split_eval_records(records, fraction, seed)
     except ValueError as error:
         raise UserInputError(f"train_multiobjective: {name}: {error}") from None
 
@@ -604,8 +597,12 @@ def train_multiobjective(
         eval_pairs_given=bool(eval_pair_records),
     )
     if config.eval_fraction > 0:
-        rating_records, eval_rating_records = _hold_out(rating_records, config, "rating records")
-        pair_records, eval_pair_records = _hold_out(pair_records, config, "pair records")
+        rating_records, eval_rating_records = _hold_out(
+            rating_records, config.eval_fraction, config.regression.seed, "rating records"
+        )
+        pair_records, eval_pair_records = _hold_out(
+            pair_records, config.eval_fraction, config.gate.seed, "pair records"
+        )
     out = Path(out_dir)
     spec = RewardModelSpec(
         mode=MODE,
@@ -621,23 +618,36 @@ def train_multiobjective(
         gate_temperature=config.gate_temperature,
         length_decorrelation=config.length_decorrelation,
     )
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.regression.seed)
     model = MultiObjectiveRewardModel(spec, cache_dir=config.cache_dir, encoder=encoder)
 
     # Stage 1 reads prompts only through the regression features; the gate always reads them.
     regression_reads_prompt = spec.reads_prompt_features
+    regression_progress, gate_progress = config.regression.progress, config.gate.progress
     stages = {
-        "rating records (regression)": (rating_records, attributes, regression_reads_prompt),
-        "pair records (gate)": (pair_records, None, True),
-        "held-out rating records": (eval_rating_records, attributes, regression_reads_prompt),
-        "held-out pair records": (eval_pair_records, None, True),
+        "rating records (regression)": (
+            rating_records,
+            attributes,
+            regression_reads_prompt,
+            regression_progress,
+        ),
+        "pair records (gate)": (pair_records, None, True, gate_progress),
+        "held-out rating records": (
+            eval_rating_records,
+            attributes,
+            regression_reads_prompt,
+            regression_progress,
+        ),
+        "held-out pair records": (eval_pair_records, None, True, gate_progress),
     }
     prepared: dict[str, StageData | None] = {}
-    for name, (records, stage_attributes, reads_prompt) in stages.items():
+    for name, (records, stage_attributes, reads_prompt, progress) in stages.items():
         if not records:
             prepared[name] = None
             continue
-        data = prepare_stage(model, records, stage_attributes, config, reads_prompt=reads_prompt)
+        data = prepare_stage(
+            model, records, stage_attributes, config, reads_prompt=reads_prompt, progress=progress
+        )
         log(f"{name}: {data.truncation.summary()}")
         if len(data.examples) == 0:
             raise UserInputError(

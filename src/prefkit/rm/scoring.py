@@ -10,7 +10,13 @@ record, in input order, with the record's id and kind and
   (with ``response_ids`` when the record has them);
 - single responses (ratings, thumbs): ``reward``;
 - models trained on ratings (K attributes): also ``attributes``, one
-  attribute -> value mapping per response.
+  attribute -> value mapping per response;
+- ensembles (``ensemble_size`` > 1): the rewards above are the members' mean, and
+  the members' standard deviation comes beside them: ``reward_std_a``,
+  ``reward_std_b`` and ``p_a_std`` (the spread of the members' P(a), larger where
+  the ensemble is more often wrong; ``prob_a`` is their mean) for pairs,
+  ``reward_stds`` for rankings, ``reward_std`` for single responses (scaled like
+  the rewards under ``normalize``).
 
 All responses of a batch of records go through the model in one call.
 :func:`scored_record` turns a record and its row back into a record
@@ -41,7 +47,14 @@ def score_records(
     items = [record_items(record) for record in records]
     prompts = [prompt for record_items_ in items for prompt, _ in record_items_]
     responses = [response for record_items_ in items for _, response in record_items_]
-    outputs, raw_rewards = model.predict_and_score(prompts, responses, batch_size=batch_size)
+    ensemble = model.spec.ensemble_size > 1
+    if ensemble:
+        member_outputs = model.predict_members(prompts, responses, batch_size=batch_size)
+        outputs = member_outputs.mean(axis=0)
+        members = member_outputs.mean(axis=2)  # (E, N) raw rewards
+        raw_rewards = members.mean(axis=0)
+    else:
+        outputs, raw_rewards = model.predict_and_score(prompts, responses, batch_size=batch_size)
     rewards = model.normalize(raw_rewards) if normalize else raw_rewards
     rows = []
     offset = 0
@@ -52,11 +65,18 @@ def score_records(
         row: dict[str, Any] = {"id": record.id, "kind": record.kind}
         if isinstance(record, PairwiseRecord):
             raw_a, raw_b = raw_rewards[span]
+            if ensemble:  # the members' mean probability, as RewardModel.compare
+                member_probs = model.preference_probability(
+                    members[:, span.start], members[:, span.start + 1]
+                )
+                prob_a = float(member_probs.mean())
+            else:
+                prob_a = float(model.preference_probability([raw_a], [raw_b])[0])
             row.update(
                 reward_a=values[0],
                 reward_b=values[1],
                 margin=values[0] - values[1],
-                prob_a=float(model.preference_probability([raw_a], [raw_b])[0]),
+                prob_a=prob_a,
             )
         elif isinstance(record, RankingRecord):
             row["rewards"] = values
@@ -64,6 +84,19 @@ def score_records(
                 row["response_ids"] = list(record.response_ids)
         else:
             row["reward"] = values[0]
+        if ensemble:
+            scale = model.spec.reward_std if normalize else 1.0
+            spread = [float(value) / scale for value in members[:, span].std(axis=0)]
+            if isinstance(record, PairwiseRecord):
+                row.update(
+                    reward_std_a=spread[0],
+                    reward_std_b=spread[1],
+                    p_a_std=float(member_probs.std()),
+                )
+            elif isinstance(record, RankingRecord):
+                row["reward_stds"] = spread
+            else:
+                row["reward_std"] = spread[0]
         if model.attributes:
             row["attributes"] = [
                 dict(zip(model.attributes, map(float, output), strict=True))

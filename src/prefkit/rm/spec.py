@@ -6,11 +6,12 @@ scoring needs besides the weights (the training data's reward mean and std, the
 calibration temperature). The training summary rides along as plain JSON.
 
 config.json carries ``format_version``. Version 4 (written now) adds
-``length_debias``; version 3 adds ``temperature``; version 2 stores features as a list; version 1 (prefkit before
-the typed spec) stored them as a comma-separated string and repeated the backbone
-width as ``embedding_dim``. All three are read; a folder without ``temperature``
-reads with T = 1, the uncalibrated sigmoid(margin) it was written with, and one
-without ``length_debias`` as trained without it.
+``ensemble_size`` and ``length_debias``; version 3 adds ``temperature``; version 2 stores features as a
+list; version 1 (prefkit before the typed spec) stored them as a comma-separated
+string and repeated the backbone width as ``embedding_dim``. All four are read; a
+folder without ``temperature`` reads with T = 1, the uncalibrated sigmoid(margin) it
+was written with, one without ``ensemble_size`` holds one head, and one without
+``length_debias`` was trained without it.
 
 This module imports the standard library only.
 """
@@ -176,6 +177,9 @@ class RewardModelSpec:
     """Calibration temperature T (> 0): P(a preferred) = sigmoid((r_a - r_b) / T), fitted on
     held-out pairs at the end of training (:func:`prefkit.eval.metrics.fit_temperature`);
     1 = not fitted."""
+    ensemble_size: int = 1
+    """Embedding mode: the number of heads, each trained with its own seed on its own bootstrap
+    resample of the training pairs; the reward is their mean. Folders without the field hold one."""
     length_debias: float = 0.0
     """Weight of the length-debiasing penalty the model was trained with (a length head beside
     the reward, dropped before saving, :mod:`prefkit.rm.length_debias`); 0 = not debiased."""
@@ -266,6 +270,15 @@ class RewardModelSpec:
             "temperature",
             "a number > 0",
             self.temperature,
+        )
+
+        _require(
+            _is_int(self.ensemble_size)
+            and self.ensemble_size >= 1
+            and (self.ensemble_size == 1 or self.mode == "embedding"),
+            "ensemble_size",
+            "an integer >= 1 (> 1 in embedding mode only)",
+            self.ensemble_size,
         )
 
     @property

@@ -42,6 +42,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from prefkit.errors import UserInputError
+
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _PARTIAL_DIR = re.compile(r"^\.step-(\d+)\.partial$")
@@ -155,7 +157,7 @@ def read_checkpoint(path: Path, rank: int) -> Checkpoint:
     """Read a complete checkpoint folder; raises if any part is missing or corrupt."""
     state = _read_json(path / "state.json")
     if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise UserInputError(
             f"{path / 'state.json'}: format_version is {state.get('format_version')!r}, "
             f"this prefkit reads version {FORMAT_VERSION}."
         )

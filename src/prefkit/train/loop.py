@@ -64,6 +64,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from prefkit.errors import UserInputError
 from prefkit.progress import progress_bar
 from prefkit.train.checkpoint import (
     Checkpoint,
@@ -143,29 +144,33 @@ class TrainConfig:
         _require_int("batch_size", self.batch_size, minimum=1)
         _require_int("grad_accum_steps", self.grad_accum_steps, minimum=1)
         if self.batch_size % self.grad_accum_steps != 0:
-            raise ValueError(
+            raise UserInputError(
                 f"TrainConfig: batch_size ({self.batch_size}) must be a multiple of "
                 f"grad_accum_steps ({self.grad_accum_steps}), so that every micro-batch has "
                 "the same size; change one of them."
             )
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"TrainConfig: lr must be a positive finite number, got {self.lr}.")
+            raise UserInputError(
+                f"TrainConfig: lr must be a positive finite number, got {self.lr}."
+            )
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"TrainConfig: weight_decay must be >= 0, got {self.weight_decay}.")
+            raise UserInputError(
+                f"TrainConfig: weight_decay must be >= 0, got {self.weight_decay}."
+            )
         _require_choice("schedule", self.schedule, ("constant", "linear"))
         if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(
+            raise UserInputError(
                 f"TrainConfig: warmup_ratio must be in [0, 1), got {self.warmup_ratio}."
             )
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(
+            raise UserInputError(
                 f"TrainConfig: max_grad_norm must be > 0, or None to disable clipping; "
                 f"got {self.max_grad_norm}."
             )
         _require_int("seed", self.seed, minimum=0)
         if self.eval_every != "epoch":
             if isinstance(self.eval_every, str):
-                raise ValueError(
+                raise UserInputError(
                     f"TrainConfig: eval_every must be 'epoch' or a number of steps, "
                     f"got {self.eval_every!r}."
                 )
@@ -173,7 +178,7 @@ class TrainConfig:
         if self.early_stopping_patience is not None:
             _require_int("early_stopping_patience", self.early_stopping_patience, minimum=1)
         if not self.early_stopping_metric:
-            raise ValueError(
+            raise UserInputError(
                 "TrainConfig: early_stopping_metric must name a metric of task.evaluate."
             )
         _require_choice("early_stopping_mode", self.early_stopping_mode, ("min", "max"))
@@ -188,7 +193,7 @@ class TrainConfig:
         """Examples per micro-batch on each rank when ``world_size`` ranks train."""
         per_rank, remainder = divmod(self.batch_size, self.grad_accum_steps * world_size)
         if remainder or per_rank == 0:
-            raise ValueError(
+            raise UserInputError(
                 f"TrainConfig: batch_size ({self.batch_size}) must be a multiple of "
                 f"grad_accum_steps x world_size ({self.grad_accum_steps} x {world_size}); "
                 "change batch_size or grad_accum_steps for this number of processes."
@@ -460,7 +465,7 @@ class _Runtime:
         local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
 
         if config.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(
+            raise UserInputError(
                 "TrainConfig.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'."
             )
         use_cuda = config.device == "cuda" or (
@@ -475,7 +480,7 @@ class _Runtime:
             device = torch.device("cpu")
 
         if config.mixed_precision == "bf16" and not use_cuda:
-            raise ValueError(
+            raise UserInputError(
                 "TrainConfig.mixed_precision is 'bf16' but training runs on CPU, where bf16 is "
                 "far slower than float32; use 'no', or 'auto' to get bf16 only on CUDA."
             )
@@ -849,7 +854,7 @@ class _Trainer:
         if config.early_stopping_patience is None:
             return metrics
         if config.early_stopping_metric not in metrics:
-            raise KeyError(
+            raise UserInputError(
                 f"TrainConfig.early_stopping_metric is {config.early_stopping_metric!r} but "
                 f"task.evaluate returned only {sorted(metrics)}; set early_stopping_metric to one of them."
             )
@@ -1017,7 +1022,7 @@ def _load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], source:
     expected = set(_checkpointed_tensors(model))
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:
-        raise ValueError(
+        raise UserInputError(
             f"{source} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]} "
             f"({len(missing)} and {len(unexpected)} in all). Was it written for another model, or "
             "with other parameters frozen?"
@@ -1050,9 +1055,9 @@ def _buckets(tensors: Sequence[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
 
 def _require_int(name: str, value: object, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"TrainConfig: {name} must be an integer >= {minimum}, got {value!r}.")
+        raise UserInputError(f"TrainConfig: {name} must be an integer >= {minimum}, got {value!r}.")
 
 
 def _require_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"TrainConfig: {name} must be one of {list(choices)}, got {value!r}.")
+        raise UserInputError(f"TrainConfig: {name} must be one of {list(choices)}, got {value!r}.")

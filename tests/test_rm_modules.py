@@ -116,7 +116,7 @@ def test_spec_is_frozen_validated_and_round_trips() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.max_length = 64  # type: ignore[misc]
     written = spec.to_json()
-    assert written["format_version"] == 3 and written["features"] == ["response", "length"]
+    assert written["format_version"] == 4 and written["features"] == ["response", "length"]
     assert RewardModelSpec.from_json(json.loads(json.dumps(written))) == spec
     for changes, message in (
         ({"mode": "tree"}, "mode must be"),

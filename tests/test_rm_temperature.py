@@ -68,7 +68,7 @@ def test_fitted_temperature_is_saved_and_used_by_compare_and_score(trained) -> N
     model = RewardModel.load(folder, cache_dir=root / "cache")
     temperature = model.spec.temperature
     summary = json.loads((folder / "config.json").read_text())
-    assert summary["format_version"] == 3 and summary["temperature"] == temperature
+    assert summary["format_version"] >= 3 and summary["temperature"] == temperature
     calibration = summary["training"]["calibration"]
     assert calibration["temperature"] == temperature and calibration["n"] == 200
     # The saved T is the fit of the loaded model's own held-out margins.

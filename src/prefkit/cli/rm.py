@@ -16,6 +16,7 @@ from prefkit.cli.common import (
     with_layout_notice,
 )
 from prefkit.config import add_dataclass_arguments, dataclass_from_args, field_docs
+from prefkit.rm.length_debias import DEFAULT_LENGTH_DEBIAS
 from prefkit.rm.multiobjective import MultiObjectiveConfig, default_stage_config
 from prefkit.rm.result import calibration_summary
 from prefkit.rm.train import RMTrainConfig, default_train_config
@@ -128,7 +129,22 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="refuse to continue from checkpoints already in DIR/training",
     )
     add_read_arguments(train)
-    add_dataclass_arguments(train, RMTrainConfig, skip=("train",), title="reward model options")
+    add_dataclass_arguments(
+        train, RMTrainConfig, skip=("train", "length_debias"), title="reward model options"
+    )
+    train.add_argument(
+        "--length-debias",
+        dest="length_debias",
+        type=float,
+        nargs="?",
+        const=DEFAULT_LENGTH_DEBIAS,
+        default=0.0,
+        metavar="WEIGHT",
+        help="train a length head beside the reward and drop it at inference, with a penalty "
+        "(weight WEIGHT, 0.3 when the flag has no value; larger weights push the reward against length where quality and length go together in the data) on the reward's correlation with "
+        "response length (ODIN, Chen et al. 2024); the training summary reports reward-length "
+        "Spearman before and after (default: off)",
+    )
     add_dataclass_arguments(
         train, TrainConfig, title="training options", defaults=RM_TRAIN_DEFAULTS
     )

@@ -5,11 +5,13 @@ read (mode, backbone, head shape, features, attributes, tie model) and what
 scoring needs besides the weights (the training data's reward mean and std, the
 calibration temperature). The training summary rides along as plain JSON.
 
-config.json carries ``format_version``. Version 3 (written now) adds
-``temperature``; version 2 stores features as a list; version 1 (prefkit before
-the typed spec) stored them as a comma-separated string and repeated the backbone
-width as ``embedding_dim``. All three are read; a folder without ``temperature``
-reads with T = 1, the uncalibrated sigmoid(margin) it was written with.
+config.json carries ``format_version``. Version 4 (written now) adds
+``ensemble_size`` and ``length_debias``; version 3 adds ``temperature``; version 2 stores features as a
+list; version 1 (prefkit before the typed spec) stored them as a comma-separated
+string and repeated the backbone width as ``embedding_dim``. All four are read; a
+folder without ``temperature`` reads with T = 1, the uncalibrated sigmoid(margin) it
+was written with, one without ``ensemble_size`` holds one head, and one without
+``length_debias`` was trained without it.
 
 This module imports the standard library only.
 """
@@ -27,9 +29,9 @@ from typing import Any, Literal
 
 from prefkit.errors import UserInputError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """The config.json format written by this prefkit."""
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 """The config.json formats this prefkit reads."""
 CONFIG_NAME = "config.json"
 
@@ -178,6 +180,9 @@ class RewardModelSpec:
     ensemble_size: int = 1
     """Embedding mode: the number of heads, each trained with its own seed on its own bootstrap
     resample of the training pairs; the reward is their mean. Folders without the field hold one."""
+    length_debias: float = 0.0
+    """Weight of the length-debiasing penalty the model was trained with (a length head beside
+    the reward, dropped before saving, :mod:`prefkit.rm.length_debias`); 0 = not debiased."""
     training: Mapping[str, Any] | None = field(default=None, compare=False)
     """The training summary (records, loss, config, truncation counts, metrics); JSON."""
 
@@ -249,6 +254,14 @@ class RewardModelSpec:
             "reward_std",
             "a number > 0",
             self.reward_std,
+        )
+        _require(
+            _is_number(self.length_debias)
+            and math.isfinite(self.length_debias)
+            and self.length_debias >= 0,
+            "length_debias",
+            "a number >= 0",
+            self.length_debias,
         )
         _require(
             _is_number(self.temperature)

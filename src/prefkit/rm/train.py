@@ -46,6 +46,13 @@ from prefkit.rm.examples import (
     data_kind,
     rating_attributes,
 )
+from prefkit.rm.length_debias import (
+    LengthDebiasedModel,
+    LengthDebiasTask,
+    item_log_lengths,
+    length_debias_summary,
+    summary_line,
+)
 from prefkit.rm.model import FeatureStore, ItemStore, RewardModel, TokenStore
 from prefkit.rm.result import RewardTrainResult, StageReport, temperature_summary
 from prefkit.rm.spec import BackboneSpec, LoraSpec, RewardModelSpec, parse_feature_spec
@@ -112,6 +119,9 @@ class RMTrainConfig:
     fit_temperature: bool = True
     """Pair data with held-out records (--eval-data): fit the calibration temperature T of
     P(a preferred) = sigmoid((r_a - r_b) / T) on them after training; off = T stays 1."""
+    length_debias: float = 0.0
+    """Weight of the length-debiasing penalty (:mod:`prefkit.rm.length_debias`, ODIN): a length
+    head is trained beside the reward and dropped at inference; 0 = off."""
     train: TrainConfig | None = None
     """Settings of the training loop (epochs, batch size, learning rate, seed, device, progress,
     ...); None = :func:`default_train_config` of the mode."""
@@ -140,6 +150,10 @@ class RMTrainConfig:
             )
         if not (math.isfinite(self.centering) and self.centering >= 0):
             raise UserInputError(f"RMTrainConfig: centering must be >= 0, got {self.centering}.")
+        if not (math.isfinite(self.length_debias) and self.length_debias >= 0):
+            raise UserInputError(
+                f"RMTrainConfig: length_debias must be >= 0, got {self.length_debias}."
+            )
         if self.lora_r < 1:
             raise UserInputError(f"RMTrainConfig: lora_r must be >= 1, got {self.lora_r}.")
         if self.train is not None and not isinstance(self.train, TrainConfig):
@@ -207,6 +221,7 @@ def new_model(config: RMTrainConfig, loss_name: str, attributes: list[str] | Non
         lora=LoraSpec(config.lora_r, config.lora_alpha, config.lora_dropout)
         if config.mode == "lora"
         else None,
+        length_debias=config.length_debias,
     )
     torch.manual_seed(config.loop.seed)
     if embedding:
@@ -332,18 +347,37 @@ def train_reward_model(
     if isinstance(store, FeatureStore):
         model.head.set_standardization(store.features)  # type: ignore[union-attr]
 
-    task = RewardTask(
-        store,
-        examples,
-        loss_name,
-        centering=config.centering,
-        eval_examples=eval_examples,
-        eval_store=eval_store,
-    )
+    options = {
+        "centering": config.centering,
+        "eval_examples": eval_examples,
+        "eval_store": eval_store,
+    }
     train_config = config.train_config(
         has_eval=eval_examples is not None, num_examples=len(examples)
     )
-    result = train(model, task, train_config, out / "training", resume=resume, callbacks=callbacks)
+    length_summary = None
+    if config.length_debias > 0:
+        length_summary = _train_length_debiased(
+            model,
+            store,
+            examples,
+            loss_name,
+            config,
+            train_config,
+            out,
+            options,
+            lengths=item_log_lengths(records, attributes),
+            eval_lengths=item_log_lengths(eval_records, attributes) if eval_records else None,
+            resume=resume,
+            callbacks=callbacks,
+        )
+        result = length_summary.pop("result")
+        log(summary_line(length_summary))
+    else:
+        task = RewardTask(store, examples, loss_name, **options)  # type: ignore[arg-type]
+        result = train(
+            model, task, train_config, out / "training", resume=resume, callbacks=callbacks
+        )
     model.eval()
 
     # One pass over the training items gives both the training metrics and the reward statistics.
@@ -378,11 +412,44 @@ def train_reward_model(
             "eval_metrics": eval_metrics,
             "steps": result.global_step,
             "calibration": calibration,
+            "length_debias": length_summary,
         },
     )
     model.save(out)
     stage = StageReport(result, counts, train_metrics, eval_counts, eval_metrics)
     return RewardTrainResult(model, out, loss_name, {"train": stage}, calibration)
+
+
+def _train_length_debiased(
+    model: RewardModel,
+    store: ItemStore,
+    examples: Examples,
+    loss_name: str,
+    config: RMTrainConfig,
+    train_config: TrainConfig,
+    out: Path,
+    options: dict[str, Any],
+    *,
+    lengths: torch.Tensor,
+    eval_lengths: torch.Tensor | None,
+    resume: bool,
+    callbacks: Sequence[TrainCallback],
+) -> dict[str, Any]:
+    """Train ``model`` in place with a length head beside it (then dropped); the reward-length
+    correlations of :func:`~prefkit.rm.length_debias.length_debias_summary` and the loop's
+    result under ``"result"``."""
+    torch.manual_seed(config.loop.seed)
+    joint = LengthDebiasedModel(model)
+    task = LengthDebiasTask(
+        store, examples, loss_name, lengths=lengths, weight=config.length_debias, **options
+    )
+    result = train(joint, task, train_config, out / "training", resume=resume, callbacks=callbacks)
+    joint.eval()
+    summary = length_debias_summary(
+        joint, config.length_debias, store, lengths, options["eval_store"], eval_lengths
+    )
+    joint.release()
+    return {**summary, "result": result}
 
 
 def held_out_temperature(

@@ -68,17 +68,20 @@ def run_prefkit(mode: str, train, test, args, scratch: Path) -> dict:
     # Import the model classes before the clock starts, as run_trl does (about 6 s here).
     from transformers import AutoModel, AutoTokenizer, PreTrainedModel  # noqa: F401
 
-    from prefkit.rm.train import RMTrainConfig, train_reward_model
+    from prefkit.rm.train import RMTrainConfig, default_train_config, train_reward_model
 
     config = RMTrainConfig(
         mode=mode,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
         max_length=args.max_length,
         cache_dir=str(scratch / "cache"),
-        progress=False,
-        device="cpu",
-        **({"lr": args.finetune_lr} if mode == "finetune" else {}),
+        train=default_train_config(
+            mode,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            progress=False,
+            device="cpu",
+            **({"lr": args.finetune_lr} if mode == "finetune" else {}),
+        ),
     )
     start = time.perf_counter()
     report = train_reward_model(train, config, scratch / mode, resume=False, log=lambda _: None)
@@ -87,14 +90,14 @@ def run_prefkit(mode: str, train, test, args, scratch: Path) -> dict:
     return {
         "seconds": seconds,
         "accuracy": accuracy(lambda texts: model.score([""] * len(texts), texts), test),
-        "pairs_trained": report.truncation.examples_kept,
+        "pairs_trained": report.stages["train"].truncation.examples_kept,
         "config": {
             "mode": mode,
-            "epochs": config.resolved_epochs,
-            "lr": config.resolved_lr,
-            "batch_size": config.batch_size,
+            "epochs": config.loop.epochs,
+            "lr": config.loop.lr,
+            "batch_size": config.loop.batch_size,
             "max_length": config.max_length,
-            "texts_truncated": report.truncation.responses_truncated,
+            "texts_truncated": report.stages["train"].truncation.responses_truncated,
         },
     }
 

@@ -29,7 +29,7 @@ import torch
 
 from prefkit.data import load_feedback
 from prefkit.data.records import render_text
-from prefkit.rm.train import RMTrainConfig, train_reward_model
+from prefkit.rm.train import RMTrainConfig, default_train_config, train_reward_model
 
 DATA = Path(__file__).resolve().parents[1] / "../shared/data/ukpconvarg1/UKPConvArg1Strict-CSV"
 RESULTS = Path(__file__).resolve().parent / "results" / "rm_ukp_quality.json"
@@ -100,12 +100,25 @@ def main() -> None:
         "mean_accuracy": float(np.mean(per_fold["longer-wins"])),
     }
     configs = {
-        "embedding": RMTrainConfig(cache_dir=args.cache_dir, progress=False),
-        "embedding-linear-bt-response-only": RMTrainConfig(
-            head="linear", features="response", cache_dir=args.cache_dir, progress=False
+        "embedding": RMTrainConfig(
+            cache_dir=args.cache_dir, train=default_train_config("embedding", progress=False)
         ),
-        "finetune": RMTrainConfig(mode="finetune", epochs=1, max_length=128, progress=False),
-        "lora": RMTrainConfig(mode="lora", epochs=1, max_length=128, progress=False),
+        "embedding-linear-bt-response-only": RMTrainConfig(
+            head="linear",
+            features="response",
+            cache_dir=args.cache_dir,
+            train=default_train_config("embedding", progress=False),
+        ),
+        "finetune": RMTrainConfig(
+            mode="finetune",
+            max_length=128,
+            train=default_train_config("finetune", epochs=1, progress=False),
+        ),
+        "lora": RMTrainConfig(
+            mode="lora",
+            max_length=128,
+            train=default_train_config("lora", epochs=1, progress=False),
+        ),
     }
     modes = args.modes.split(",")
     if "embedding" in modes:

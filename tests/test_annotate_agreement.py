@@ -153,9 +153,7 @@ def test_alpha_on_real_annotator_votes(shared_data) -> None:
     path = shared_data / "pandalm-testset" / "testset-v1.json"
     if not path.exists():
         pytest.skip(f"{path} is not available")
-    records = list(
-        read_feedback(path, format="pandalm", on_error="skip", allow_empty_responses=True)
-    )
+    records = list(read_feedback(path, format="pandalm", on_error="skip"))
     codes = {"a": 0.0, "b": 1.0, "tie": 2.0, None: NAN}
     data = np.array([[codes[r.votes[k]] for r in records] for k in range(3)])
     assert data.shape[1] > 500

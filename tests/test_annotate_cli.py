@@ -318,9 +318,7 @@ def test_a_project_from_real_data(shared_data, tmp_path, capsys, monkeypatch) ->
         db,
     )
     assert code == 0, err
-    n_records = len(
-        list(read_feedback(path, format="pandalm", on_error="skip", allow_empty_responses=True))
-    )
+    n_records = len(list(read_feedback(path, format="pandalm", on_error="skip")))
     assert f"created project 'pandalm': {n_records} items" in out
     rejects = tmp_path / "pandalm.rejects.jsonl"
     assert "written to pandalm.rejects.jsonl" in err and len(rejects.read_text().splitlines()) > 0

@@ -59,7 +59,7 @@ def test_inspect_json_has_the_documented_keys(
     assert summary["n_ties"] == 1 and summary["n_rejected"] == 0  # majorities: a, b, tie
 
 
-def test_inspect_counts_rejects_by_default(
+def test_inspect_keeps_and_counts_empty_responses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_jsonl(
@@ -73,8 +73,35 @@ def test_inspect_counts_rejects_by_default(
     captured = capsys.readouterr()
     assert "detected layout: trl" in captured.err
     summary = json.loads(captured.out)
+    # An empty response is data by default: kept, and counted.
+    assert summary["n_records"] == 2 and summary["n_rejected"] == 0
+    assert summary["n_empty_responses"] == 1
+    # --allow-empty-responses is the default, still accepted.
+    assert main(["data", "inspect", str(path), "--allow-empty-responses", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "records   2 (pairwise 2)" in text and "empty     1 empty responses (kept)" in text
+    assert (
+        main(["data", "inspect", str(path), "--json", "--no-progress", "--reject-empty-responses"])
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
     assert summary["n_records"] == 1 and summary["n_rejected"] == 1
     assert summary["rejected_by_reason"] == {"empty_text": 1}
+    assert summary["n_empty_responses"] == 0
+
+
+def test_reject_and_allow_empty_responses_exclude_each_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "", "rejected": "b"}])
+    with pytest.raises(SystemExit):
+        main(["data", "inspect", str(path), "--reject-empty-responses", "--allow-empty-responses"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    out = tmp_path / "out.jsonl"
+    argv = ["data", "convert", str(path), str(out), "--on-error", "skip", "--no-progress"]
+    assert main([*argv, "--reject-empty-responses"]) == 0
+    written = [json.loads(line) for line in Path(f"{out}.rejects.jsonl").read_text().splitlines()]
+    assert [row["reason"] for row in written] == ["empty_text"]
 
 
 def test_convert_votes_to_soft_labels_and_parquet_round_trip(tmp_path: Path, capsys) -> None:

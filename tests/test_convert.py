@@ -566,7 +566,7 @@ def test_canonical_records_round_trip_through_files(kind, suffix, tmp_path_facto
     def round_trip(records) -> None:
         path = tmp_path_factory.mktemp("round") / f"records{suffix}"
         assert write_records(records, path) == len(records)
-        reader = read_feedback(path, allow_empty_responses=True)
+        reader = read_feedback(path)
         back = list(reader)
         assert reader.stats.rejects.total == 0, reader.stats.summary()
         assert [record.to_dict() for record in back] == [record.to_dict() for record in records]
@@ -601,7 +601,7 @@ def test_pandalm_majority_votes_to_binary(shared_data: Path) -> None:
     The other 888 pairs give 2 binary records each = 1,776.
     """
     path = shared_data / "pandalm-testset" / "testset-v1.json"
-    reader = read_feedback(path, format="pandalm", on_error="skip", allow_empty_responses=True)
+    reader = read_feedback(path, format="pandalm", on_error="skip")
     outputs, stats = run(reader, to="binary", votes="majority")
     assert (stats.n_read, stats.n_written, dict(stats.dropped)) == (993, 1776, {"tie": 105})
     assert Counter(record.label for record in outputs) == Counter({True: 888, False: 888})

@@ -36,7 +36,7 @@ def _row(index: int, **overrides: object) -> dict:
 
 BAD_LINES = {
     # line number (1-based) -> what makes the row bad, or unusual but valid
-    6100: {"response_b": "   "},  # empty response: rejected
+    6100: {"response_b": "   "},  # empty response: kept and counted (rejected on request)
     6200: {"response_a": "same", "response_b": "same", "winner": "a"},  # identical, not a tie
     6300: {"response_a": "same", "response_b": "same", "winner": "tie"},  # identical tie: kept
     6400: {"winner": "model_a"},  # not a canonical outcome
@@ -97,9 +97,9 @@ def test_fast_path_equals_the_validating_path(pairs_file: Path, tmp_path: Path) 
     assert (tmp_path / "fast.rejects").read_text() == (tmp_path / "validating.rejects").read_text()
     # What each unusual line became.
     by_id = {record.id: record for record in reference_records}
-    assert "6300" in by_id and "6500" in by_id and "6600" in by_id
+    assert "6100" in by_id and "6300" in by_id and "6500" in by_id and "6600" in by_id
+    assert fast.stats.n_empty_responses == reference.stats.n_empty_responses == 1
     assert fast.stats.rejects.counts == {
-        "empty_text": 1,
         "identical_responses": 1,
         "unknown_value": 1,
         "wrong_type": 2,
@@ -109,13 +109,18 @@ def test_fast_path_equals_the_validating_path(pairs_file: Path, tmp_path: Path) 
     assert fast.layout is PREFKIT_BY_NAMES
 
 
-def test_fast_path_raises_the_validating_error(pairs_file: Path) -> None:
+@pytest.mark.parametrize(
+    ("options", "first_bad_line"), [({}, 6200), ({"reject_empty_responses": True}, 6100)]
+)
+def test_fast_path_raises_the_validating_error(
+    pairs_file: Path, options: dict, first_bad_line: int
+) -> None:
     with pytest.raises(DataError) as fast:
-        list(read_feedback(pairs_file))
+        list(read_feedback(pairs_file, **options))
     with pytest.raises(DataError) as reference:
-        list(_validating(pairs_file))
+        list(_validating(pairs_file, **options))
     assert str(fast.value) == str(reference.value)
-    assert str(fast.value).startswith(f"{pairs_file}:6100: field 'response_b'")
+    assert str(fast.value).startswith(f"{pairs_file}:{first_bad_line}: field 'response_b'")
 
 
 def test_inspect_from_columns_equals_inspect_from_records(pairs_file: Path) -> None:
@@ -129,11 +134,16 @@ def test_inspect_from_columns_equals_inspect_from_records(pairs_file: Path) -> N
 
 def test_text_policies_hold_on_the_fast_path(pairs_file: Path) -> None:
     """The limit and the empty-response policy are the reader's options, on both paths."""
-    for options in ({"max_text_chars": 800}, {"allow_empty_responses": True}):
+    for options in ({"max_text_chars": 800}, {"reject_empty_responses": True}):
         fast = read_feedback(pairs_file, on_error="skip", **options)
         reference = _validating(pairs_file, on_error="skip", **options)
         assert list(fast) == list(reference)
         assert fast.stats.rejects.counts == reference.stats.rejects.counts
+        assert fast.stats.n_empty_responses == reference.stats.n_empty_responses
+    rejecting = read_feedback(pairs_file, on_error="skip", reject_empty_responses=True)
+    assert "6100" not in {record.id for record in rejecting}
+    assert rejecting.stats.rejects.counts["empty_text"] == 1
+    assert rejecting.stats.n_empty_responses == 0
     limited = read_feedback(pairs_file, on_error="skip", max_text_chars=800)
     list(limited)
     assert limited.stats.rejects.counts["text_too_long"] > 8000
@@ -212,19 +222,68 @@ def test_data_commands_start_without_torch(tmp_path: Path) -> None:
         {"soft_label": 1.5},
         {"votes": ["a", "b"]},
         {"category": 3},
+        {"response_a": ""},
+        {"response_a": "", "response_b": "", "winner": "a"},  # identical: no preference
+        {"response_a": "", "response_b": "", "winner": "tie"},
+        {"response_a": "", "response_b": " ", "winner": "b"},
     ],
     ids=repr,
 )
-def test_each_check_alone(override: dict, tmp_path: Path) -> None:
-    """One unusual line in an otherwise clean block: the fast path must notice it alone."""
+@pytest.mark.parametrize("reject_empty", [False, True], ids=["keep-empty", "reject-empty"])
+def test_each_check_alone(override: dict, reject_empty: bool, tmp_path: Path) -> None:
+    """One unusual line in an otherwise clean block: the fast path must notice it alone,
+    under either empty-response policy."""
     path = tmp_path / "pairs.jsonl"
     lines = [json.dumps(_row(line, **(override if line == 500 else {}))) for line in range(1, 901)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    fast = read_feedback(path, on_error="skip")
-    reference = _validating(path, on_error="skip")
+    options = {"on_error": "skip", "reject_empty_responses": reject_empty}
+    fast = read_feedback(path, **options)
+    reference = _validating(path, **options)
     assert list(fast) == list(reference)
     assert _errors(fast) == _errors(reference)
     assert fast.stats.summary() == reference.stats.summary()
+    assert fast.stats.n_empty_responses == reference.stats.n_empty_responses
+
+
+def test_empty_responses_are_kept_on_the_fast_path(tmp_path: Path) -> None:
+    """A clean block with empty responses stays on the fast path and counts them; with
+    ``reject_empty_responses`` the block goes to the validating path, which rejects them.
+    Both responses empty and not a tie is an ``identical_responses`` reject either way."""
+    path = tmp_path / "pairs.jsonl"
+    empties = {  # after the first block (read row by row while the layout is detected)
+        5010: {"response_a": ""},
+        5020: {"response_b": "  \n"},
+        5030: {"response_a": "\u3000", "response_b": "", "winner": "b"},
+        5040: {"response_a": "", "response_b": "", "winner": "tie"},
+        5050: {"response_a": "", "response_b": "", "winner": "a"},
+    }
+    lines = [json.dumps(_row(line, **empties.get(line, {}))) for line in range(1, 6001)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    kept = read_feedback(path, on_error="skip")
+    list(kept)
+    reference = _validating(path, on_error="skip")
+    assert list(read_feedback(path, on_error="skip")) == list(reference)
+    assert kept.stats.summary() == reference.stats.summary()
+    assert kept.stats.n_empty_responses == reference.stats.n_empty_responses == 6
+    assert dict(kept.stats.rejects.counts) == {"identical_responses": 1}
+    assert "6 empty responses kept" in kept.stats.summary()
+    # Without the two identical pairs (which send a block to the validating path),
+    # the block holding the empties is read on the fast path.
+    without_identical = tmp_path / "kept.jsonl"
+    without_identical.write_text("\n".join(lines[:5039] + lines[5050:]) + "\n", encoding="utf-8")
+    fast = read_feedback(without_identical)
+    batches = list(fast.batches())
+    assert isinstance(batches[-1], PairwiseColumns) and batches[-1].n_empty_responses == 4
+    assert fast.stats.n_empty_responses == 4 and fast.stats.n_records == 5989
+    assert list(fast) == list(_validating(without_identical))
+
+    rejecting = read_feedback(path, on_error="skip", reject_empty_responses=True)
+    rejected_reference = _validating(path, on_error="skip", reject_empty_responses=True)
+    assert list(rejecting) == list(rejected_reference)
+    assert _errors(rejecting) == _errors(rejected_reference)
+    assert dict(rejecting.stats.rejects.counts) == {"empty_text": 4, "identical_responses": 1}
+    assert rejecting.stats.n_empty_responses == 0
 
 
 @pytest.mark.parametrize("writer", ["prefkit", "plain"])
@@ -244,18 +303,27 @@ def test_parquet_fast_path_equals_the_validating_path(writer: str, tmp_path: Pat
     else:
         rows[39_000]["response_b"] = ""  # an empty response in the last batch
         pq.write_table(pa.Table.from_pylist(rows), path)
-    fast = read_feedback(path, on_error="skip")
-    batches = list(fast.batches())
-    assert any(isinstance(batch, PairwiseColumns) for batch in batches)
-    reference = _validating(path, on_error="skip")
-    assert list(read_feedback(path, on_error="skip")) == list(reference)
-    assert fast.stats.summary() == reference.stats.summary()
-    assert _errors(fast) == _errors(reference)
-    if writer == "plain":
-        assert _errors(fast) == [
-            f"{path} (record 39000): field 'response_b': expected a non-empty response, found "
-            "an empty text. Fix the source, or keep such records with --allow-empty-responses"
-        ]
+    for reject_empty in (False, True):
+        options = {"on_error": "skip", "reject_empty_responses": reject_empty}
+        fast = read_feedback(path, **options)
+        batches = list(fast.batches())
+        assert any(isinstance(batch, PairwiseColumns) for batch in batches)
+        reference = _validating(path, **options)
+        assert list(read_feedback(path, **options)) == list(reference)
+        assert fast.stats.summary() == reference.stats.summary()
+        assert _errors(fast) == _errors(reference)
+        assert fast.stats.n_empty_responses == reference.stats.n_empty_responses
+        if writer == "plain":
+            assert fast.stats.n_empty_responses == (0 if reject_empty else 1)
+            assert _errors(fast) == (
+                [
+                    f"{path} (record 39000): field 'response_b': expected a non-empty response, "
+                    "found an empty text. Fix the source, or keep such records by leaving out "
+                    "--reject-empty-responses"
+                ]
+                if reject_empty
+                else []
+            )
 
 
 def _row_by_row(path: Path, **options: object) -> FeedbackReader:
@@ -285,7 +353,7 @@ def _csv_text(rows: list[dict], delimiter: str) -> str:
 
 CSV_BAD_LINES = {
     # record index -> what makes the row bad, or unusual but valid
-    3100: {"response_b": "   "},  # empty response: rejected
+    3100: {"response_b": "   "},  # empty response: kept and counted
     3200: {"response_a": "same", "response_b": "same", "winner": "a"},  # identical, not a tie
     3300: {"response_a": "same", "response_b": "same", "winner": "tie"},  # identical tie: kept
     3400: {"winner": "model_a"},  # not a canonical outcome
@@ -330,12 +398,13 @@ def test_csv_fast_path_equals_the_row_by_row_path(delimiter: str, tmp_path: Path
     assert _errors(fast) == _errors(reference)
     assert (tmp_path / "fast.rejects").read_text() == (tmp_path / "slow.rejects").read_text()
     assert fast.stats.rejects.counts == {
-        "empty_text": 2,  # the blank response and the empty id
+        "empty_text": 1,  # the empty id
         "identical_responses": 1,
         "unknown_value": 1,
         "wrong_columns": 1,
         "bad_encoding": 1,
     }, fast.stats.rejects.counts
+    assert fast.stats.n_empty_responses == reference.stats.n_empty_responses == 1
     with pytest.raises(DataError) as fast_error:
         list(read_feedback(path))
     with pytest.raises(DataError) as reference_error:

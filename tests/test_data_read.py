@@ -362,7 +362,12 @@ def test_skip_counts_every_bad_row_and_writes_rejects(tmp_path: Path) -> None:
     path = bad_rows_file(tmp_path)
     rejects = tmp_path / "out.jsonl.rejects.jsonl"
     reader = FeedbackReader(
-        path, format="trl", on_error="skip", rejects_path=rejects, max_text_chars=100
+        path,
+        format="trl",
+        on_error="skip",
+        rejects_path=rejects,
+        max_text_chars=100,
+        reject_empty_responses=True,
     )
     records = list(reader)
     assert len(records) == 2
@@ -380,11 +385,23 @@ def test_raise_names_file_line_and_field(tmp_path: Path, line: int) -> None:
     single = tmp_path / f"only{line}.jsonl"
     single.write_bytes(lines[0] + b"\n" + lines[line - 1] + b"\n")
     with pytest.raises(DataError) as info:
-        list(FeedbackReader(single, format="trl", max_text_chars=100))
+        list(FeedbackReader(single, format="trl", max_text_chars=100, reject_empty_responses=True))
     error = info.value
     reason, field = EXPECTED_REJECTS[line]
     assert (error.line, error.reason, error.field) == (2, reason, field)
     assert str(error).startswith(f"{single}:2: ")
+
+
+def test_empty_responses_are_kept_and_counted_by_default(tmp_path: Path) -> None:
+    """Line 5 of the bad rows (an empty chosen) is a record unless empties are rejected."""
+    path = bad_rows_file(tmp_path)
+    reader = FeedbackReader(path, format="trl", on_error="skip", max_text_chars=100)
+    records = list(reader)
+    assert len(records) == 3 and records[1].chosen == ""
+    assert reader.stats.n_empty_responses == 1
+    assert reader.stats.rejects.total == len(EXPECTED_REJECTS) - 1
+    assert "empty_text" not in reader.stats.rejects.counts
+    assert "; 1 empty responses kept; 8 rejected" in reader.stats.summary()
 
 
 def test_unknown_winner_value_and_non_numeric_rating(tmp_path: Path) -> None:

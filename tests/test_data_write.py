@@ -63,7 +63,7 @@ def test_mixed_kinds_in_one_jsonl_batch(tmp_path: Path) -> None:
     ]
     path = tmp_path / "mixed.jsonl.gz"
     write_records(records, path)
-    assert list(read_feedback(path, allow_empty_responses=True)) == records
+    assert list(read_feedback(path)) == records
 
 
 def test_parquet_row_groups_and_round_trip(tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ def test_pandalm_with_ties_and_three_annotators(shared_data: Path) -> None:
         shared_data / "pandalm-testset" / "testset-v1.json",
         format="pandalm",
         on_error="skip",
-        allow_empty_responses=True,
     )
     assert len(records) == 993 and stats_.rejects.total == 6
     run = evaluate(LengthScorer(), records, n_resamples=200, n_rejected=stats_.rejects.total)

@@ -77,7 +77,7 @@ def test_candidate_sets_schema_and_counts(policy, tmp_path, capsys):
     assert summary["prompts_read"] == 4 and summary["prompts"] == 3
     assert summary["sequences"] == 9
     assert sum(summary["finish_reasons"].values()) == 9
-    records = list(read_feedback(out, allow_empty_responses=True))
+    records = list(read_feedback(out))
     assert [record.id for record in records] == ["1", "x", "4"]
     for record in records:
         assert isinstance(record, RankingRecord) and len(record.responses) == 3

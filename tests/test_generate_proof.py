@@ -30,7 +30,7 @@ from prefkit.align.synthetic import WORDS, good_fraction
 from prefkit.cli import main
 from prefkit.data.records import PairwiseRecord
 from prefkit.rm.model import RewardModel
-from prefkit.rm.train import RMTrainConfig, train_reward_model
+from prefkit.rm.train import RMTrainConfig, default_train_config, train_reward_model
 from test_generate import save_policy, write_prompts
 from test_rm_train import make_tiny_bert
 
@@ -63,9 +63,8 @@ def world(tmp_path_factory):
     config = RMTrainConfig(
         backbone=make_tiny_bert(folder / "bert"),
         features="response",
-        epochs=8,
         cache_dir=str(folder / "cache"),
-        device="cpu",
+        train=default_train_config("embedding", epochs=8, device="cpu"),
     )
     train_reward_model(pairs, config, folder / "rm", log=lambda line: None)
     return folder, policy, str(folder / "rm")
@@ -86,14 +85,14 @@ def test_west_of_n_pairs_agree_with_the_rule_and_the_files_flow_through(world, c
     assert (
         main(
             ["rm", "score", reward_model, str(candidates), "--out", str(rewards), *common]
-            + ["--cache-dir", str(folder / "cache"), "--allow-empty-responses"]
+            + ["--cache-dir", str(folder / "cache")]
         )
         == 0
     )
     assert (
         main(
             ["data", "pairs", str(candidates), "--scores", str(rewards), "--out", str(pairs)]
-            + ["--allow-empty-responses", "--drop-ties"]
+            + ["--drop-ties"]
         )
         == 0
     )
@@ -107,6 +106,11 @@ def test_west_of_n_pairs_agree_with_the_rule_and_the_files_flow_through(world, c
     }
     written = [json.loads(line) for line in pairs.read_text().splitlines()]
     assert len(written) >= 50
+    # Some generations are empty: they reach rm score, data pairs, rm train and align
+    # without any option (empty responses are kept by default).
+    assert any(
+        not text.strip() for pair in written for text in (pair["response_a"], pair["response_b"])
+    )
 
     def agreement(pairs_of_texts: list[tuple[str, str]]) -> float:
         decided = [(a, b) for a, b in pairs_of_texts if good_fraction(a) != good_fraction(b)]
@@ -131,22 +135,21 @@ def test_west_of_n_pairs_agree_with_the_rule_and_the_files_flow_through(world, c
         )
 
     # The pairs train a reward model (with their margins) and align the policy, unedited
-    # (a policy may answer with nothing, so empty responses are allowed all along).
+    # (a policy may answer with nothing: empty responses are kept by default all along).
     assert (
         main(
             ["rm", "train", str(pairs), "--out", str(folder / "rm2"), "--backbone"]
             + [str(folder / "bert"), "--epochs", "1", "--cache-dir", str(folder / "cache")]
-            + ["--device", "cpu", "--no-progress", "--allow-empty-responses"]
+            + ["--device", "cpu", "--no-progress"]
         )
         == 0
     )
-    assert RewardModel.load(folder / "rm2", cache_dir=folder / "cache").spec["mode"] == "embedding"
+    assert RewardModel.load(folder / "rm2", cache_dir=folder / "cache").spec.mode == "embedding"
     assert (
         main(
             ["align", str(pairs), "--model", policy, "--out", str(folder / "aligned")]
             + ["--batch-size", "8", "--max-length", "32", "--max-prompt-length", "16"]
             + ["--ref-cache-dir", str(folder / "refcache"), "--quiet", "--device", "cpu"]
-            + ["--allow-empty-responses"]
         )
         == 0
     )

@@ -279,7 +279,7 @@ def test_pandalm_votes_ties_and_agreement(shared_data: Path) -> None:
     Kappa from the tallies with the formula of the module docstring.
     """
     path = shared_data / "pandalm-testset" / "testset-v1.json"
-    reader = read_feedback(path, format="pandalm", on_error="skip", allow_empty_responses=True)
+    reader = read_feedback(path, format="pandalm", on_error="skip")
     summary = report_dict(
         inspect_records(reader), format_name=reader.format_name, read_stats=reader.stats
     )

@@ -364,27 +364,50 @@ def test_ndcg_all_zero_relevance_is_skipped():
 def test_calibration_four_examples_hand_worked():
     """Margins ln 3, ln 3, -ln 3, ln 19 give P(a) = 0.75, 0.75, 0.25, 0.95;
     outcomes a, b, b, a (y = 1, 0, 0, 1). A fifth pair is a human tie: excluded.
-    Bins (floor(10 p)): bin 7 holds 0.75, 0.75 (freq 1/2, gap 0.25, weight 2/4);
-    bin 2 holds 0.25 (freq 0, gap 0.25, weight 1/4); bin 9 holds 0.95 (freq 1,
-    gap 0.05, weight 1/4). ECE = 0.125 + 0.0625 + 0.0125 = 0.2.
-    Brier = (0.0625 + 0.5625 + 0.0625 + 0.0025) / 4 = 0.1725."""
+    Confidence c = max(p, 1 - p) = 0.75, 0.75, 0.75, 0.95; the model's choice won in
+    pairs 1, 3, 4 (correct = 1, 0, 1, 1). Bins floor((2c - 1) * 10): bin 5 holds the
+    three 0.75 (share won 2/3, gap |2/3 - 0.75| = 1/12, weight 3/4); bin 9 holds 0.95
+    (share 1, gap 0.05, weight 1/4). ECE = 1/16 + 0.0125 = 0.075.
+    Brier = (0.0625 + 0.5625 + 0.0625 + 0.0025) / 4 = 0.1725.
+    (Binning P(a) instead gave ECE 0.2, a number that changed with the orientation.)"""
     margins = [math.log(3), math.log(3), -math.log(3), math.log(19), 0.0]
     outcome = ["a", "b", "b", "a", "tie"]
     result = m.calibration(margins, [0.0] * 5, outcome)
     assert result["n"] == 4
-    assert result["ece"] == pytest.approx(0.2)
+    assert result["ece"] == pytest.approx(0.075)
     assert result["brier"] == pytest.approx(0.1725)
     by_bin = {i: b for i, b in enumerate(result["bins"]) if b["n"]}
-    assert sorted(by_bin) == [2, 7, 9]
-    assert by_bin[7]["n"] == 2
-    assert by_bin[7]["mean_predicted"] == pytest.approx(0.75)
-    assert by_bin[7]["observed_frequency"] == pytest.approx(0.5)
-    assert by_bin[9]["lower"] == pytest.approx(0.9) and by_bin[9]["upper"] == pytest.approx(1.0)
+    assert sorted(by_bin) == [5, 9]
+    assert by_bin[5]["n"] == 3
+    assert by_bin[5]["mean_predicted"] == pytest.approx(0.75)
+    assert by_bin[5]["observed_frequency"] == pytest.approx(2 / 3)
+    assert by_bin[9]["lower"] == pytest.approx(0.95) and by_bin[9]["upper"] == pytest.approx(1.0)
     assert math.isnan(result["bins"][0]["mean_predicted"])
-    # Calling the other response a mirrors the bins and keeps both scores.
+    # Calling the other response a keeps the bins and both scores.
     swapped = m.calibration([0.0] * 5, margins, ["b", "a", "a", "b", "tie"])
-    assert swapped["ece"] == pytest.approx(0.2) and swapped["brier"] == pytest.approx(0.1725)
-    assert [b["n"] for b in swapped["bins"]] == [b["n"] for b in result["bins"]][::-1]
+    assert swapped["ece"] == pytest.approx(0.075) and swapped["brier"] == pytest.approx(0.1725)
+    assert [b["n"] for b in swapped["bins"]] == [b["n"] for b in result["bins"]]
+
+
+def test_calibration_does_not_depend_on_which_response_is_stored_first():
+    """The same pairs with the chosen response always first and in a random orientation give
+    the same ECE, Brier and bins (binning P(a) gave every bin an observed frequency of 1.0 on
+    chosen-first data)."""
+    rng = np.random.default_rng(0)
+    chosen = rng.normal(0.5, 1.0, 500)
+    rejected = rng.normal(0.0, 1.0, 500)
+    chosen_first = m.calibration(chosen, rejected, ["a"] * 500)
+    flip = rng.random(500) < 0.5
+    random_order = m.calibration(
+        np.where(flip, rejected, chosen),
+        np.where(flip, chosen, rejected),
+        np.where(flip, "b", "a").tolist(),
+    )
+    assert random_order["ece"] == pytest.approx(chosen_first["ece"], abs=1e-12)
+    assert random_order["brier"] == pytest.approx(chosen_first["brier"], abs=1e-12)
+    assert [b["n"] for b in random_order["bins"]] == [b["n"] for b in chosen_first["bins"]]
+    observed = [b["observed_frequency"] for b in chosen_first["bins"] if b["n"]]
+    assert min(observed) < 1.0  # not the degenerate all-ones of P(a) bins
 
 
 def test_calibration_extreme_margins_do_not_overflow():
@@ -392,9 +415,7 @@ def test_calibration_extreme_margins_do_not_overflow():
         probability = m.preference_probability([1000.0, -1000.0, 0.0], [0.0, 0.0, 0.0])
     np.testing.assert_array_equal(probability, [1.0, 0.0, 0.5])
     result = m.calibration([1000.0, -1000.0], [0.0, 0.0], ["a", "b"])
-    assert (
-        result["bins"][9]["n"] == 1 and result["bins"][0]["n"] == 1
-    )  # p = 1 lands in the last bin
+    assert result["bins"][9]["n"] == 2  # confidence 1 lands in the last bin
     assert result["ece"] == 0.0 and result["brier"] == 0.0
 
 

@@ -25,7 +25,7 @@ def test_ukp_strict_folder_reads_as_pairs_with_topics(shared_data: Path) -> None
 
 def test_pandalm_votes_and_wrong_type_rejects(shared_data: Path) -> None:
     path = shared_data / "pandalm-testset" / "testset-v1.json"
-    reader = FeedbackReader(path, format="pandalm", on_error="skip", allow_empty_responses=True)
+    reader = FeedbackReader(path, format="pandalm", on_error="skip")
     records = list(reader)
     assert reader.stats.n_rows == 999
     assert len(records) == 993
@@ -39,9 +39,16 @@ def test_pandalm_votes_and_wrong_type_rejects(shared_data: Path) -> None:
         164,
     ]
     assert all(len(record.votes) == 3 for record in records)
-    # Without --allow-empty-responses the 54 records with an empty response are rejected too.
-    _, stats = load_feedback(path, format="pandalm", on_error="skip")
+    # 54 records hold an empty model output, judged like any other: kept and counted,
+    # rejected only with --reject-empty-responses.
+    assert reader.stats.n_empty_responses == 54
+    assert (
+        sum(not response.strip() for record in records for _, response in record.named_responses())
+        == 54
+    )
+    _, stats = load_feedback(path, format="pandalm", on_error="skip", reject_empty_responses=True)
     assert dict(stats.rejects.counts) == {"wrong_type": 6, "empty_text": 54}
+    assert stats.n_empty_responses == 0
 
 
 def test_wmt_mqm_reads_one_ranking_per_rated_segment(shared_data: Path) -> None:

@@ -158,3 +158,50 @@ def test_missing_backbone_is_a_user_error(tmp_path, capsys):
     )
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["rm", "train", "d", "--out", "o"],
+        ["rm", "score", "m", "d", "--out", "o"],
+        ["align", "d", "--model", "m", "--out", "o"],
+        ["data", "inspect", "d"],
+        ["quickstart"],
+    ],
+)
+def test_one_progress_spelling_everywhere(command):
+    """--progress/--no-progress on every command, --quiet kept as another name for --no-progress;
+    held-out data is --eval-data for rm train as for align, --eval kept."""
+    from prefkit.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(command).progress is True
+    assert parser.parse_args([*command, "--no-progress"]).progress is False
+    assert parser.parse_args([*command, "--quiet"]).progress is False
+    if command[:2] == ["rm", "train"]:
+        assert parser.parse_args([*command, "--eval-data", "x"]).eval == "x"
+        assert parser.parse_args([*command, "--eval", "x"]).eval == "x"
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(
+    tiny_backbone, tmp_path, capsys, monkeypatch
+):
+    """A loss that does not fit the data is the user's mistake: one line, exit status 2. A
+    ValueError from inside the library is a bug: it propagates (the traceback is shown)."""
+    import prefkit.rm.train
+
+    data = tmp_path / "pairs.jsonl"
+    _write_pairs(data, keyword_pairs(8, seed=1))
+    command = ["rm", "train", str(data), "--out", str(tmp_path / "rm"), "--backbone"]
+    command += [tiny_backbone, "--no-progress", "--device", "cpu"]
+    assert main([*command, "--loss", "plackett-luce"]) == 2
+    err = capsys.readouterr().err
+    assert "prefkit: error:" in err and "does not fit pairwise records" in err
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal shape mismatch")
+
+    monkeypatch.setattr(prefkit.rm.train, "train_reward_model", broken)
+    with pytest.raises(ValueError, match="internal shape mismatch"):
+        main(command)

@@ -26,13 +26,17 @@ from prefkit.data.records import PairwiseRecord, RatingRecord
 from prefkit.rm.multiobjective import (
     GateBatch,
     MultiObjectiveConfig,
-    MultiObjectiveRewardModel,
     RegressionBatch,
     gate_losses,
-    length_decorrelation_coefficients,
     regression_losses,
     train_multiobjective,
 )
+from prefkit.rm.multiobjective_model import (
+    MultiObjectiveItems,
+    MultiObjectiveRewardModel,
+    length_decorrelation_coefficients,
+)
+from prefkit.rm.spec import BackboneSpec, RewardModelSpec
 from test_rm_train import WORDS, make_tiny_bert, pair_accuracy
 
 RESPONSE_WORDS = 8
@@ -139,7 +143,7 @@ def trained(tiny_bert, tmp_path_factory):
         pair_data(240, seed=2),
         quick_config(tiny_bert, folder),
         folder / "rm",
-    )
+    ).model
     return model, folder
 
 
@@ -238,7 +242,7 @@ def test_length_decorrelation_reduces_length_correlation(tiny_bert, tmp_path):
     correlations = {}
     for decorrelate in (False, True):
         config = quick_config(tiny_bert, tmp_path, length_decorrelation=decorrelate)
-        model = train_multiobjective(ratings, pairs, config, tmp_path / f"rm-{decorrelate}")
+        model = train_multiobjective(ratings, pairs, config, tmp_path / f"rm-{decorrelate}").model
         correlations[decorrelate] = abs(
             np.corrcoef(model.score(prompts, responses), log_lengths)[0, 1]
         )
@@ -276,23 +280,18 @@ def test_length_decorrelation_coefficients_by_hand():
         length_decorrelation_coefficients(values, torch.ones(4))
 
 
-def tiny_spec(backbone: str) -> dict:
-    from prefkit.rm.model import backbone_spec
-
-    backbone_entry = backbone_spec(backbone)
-    return {
-        "mode": "multi-objective",
-        "backbone": backbone_entry,
-        "embedding_dim": backbone_entry["hidden_size"],
-        "max_length": 32,
-        "attributes": ["A", "B"],
-        "features": "response",
-        "hidden_sizes": [],
-        "dropout": 0.0,
-        "gate_hidden_sizes": [8],
-        "gate_temperature": 2.0,
-        "length_decorrelation": False,
-    }
+def tiny_spec(backbone: str) -> RewardModelSpec:
+    return RewardModelSpec(
+        mode="multi-objective",
+        backbone=BackboneSpec.from_checkpoint(backbone),
+        max_length=32,
+        truncation="truncate",
+        loss="regression+bradley-terry",
+        attributes=("A", "B"),
+        features=("response",),
+        gate_hidden_sizes=(8,),
+        gate_temperature=2.0,
+    )
 
 
 def test_gate_loss_by_hand(tiny_bert):
@@ -319,8 +318,6 @@ def test_gate_loss_by_hand(tiny_bert):
 def test_missing_attributes_are_masked(tiny_bert):
     """NaN targets where unrated give finite losses and gradients, and only rated ones count."""
     model = MultiObjectiveRewardModel(tiny_spec(tiny_bert))
-    from prefkit.rm.multiobjective import MultiObjectiveItems
-
     items = MultiObjectiveItems(torch.randn(3, 32), torch.randn(3, 32), torch.zeros(3))
     ratings = torch.tensor([[1.0, float("nan")], [float("nan"), float("nan")], [0.5, 2.0]])
     observed = ~torch.isnan(ratings)
@@ -362,12 +359,13 @@ def test_validation_errors_are_clear(tiny_bert, tmp_path):
     with pytest.raises(ValueError, match="2 prompts and 1 responses"):
         model.score(["a", "b"], ["x"])
     with pytest.raises(ValueError, match="spec mode must be 'multi-objective'"):
-        MultiObjectiveRewardModel({**tiny_spec(tiny_bert), "mode": "embedding"})
-    (tmp_path / "not-mo").mkdir()
-    (tmp_path / "not-mo" / "config.json").write_text(
-        json.dumps({"format_version": 1, "mode": "embedding"})
+        MultiObjectiveRewardModel(
+            dataclasses.replace(tiny_spec(tiny_bert), mode="embedding", attributes=None)
+        )
+    dataclasses.replace(tiny_spec(tiny_bert), mode="embedding", attributes=None).save(
+        (tmp_path / "not-mo").mkdir() or tmp_path / "not-mo"
     )
-    with pytest.raises(ValueError, match="not a multi-objective model"):
+    with pytest.raises(ValueError, match="mode 'embedding' is not a MultiObjectiveRewardModel"):
         MultiObjectiveRewardModel.load(tmp_path / "not-mo")
 
 
@@ -404,8 +402,8 @@ def test_truncation_counts_per_stage_and_drop(tiny_bert, tmp_path):
     lines: list[str] = []
     config = quick_config(tiny_bert, tmp_path, max_length=16, regression_epochs=1, gate_epochs=1)
     kept = train_multiobjective(ratings, pairs, config, tmp_path / "truncate", log=lines.append)
-    report = kept.report
-    regression, gate = report.regression.truncation, report.gate.truncation
+    report = kept
+    regression, gate = report.stages["regression"].truncation, report.stages["gate"].truncation
     assert (
         regression.prompts_truncated,
         regression.responses_truncated,
@@ -418,7 +416,10 @@ def test_truncation_counts_per_stage_and_drop(tiny_bert, tmp_path):
         gate.examples_dropped,
         gate.examples_kept,
     ) == (1, 1, 0, 12)
-    assert report.regression.eval_truncation is None and report.regression.eval_metrics == {}
+    assert (
+        report.stages["regression"].eval_truncation is None
+        and report.stages["regression"].eval_metrics == {}
+    )
     assert lines == [
         "rating records (regression): max length 16: 0 prompts and 1 responses truncated; 20 examples used",
         "pair records (gate): max length 16: 1 prompts and 1 responses truncated; 12 examples used",
@@ -456,15 +457,15 @@ def test_truncation_counts_per_stage_and_drop(tiny_bert, tmp_path):
     assert [
         line["num_examples"] for line in read_metrics(tmp_path / "drop" / "training" / "gate")
     ] == [10]
-    assert dropped.report.gate.truncation.examples_kept == 10
+    assert dropped.stages["gate"].truncation.examples_kept == 10
 
     with_prompt = dataclasses.replace(config, truncation="drop", features="response,prompt")
     prompt_read = train_multiobjective(
         ratings, pairs, with_prompt, tmp_path / "prompt", log=lambda _: None
     )
     assert (
-        prompt_read.report.regression.truncation.prompts_truncated,
-        prompt_read.report.regression.truncation.examples_kept,
+        prompt_read.stages["regression"].truncation.prompts_truncated,
+        prompt_read.stages["regression"].truncation.examples_kept,
     ) == (1, 17)
 
     every_pair_long = [
@@ -519,7 +520,8 @@ def test_held_out_fraction_is_evaluated_every_epoch(tiny_bert, tmp_path):
     config = quick_config(
         tiny_bert, tmp_path, regression_epochs=3, gate_epochs=3, eval_fraction=0.25
     )
-    model = train_multiobjective(ratings, pairs, config, tmp_path / "rm", log=lambda _: None)
+    report = train_multiobjective(ratings, pairs, config, tmp_path / "rm", log=lambda _: None)
+    model = report.model
     train_ratings, held_ratings = split_eval_records(ratings, 0.25, 0)
     train_pairs, held_pairs = split_eval_records(pairs, 0.25, 0)
     assert (len(train_ratings), len(held_ratings), len(train_pairs), len(held_pairs)) == (
@@ -551,11 +553,11 @@ def test_held_out_fraction_is_evaluated_every_epoch(tiny_bert, tmp_path):
     gate_loss, gate_accuracy = held_out_gate_metrics(model, held_pairs)
     assert last_gate["loss"] == pytest.approx(gate_loss, rel=1e-5)
     assert last_gate["accuracy"] == pytest.approx(gate_accuracy, abs=1e-9)
-    assert model.report.regression.eval_metrics["loss"] == pytest.approx(
+    assert report.stages["regression"].eval_metrics["loss"] == pytest.approx(
         last_regression["loss"], rel=1e-6
     )
-    assert model.report.gate.eval_metrics["accuracy"] == pytest.approx(gate_accuracy, abs=1e-9)
-    assert not model.report.regression.result.stopped_early
+    assert report.stages["gate"].eval_metrics["accuracy"] == pytest.approx(gate_accuracy, abs=1e-9)
+    assert not report.stages["regression"].result.stopped_early
 
 
 def test_early_stopping_keeps_the_best_weights_of_each_stage(tiny_bert, tmp_path):
@@ -587,7 +589,7 @@ def test_early_stopping_keeps_the_best_weights_of_each_stage(tiny_bert, tmp_path
         tiny_bert, tmp_path, regression_epochs=10, gate_epochs=10, early_stopping_patience=2
     )
     lines: list[str] = []
-    model = train_multiobjective(
+    report = train_multiobjective(
         ratings,
         pairs,
         config,
@@ -596,8 +598,8 @@ def test_early_stopping_keeps_the_best_weights_of_each_stage(tiny_bert, tmp_path
         eval_pair_records=flipped,
         log=lines.append,
     )
-    report = model.report
-    for stage in (report.regression, report.gate):
+    model = report.model
+    for stage in (report.stages["regression"], report.stages["gate"]):
         assert stage.result.stopped_early and stage.result.restored_best
         assert (stage.result.best_step, stage.result.global_step) == (1, 3)
     assert "regression: stopped early at step 3; kept the weights of step 1" in lines[-2]
@@ -617,7 +619,7 @@ def test_early_stopping_keeps_the_best_weights_of_each_stage(tiny_bert, tmp_path
     assert regression_eval[0] < min(regression_eval[1:]) and gate_eval[0] < min(gate_eval[1:])
     assert held_out_regression_loss(model, negated) == pytest.approx(regression_eval[0], rel=1e-5)
     assert held_out_gate_metrics(model, flipped)[0] == pytest.approx(gate_eval[0], rel=1e-5)
-    assert report.gate.eval_metrics["loss"] == pytest.approx(gate_eval[0], rel=1e-6)
+    assert report.stages["gate"].eval_metrics["loss"] == pytest.approx(gate_eval[0], rel=1e-6)
     saved = json.loads((tmp_path / "rm" / "config.json").read_text())["training"]
     assert (saved["gate"]["stopped_early"], saved["gate"]["best_step"], saved["gate"]["steps"]) == (
         True,
@@ -761,10 +763,11 @@ def test_rerun_resumes_and_fresh_runs_are_deterministic(tiny_bert, tmp_path):
     gives the same model; a fresh run with the same seed gives bitwise the same scores."""
     ratings, pairs = rating_data(120, seed=9), pair_data(80, seed=10)
     config = quick_config(tiny_bert, tmp_path, regression_epochs=3, gate_epochs=3)
-    first = train_multiobjective(ratings, pairs, config, tmp_path / "first")
-    again = train_multiobjective(ratings, pairs, config, tmp_path / "first")
-    assert again.report.gate.result.resumed_from is not None
-    fresh = train_multiobjective(ratings, pairs, config, tmp_path / "fresh")
+    first = train_multiobjective(ratings, pairs, config, tmp_path / "first").model
+    again_result = train_multiobjective(ratings, pairs, config, tmp_path / "first")
+    assert again_result.stages["gate"].result.resumed_from is not None
+    again = again_result.model
+    fresh = train_multiobjective(ratings, pairs, config, tmp_path / "fresh").model
     prompts, responses = [p.prompt for p in pairs], [p.response_a for p in pairs]
     expected = first.score(prompts, responses)
     np.testing.assert_array_equal(again.score(prompts, responses), expected)
@@ -811,14 +814,16 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(tiny_bert, tmp_pat
         )
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     resumed = train_multiobjective(ratings, pairs, config, tmp_path / "resumed", log=lambda _: None)
-    report = resumed.report
-    assert report.regression.result.resumed_from is not None
+    report = resumed
+    assert report.stages["regression"].result.resumed_from is not None
     if stop_at > 9:
         assert steps_seen == [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]
-        assert report.regression.result.last_train_loss is None  # stage 1 ran no step again
-        assert report.gate.result.resumed_from is not None
+        assert (
+            report.stages["regression"].result.last_train_loss is None
+        )  # stage 1 ran no step again
+        assert report.stages["gate"].result.resumed_from is not None
     else:
-        assert report.regression.result.resumed_from.name == "step-3"
+        assert report.stages["regression"].result.resumed_from.name == "step-3"
 
     full_state = load_file(tmp_path / "full" / "model.safetensors")
     resumed_state = load_file(tmp_path / "resumed" / "model.safetensors")

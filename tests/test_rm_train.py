@@ -7,6 +7,7 @@ MiniLM tokenizer copied beside them; one uses the real MiniLM on a few texts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -20,19 +21,19 @@ from safetensors.torch import load_file
 
 from prefkit.data.records import PairwiseRecord, RankingRecord, RatingRecord
 from prefkit.rm.encoder import EmbeddingCache, FrozenEncoder, default_backbone, pool_hidden_states
-from prefkit.rm.model import RewardModel, TransformerRewardModel, pad_sequences, tokenize_pair
+from prefkit.rm.examples import ItemIndex, build_examples
+from prefkit.rm.model import RewardModel, pad_sequences
+from prefkit.rm.spec import BackboneSpec, RewardModelSpec
+from prefkit.rm.task import choose_loss, evaluate_examples, example_losses, make_batch
 from prefkit.rm.train import (
-    ItemIndex,
     RMTrainConfig,
-    build_examples,
     build_store,
-    choose_loss,
-    evaluate_examples,
-    example_losses,
-    make_batch,
+    default_train_config,
     new_model,
     train_reward_model,
 )
+from prefkit.rm.transformer_model import TransformerRewardModel, tokenize_pair
+from prefkit.train.loop import TrainConfig
 
 TOKENIZER_FILES = (
     "vocab.txt",
@@ -155,7 +156,10 @@ def quick_config(backbone: str, tmp_path: Path, **overrides) -> RMTrainConfig:
         device="cpu",
     )
     values.update(overrides)
-    return RMTrainConfig(**values)
+    loop_names = {item.name for item in dataclasses.fields(TrainConfig)}
+    loop = {name: values.pop(name) for name in list(values) if name in loop_names}
+    mode = values.get("mode", "embedding")
+    return RMTrainConfig(**values, train=default_train_config(mode, **loop))
 
 
 def pair_accuracy(model: RewardModel, records: list[PairwiseRecord]) -> float:
@@ -304,7 +308,7 @@ def test_loss_chosen_from_data_and_each_kind_trains(tiny_bert, tmp_path):
             tmp_path / loss,
             log=lambda _: None,
         )
-        assert report.loss == loss and np.isfinite(report.train_result.last_train_loss)
+        assert report.loss == loss and np.isfinite(report.stages["train"].result.last_train_loss)
         loaded = RewardModel.load(tmp_path / loss, cache_dir=tmp_path / "cache")
         assert loaded.score(["q"], ["some answer"]).shape == (1,)
     assert "tie_log_nu" in load_file(tmp_path / "davidson" / "model.safetensors")
@@ -428,14 +432,20 @@ def test_truncation_counts_and_drop(tiny_bert, tmp_path):
         tmp_path / "t",
         log=lambda _: None,
     )
-    assert kept.truncation.responses_truncated == 1 and kept.truncation.examples_kept == 20
+    assert (
+        kept.stages["train"].truncation.responses_truncated == 1
+        and kept.stages["train"].truncation.examples_kept == 20
+    )
     dropped = train_reward_model(
         records,
         quick_config(tiny_bert, tmp_path, epochs=1, max_length=16, truncation="drop"),
         tmp_path / "d",
         log=lambda _: None,
     )
-    assert dropped.truncation.examples_dropped == 1 and dropped.truncation.examples_kept == 19
+    assert (
+        dropped.stages["train"].truncation.examples_dropped == 1
+        and dropped.stages["train"].truncation.examples_kept == 19
+    )
     saved = json.loads((tmp_path / "d" / "config.json").read_text())["training"]["truncation"]
     assert saved["examples_dropped"] == 1
 
@@ -456,15 +466,14 @@ def test_tokenize_pair_keeps_response_and_cuts_prompt_start(tiny_bert):
 
 
 def test_decoder_pooling_same_for_left_and_right_padding(tiny_llama):
-    from prefkit.rm.model import backbone_spec
-
-    spec = {
-        "mode": "finetune",
-        "backbone": backbone_spec(tiny_llama),
-        "embedding_dim": 32,
-        "max_length": 32,
-    }
-    assert spec["backbone"]["pooling"] == "last"
+    spec = RewardModelSpec(
+        mode="finetune",
+        backbone=BackboneSpec.from_checkpoint(tiny_llama),
+        max_length=32,
+        truncation="truncate",
+        loss="bradley-terry",
+    )
+    assert spec.backbone.pooling == "last"
     model = TransformerRewardModel.create(spec).eval()
     sequences = [
         tokenize_pair(model.tokenizer, "prompt", text, 32).input_ids
@@ -517,7 +526,7 @@ def test_interrupted_training_resumes_to_identical_weights(tiny_bert, tmp_path):
             log=lambda _: None,
         )
     resumed = train_reward_model(records, config, tmp_path / "resumed", log=lambda _: None)
-    assert resumed.train_result.resumed_from is not None
+    assert resumed.stages["train"].result.resumed_from is not None
     full_state = load_file(tmp_path / "full" / "model.safetensors")
     resumed_state = load_file(tmp_path / "resumed" / "model.safetensors")
     for name, tensor in full_state.items():
@@ -732,13 +741,16 @@ def test_parallel_encoding_keeps_order_and_pads_only_a_few_batches_ahead():
 def test_evaluate_examples_matches_batchwise_forward(tiny_bert, tmp_path):
     records = keyword_pairs(37, seed=3)
     config = RMTrainConfig(
-        mode="finetune", backbone=tiny_bert, max_length=32, progress=False, device="cpu"
+        mode="finetune",
+        backbone=tiny_bert,
+        max_length=32,
+        train=default_train_config("finetune", progress=False, device="cpu"),
     )
     model = new_model(config, "bradley-terry", None)
     model.eval()
     index = ItemIndex()
     examples = build_examples(records, index, None)
-    store, _ = build_store(model, index, config)
+    store, _, _ = build_store(model, index, config)
 
     fast = evaluate_examples(model, store, examples, "bradley-terry", batch_size=8)
 

@@ -133,8 +133,10 @@ def add_dataclass_arguments(
     *,
     skip: tuple[str, ...] = (),
     title: str | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
-    """Add one ``--option`` per field of ``cls`` (except ``skip``)."""
+    """Add one ``--option`` per field of ``cls`` (except ``skip``); ``defaults`` replaces the
+    field defaults (in the help and when the option is absent)."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     group = parser.add_argument_group(title or f"{cls.__name__} options")
@@ -150,6 +152,8 @@ def add_dataclass_arguments(
                 item.default_factory() if item.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
             )
         )
+        if defaults and item.name in defaults:
+            default = defaults[item.name]
         help_text = docs.get(item.name, "").replace("``", "'")
         if annotation is bool:
             group.add_argument(
@@ -184,3 +188,58 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -
     }
     values.update(overrides)
     return cls(**values)
+
+
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def _typed_value(annotation: Any, text: str, where: str) -> Any:
+    """``text`` converted to ``annotation`` (bool, int, float, str, X | None, list/tuple of
+    those with items joined by '+'); the error names ``where`` and the expected type."""
+    annotation, optional = _unwrap_optional(annotation)
+    if optional and text.lower() == "none":
+        return None
+    origin = get_origin(annotation)
+    if origin in (list, tuple):
+        item_type = get_args(annotation)[0] if get_args(annotation) else str
+        items = [_typed_value(item_type, part, where) for part in text.split("+") if part]
+        return tuple(items) if origin is tuple else items
+    if annotation is bool:
+        if text.lower() in _TRUE_WORDS:
+            return True
+        if text.lower() in _FALSE_WORDS:
+            return False
+        expected = "a bool (true/false, yes/no, on/off, 1/0)"
+    elif annotation in (int, float):
+        try:
+            return annotation(text)
+        except ValueError:
+            expected = "an integer" if annotation is int else "a number"
+    elif get_origin(annotation) is Literal:
+        if text in get_args(annotation):
+            return text
+        expected = "one of " + ", ".join(map(str, get_args(annotation)))
+    else:
+        return text
+    raise argparse.ArgumentTypeError(f"{where}: expected {expected}, found {text!r}")
+
+
+def parse_typed_mapping(cls: type, text: str, option: str) -> dict[str, Any]:
+    """``key=value,key=value`` with each value converted by the type of the field ``key`` of
+    the dataclass ``cls``; errors name ``option``, the field and the expected type."""
+    hints = typing.get_type_hints(cls)
+    names = [item.name for item in dataclasses.fields(cls) if item.init]
+    values: dict[str, Any] = {}
+    for part in text.split(",") if text.strip() else []:
+        if "=" not in part:
+            raise argparse.ArgumentTypeError(
+                f"{option}: expected key=value pairs separated by commas, found {part!r}"
+            )
+        key, value = (piece.strip() for piece in part.split("=", 1))
+        if key not in names:
+            raise argparse.ArgumentTypeError(
+                f"{option}: {cls.__name__} does not take {key!r}; its arguments are {names}"
+            )
+        values[key] = _typed_value(hints[key], value, f"{option} {key}")
+    return values

@@ -67,9 +67,19 @@ def _is_user_error(error: Exception) -> bool:
     from prefkit.data.errors import DataError
     from prefkit.data.layouts import LayoutError
     from prefkit.data.records import FieldError
+    from prefkit.errors import UserInputError
 
     return isinstance(
-        error, (DataError, LayoutError, FieldError, FileNotFoundError, UserError, AnnotateError)
+        error,
+        (
+            DataError,
+            LayoutError,
+            FieldError,
+            FileNotFoundError,
+            UserError,
+            AnnotateError,
+            UserInputError,
+        ),
     )
 
 

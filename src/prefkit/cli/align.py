@@ -15,16 +15,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
-from prefkit.config import add_dataclass_arguments, dataclass_from_args
+from prefkit.config import add_dataclass_arguments, dataclass_from_args, parse_typed_mapping
 
-# Loop settings with a flag of their own (--quiet).
+# Loop settings with a flag of their own (--progress/--no-progress, also spelled --quiet).
 _TRAIN_SKIP = ("progress",)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     from prefkit.align.trainer import AlignConfig
-    from prefkit.cli.common import add_read_arguments
+    from prefkit.cli.common import add_progress_argument, add_read_arguments
     from prefkit.losses.preference import LOSSES
     from prefkit.train.loop import TrainConfig
 
@@ -70,11 +71,28 @@ def register(commands: argparse._SubParsersAction) -> None:
         "loss, rewards, margin and reward accuracy go to metrics.jsonl as "
         "lines with split 'eval' (see also --eval-fraction)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_argument(parser)
     add_read_arguments(parser)
-    add_dataclass_arguments(parser, AlignConfig, skip=("loss",), title="alignment options")
+    parser.add_argument(
+        "--loss-args",
+        metavar="K=V,..",
+        default="",
+        help="hyperparameters of the loss, e.g. beta=0.1, or beta=2,gamma=0.5 for simpo, or "
+        "length_normalized=true for ipo; each value is read as its field's type (bool, int, "
+        "float, text)",
+    )
+    add_dataclass_arguments(
+        parser, AlignConfig, skip=("loss", "loss_args"), title="alignment options"
+    )
     add_dataclass_arguments(parser, TrainConfig, skip=_TRAIN_SKIP, title="training options")
     parser.set_defaults(handler=run)
+
+
+def loss_args_from_text(loss: str, text: str) -> dict[str, Any]:
+    """``--loss-args`` of ``loss``, each value converted by its field in the loss's config."""
+    from prefkit.losses.preference import LOSSES
+
+    return parse_typed_mapping(LOSSES[loss].config_type, text, "--loss-args")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,12 +107,17 @@ def run(args: argparse.Namespace) -> int:
     from prefkit.train.loop import TrainConfig
 
     try:
-        config = dataclass_from_args(AlignConfig, args, loss=args.loss)
-        train_config = dataclass_from_args(TrainConfig, args, progress=not args.quiet)
+        config = dataclass_from_args(
+            AlignConfig,
+            args,
+            loss=args.loss,
+            loss_args=loss_args_from_text(args.loss, args.loss_args),
+        )
+        train_config = dataclass_from_args(TrainConfig, args, progress=args.progress)
         check_evaluation_settings(
             config, train_config, eval_records_given=args.eval_data is not None
         )
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
         raise UserError(str(error)) from error
 
     from transformers import AutoTokenizer

@@ -53,10 +53,20 @@ def add_read_arguments(parser: argparse.ArgumentParser, *, on_error_default: str
         metavar="N",
         help=f"reject texts longer than N characters (default: {DEFAULT_MAX_TEXT_CHARS:,})",
     )
-    group.add_argument(
-        "--allow-empty-responses",
+    empty = group.add_mutually_exclusive_group()
+    empty.add_argument(
+        "--reject-empty-responses",
         action="store_true",
-        help="keep records whose response is empty (rejected by default)",
+        help="reject records with an empty response (reason empty_text; with --on-error skip "
+        "they go to the rejects file). By default they are kept and counted: saying nothing "
+        "can be the judged answer",
+    )
+    empty.add_argument(
+        "--allow-empty-responses",
+        dest="reject_empty_responses",
+        action="store_false",
+        default=False,
+        help="keep records with an empty response (the default; accepted for older commands)",
     )
 
 
@@ -77,7 +87,7 @@ def open_reader(
         on_error=args.on_error,
         rejects_path=rejects,
         max_text_chars=args.max_text_chars,
-        allow_empty_responses=args.allow_empty_responses,
+        reject_empty_responses=args.reject_empty_responses,
     )
     return reader
 
@@ -118,3 +128,17 @@ def progress(
 ) -> Iterable[T]:
     """A tqdm progress bar on stderr (rate and ETA when the total is known)."""
     return progress_iter(items, description=description, unit=unit, total=total, enabled=enabled)
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress`` (default on), the one spelling of every command; ``--quiet``
+    is kept as another name for ``--no-progress``."""
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show progress on stderr: bars on a terminal (default: on)",
+    )
+    parser.add_argument(
+        "--quiet", dest="progress", action="store_false", help="the same as --no-progress"
+    )

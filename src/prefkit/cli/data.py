@@ -6,7 +6,13 @@ import argparse
 import json
 import sys
 
-from prefkit.cli.common import add_read_arguments, open_reader, progress, with_layout_notice
+from prefkit.cli.common import (
+    add_progress_argument,
+    add_read_arguments,
+    open_reader,
+    progress,
+    with_layout_notice,
+)
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 
 INSPECT_EXAMPLES = """examples:
@@ -59,9 +65,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="also write the rejected rows with their reasons to FILE.rejects.jsonl",
     )
-    inspect.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
-    )
+    add_progress_argument(inspect)
     add_read_arguments(inspect, on_error_default="skip")
     inspect.set_defaults(handler=run_inspect)
 
@@ -78,9 +82,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     convert.add_argument("input", metavar="IN", help="input file or folder")
     convert.add_argument("output", metavar="OUT", help="output file: .jsonl, .jsonl.gz or .parquet")
-    convert.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
-    )
+    add_progress_argument(convert)
     add_dataclass_arguments(convert, ConversionOptions, title="conversion")
     add_read_arguments(convert)
     convert.set_defaults(handler=run_convert)

@@ -40,7 +40,7 @@ examples:
   prefkit eval runs/rm-a runs/rm-b length data/test.jsonl --by category
   prefkit eval models/dpo-policy data/test.jsonl --ref models/sft
   prefkit eval data/test.jsonl --judge-url http://localhost:8000 --judge-model my-judge
-  prefkit eval length testset-v1.json --format pandalm --on-error skip --allow-empty-responses
+  prefkit eval length testset-v1.json --format pandalm --on-error skip
 """
 
 

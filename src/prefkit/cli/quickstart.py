@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from prefkit.cli.common import add_progress_argument
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -26,9 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the generated data and training (default: 0)"
     )
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="hide progress bars"
-    )
+    add_progress_argument(parser)
     parser.set_defaults(handler=run)
 
 

@@ -3,23 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from prefkit.cli.common import add_read_arguments, open_reader, progress, with_layout_notice
+from prefkit.cli.common import (
+    add_progress_argument,
+    add_read_arguments,
+    open_reader,
+    progress,
+    with_layout_notice,
+)
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 from prefkit.rm.multiobjective import MultiObjectiveConfig
-from prefkit.rm.train import RMTrainConfig
+from prefkit.rm.train import RMTrainConfig, default_train_config
+from prefkit.train.loop import TrainConfig
+
+RM_TRAIN_DEFAULTS = {
+    **{
+        name: value
+        for name, value in dataclasses.asdict(default_train_config("embedding")).items()
+        if name not in ("epochs", "lr", "group_by_length")
+    },
+    "epochs": None,
+    "lr": None,
+    "group_by_length": None,
+}
+"""``rm train``'s training defaults; None = the mode's default (see the examples)."""
 
 TRAIN_EXAMPLES = """\
 examples:
   prefkit rm train pairs.jsonl --out runs/rm
   prefkit rm train ../shared/data/ukpconvarg1/UKPConvArg1Strict-CSV --out runs/ukp --epochs 4
-  prefkit rm train train.jsonl --eval dev.jsonl --out runs/rm --early-stopping-patience 2
+  prefkit rm train train.jsonl --eval-data dev.jsonl --out runs/rm --early-stopping-patience 2
   prefkit rm train pairs.jsonl --out runs/rm-ft --mode finetune --backbone path/to/checkpoint --max-length 256
   prefkit rm train pairs.jsonl --out runs/rm-lora --mode lora --backbone path/to/decoder --lora-r 16
 Rerunning the same command resumes from the newest checkpoint in OUT/training/.
+Training options left at none take the mode's defaults: --epochs 4 and --lr 3e-4 in
+embedding mode, 2 and 3e-5 for finetune, 2 and 2e-4 for lora; --group-by-length is
+on for finetune and lora (cached embeddings have no length to group by).
 """
 
 MULTIOBJECTIVE_EXAMPLES = """\
@@ -67,7 +90,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
     train.add_argument(
+        "--eval-data",
         "--eval",
+        dest="eval",
         metavar="DATA",
         default=None,
         help="held-out data, evaluated every epoch (loss, accuracy)",
@@ -79,7 +104,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="refuse to continue from checkpoints already in DIR/training",
     )
     add_read_arguments(train)
-    add_dataclass_arguments(train, RMTrainConfig, title="reward model options")
+    add_dataclass_arguments(train, RMTrainConfig, skip=("train",), title="reward model options")
+    add_dataclass_arguments(
+        train, TrainConfig, title="training options", defaults=RM_TRAIN_DEFAULTS
+    )
+    train.add_argument(
+        "--quiet", dest="progress", action="store_false", help="the same as --no-progress"
+    )
     train.set_defaults(handler=run_train)
 
     multi = sub.add_parser(
@@ -153,9 +184,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="standardise rewards by the training data's mean and std",
     )
-    score.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
-    )
+    add_progress_argument(score)
     add_read_arguments(score)
     score.set_defaults(handler=run_score)
 
@@ -172,30 +201,35 @@ def run_train(args: argparse.Namespace) -> int:
     from prefkit.rm.train import train_reward_model
 
     try:
-        config = dataclass_from_args(RMTrainConfig, args)
+        given = {
+            item.name: getattr(args, item.name)
+            for item in dataclasses.fields(TrainConfig)
+            if getattr(args, item.name) is not None
+        }
+        config = dataclass_from_args(
+            RMTrainConfig, args, train=default_train_config(args.mode, **given)
+        )
     except ValueError as error:
         raise UserError(str(error)) from error
     out = Path(args.out)
     records = _read_all(args, args.data, out / "train")
     eval_records = _read_all(args, args.eval, out / "eval") if args.eval else None
-    try:
-        report = train_reward_model(
-            records,
-            config,
-            out,
-            eval_records=eval_records,
-            resume=args.resume,
-            log=lambda line: print(line, file=sys.stderr),
-            source=args.data,
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from error
+    report = train_reward_model(
+        records,
+        config,
+        out,
+        eval_records=eval_records,
+        resume=args.resume,
+        log=lambda line: print(line, file=sys.stderr),
+        source=args.data,
+    )
+    stage = report.stages["train"]
     summary = {
         "model_dir": str(out),
         "loss": report.loss,
-        "steps": report.train_result.global_step,
-        "train": report.train_metrics,
-        "eval": report.eval_metrics,
+        "steps": stage.result.global_step,
+        "train": stage.metrics,
+        "eval": stage.eval_metrics,
     }
     print(json.dumps(summary))
     return 0
@@ -221,22 +255,18 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
         _read_all(args, args.eval_ratings, out / "eval-ratings") if args.eval_ratings else None
     )
     eval_pairs = _read_all(args, args.eval_pairs, out / "eval-pairs") if args.eval_pairs else None
-    try:
-        model = train_multiobjective(
-            ratings,
-            pairs,
-            config,
-            out,
-            eval_rating_records=eval_ratings,
-            eval_pair_records=eval_pairs,
-            resume=args.resume,
-            log=lambda line: print(line, file=sys.stderr),
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from error
-    report = model.report
-    summary = {"model_dir": str(out), "attributes": model.attributes}
-    for name, stage in (("regression", report.regression), ("gate", report.gate)):
+    report = train_multiobjective(
+        ratings,
+        pairs,
+        config,
+        out,
+        eval_rating_records=eval_ratings,
+        eval_pair_records=eval_pairs,
+        resume=args.resume,
+        log=lambda line: print(line, file=sys.stderr),
+    )
+    summary = {"model_dir": str(out), "attributes": report.model.attributes}
+    for name, stage in report.stages.items():
         summary[name] = {
             "steps": stage.result.global_step,
             "train": stage.metrics,
@@ -248,9 +278,8 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     from prefkit.cli import UserError
-    from prefkit.data.records import PairwiseRecord, RankingRecord
     from prefkit.rm.model import RewardModel
-    from prefkit.rm.train import record_items
+    from prefkit.rm.scoring import score_records
 
     if args.batch_size < 1 or args.chunk_size < 1:
         raise UserError("--batch-size and --chunk-size must be >= 1")
@@ -261,31 +290,9 @@ def run_score(args: argparse.Namespace) -> int:
     written = 0
 
     def flush(chunk: list, handle) -> None:
-        items = [record_items(record) for record in chunk]
-        prompts = [prompt for record_pairs in items for prompt, _ in record_pairs]
-        responses = [response for record_pairs in items for _, response in record_pairs]
-        outputs, rewards = model.predict_and_score(
-            prompts, responses, batch_size=args.batch_size
-        )  # (N, K), (N,)
-        if args.normalize:
-            rewards = (rewards - model.spec["reward_mean"]) / model.spec["reward_std"]
-        offset = 0
-        for record, record_pairs in zip(chunk, items, strict=True):
-            span = slice(offset, offset + len(record_pairs))
-            offset += len(record_pairs)
-            values = [float(value) for value in rewards[span]]
-            row: dict = {"id": record.id, "kind": record.kind}
-            if isinstance(record, PairwiseRecord):
-                row.update(reward_a=values[0], reward_b=values[1], margin=values[0] - values[1])
-            elif isinstance(record, RankingRecord):
-                row["rewards"] = values
-            else:
-                row["reward"] = values[0]
-            if model.attributes:
-                row["attributes"] = [
-                    dict(zip(model.attributes, map(float, output), strict=True))
-                    for output in outputs[span]
-                ]
+        for row in score_records(
+            model, chunk, batch_size=args.batch_size, normalize=args.normalize
+        ):
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     with out_path.open("w") as handle:

@@ -137,6 +137,8 @@ class PairwiseColumns:
     """(N,) int32: characters of each prompt; the same for the two responses below."""
     response_a_lengths: np.ndarray
     response_b_lengths: np.ndarray
+    n_empty_responses: int
+    """Responses in the block that are empty or only whitespace (kept by the reader's policy)."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -160,7 +162,7 @@ class PairwiseColumns:
 
 
 def decode_pairwise_block(
-    block: bytes, n_lines: int, *, shape: str, max_text_chars: int, allow_empty_responses: bool
+    block: bytes, n_lines: int, *, shape: str, max_text_chars: int, reject_empty_responses: bool
 ) -> PairwiseColumns | None:
     """The block's records as columns, or ``None`` when any line needs the validating path.
 
@@ -177,7 +179,7 @@ def decode_pairwise_block(
     if len(structs) != n_lines:  # a blank line, or a line with more than one object
         return None
     columns = {name: list(map(operator.attrgetter(name), structs)) for name in ("id", *_COLUMNS)}
-    return _checked(columns, max_text_chars, allow_empty_responses)
+    return _checked(columns, max_text_chars, reject_empty_responses)
 
 
 def pairwise_columns_from_arrow(
@@ -186,7 +188,7 @@ def pairwise_columns_from_arrow(
     *,
     shape: str,
     max_text_chars: int,
-    allow_empty_responses: bool,
+    reject_empty_responses: bool,
 ) -> PairwiseColumns | None:
     """A pyarrow ``RecordBatch`` (a Parquet file's rows) as columns, or ``None`` when any
     row needs the validating path. ``json_columns`` hold JSON text (prefkit's Parquet
@@ -211,7 +213,7 @@ def pairwise_columns_from_arrow(
                 values[name] = column.to_pylist()
     except (msgspec.DecodeError, TypeError):
         return None
-    return _typed_columns(values, batch.num_rows, shape, max_text_chars, allow_empty_responses)
+    return _typed_columns(values, batch.num_rows, shape, max_text_chars, reject_empty_responses)
 
 
 def pairwise_columns_from_rows(
@@ -220,7 +222,7 @@ def pairwise_columns_from_rows(
     *,
     shape: str,
     max_text_chars: int,
-    allow_empty_responses: bool,
+    reject_empty_responses: bool,
 ) -> PairwiseColumns | None:
     """CSV records (``rows``: one string per ``header`` name) as columns, or ``None`` when
     any row needs the validating path. Every value is a string, so only string fields
@@ -229,7 +231,7 @@ def pairwise_columns_from_rows(
     if not rows or not _fits(header, shape):
         return None
     values = {name: list(column) for name, column in zip(header, zip(*rows), strict=True)}
-    return _typed_columns(values, len(rows), shape, max_text_chars, allow_empty_responses)
+    return _typed_columns(values, len(rows), shape, max_text_chars, reject_empty_responses)
 
 
 def _fits(names: list[str], shape: str) -> bool:
@@ -243,7 +245,7 @@ def _typed_columns(
     n_rows: int,
     shape: str,
     max_text_chars: int,
-    allow_empty_responses: bool,
+    reject_empty_responses: bool,
 ) -> PairwiseColumns | None:
     """Decoded field values, type-checked and renamed to canonical names, then
     :func:`_checked`; ``None`` if any value does not fit its field."""
@@ -258,11 +260,11 @@ def _typed_columns(
         columns.setdefault(name, [None] * n_rows)
     if "metadata" not in columns:
         columns["metadata"] = [{} for _ in range(n_rows)]
-    return _checked(columns, max_text_chars, allow_empty_responses)
+    return _checked(columns, max_text_chars, reject_empty_responses)
 
 
 def _checked(
-    columns: dict[str, list[Any]], max_text_chars: int, allow_empty_responses: bool
+    columns: dict[str, list[Any]], max_text_chars: int, reject_empty_responses: bool
 ) -> PairwiseColumns | None:
     """The reader's policies over decoded, type-checked columns; ``None`` if any row fails."""
     ids = list(map(str, columns["id"]))
@@ -272,10 +274,12 @@ def _checked(
     lengths = [np.fromiter(map(len, column), np.int32, len(ids)) for column in texts]
     if any(int(column.max()) > max_text_chars for column in lengths):
         return None
-    if not allow_empty_responses:
-        for column in texts[1:]:
-            if "" in column or any(map(str.isspace, column)):
-                return None
+    # An empty response has no characters or only whitespace (``not text.strip()``).
+    n_empty_responses = sum(
+        column.count("") + sum(map(str.isspace, column)) for column in texts[1:]
+    )
+    if n_empty_responses and reject_empty_responses:
+        return None
     # Identical responses are an error unless the outcome is a tie; let the
     # validating path decide for the (rare) blocks that have any.
     if any(map(operator.eq, columns["response_a"], columns["response_b"])):
@@ -295,4 +299,5 @@ def _checked(
         prompt_lengths=lengths[0],
         response_a_lengths=lengths[1],
         response_b_lengths=lengths[2],
+        n_empty_responses=n_empty_responses,
     )

@@ -383,6 +383,7 @@ def report_dict(
         if read_stats is not None
         else None,
         "dropped": dict(read_stats.dropped) if read_stats is not None else None,
+        "n_empty_responses": read_stats.n_empty_responses if read_stats is not None else None,
         "n_distinct_prompts": report.n_distinct_prompts,
         "n_exact_duplicates": report.n_exact_duplicates,
         "n_ties": report.n_ties,
@@ -447,6 +448,8 @@ def format_report(summary: dict[str, Any]) -> str:
             f"{reason} {count:,}" for reason, count in summary["rejected_by_reason"].items()
         )
         line("rejected", f"{summary['n_rejected']:,}" + (f" ({reasons})" if reasons else ""))
+    if summary["n_empty_responses"]:
+        line("empty", f"{summary['n_empty_responses']:,} empty responses (kept)")
     if summary["dropped"]:
         line(
             "dropped",

@@ -82,6 +82,8 @@ class ReadStats:
     """Rows (or collection units) looked at."""
     n_records: int = 0
     """Records produced."""
+    n_empty_responses: int = 0
+    """Empty responses (no words) in the records produced; kept unless the reader rejects them."""
     kinds: Counter = field(default_factory=Counter)
     """Record kind -> count."""
     rejects: Rejects = field(default_factory=Rejects)
@@ -91,7 +93,10 @@ class ReadStats:
 
     def summary(self) -> str:
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.kinds.items())) or "0"
-        text = f"read {self.n_rows} rows -> {self.n_records} records ({kinds}); {self.rejects.summary()}"
+        text = f"read {self.n_rows} rows -> {self.n_records} records ({kinds})"
+        if self.n_empty_responses:
+            text += f"; {self.n_empty_responses} empty responses kept"
+        text += f"; {self.rejects.summary()}"
         if self.dropped:
             text += "; dropped " + ", ".join(
                 f"{count} {why}" for why, count in self.dropped.items()
@@ -110,8 +115,9 @@ class FeedbackReader:
         on_error: ``"raise"`` stops at the first bad row; ``"skip"`` counts it and goes on.
         rejects_path: where ``"skip"`` writes bad rows (JSONL); ``None`` keeps only counts.
         max_text_chars: longest text accepted; a longer one is a ``text_too_long`` reject.
-        allow_empty_responses: keep records with an empty response (rejected as
-            ``empty_text`` by default; a model's empty answer can be real data).
+        reject_empty_responses: reject records with an empty response as ``empty_text``.
+            By default they are kept and counted (``stats.n_empty_responses``): saying
+            nothing can be the judged answer (HH-RLHF harmless, a model's empty output).
     """
 
     def __init__(
@@ -124,7 +130,7 @@ class FeedbackReader:
         on_error: OnError = "raise",
         rejects_path: str | Path | None = None,
         max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
-        allow_empty_responses: bool = False,
+        reject_empty_responses: bool = False,
     ):
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
@@ -133,7 +139,7 @@ class FeedbackReader:
         self.path = Path(path)
         self.on_error = on_error
         self.max_text_chars = max_text_chars
-        self.allow_empty_responses = allow_empty_responses
+        self.reject_empty_responses = reject_empty_responses
         self.stats = ReadStats(rejects=Rejects(Path(rejects_path) if rejects_path else None))
         self.layout: Layout | MappingLayout | Collection | None = None
         self.detected = False
@@ -230,7 +236,7 @@ class FeedbackReader:
                     n_lines,
                     shape=shape,
                     max_text_chars=self.max_text_chars,
-                    allow_empty_responses=self.allow_empty_responses,
+                    reject_empty_responses=self.reject_empty_responses,
                 )
             )
             if columns is None:
@@ -252,7 +258,7 @@ class FeedbackReader:
                     json_columns,
                     shape=shape,
                     max_text_chars=self.max_text_chars,
-                    allow_empty_responses=self.allow_empty_responses,
+                    reject_empty_responses=self.reject_empty_responses,
                 )
             )
             if columns is None:
@@ -275,7 +281,7 @@ class FeedbackReader:
                     values,
                     shape=shape,
                     max_text_chars=self.max_text_chars,
-                    allow_empty_responses=self.allow_empty_responses,
+                    reject_empty_responses=self.reject_empty_responses,
                 )
             )
             if columns is None:
@@ -288,6 +294,7 @@ class FeedbackReader:
         self.stats.n_rows += len(columns)
         self.stats.n_records += len(columns)
         self.stats.kinds["pairwise"] += len(columns)
+        self.stats.n_empty_responses += columns.n_empty_responses
 
     def _fast_shape(self) -> str | None:
         """Which line shape the fast path expects, once the layout is known."""
@@ -347,7 +354,11 @@ class FeedbackReader:
                 yield record
 
     def _check_texts(self, record: AnyRecord, row: RawRow) -> DataError | None:
-        """Apply the reader's text policies: the size limit and empty responses."""
+        """Apply the reader's text policies: the size limit and empty responses.
+
+        A record that passes adds its empty responses to ``stats.n_empty_responses``.
+        """
+        n_empty = 0
         for name, text in [("prompt", record.prompt), *record.named_responses()]:
             length = text_length(text)
             if length > self.max_text_chars:
@@ -358,13 +369,17 @@ class FeedbackReader:
                     "text_too_long",
                     hint="Raise the limit (--max-text-chars) if this is intended",
                 )
-            if name != "prompt" and not self.allow_empty_responses and not _content(text).strip():
-                return row.fail(
-                    name,
-                    "expected a non-empty response, found an empty text",
-                    "empty_text",
-                    hint="Fix the source, or keep such records with --allow-empty-responses",
-                )
+            if name != "prompt" and not _content(text).strip():
+                if self.reject_empty_responses:
+                    return row.fail(
+                        name,
+                        "expected a non-empty response, found an empty text",
+                        "empty_text",
+                        hint="Fix the source, or keep such records by leaving out "
+                        "--reject-empty-responses",
+                    )
+                n_empty += 1
+        self.stats.n_empty_responses += n_empty
         return None
 
     def _count(self, record: AnyRecord) -> None:

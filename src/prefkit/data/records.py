@@ -16,7 +16,7 @@ A text is either a plain string or a conversation: a tuple of :class:`Message`
 Every record has an ``id``, an optional ``category`` and free ``metadata``.
 
 Records accept empty responses (a model can answer with nothing); readers
-reject them by default (``allow_empty_responses``). Records validate
+keep and count them unless ``reject_empty_responses``. Records validate
 themselves on construction and raise :class:`FieldError`
 naming the field, what was expected and what was found; readers add the file
 and line. ``to_dict`` / :func:`record_from_dict` round-trip losslessly through

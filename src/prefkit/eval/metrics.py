@@ -711,20 +711,27 @@ def preference_probability(reward_a: ArrayLike, reward_b: ArrayLike) -> np.ndarr
 def calibration(
     reward_a: ArrayLike, reward_b: ArrayLike, outcome: ArrayLike, *, n_bins: int = 10
 ) -> dict[str, Any]:
-    """Calibration of P(a preferred) = sigmoid(margin) against who the human preferred.
+    """Calibration of P(a preferred) = sigmoid(margin) against who the human preferred,
+    independent of which response is stored as a.
 
-    Human ties are excluded (``n`` counts the pairs used). With p = P(a preferred)
-    and y = 1 if a was preferred, else 0:
+    Human ties are excluded (``n`` counts the pairs used). With p = P(a preferred) and
+    y = 1 if a was preferred, else 0, each pair is judged by the response the model
+    prefers: its confidence is c = max(p, 1 - p) and it is correct when that response
+    won (a pair with p = 1/2 prefers neither and counts as half correct):
 
-    * bins split P(a), not max(p, 1 - p), into ``n_bins`` equal-width bins over
-      [0, 1]: bin i holds floor(p * n_bins) = i, and p = 1 falls in the last bin;
-    * per bin: ``n``, ``mean_predicted`` (mean p, the confidence that a wins) and
-      ``observed_frequency`` (mean y, how often a won); both NaN for an empty bin;
+    * bins split c into ``n_bins`` equal-width bins over [1/2, 1]: bin i holds
+      floor((2c - 1) * n_bins) = i, and c = 1 falls in the last bin;
+    * per bin: ``n``, ``mean_predicted`` (mean c, the confidence in the preferred
+      response) and ``observed_frequency`` (the share of those pairs where it won);
+      both NaN for an empty bin;
     * ``ece`` = sum over bins of (n_bin / n) * |observed_frequency - mean_predicted|;
-    * ``brier`` = mean of (p - y)**2.
+    * ``brier`` = mean of (p - y)**2 (the same for either orientation of a pair).
 
-    Binning P(a) makes the result independent of which response is called a:
-    swapping a and b mirrors the bins and leaves ``ece`` and ``brier`` unchanged.
+    Why confidence and not P(a): most data sets store the chosen response first, so
+    y = 1 for every pair and bins of P(a) all observe 1.0; their ECE then measures how
+    far P(a) is from 1, not calibration. Confidence against correctness (the
+    reliability diagram of Guo et al. 2017, "On Calibration of Modern Neural
+    Networks") gives the same bins and scores whichever response is called a.
     """
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
@@ -732,18 +739,20 @@ def calibration(
     preferred = codes != TIE
     probability = preference_probability(rewards_a[preferred], rewards_b[preferred])
     a_won = (codes[preferred] == A_PREFERRED).astype(np.float64)
+    confidence = np.maximum(probability, 1.0 - probability)
+    correct = np.where(probability > 0.5, a_won, np.where(probability < 0.5, 1.0 - a_won, 0.5))
     n = int(probability.shape[0])
-    bin_of = np.minimum((probability * n_bins).astype(np.int64), n_bins - 1)
+    bin_of = np.minimum(((2.0 * confidence - 1.0) * n_bins).astype(np.int64), n_bins - 1)
     counts = np.bincount(bin_of, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_predicted = np.bincount(bin_of, weights=probability, minlength=n_bins) / counts
-        observed = np.bincount(bin_of, weights=a_won, minlength=n_bins) / counts
+        mean_predicted = np.bincount(bin_of, weights=confidence, minlength=n_bins) / counts
+        observed = np.bincount(bin_of, weights=correct, minlength=n_bins) / counts
     gaps = np.abs(observed - mean_predicted)
     filled = counts > 0
     bins = [
         {
-            "lower": i / n_bins,
-            "upper": (i + 1) / n_bins,
+            "lower": 0.5 + 0.5 * i / n_bins,
+            "upper": 0.5 + 0.5 * (i + 1) / n_bins,
             "n": int(counts[i]),
             "mean_predicted": float(mean_predicted[i]),
             "observed_frequency": float(observed[i]),
@@ -1159,7 +1168,7 @@ def pairwise_report(
                                      accuracy_half_credit_ci95}}  ({} without category)
         calibration                  {n, ece, brier, bins: [{lower, upper, n,
                                      mean_predicted, observed_frequency}]}
-                                     (see calibration(); 10 bins over P(a preferred))
+                                     (see calibration(); 10 bins of confidence over [0.5, 1])
         length_bias                  None without lengths, else {spearman,
                                      accuracy_when_chosen_longer(_ci95),
                                      accuracy_when_chosen_shorter(_ci95),

@@ -11,7 +11,7 @@ element text, an attribute or an SVG ``<title>`` tooltip.
 Per model the report shows a summary card and these plots, side by side when
 several models are compared: reward of the preferred vs the other response,
 the margin toward the preferred response (correct vs wrong), a reliability
-diagram of P(a preferred) = sigmoid(margin), reward against response length and
+diagram of the confidence in the preferred response, reward against response length and
 accuracy per category with 95% intervals. Then the most confidently wrong
 pairs. The numbers come from the metrics dict (the schema of
 :func:`prefkit.eval.metrics.pairwise_report`); the plots are drawn from the
@@ -442,7 +442,7 @@ def _calibration_plot(model: ModelEvaluation) -> tuple[str, str]:
         marks.append(
             f'<rect class="count" x="{x:.1f}" y="{frame.y(strip_height):.1f}" '
             f'width="{width:.1f}" height="{frame.y(0) - frame.y(strip_height):.1f}">'
-            f"<title>P(a preferred) in [{lower:.1f}, {upper:.1f}): {count:,} pairs</title></rect>"
+            f"<title>confidence in [{lower:.2f}, {upper:.2f}): {count:,} pairs</title></rect>"
         )
         marks.append(
             f'<text class="count-label" x="{x + width / 2:.1f}" '
@@ -464,14 +464,14 @@ def _calibration_plot(model: ModelEvaluation) -> tuple[str, str]:
         radius = 2.5 + 4.5 * math.sqrt(count / largest)
         marks.append(
             f'<circle class="reliability" cx="{frame.x(predicted):.1f}" cy="{frame.y(observed):.1f}" '
-            f'r="{radius:.1f}"><title>P(a preferred) in [{lower:.1f}, {upper:.1f}): {count:,} '
-            f"pairs, mean predicted {predicted:.3f}, observed share of a {observed:.3f}"
+            f'r="{radius:.1f}"><title>confidence in [{lower:.2f}, {upper:.2f}): {count:,} '
+            f"pairs, mean confidence {predicted:.3f}, share where the preferred response won {observed:.3f}"
             f"</title></circle>"
         )
     svg = frame.svg(
         marks,
-        x_label="predicted P(a preferred) = sigmoid(margin)",
-        y_label="observed share a preferred",
+        x_label="confidence max(p, 1 − p), p = sigmoid(margin)",
+        y_label="share where the model's choice won",
         title=f"Reliability diagram, ECE {_number(calibration.get('ece'))}",
     )
     return svg, _legend(
@@ -580,8 +580,10 @@ _PLOTS = (
     ),
     (
         "Calibration",
-        "Reliability diagram of P(a preferred) = sigmoid(reward_a − reward_b) in 10 bins. "
-        "Points on the diagonal are well calibrated; the bars at the bottom count the pairs per bin.",
+        "Reliability diagram: the confidence max(p, 1 − p) in the preferred response, "
+        "p = sigmoid(reward_a − reward_b), in 10 bins, against how often that response won "
+        "(the same whichever response is stored first). Points on the diagonal are well "
+        "calibrated; the bars at the bottom count the pairs per bin.",
         _calibration_plot,
     ),
     (

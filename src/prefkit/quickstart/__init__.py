@@ -43,7 +43,7 @@ def run_quickstart(
     from prefkit.eval.evaluate import evaluate
     from prefkit.eval.report import write_report
     from prefkit.eval.scorers import LengthScorer, PrefkitRewardModelScorer
-    from prefkit.rm.train import RMTrainConfig, train_reward_model
+    from prefkit.rm.train import RMTrainConfig, default_train_config, train_reward_model
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -66,10 +66,8 @@ def run_quickstart(
     config = RMTrainConfig(
         features="response,prompt,product,length",
         dropout=0.1,
-        epochs=12,
-        seed=seed,
-        progress=progress,
         cache_dir=str(out / "embedding-cache"),
+        train=default_train_config("embedding", epochs=12, seed=seed, progress=progress),
     )
     model_dir = out / "reward-model"
     train_reward_model(

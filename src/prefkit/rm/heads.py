@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-FEATURE_NAMES = ("response", "prompt", "product", "length", "stats")
 NUM_TEXT_STATISTICS = 10
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 _SENTENCE_END = re.compile(r"[.!?]+")
@@ -51,23 +50,6 @@ def text_statistics(text: str) -> list[float]:
         float("http" in text or "www." in text),
         math.log1p(len(words) / sentences),
     ]
-
-
-def parse_feature_spec(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """``"response,length"`` -> ("response", "length"), validated."""
-    names = (
-        tuple(part.strip() for part in spec.split(",")) if isinstance(spec, str) else tuple(spec)
-    )
-    if (
-        not names
-        or any(name not in FEATURE_NAMES for name in names)
-        or len(set(names)) != len(names)
-    ):
-        raise ValueError(
-            f"features: expected distinct names from {', '.join(FEATURE_NAMES)} separated by commas, "
-            f"got {spec!r}"
-        )
-    return names
 
 
 def feature_dim(names: Sequence[str], embedding_dim: int) -> int:

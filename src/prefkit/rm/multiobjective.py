@@ -19,7 +19,7 @@ arXiv:2406.12845), on frozen-encoder embeddings:
    ``R(x, y) = s * sum_k g_k(x) r'_k(x, y)``; the gate and the scale ``s`` are
    trained with Bradley-Terry on pair records.
 
-Truncation is explicit, as in :mod:`prefkit.rm.train`: each text is embedded
+Truncation is explicit, as in :mod:`prefkit.rm.train` (:func:`prefkit.rm.examples.apply_truncation`): each text is embedded
 within ``max_length`` tokens (a prompt keeps its end, a response its start).
 Stage 1 reads prompts only when the regression features do (``prompt``,
 ``product``); the gate always reads them. With ``truncation="drop"`` a rating
@@ -59,50 +59,45 @@ How this departs from the paper:
 - Ties are not modelled in stage 2 (Bradley-Terry only); records with ties are
   rejected with an error.
 
-Model folder: the format of :mod:`prefkit.rm.model` with ``mode`` =
-``"multi-objective"``; model.safetensors holds ``head.*`` (regression),
-``gate.*``, ``log_reward_scale``, ``length_coefficients`` (K,) and
-``length_center`` ().
+The model class is :class:`~prefkit.rm.multiobjective_model.MultiObjectiveRewardModel`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
 from prefkit.data.records import PairwiseRecord, RatingRecord
 from prefkit.data.split import split_eval_records
+from prefkit.errors import UserInputError
 from prefkit.losses.reward import OUTCOME_A_WINS, bradley_terry_loss, rating_regression_loss
 from prefkit.progress import ProgressCounter
-from prefkit.rm.encoder import FrozenEncoder, encode_texts, resolve_backbone
-from prefkit.rm.heads import RewardHead, build_features, parse_feature_spec
-from prefkit.rm.model import (
-    CONFIG_NAME,
-    EmbeddingRewardModel,
-    RewardModel,
-    backbone_spec,
-)
-from prefkit.rm.train import (
+from prefkit.rm.encoder import FrozenEncoder, resolve_backbone
+from prefkit.rm.examples import (
     Examples,
     ItemIndex,
     TruncationCounts,
+    apply_truncation,
     build_examples,
     rating_attributes,
-    subset_examples,
 )
+from prefkit.rm.multiobjective_model import (
+    MODE,
+    MultiObjectiveItems,
+    MultiObjectiveRewardModel,
+    length_decorrelation_coefficients,
+)
+from prefkit.rm.result import RewardTrainResult, StageReport
+from prefkit.rm.spec import BackboneSpec, RewardModelSpec, parse_feature_spec
 from prefkit.train.loop import TrainCallback, TrainConfig, TrainResult, move_to_device, train
-
-MODE = "multi-objective"
 
 
 @dataclass
@@ -164,7 +159,7 @@ class MultiObjectiveConfig:
     def __post_init__(self) -> None:
         parse_feature_spec(self.features)
         if self.regression_head not in ("linear", "mlp"):
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: regression_head must be linear or mlp, got {self.regression_head!r}."
             )
         for name in (
@@ -176,7 +171,7 @@ class MultiObjectiveConfig:
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
+                raise UserInputError(
                     f"MultiObjectiveConfig: {name} must be an integer >= 1, got {value!r}."
                 )
         if (
@@ -184,23 +179,23 @@ class MultiObjectiveConfig:
             or not isinstance(self.gate_hidden_layers, int)
             or self.gate_hidden_layers < 0
         ):
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: gate_hidden_layers must be an integer >= 0, got {self.gate_hidden_layers!r}."
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: dropout must be in [0, 1), got {self.dropout}."
             )
         if not (math.isfinite(self.gate_temperature) and self.gate_temperature > 0):
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: gate_temperature must be > 0, got {self.gate_temperature}."
             )
         if self.max_length < 4:
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: max_length must be >= 4, got {self.max_length}."
             )
         if self.truncation not in ("truncate", "drop"):
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: truncation must be truncate or drop, got {self.truncation!r}."
             )
         fraction = self.eval_fraction
@@ -209,7 +204,7 @@ class MultiObjectiveConfig:
             or not isinstance(fraction, int | float)
             or not 0 <= fraction < 1
         ):
-            raise ValueError(
+            raise UserInputError(
                 f"MultiObjectiveConfig: eval_fraction must be a number in [0, 1) (0 = no held-out split), "
                 f"got {fraction!r}; e.g. 0.1 holds out a tenth of the rating and of the pair records."
             )
@@ -231,298 +226,6 @@ class MultiObjectiveConfig:
             device=self.device,
             progress=self.progress,
         )
-
-
-# -------------------------------------------------------------------------------------------
-# the model
-
-
-@dataclass
-class MultiObjectiveItems:
-    """Cached inputs of M (prompt, response) items."""
-
-    features: torch.Tensor
-    """(M, F) regression features."""
-    prompt_embeddings: torch.Tensor
-    """(M, D) prompt embeddings, the gate's input."""
-    log_lengths: torch.Tensor
-    """(M,) log(1 + characters) of the response."""
-
-    def select(self, rows: torch.Tensor) -> MultiObjectiveItems:
-        return MultiObjectiveItems(
-            self.features[rows], self.prompt_embeddings[rows], self.log_lengths[rows]
-        )
-
-    def to(self, device: torch.device | str) -> MultiObjectiveItems:
-        return MultiObjectiveItems(
-            self.features.to(device), self.prompt_embeddings.to(device), self.log_lengths.to(device)
-        )
-
-
-def response_log_lengths(responses: Sequence[str]) -> np.ndarray:
-    """(N,) float32 log(1 + characters): the length that decorrelation removes."""
-    return np.log1p(np.array([len(text) for text in responses], dtype=np.float64)).astype(
-        np.float32
-    )
-
-
-def length_decorrelation_coefficients(
-    attribute_values: torch.Tensor, log_lengths: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares slope of each attribute on log length, and the mean log length.
-
-    Args:
-        attribute_values: (N, K) attribute predictions on the reference responses.
-        log_lengths: (N,) their log lengths.
-
-    Returns:
-        ``coefficients`` (K,), ``lambda_k = Cov(r_k, l) / Var(l)`` (population
-        moments; 0 when all lengths are equal), and ``center`` (), the mean of ``l``.
-        ``r_k - lambda_k (l - center)`` then has zero covariance with ``l`` on these
-        responses (ArmoRM section 3.2, with length in place of the verbosity objective).
-    """
-    if attribute_values.ndim != 2 or log_lengths.shape != attribute_values.shape[:1]:
-        raise ValueError(
-            f"length_decorrelation_coefficients: expected (N, K) attributes and (N,) lengths, got "
-            f"{tuple(attribute_values.shape)} and {tuple(log_lengths.shape)}."
-        )
-    values = attribute_values.double()
-    center = log_lengths.double().mean()
-    centered_lengths = log_lengths.double() - center  # (N,)
-    variance = centered_lengths.square().mean()
-    if variance <= 1e-12:
-        return torch.zeros(values.shape[1], dtype=attribute_values.dtype), center.to(
-            attribute_values.dtype
-        )
-    covariance = ((values - values.mean(dim=0)) * centered_lengths.unsqueeze(1)).mean(dim=0)  # (K,)
-    return (covariance / variance).to(attribute_values.dtype), center.to(attribute_values.dtype)
-
-
-class MultiObjectiveRewardModel(EmbeddingRewardModel):
-    """K attribute regressors mixed by a prompt-conditioned gate (see the module docstring).
-
-    ``forward`` returns the (M, K) attribute predictions, like any multi-output
-    :class:`~prefkit.rm.model.RewardModel`; :meth:`score` returns the gated reward.
-    """
-
-    def __init__(
-        self,
-        spec: dict[str, Any],
-        *,
-        cache_dir: str | os.PathLike[str] | None = None,
-        device: str = "cpu",
-        encoder: FrozenEncoder | None = None,
-        use_cache: bool = True,
-        embed_batch_size: int = 16,
-    ):
-        if spec.get("mode") != MODE:
-            raise ValueError(
-                f"MultiObjectiveRewardModel: spec mode must be {MODE!r}, got {spec.get('mode')!r}."
-            )
-        if not spec.get("attributes"):
-            raise ValueError("MultiObjectiveRewardModel: spec needs a non-empty 'attributes' list.")
-        super().__init__(
-            spec,
-            cache_dir=cache_dir,
-            device=device,
-            encoder=encoder,
-            use_cache=use_cache,
-            embed_batch_size=embed_batch_size,
-        )
-        num_attributes = self.num_outputs
-        self.gate = RewardHead(
-            int(spec["embedding_dim"]), spec["gate_hidden_sizes"], num_attributes
-        )
-        self.gate_temperature = float(spec["gate_temperature"])
-        self.log_reward_scale = nn.Parameter(torch.zeros(()))
-        self.register_buffer("length_coefficients", torch.zeros(num_attributes))
-        self.register_buffer("length_center", torch.zeros(()))
-
-    # -- the three parts ------------------------------------------------------------------
-
-    def forward(self, items: MultiObjectiveItems) -> torch.Tensor:  # type: ignore[override]
-        """(M, K) attribute predictions (before length decorrelation)."""
-        return self.head(items.features)
-
-    def adjusted_attributes(
-        self, attribute_values: torch.Tensor, log_lengths: torch.Tensor
-    ) -> torch.Tensor:
-        """(M, K) ``r_k - lambda_k (l - center)``; unchanged when decorrelation is off (lambda = 0)."""
-        return (
-            attribute_values
-            - (log_lengths - self.length_center).unsqueeze(1) * self.length_coefficients
-        )
-
-    def gate_probabilities(self, prompt_embeddings: torch.Tensor) -> torch.Tensor:
-        """(M, K) mixing weights, ``softmax(gate(x) / T)``; each row sums to 1."""
-        return torch.softmax(self.gate(prompt_embeddings) / self.gate_temperature, dim=-1)
-
-    def mix(self, gate_weights: torch.Tensor, adjusted: torch.Tensor) -> torch.Tensor:
-        """(M,) rewards ``s * sum_k g_k r'_k`` (ArmoRM eq. for the preference score)."""
-        return self.log_reward_scale.exp() * (gate_weights * adjusted).sum(dim=-1)
-
-    def reward(self, items: MultiObjectiveItems) -> torch.Tensor:
-        """(M,) rewards of the items."""
-        adjusted = self.adjusted_attributes(self(items), items.log_lengths)
-        return self.mix(self.gate_probabilities(items.prompt_embeddings), adjusted)
-
-    # -- featurizing -----------------------------------------------------------------------
-
-    def featurize_items(
-        self, prompts: Sequence[str], responses: Sequence[str]
-    ) -> MultiObjectiveItems:
-        """Embed prompts and responses (through the cache) into the model's inputs."""
-        return self.featurize_with_token_counts(prompts, responses)[0]
-
-    def featurize_with_token_counts(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        progress: Callable[[int], None] | None = None,
-    ) -> tuple[MultiObjectiveItems, np.ndarray, np.ndarray]:
-        """The model's inputs plus (N,) prompt and (N,) response token counts before truncation."""
-        if len(prompts) != len(responses):
-            raise ValueError(
-                f"multi-objective model: got {len(prompts)} prompts and {len(responses)} responses; "
-                "give one prompt per response."
-            )
-        encoder = self.encoder
-        response_encoded = encode_texts(
-            encoder, list(responses), side="right", cache=self.cache, progress=progress
-        )
-        prompt_encoded = encode_texts(
-            encoder, list(prompts), side="left", cache=self.cache, progress=progress
-        )
-        chars = np.array([len(text) for text in responses], dtype=np.float32)
-        features = build_features(
-            self.features,
-            prompt_encoded.embeddings,
-            response_encoded.embeddings,
-            chars,
-            response_encoded.num_tokens.astype(np.float32),
-            responses,
-        )
-        items = MultiObjectiveItems(
-            torch.from_numpy(features),
-            torch.from_numpy(prompt_encoded.embeddings),
-            torch.from_numpy(response_log_lengths(responses)),
-        )
-        return items, prompt_encoded.num_tokens, response_encoded.num_tokens
-
-    @torch.no_grad()
-    def evaluate_items(
-        self, items: MultiObjectiveItems, *, batch_size: int = 256
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(N, K) attributes, (N, K) gate weights and (N,) rewards of featurized items."""
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        attributes, gates, rewards = [], [], []
-        for start in range(0, len(items.log_lengths), batch_size):
-            batch = items.select(
-                torch.arange(start, min(start + batch_size, len(items.log_lengths)))
-            ).to(device)
-            values = self(batch)
-            weights = self.gate_probabilities(batch.prompt_embeddings)
-            attributes.append(values.float().cpu().numpy())
-            gates.append(weights.float().cpu().numpy())
-            rewards.append(
-                self.mix(weights, self.adjusted_attributes(values, batch.log_lengths))
-                .float()
-                .cpu()
-                .numpy()
-            )
-        self.train(was_training)
-        num_attributes = self.num_outputs
-        if not attributes:
-            empty = np.zeros((0, num_attributes), dtype=np.float32)
-            return empty, empty.copy(), np.zeros(0, dtype=np.float32)
-        return np.concatenate(attributes), np.concatenate(gates), np.concatenate(rewards)
-
-    # -- the RewardModel interface ---------------------------------------------------------
-
-    def predict(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        *,
-        batch_size: int = 64,
-        progress: Any = None,
-    ) -> np.ndarray:
-        """(N, K) attribute predictions (before length decorrelation)."""
-        return self.evaluate_items(self.featurize_items(prompts, responses), batch_size=batch_size)[
-            0
-        ]
-
-    def score(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        *,
-        batch_size: int = 64,
-        normalize: bool = False,
-    ) -> np.ndarray:
-        """(N,) gated rewards; with ``normalize``, standardised by the training mean and std."""
-        rewards = self.evaluate_items(
-            self.featurize_items(prompts, responses), batch_size=batch_size
-        )[2]
-        if normalize:
-            rewards = (rewards - self.spec["reward_mean"]) / self.spec["reward_std"]
-        return rewards
-
-    def predict_and_score(
-        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(N, K) attribute predictions and (N,) gated rewards, embedding the texts once."""
-        attributes, _, rewards = self.evaluate_items(
-            self.featurize_items(prompts, responses), batch_size=batch_size
-        )
-        return attributes, rewards
-
-    def gate_weights(
-        self, prompts: Sequence[str], *, batch_size: int = 256
-    ) -> dict[str, np.ndarray]:
-        """Attribute name -> (N,) mixing weight the gate gives it for each prompt (rows sum to 1)."""
-        embeddings = torch.from_numpy(
-            encode_texts(self.encoder, list(prompts), side="left", cache=self.cache).embeddings
-        )
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        with torch.no_grad():
-            weights = torch.cat(
-                [
-                    self.gate_probabilities(embeddings[start : start + batch_size].to(device))
-                    .float()
-                    .cpu()
-                    for start in range(0, len(embeddings), batch_size)
-                ]
-                or [torch.zeros(0, self.num_outputs)]
-            ).numpy()
-        self.train(was_training)
-        return {name: weights[:, column] for column, name in enumerate(self.attributes or [])}
-
-    @classmethod
-    def load(
-        cls,
-        directory: str | os.PathLike[str],
-        *,
-        device: str = "cpu",  # type: ignore[override]
-        cache_dir: str | os.PathLike[str] | None = None,
-    ) -> MultiObjectiveRewardModel:
-        """Read a folder written by :meth:`save` (safetensors and JSON only)."""
-        config_path = Path(directory) / CONFIG_NAME
-        mode = json.loads(config_path.read_text()).get("mode") if config_path.is_file() else None
-        if config_path.is_file() and mode != MODE:
-            raise ValueError(
-                f"{config_path}: mode {mode!r} is not a multi-objective model; "
-                "load it with prefkit.rm.model.RewardModel.load."
-            )
-        return RewardModel.load(directory, device=device, cache_dir=cache_dir)  # type: ignore[return-value]
-
-
-# -------------------------------------------------------------------------------------------
-# training
 
 
 @dataclass
@@ -601,20 +304,15 @@ def prepare_stage(
         items, prompt_tokens, response_tokens = model.featurize_with_token_counts(
             prompts, responses, progress
         )
-    prompt_cut = (prompt_tokens > config.max_length) & reads_prompt  # (U,)
-    response_cut = response_tokens > config.max_length  # (U,)
     counts = TruncationCounts(config.max_length, config.truncation)
-    counts.prompts_truncated = len(
-        {text for text, cut in zip(prompts, prompt_cut, strict=True) if cut}
+    examples = apply_truncation(
+        examples,
+        (prompt_tokens > config.max_length) & reads_prompt,
+        response_tokens > config.max_length,
+        counts,
+        prompt_keys=prompts,
+        response_keys=responses,
     )
-    counts.responses_truncated = len(
-        {text for text, cut in zip(responses, response_cut, strict=True) if cut}
-    )
-    if config.truncation == "drop":
-        touched = torch.from_numpy(prompt_cut | response_cut)[examples.positions].any(dim=1)  # (E,)
-        counts.examples_dropped = int(touched.sum())
-        examples = subset_examples(examples, ~touched)
-    counts.examples_kept = len(examples)
     return StageData(items, examples, counts)
 
 
@@ -778,59 +476,17 @@ def stage_task(
     return EvaluatedStageTask(examples, losses, held_out, metrics)
 
 
-@dataclass
-class StageReport:
-    """What one stage did."""
-
-    result: TrainResult
-    truncation: TruncationCounts
-    """What max_length did to the stage's training records."""
-    metrics: dict[str, float]
-    """Final model on the training records: stage 1 ``loss`` and ``mse/<attribute>``,
-    stage 2 ``loss`` and ``accuracy``."""
-    eval_truncation: TruncationCounts | None = None
-    """What max_length did to the held-out records; None without them."""
-    eval_metrics: dict[str, float] = field(default_factory=dict)
-    """Final model on the held-out records (the best weights under early stopping); empty without them."""
-
-    def as_json(self) -> dict[str, Any]:
-        result = self.result
-        return {
-            "steps": result.global_step,
-            "stopped_early": result.stopped_early,
-            "best_step": result.best_step if result.restored_best else None,
-            "truncation": dataclasses.asdict(self.truncation),
-            "eval_truncation": dataclasses.asdict(self.eval_truncation)
-            if self.eval_truncation
-            else None,
-            "metrics": self.metrics,
-            "eval_metrics": self.eval_metrics,
-        }
-
-
-@dataclass
-class MultiObjectiveReport:
-    """What :func:`train_multiobjective` did."""
-
-    model: MultiObjectiveRewardModel
-    out_dir: Path
-    regression: StageReport
-    """Stage 1, on the rating records."""
-    gate: StageReport
-    """Stage 2, on the pair records."""
-
-
 def _check_records(
     records: Sequence[Any], expected: type[RatingRecord] | type[PairwiseRecord], name: str
 ) -> None:
     for position, record in enumerate(records):
         if not isinstance(record, expected):
-            raise ValueError(
+            raise UserInputError(
                 f"train_multiobjective: {name}[{position}] (id {getattr(record, 'id', '?')!r}) is a "
                 f"{getattr(record, 'kind', type(record).__name__)} record; expected {expected.kind} records."
             )
         if isinstance(record, PairwiseRecord) and record.is_tie:
-            raise ValueError(
+            raise UserInputError(
                 f"train_multiobjective: {name}[{position}] (id {record.id!r}) is a tie; the gate is "
                 "trained with Bradley-Terry, which has no ties. Remove tied pairs first."
             )
@@ -844,11 +500,11 @@ def _check_all_records(
 ) -> list[str]:
     """The attributes to regress, after checking every record's kind."""
     if not rating_records:
-        raise ValueError(
+        raise UserInputError(
             "train_multiobjective: no rating records; stage 1 needs attribute ratings."
         )
     if not pair_records:
-        raise ValueError(
+        raise UserInputError(
             "train_multiobjective: no pair records; stage 2 (the gate) needs preferences."
         )
     _check_records(rating_records, RatingRecord, "rating_records")
@@ -857,13 +513,13 @@ def _check_all_records(
     _check_records(eval_pair_records or [], PairwiseRecord, "eval_pair_records")
     attributes = rating_attributes(rating_records) or []
     if len(attributes) < 2:
-        raise ValueError(
+        raise UserInputError(
             f"train_multiobjective: the rating records rate {len(attributes)} attribute(s) "
             f"({', '.join(attributes) or 'none'}); a gate needs at least 2. Use prefkit rm train for one."
         )
     unknown = sorted(set(rating_attributes(eval_rating_records or []) or []) - set(attributes))
     if unknown:
-        raise ValueError(
+        raise UserInputError(
             f"train_multiobjective: the held-out rating records rate {', '.join(unknown)}, which no "
             f"training rating record rates (those rate {', '.join(attributes)}); the model would "
             "not predict them. Remove them or rate them in the training records too."
@@ -876,7 +532,7 @@ def check_evaluation_settings(
 ) -> None:
     """Raise ValueError when the held-out data settings contradict each other (before any work)."""
     if config.eval_fraction > 0 and (eval_ratings_given or eval_pairs_given):
-        raise ValueError(
+        raise UserInputError(
             "train_multiobjective: held-out records and eval_fraction are both given; either hold out "
             "a fraction of the training records (--eval-fraction) or pass held-out records "
             "(--eval-ratings, --eval-pairs)."
@@ -891,7 +547,7 @@ def check_evaluation_settings(
             if not given
         ]
         if missing:
-            raise ValueError(
+            raise UserInputError(
                 f"train_multiobjective: early_stopping_patience is set but {' and '.join(missing)} "
                 "held-out records are missing; each stage stops on its own held-out loss. Set "
                 "eval_fraction (--eval-fraction), pass held-out records for both stages, or drop "
@@ -905,7 +561,7 @@ def _hold_out(
     try:
         return split_eval_records(records, config.eval_fraction, config.seed)
     except ValueError as error:
-        raise ValueError(f"train_multiobjective: {name}: {error}") from None
+        raise UserInputError(f"train_multiobjective: {name}: {error}") from None
 
 
 def train_multiobjective(
@@ -920,15 +576,15 @@ def train_multiobjective(
     encoder: FrozenEncoder | None = None,
     callbacks: Sequence[TrainCallback] = (),
     log: Callable[[str], None] = print,
-) -> MultiObjectiveRewardModel:
-    """Train both stages and save the model folder to ``out_dir``; return the model.
+) -> RewardTrainResult:
+    """Train both stages and save the model folder to ``out_dir``.
 
     ``eval_rating_records`` and ``eval_pair_records`` (or ``config.eval_fraction``
     of each, not both) are evaluated after every epoch of their stage; early
     stopping watches their loss. ``out_dir`` also receives
     ``training/regression/`` and ``training/gate/`` (metrics.jsonl and
-    checkpoints of the shared loop; a rerun resumes). The full report is in
-    ``model.report`` (a :class:`MultiObjectiveReport`). ``callbacks`` go to the
+    checkpoints of the shared loop; a rerun resumes). The result has two stages,
+    ``regression`` and ``gate``. ``callbacks`` go to the
     loop of each stage in turn (stage 1's events first; ``global_step`` counts
     each stage from 1). ``log`` gets the truncation counts of each stage and
     early stops.
@@ -947,27 +603,25 @@ def train_multiobjective(
         rating_records, eval_rating_records = _hold_out(rating_records, config, "rating records")
         pair_records, eval_pair_records = _hold_out(pair_records, config, "pair records")
     out = Path(out_dir)
-    backbone = backbone_spec(resolve_backbone(config.backbone))
-    spec: dict[str, Any] = {
-        "mode": MODE,
-        "backbone": backbone,
-        "embedding_dim": backbone["hidden_size"],
-        "max_length": config.max_length,
-        "truncation": config.truncation,
-        "loss": "regression+bradley-terry",
-        "attributes": attributes,
-        "features": ",".join(parse_feature_spec(config.features)),
-        "hidden_sizes": [config.hidden_size] if config.regression_head == "mlp" else [],
-        "dropout": config.dropout,
-        "gate_hidden_sizes": [config.gate_hidden_size] * config.gate_hidden_layers,
-        "gate_temperature": config.gate_temperature,
-        "length_decorrelation": config.length_decorrelation,
-    }
+    spec = RewardModelSpec(
+        mode=MODE,
+        backbone=BackboneSpec.from_checkpoint(resolve_backbone(config.backbone)),
+        max_length=config.max_length,
+        truncation=config.truncation,
+        loss="regression+bradley-terry",
+        attributes=tuple(attributes),
+        features=parse_feature_spec(config.features),
+        hidden_sizes=(config.hidden_size,) if config.regression_head == "mlp" else (),
+        dropout=config.dropout,
+        gate_hidden_sizes=(config.gate_hidden_size,) * config.gate_hidden_layers,
+        gate_temperature=config.gate_temperature,
+        length_decorrelation=config.length_decorrelation,
+    )
     torch.manual_seed(config.seed)
     model = MultiObjectiveRewardModel(spec, cache_dir=config.cache_dir, encoder=encoder)
 
     # Stage 1 reads prompts only through the regression features; the gate always reads them.
-    regression_reads_prompt = any(name in ("prompt", "product") for name in model.features)
+    regression_reads_prompt = spec.reads_prompt_features
     stages = {
         "rating records (regression)": (rating_records, attributes, regression_reads_prompt),
         "pair records (gate)": (pair_records, None, True),
@@ -982,7 +636,7 @@ def train_multiobjective(
         data = prepare_stage(model, records, stage_attributes, config, reads_prompt=reads_prompt)
         log(f"{name}: {data.truncation.summary()}")
         if len(data.examples) == 0:
-            raise ValueError(
+            raise UserInputError(
                 f"train_multiobjective: no {name} left after truncation policy "
                 f"'{config.truncation}' at max_length {config.max_length}; raise max_length or use truncate."
             )
@@ -1051,24 +705,22 @@ def train_multiobjective(
         gate_metrics(model, held_out_pairs) if held_out_pairs is not None else {},
     )
     all_rewards = model.evaluate_items(pairs.items.select(reference))[2]
-    model.spec.update(
-        {
-            "reward_mean": float(all_rewards.mean()),
-            "reward_std": float(all_rewards.std()) or 1.0,
-            "training": {
-                "rating_records": len(rating_records),
-                "pair_records": len(pair_records),
-                "eval_rating_records": len(eval_rating_records or []),
-                "eval_pair_records": len(eval_pair_records or []),
-                "config": dataclasses.asdict(config),
-                "regression": regression.as_json(),
-                "gate": gate.as_json(),
-            },
-        }
+    model.spec = dataclasses.replace(
+        model.spec,
+        reward_mean=float(all_rewards.mean()),
+        reward_std=float(all_rewards.std()) or 1.0,
+        training={
+            "rating_records": len(rating_records),
+            "pair_records": len(pair_records),
+            "eval_rating_records": len(eval_rating_records or []),
+            "eval_pair_records": len(eval_pair_records or []),
+            "config": dataclasses.asdict(config),
+            "regression": regression.as_json(),
+            "gate": gate.as_json(),
+        },
     )
     model.save(out)
-    model.report = MultiObjectiveReport(model, out, regression, gate)  # type: ignore[attr-defined]
-    return model
+    return RewardTrainResult(model, out, spec.loss, {"regression": regression, "gate": gate})
 
 
 def _log_early_stop(stage: str, result: TrainResult, log: Callable[[str], None]) -> None:

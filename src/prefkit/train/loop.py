@@ -52,7 +52,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -64,8 +63,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
+from prefkit.progress import progress_bar
 from prefkit.train.checkpoint import (
     Checkpoint,
     CheckpointContents,
@@ -700,13 +699,12 @@ class _Trainer:
             enabled=self.runtime.is_main,
             resumed_at_step=None if checkpoint is None else checkpoint.step,
         )
-        progress = tqdm(
+        progress = progress_bar(
             total=self.total_steps,
             initial=self.state.global_step,
-            disable=not (config.progress and self.runtime.is_main),
-            file=sys.stderr,
+            description="training",
             unit="step",
-            dynamic_ncols=True,
+            enabled=config.progress and self.runtime.is_main,
         )
         last_train_loss = None
         try:

@@ -1,0 +1,103 @@
+"""A reward head on frozen-encoder embeddings (mode ``embedding``).
+
+The encoder is loaded only to embed texts that the embedding cache does not hold;
+the head reads the features of :mod:`prefkit.rm.heads`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from prefkit.rm.encoder import EmbeddingCache, FrozenEncoder, encode_texts
+from prefkit.rm.heads import RewardHead, build_features, feature_dim
+from prefkit.rm.model import FeatureItems, FeatureStore, Items, RewardModel
+from prefkit.rm.spec import RewardModelSpec
+
+
+class EmbeddingRewardModel(RewardModel):
+    """A head on frozen-encoder features; the encoder is loaded only to embed uncached texts."""
+
+    def __init__(
+        self,
+        spec: RewardModelSpec,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        encoder: FrozenEncoder | None = None,
+        use_cache: bool = True,
+        embed_batch_size: int = 16,
+    ):
+        super().__init__(spec)
+        self.embed_batch_size = embed_batch_size
+        assert spec.features is not None  # checked by the spec
+        self.features = spec.features
+        dim = feature_dim(self.features, spec.embedding_dim)
+        self.head = RewardHead(dim, spec.hidden_sizes, self.num_outputs, spec.dropout)
+        self._encoder = encoder
+        self._device = device
+        self.cache = EmbeddingCache(cache_dir) if use_cache else None
+
+    @property
+    def encoder(self) -> FrozenEncoder:
+        if self._encoder is None:
+            backbone = self.spec.backbone
+            self._encoder = FrozenEncoder(
+                backbone.path,
+                max_length=self.spec.max_length,
+                pooling=backbone.pooling,
+                device=self._device,
+                batch_size=self.embed_batch_size,
+            )
+            if self._encoder.weights_hash != backbone.weights_hash:
+                raise ValueError(
+                    f"backbone {backbone.path}: its weights changed since this reward model was trained "
+                    f"(hash {self._encoder.weights_hash[:12]}..., expected {backbone.weights_hash[:12]}...)."
+                )
+        return self._encoder
+
+    def forward(self, items: Items) -> torch.Tensor:
+        assert isinstance(items, FeatureItems)
+        return self.head(items.features)
+
+    def featurize(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, F) features plus (N,) prompt and response token counts (before truncation)."""
+        encoder = self.encoder
+        needs_prompt = self.spec.reads_prompt_features
+        response_encoded = encode_texts(
+            encoder, responses, side="right", cache=self.cache, progress=progress
+        )
+        if needs_prompt:
+            prompt_encoded = encode_texts(
+                encoder, prompts, side="left", cache=self.cache, progress=progress
+            )
+            prompt_embeddings, prompt_tokens = prompt_encoded.embeddings, prompt_encoded.num_tokens
+        else:
+            prompt_embeddings = np.zeros_like(response_encoded.embeddings)
+            prompt_tokens = np.zeros(len(prompts), dtype=np.int64)
+        chars = np.array([len(text) for text in responses], dtype=np.float32)
+        features = build_features(
+            self.features,
+            prompt_embeddings,
+            response_encoded.embeddings,
+            chars,
+            response_encoded.num_tokens.astype(np.float32),
+            responses,
+        )
+        return features, prompt_tokens, response_encoded.num_tokens
+
+    @classmethod
+    def from_folder(cls, spec, folder, *, device="cpu", cache_dir=None):
+        return cls(spec, cache_dir=cache_dir, device=device)
+
+    def item_store(self, prompts, responses, progress=None):
+        features, _, _ = self.featurize(prompts, responses, progress)
+        return FeatureStore(torch.from_numpy(features))

@@ -41,6 +41,7 @@ def _plain_lines(records: list) -> list[dict]:
         {"score": math.inf},  # msgspec would write null: json writes Infinity
         {"big": 2**70},  # beyond 64 bits
         {"nested": {True: 1}},  # a key that json turns into "true"
+        {"nested": {1e16: 1}},  # json spells the key "1e+16", msgspec "1e16"
     ],
     ids=repr,
 )

@@ -10,10 +10,10 @@ batch is encoded in C (``msgspec`` encodes the record dataclasses directly;
 Parquet columns are built from the records' attributes with ``map``), so no
 per-record Python runs on the hot path. Parquet row groups hold up to
 :data:`ROW_GROUP_ROWS` records or :data:`ROW_GROUP_BYTES` of column data,
-whichever comes first. A batch that ``msgspec`` would encode differently from
-the standard ``json`` module (a non-finite number or a key that is not a
-string in ``metadata``, an integer beyond 64 bits) is encoded record by record
-with ``json``, as before, so the output means the same either way.
+whichever comes first. A batch whose ``metadata`` ``msgspec`` would encode to
+something that means other than the standard ``json`` module's text (a NaN or
+an infinity, a key that is not a string) is encoded record by record with
+``json``, as before, so the output means the same either way.
 """
 
 from __future__ import annotations
@@ -101,21 +101,21 @@ def _batches(records: Iterable[AnyRecord]) -> Iterator[list[AnyRecord]]:
 
 
 def _msgspec_safe(batch: list[AnyRecord]) -> bool:
-    """Whether ``msgspec`` encodes every record of ``batch`` as ``json`` would.
+    """Whether ``msgspec``'s JSON for ``batch`` means what ``json``'s does.
 
     Every field but ``metadata`` is validated by the record classes (finite
-    numbers, string keys); ``metadata`` is free, so it is checked in C with
-    ``json`` itself, which refuses NaN and infinities here. Keys that are not
-    strings are left to ``json`` too (it turns ``True`` into ``"true"``).
+    numbers, string keys); ``metadata`` is free, so the batch's metadata is
+    encoded both ways and decoded again, in C, and must come back equal (NaN,
+    which ``msgspec`` writes as null, never compares equal, so it is left to
+    ``json``; so are keys that ``json`` spells differently, such as ``1e16``).
     """
     metadata = [value for value in map(_METADATA, batch) if value]
     if not metadata:
         return True
     try:
-        json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError):
+        return msgspec.json.decode(_ENCODER.encode(metadata)) == json.loads(json.dumps(metadata))
+    except (TypeError, ValueError, OverflowError):
         return False
-    return all(isinstance(key, str) for value in metadata for key in value)
 
 
 def _prefix(kind: str) -> bytes:

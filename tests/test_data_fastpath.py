@@ -324,3 +324,117 @@ def test_parquet_fast_path_equals_the_validating_path(writer: str, tmp_path: Pat
                 if reject_empty
                 else []
             )
+
+
+def _row_by_row(path: Path, **options: object) -> FeedbackReader:
+    """A reader that reads the whole file through the row-by-row source (``iter_rows``)."""
+    reader = read_feedback(path, **options)
+    reader._fast_file = lambda suffixes: False  # type: ignore[method-assign]
+    return reader
+
+
+def _csv_text(rows: list[dict], delimiter: str) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(
+        out,
+        fieldnames=["id", "prompt", "response_a", "response_b", "winner"],
+        delimiter=delimiter,
+        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
+        escapechar=None,
+        lineterminator="\n",
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+CSV_BAD_LINES = {
+    # record index -> what makes the row bad, or unusual but valid
+    3100: {"response_b": "   "},  # empty response: kept and counted
+    3200: {"response_a": "same", "response_b": "same", "winner": "a"},  # identical, not a tie
+    3300: {"response_a": "same", "response_b": "same", "winner": "tie"},  # identical tie: kept
+    3400: {"winner": "model_a"},  # not a canonical outcome
+    3500: {"id": ""},  # an empty id: rejected
+}
+
+
+@pytest.mark.parametrize("delimiter", [",", "\t"])
+def test_csv_fast_path_equals_the_row_by_row_path(delimiter: str, tmp_path: Path) -> None:
+    """Quoted commas, quotes and newlines (records over two lines, some across block ends),
+    then bad rows, a wrong column count and bytes that are not UTF-8."""
+    rows = []
+    for index in range(9000):
+        row = _row(index, **CSV_BAD_LINES.get(index, {}))
+        if delimiter == "," and index % 3 == 0:
+            row["response_a"] = f'say "{index}", then\na new line ' + "z" * 1500
+        rows.append(row)
+    text = _csv_text(rows, delimiter)
+    lines = text.split("\n")
+    bad_line = next(i for i, line in enumerate(lines) if line.startswith(f"4601{delimiter}"))
+    lines[bad_line] = lines[bad_line] + delimiter + "extra"  # one column too many
+    path = tmp_path / ("pairs.csv" if delimiter == "," else "pairs.tsv")
+    data = "\n".join(lines).encode("utf-8")
+    cut = data.index(b"\n", len(data) - 20_000) + 1
+    data = data[:cut] + data[cut:].replace(b"second", b"sec\xffond", 1)
+    path.write_bytes(data)
+    assert path.stat().st_size > 2 * JSONL_BLOCK_BYTES
+    fast = read_feedback(path, on_error="skip", rejects_path=tmp_path / "fast.rejects")
+    batches = list(fast.batches())
+    assert sum(isinstance(batch, PairwiseColumns) for batch in batches) >= 1
+    reference = _row_by_row(path, on_error="skip", rejects_path=tmp_path / "slow.rejects")
+    reference_records = list(reference)
+    fast_records = [
+        record
+        for batch in batches
+        for record in (batch.records() if isinstance(batch, PairwiseColumns) else batch)
+    ]
+    assert fast_records == reference_records
+    assert fast.stats.summary().replace("fast.rejects", "slow.rejects") == (
+        reference.stats.summary()
+    )
+    assert _errors(fast) == _errors(reference)
+    assert (tmp_path / "fast.rejects").read_text() == (tmp_path / "slow.rejects").read_text()
+    assert fast.stats.rejects.counts == {
+        "empty_text": 1,  # the empty id
+        "identical_responses": 1,
+        "unknown_value": 1,
+        "wrong_columns": 1,
+        "bad_encoding": 1,
+    }, fast.stats.rejects.counts
+    assert fast.stats.n_empty_responses == reference.stats.n_empty_responses == 1
+    with pytest.raises(DataError) as fast_error:
+        list(read_feedback(path))
+    with pytest.raises(DataError) as reference_error:
+        list(_row_by_row(path))
+    assert str(fast_error.value) == str(reference_error.value)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        (b'"', b'x"'),  # a quote inside an unquoted field (text, by the lenient rules)
+        (b'"say', b'"say"x'),  # text after a closing quote
+        (b"\n", b"\r\n"),  # Windows line ends
+        (b"first", b"fi\rrst"),  # a carriage return inside an unquoted field
+    ],
+    ids=repr,
+)
+def test_csv_unusual_quoting_reads_as_the_row_by_row_path(damage: tuple, tmp_path: Path) -> None:
+    rows = [_row(index) for index in range(3000)]
+    for index in range(0, 3000, 2):
+        rows[index]["response_a"] = f'say "{index}", then\nmore ' + "z" * 900
+    text = _csv_text(rows, ",").encode("utf-8")
+    old, new = damage
+    at = text.index(old, 100_000)
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(text[:at] + new + text[at + len(old) :])
+    outcomes = []
+    for reader in (read_feedback(path, on_error="skip"), _row_by_row(path, on_error="skip")):
+        try:
+            outcomes.append((list(reader), reader.stats.summary(), _errors(reader)))
+        except Exception as error:  # the csv module's own errors, the same on both paths
+            outcomes.append((type(error), str(error)))
+    assert outcomes[0] == outcomes[1]

@@ -1,5 +1,5 @@
-"""The reader's fast path: a block of JSONL lines (or a Parquet batch) of flat pairwise
-records, decoded and checked in C, kept column by column.
+"""The reader's fast path: a block of JSONL lines (or a Parquet batch, or a block of CSV
+records) of flat pairwise records, decoded and checked in C, kept column by column.
 
 The validating path (:mod:`prefkit.data.layouts` and the record classes) runs
 Python for every row. Most large files are clean canonical pairs, so a block of
@@ -197,28 +197,69 @@ def pairwise_columns_from_arrow(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    types = _FIELD_TYPES[shape]
     names = list(batch.schema.names)
-    if set(names) - set(types) or not _REQUIRED[shape] <= set(names):
+    if not _fits(names, shape):
         return None
     decoded = set(json_columns)
-    columns: dict[str, list[Any]] = {}
+    values: dict[str, list[Any]] = {}
     try:
         for name in names:
             column = batch.column(name)
             if name in decoded:
                 # A null stays null, as on the validating path.
                 text = pc.fill_null(column.cast(pa.string()), "null").to_pylist()
-                values = msgspec.json.decode("[" + ",".join(text) + "]")
+                values[name] = msgspec.json.decode("[" + ",".join(text) + "]")
             else:
-                values = column.to_pylist()
-            columns[_RENAMES[shape].get(name, name)] = msgspec.convert(values, list[types[name]])  # type: ignore[valid-type]
-    except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+                values[name] = column.to_pylist()
+    except (msgspec.DecodeError, TypeError):
+        return None
+    return _typed_columns(values, batch.num_rows, shape, max_text_chars, reject_empty_responses)
+
+
+def pairwise_columns_from_rows(
+    header: list[str],
+    rows: list[list[str]],
+    *,
+    shape: str,
+    max_text_chars: int,
+    reject_empty_responses: bool,
+) -> PairwiseColumns | None:
+    """CSV records (``rows``: one string per ``header`` name) as columns, or ``None`` when
+    any row needs the validating path. Every value is a string, so only string fields
+    (ids, texts, the outcome, the category) can be accepted; each column is checked
+    against the field's type with ``msgspec.convert``, as for Parquet."""
+    if not rows or not _fits(header, shape):
+        return None
+    values = {name: list(column) for name, column in zip(header, zip(*rows), strict=True)}
+    return _typed_columns(values, len(rows), shape, max_text_chars, reject_empty_responses)
+
+
+def _fits(names: list[str], shape: str) -> bool:
+    """Whether a block with the fields ``names`` can be of ``shape``."""
+    types = _FIELD_TYPES[shape]
+    return not set(names) - set(types) and _REQUIRED[shape] <= set(names)
+
+
+def _typed_columns(
+    values: dict[str, list[Any]],
+    n_rows: int,
+    shape: str,
+    max_text_chars: int,
+    reject_empty_responses: bool,
+) -> PairwiseColumns | None:
+    """Decoded field values, type-checked and renamed to canonical names, then
+    :func:`_checked`; ``None`` if any value does not fit its field."""
+    types = _FIELD_TYPES[shape]
+    columns: dict[str, list[Any]] = {}
+    try:
+        for name, column in values.items():
+            columns[_RENAMES[shape].get(name, name)] = msgspec.convert(column, list[types[name]])  # type: ignore[valid-type]
+    except (msgspec.ValidationError, TypeError):
         return None
     for name in ("strength", "margin", "soft_label", "weight", "category"):
-        columns.setdefault(name, [None] * batch.num_rows)
+        columns.setdefault(name, [None] * n_rows)
     if "metadata" not in columns:
-        columns["metadata"] = [{} for _ in range(batch.num_rows)]
+        columns["metadata"] = [{} for _ in range(n_rows)]
     return _checked(columns, max_text_chars, reject_empty_responses)
 
 

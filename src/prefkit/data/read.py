@@ -12,7 +12,7 @@ the folder's files for multi-file collections). Every row that yields no record
 is either rejected (counted by reason, and written to the rejects file with
 ``on_error="skip"``) or, for collections, dropped with a stated reason.
 
-A single JSONL or Parquet file in the ``prefkit`` layout (canonical records, or
+A single JSONL, Parquet or CSV/TSV file in the ``prefkit`` layout (canonical records, or
 canonical field names) is read block by block; a block of clean flat pairs
 takes the fast path (:mod:`prefkit.data.fastpath`), any other block the
 row-by-row path, so results and errors are the same either way.
@@ -33,6 +33,7 @@ from prefkit.data.fastpath import (
     PairwiseColumns,
     decode_pairwise_block,
     pairwise_columns_from_arrow,
+    pairwise_columns_from_rows,
 )
 from prefkit.data.layouts import (
     NAMED_LAYOUTS,
@@ -45,9 +46,11 @@ from prefkit.data.layouts import (
 )
 from prefkit.data.records import AnyRecord, FieldError, Text, text_length
 from prefkit.data.sources import (
+    CSV_SUFFIXES,
     JSONL_SUFFIXES,
     PARQUET_SUFFIXES,
     RawRow,
+    iter_csv_blocks,
     iter_jsonl_blocks,
     iter_jsonl_lines,
     iter_parquet_batches,
@@ -206,6 +209,8 @@ class FeedbackReader:
                 yield from self._read_jsonl_blocks()
             elif self._fast_file(PARQUET_SUFFIXES):
                 yield from self._read_parquet_batches()
+            elif self._fast_file(CSV_SUFFIXES):
+                yield from self._read_csv_blocks()
             else:
                 yield from self._read_rows(iter_rows(self.path))
         finally:
@@ -261,6 +266,27 @@ class FeedbackReader:
                 yield from self._read_rows(
                     parquet_batch_rows(batch, json_columns, source, first_index)
                 )
+                continue
+            self._count_columns(columns)
+            yield columns
+
+    def _read_csv_blocks(self) -> Iterator[AnyRecord | PairwiseColumns]:
+        """A CSV/TSV file block by block: the fast path where it applies, else row by row."""
+        for header, values, rows in iter_csv_blocks(self.path):
+            shape = self._fast_shape()
+            columns = (
+                None
+                if shape is None or values is None
+                else pairwise_columns_from_rows(
+                    header,
+                    values,
+                    shape=shape,
+                    max_text_chars=self.max_text_chars,
+                    reject_empty_responses=self.reject_empty_responses,
+                )
+            )
+            if columns is None:
+                yield from self._read_rows(rows)
                 continue
             self._count_columns(columns)
             yield columns

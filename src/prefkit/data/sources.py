@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -387,37 +388,34 @@ def _sniff_delimiter(header: str, suffix: str) -> str:
     return "\t" if header.count("\t") > header.count(",") else ","
 
 
-def _iter_csv(path: Path) -> Iterator[RawRow]:
-    """CSV or TSV with a header line; a header starting with ``#`` is accepted.
+@dataclass
+class CsvDialect:
+    """How a CSV/TSV file is read: its header and the ``csv`` module's settings."""
+
+    header: list[str]
+    delimiter: str
+    quoting: int
+
+
+def _read_csv_header(handle: io.BufferedIOBase, path: Path) -> CsvDialect | None:
+    """The header line (``None`` for an empty file); a header starting with ``#`` is accepted.
 
     Tab-separated files are read without quote handling (a ``"`` is text),
     since they rarely quote and an unmatched quote would swallow lines;
     comma-separated files use standard CSV quoting.
     """
     source = str(path)
-    bad_lines: dict[int, DataError] = {}
-
-    def lines() -> Iterator[str]:
-        with _open_binary(path) as handle:
-            for number, raw in enumerate(handle, start=1):
-                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]
-                text, error = _decode(raw, source, number)
-                if error is not None:
-                    bad_lines[number] = error
-                    text = raw.decode("utf-8", errors="replace")
-                yield text  # type: ignore[misc]
-
-    stream = lines()
-    try:
-        header_line = next(stream)
-    except StopIteration:
-        return
-    if 1 in bad_lines:
-        raise bad_lines[1]
-    delimiter = _sniff_delimiter(header_line, suffix_of(path))
+    raw = handle.readline()
+    if not raw:
+        return None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    header_line, error = _decode(raw, source, 1)
+    if error is not None:
+        raise error
+    delimiter = _sniff_delimiter(header_line, suffix_of(path))  # type: ignore[arg-type]
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    header = next(csv.reader([header_line], delimiter=delimiter, quoting=quoting))
+    header = next(csv.reader([header_line], delimiter=delimiter, quoting=quoting))  # type: ignore[list-item]
     if header and header[0].startswith("#"):
         header[0] = header[0].lstrip("#").strip()
     header = [name.strip() for name in header]
@@ -425,10 +423,29 @@ def _iter_csv(path: Path) -> Iterator[RawRow]:
         raise DataError(
             source, 1, None, f"duplicate column names in the header {header}", reason="bad_header"
         )
-    reader = csv.reader(stream, delimiter=delimiter, quoting=quoting)
-    previous_end = 1
+    return CsvDialect(header, delimiter, quoting)
+
+
+def _csv_rows(
+    raw_lines: Iterable[bytes], dialect: CsvDialect, source: str, first_line: int
+) -> Iterator[RawRow]:
+    """Rows of the CSV records in ``raw_lines`` (lines after the header, as a binary file
+    iterates them), the first on line ``first_line``."""
+    bad_lines: dict[int, DataError] = {}
+    header = dialect.header
+
+    def lines() -> Iterator[str]:
+        for number, raw in enumerate(raw_lines, start=first_line):
+            text, error = _decode(raw, source, number)
+            if error is not None:
+                bad_lines[number] = error
+                text = raw.decode("utf-8", errors="replace")
+            yield text  # type: ignore[misc]
+
+    reader = csv.reader(lines(), delimiter=dialect.delimiter, quoting=dialect.quoting)
+    previous_end = first_line - 1
     for values in reader:
-        start, end = previous_end + 1, reader.line_num + 1
+        start, end = previous_end + 1, reader.line_num + first_line - 1
         previous_end = end
         if not values or (len(values) == 1 and not values[0].strip()):
             continue
@@ -448,11 +465,102 @@ def _iter_csv(path: Path) -> Iterator[RawRow]:
                     None,
                     f"expected {len(header)} columns ({', '.join(header)}), found {len(values)}",
                     reason="wrong_columns",
-                    raw=delimiter.join(values),
+                    raw=dialect.delimiter.join(values),
                 ),
             )
             continue
         yield RawRow(source, start, dict(zip(header, values, strict=True)), "line")
+
+
+def _iter_csv(path: Path) -> Iterator[RawRow]:
+    """CSV or TSV with a header line (see :func:`_read_csv_header`)."""
+    with _open_binary(path) as handle:
+        dialect = _read_csv_header(handle, path)
+        if dialect is not None:
+            yield from _csv_rows(handle, dialect, str(path), 2)
+
+
+CsvBlock = tuple[list[str], list[list[str]] | None, Iterator[RawRow]]
+"""``(header, values, rows)``: one block of whole records of a CSV/TSV file. ``values``
+holds each record's fields (strings, as many as the header has) when every record of
+the block is such a clean row, else ``None``; ``rows`` (lazy) are the block's
+:class:`RawRow` objects, as :func:`iter_file_rows` gives them."""
+
+
+def _record_end(block: bytes, quoting: int) -> int:
+    """Where the last whole record of ``block`` (whole lines) may end: after the last
+    newline preceded by an even number of quotes (0 when there is none). An odd count
+    means the newline is inside a quoted field, if the file quotes as CSV does; whether
+    it does is checked by parsing the block strictly."""
+    if quoting == csv.QUOTE_NONE:
+        return len(block)
+    import numpy as np
+
+    data = np.frombuffer(block, np.uint8)
+    newlines = np.flatnonzero(data == ord("\n"))
+    even = np.flatnonzero(np.cumsum(data == ord('"'))[newlines] % 2 == 0)
+    return int(newlines[even[-1]]) + 1 if even.size else 0
+
+
+def _strict_values(block: bytes, dialect: CsvDialect) -> tuple[bool, list[list[str]] | None]:
+    """``(parsed, values)``: whether ``block`` parses as whole records with the ``csv``
+    module's strict rules (then it ends where a record ends, and its records are what the
+    lenient reader gives), and the records when they are all clean rows."""
+    try:
+        text, clean = block.decode("utf-8"), True
+    except UnicodeDecodeError:
+        # Same quotes, delimiters and newlines as the per-line decoding; not clean.
+        text, clean = block.decode("utf-8", errors="surrogateescape"), False
+    reader = csv.reader(
+        io.StringIO(text, newline="\n"),
+        delimiter=dialect.delimiter,
+        quoting=dialect.quoting,
+        strict=True,
+    )
+    try:
+        values = list(reader)
+    except csv.Error:
+        return False, None
+    width = len(dialect.header)
+    clean = clean and width > 1 and bool(values) and set(map(len, values)) == {width}
+    return True, values if clean else None
+
+
+def iter_csv_blocks(path: Path, block_bytes: int = JSONL_BLOCK_BYTES) -> Iterator[CsvBlock]:
+    """A CSV/TSV file in blocks of whole records (see :data:`CsvBlock`).
+
+    Blocks end where a record ends: at a newline outside quotes, checked by a
+    strict parse of the block. The first block is short (64 KiB), as for JSONL.
+    Where no such end is found (a block that the strict rules refuse, or no
+    record end within four blocks), the rest of the file is one last block,
+    read only by the lenient reader.
+    """
+    source = str(path)
+    with _open_binary(path) as handle:
+        dialect = _read_csv_header(handle, path)
+        if dialect is None:
+            return
+        first_line, pending, size = 2, b"", min(block_bytes, 1 << 16)
+        while True:
+            chunk = handle.read(size)
+            size = block_bytes
+            data = pending + chunk
+            if not data:
+                return
+            cut = (
+                _record_end(data[: data.rfind(b"\n") + 1], dialect.quoting) if chunk else len(data)
+            )
+            if cut == 0 and len(data) <= 4 * block_bytes:
+                pending = data
+                continue
+            block, pending = data[:cut], data[cut:]
+            parsed, values = _strict_values(block, dialect) if cut else (False, None)
+            if not parsed:
+                rest = itertools.chain(io.BytesIO(block + pending + handle.readline()), handle)
+                yield dialect.header, None, _csv_rows(rest, dialect, source, first_line)
+                return
+            yield dialect.header, values, _csv_rows(io.BytesIO(block), dialect, source, first_line)
+            first_line += block.count(b"\n") + (not block.endswith(b"\n"))
 
 
 def _iter_arrow_file(file: Path, source: str) -> Iterator[dict[str, Any]]:

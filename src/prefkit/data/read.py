@@ -20,9 +20,10 @@ row-by-row path, so results and errors are the same either way.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,66 +228,59 @@ class FeedbackReader:
     def _read_jsonl_blocks(self) -> Iterator[AnyRecord | PairwiseColumns]:
         """A JSONL file block by block: the fast path where it applies, else row by row."""
         source = str(self.path)
-        for first_line, n_lines, block in iter_jsonl_blocks(self.path):
-            shape = self._fast_shape()
-            columns = (
-                None
-                if shape is None
-                else decode_pairwise_block(
-                    block,
-                    n_lines,
-                    shape=shape,
-                    max_text_chars=self.max_text_chars,
-                    reject_empty_responses=self.reject_empty_responses,
-                )
+        yield from self._read_blocks(
+            (
+                functools.partial(decode_pairwise_block, block, n_lines),
+                functools.partial(iter_jsonl_lines, io.BytesIO(block), source, first_line),
             )
-            if columns is None:
-                yield from self._read_rows(iter_jsonl_lines(io.BytesIO(block), source, first_line))
-                continue
-            self._count_columns(columns)
-            yield columns
+            for first_line, n_lines, block in iter_jsonl_blocks(self.path)
+        )
 
     def _read_parquet_batches(self) -> Iterator[AnyRecord | PairwiseColumns]:
         """A Parquet file batch by batch: the fast path where it applies, else row by row."""
         source = str(self.path)
-        for first_index, batch, json_columns in iter_parquet_batches(self.path):
-            shape = self._fast_shape()
-            columns = (
-                None
-                if shape is None
-                else pairwise_columns_from_arrow(
-                    batch,
-                    json_columns,
-                    shape=shape,
-                    max_text_chars=self.max_text_chars,
-                    reject_empty_responses=self.reject_empty_responses,
-                )
+        yield from self._read_blocks(
+            (
+                functools.partial(pairwise_columns_from_arrow, batch, json_columns),
+                functools.partial(parquet_batch_rows, batch, json_columns, source, first_index),
             )
-            if columns is None:
-                yield from self._read_rows(
-                    parquet_batch_rows(batch, json_columns, source, first_index)
-                )
-                continue
-            self._count_columns(columns)
-            yield columns
+            for first_index, batch, json_columns in iter_parquet_batches(self.path)
+        )
 
     def _read_csv_blocks(self) -> Iterator[AnyRecord | PairwiseColumns]:
         """A CSV/TSV file block by block: the fast path where it applies, else row by row."""
-        for header, values, rows in iter_csv_blocks(self.path):
+        yield from self._read_blocks(
+            (
+                None
+                if values is None
+                else functools.partial(pairwise_columns_from_rows, header, values),
+                functools.partial(iter, rows),
+            )
+            for header, values, rows in iter_csv_blocks(self.path)
+        )
+
+    def _read_blocks(
+        self,
+        blocks: Iterable[
+            tuple[Callable[..., PairwiseColumns | None] | None, Callable[[], Iterable[RawRow]]]
+        ],
+    ) -> Iterator[AnyRecord | PairwiseColumns]:
+        """Each block as checked columns when the fast path takes it (``decode`` gives None
+        when it does not), else its rows through the validating path. The shape is looked up
+        per block: the layout may only be known after the first block's rows."""
+        for decode, rows in blocks:
             shape = self._fast_shape()
             columns = (
                 None
-                if shape is None or values is None
-                else pairwise_columns_from_rows(
-                    header,
-                    values,
+                if shape is None or decode is None
+                else decode(
                     shape=shape,
                     max_text_chars=self.max_text_chars,
                     reject_empty_responses=self.reject_empty_responses,
                 )
             )
             if columns is None:
-                yield from self._read_rows(rows)
+                yield from self._read_rows(rows())
                 continue
             self._count_columns(columns)
             yield columns

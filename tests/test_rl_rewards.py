@@ -236,8 +236,9 @@ def test_uncertainty_penalty_is_mean_minus_l_std(ensemble_folder) -> None:
 
 @pytest.fixture(scope="module")
 def classifier_folder(tmp_path_factory) -> Path:
-    from test_eval_hf_scorers import CHAT_TEMPLATE, build_tokenizer, tiny_config
     from transformers import LlamaForSequenceClassification
+
+    from test_eval_hf_scorers import CHAT_TEMPLATE, build_tokenizer, tiny_config
 
     folder = tmp_path_factory.mktemp("rl-reward-classifier")
     tokenizer = build_tokenizer(CHAT_TEMPLATE)
@@ -354,7 +355,10 @@ def test_conversation_prompts_use_the_policy_chat_template(faulty_server) -> Non
     conversation = (Message("user", "hi"),)
     with load_reward([url], policy_tokenizer=tokenizer) as reward:
         reward([conversation], ["a b"], [[1]])
-    assert handler.seen[-1] == {"query": ["<user>hi<assistant>a b"], "prompts": ["<user>hi<assistant>"]}
+    assert handler.seen[-1] == {
+        "query": ["<user>hi<assistant>a b"],
+        "prompts": ["<user>hi<assistant>"],
+    }
 
 
 def test_reward_is_a_context_manager_that_closes_clients(faulty_server) -> None:

@@ -85,7 +85,7 @@ class RewardFunction(abc.ABC):
     ) -> Any:
         """One value (a number or None) per sample."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a hook: most rewards hold nothing to release)
         """Release clients and threads (nothing by default)."""
 
 

@@ -74,7 +74,7 @@ from torch import Tensor, nn
 from prefkit.data.records import Text, text_key
 from prefkit.errors import UserInputError
 from prefkit.generate.config import sequence_seed
-from prefkit.generate.engines import HFEngine, Request
+from prefkit.generate.engines import Completion, HFEngine, Request
 from prefkit.generate.prompts import PromptItem
 from prefkit.losses.preference import PairedLogps
 from prefkit.losses.rl import (
@@ -89,7 +89,7 @@ from prefkit.losses.rl import (
     rloo_advantages,
 )
 from prefkit.rl.config import RLConfig
-from prefkit.rl.logprobs import completion_token_logps
+from prefkit.rl.logprobs import TokenLogps, completion_token_logps
 from prefkit.train.loop import (
     OptimizerFactory,
     TrainCallback,
@@ -223,7 +223,8 @@ class _Rollout:
     num_sequences: int
     num_pairs: int
     """online_dpo: pairs trained on in the whole step."""
-    metrics: dict[str, float]
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The step's generation metrics, logged with every step trained on these samples."""
 
 
 def _pad(rows: Sequence[Tensor]) -> Tensor:
@@ -284,6 +285,8 @@ class RLTask:
         self.positions: dict[int, int] = {}
         self.generation_seconds = 0.0
         self.reward_seconds = 0.0
+        self._permutation: tuple[int, list[int]] = (-1, [])
+        """(pass, the prompt order of that pass), the last one used."""
 
     # -- the loop's interface
 
@@ -407,45 +410,49 @@ class RLTask:
         permutations of the prompts, one per pass)."""
         stream = self._stream_index(position)
         count = len(self.prompts)
-        permutation = torch.randperm(count, generator=epoch_generator(self.seed, stream // count))
-        return self.prompts[int(permutation[stream % count])]
+        passed = stream // count
+        if self._permutation[0] != passed:
+            generator = epoch_generator(self.seed, passed)
+            self._permutation = (passed, torch.randperm(count, generator=generator).tolist())
+        return self.prompts[self._permutation[1][stream % count]]
 
-    def _reference_logps(self, model: nn.Module, rows: Sequence[Any]) -> Tensor:
+    def _reference_logps(self, model: nn.Module, rows: Sequence[Any]) -> TokenLogps:
         if self.reference_model is not None:
             device = next(model.parameters()).device
             self.reference_model.to(device)
-            return completion_token_logps(self.reference_model, rows, self.pad_id).logps
+            return completion_token_logps(self.reference_model, rows, self.pad_id)
         if self.use_adapter_reference:
             with model.disable_adapter():  # type: ignore[operator]
-                return completion_token_logps(model, rows, self.pad_id).logps
+                return completion_token_logps(model, rows, self.pad_id)
         raise RuntimeError("RLTask: a reference is needed but none was given")
 
     def _score(
-        self, prompts: Sequence[RLPrompt], texts: Sequence[str], ids: Sequence[Sequence[int]]
+        self, prompts: Sequence[RLPrompt], completions: Sequence[Completion]
     ) -> tuple[list[float | None], dict[str, list[float | None]]]:
+        """Rewards of the completions (one prompt each) and each function's own values."""
         columns = {
             name: [prompt.columns[name] for prompt in prompts] for name in prompts[0].columns
         }
         output = self.reward(
-            [prompt.prompt for prompt in prompts], list(texts), list(ids), **columns
+            [prompt.prompt for prompt in prompts],
+            [completion.text for completion in completions],
+            [completion.token_ids for completion in completions],
+            **columns,
         )
         rewards = list(output.rewards)
-        if len(rewards) != len(texts):
+        if len(rewards) != len(completions):
             raise UserInputError(
-                f"the reward returned {len(rewards)} values for {len(texts)} completions"
+                f"the reward returned {len(rewards)} values for {len(completions)} completions"
             )
+        for index, value in enumerate(rewards):
+            if value is not None and not math.isfinite(float(value)):
+                raise UserInputError(f"the reward of sample {index} is {value}; it must be finite")
         return rewards, {name: list(values) for name, values in output.per_function.items()}
 
-    def _roll_out(
-        self,
-        model: nn.Module,
-        positions: Sequence[int],
-        prompts_in_step: int,
-        sum_over_ranks: Callable[[Tensor], Tensor],
-    ) -> _Rollout:
-        config, group = self.config, self.config.generations
-        started = time.perf_counter()
-        prompts = [self._prompt_at(position) for position in positions]
+    def _generate(
+        self, positions: Sequence[int], prompts: Sequence[RLPrompt]
+    ) -> tuple[list[Completion], list[Completion] | None]:
+        """G samples per prompt (prompt-major), and ReMax's greedy completion of each prompt."""
         requests = [
             Request(
                 prompt.prompt_ids,
@@ -454,239 +461,174 @@ class RLTask:
                 ),
             )
             for position, prompt in zip(positions, prompts, strict=True)
-            for sample in range(group)
+            for sample in range(self.config.generations)
         ]
-        completions = self.engine.generate(requests, self.sampling)
+        samples = self.engine.generate(requests, self.sampling)
         greedy = None
-        if config.algo == "remax":
+        if self.config.algo == "remax":
             greedy_requests = [Request(prompt.prompt_ids, 0) for prompt in prompts]
             greedy = self.engine.generate(greedy_requests, self.greedy)
-        generation_s = time.perf_counter() - started
+        return samples, greedy
 
-        started = time.perf_counter()
-        sample_prompts = [prompt for prompt in prompts for _ in range(group)]
-        ids = [
-            completion.token_ids or (self.engine.eos_ids or [self.pad_id])[:1]
-            for completion in completions
-        ]
-        ids = [tuple(row) for row in ids]
-        rewards, per_function = self._score(
-            sample_prompts, [completion.text for completion in completions], ids
-        )
-        greedy_rewards: list[float | None] = []
-        if greedy is not None:
-            greedy_ids = [c.token_ids or (self.engine.eos_ids or [self.pad_id])[:1] for c in greedy]
-            greedy_rewards, _ = self._score(prompts, [c.text for c in greedy], greedy_ids)
-        reward_s = time.perf_counter() - started
-
-        rows = [(prompt.prompt_ids, row) for prompt, row in zip(sample_prompts, ids, strict=True)]
-        needs_old = config.num_iterations > 1 or (
-            config.algo != "online_dpo"
-            and config.needs_reference
-            and config.kl_placement == "reward"
-        )
-        old_logps = (
-            self._chunked(
-                lambda chunk: completion_token_logps(model, chunk, self.pad_id).logps, rows
+    def _generation_logps(
+        self, model: nn.Module, rows: Sequence[tuple[tuple[int, ...], tuple[int, ...]]]
+    ) -> tuple[list[Tensor] | None, list[Tensor] | None]:
+        """Per-sample (length,) log-probs of the policy as it generated (when a later iteration
+        or the KL in the reward needs them) and of the reference (when there is one)."""
+        config = self.config
+        kl_in_reward = config.algo != "online_dpo" and config.needs_reference
+        kl_in_reward = kl_in_reward and config.kl_placement == "reward"
+        old = None
+        if config.num_iterations > 1 or kl_in_reward:
+            old = self._chunked(
+                lambda chunk: completion_token_logps(model, chunk, self.pad_id), rows
             )
-            if needs_old
-            else None
-        )
-        ref_logps = (
-            self._chunked(lambda chunk: self._reference_logps(model, chunk), rows)
-            if config.needs_reference
-            else None
-        )
-
-        # The per-sample table of the whole step: each process fills its rows, the sums are exact.
-        names = list(per_function)
-        width = 6 + 2 * len(names)
-        table = torch.zeros((prompts_in_step * group, width), dtype=torch.float64)
-        lengths = [len(row) for row in ids]
-        for local, completion in enumerate(completions):
-            row = positions[local // group] * group + local % group
-            reward = rewards[local]
-            table[row, 0] = 1.0  # present
-            table[row, 1] = 0.0 if reward is None else 1.0
-            table[row, 2] = 0.0 if reward is None else _finite(reward, local)
-            table[row, 3] = lengths[local]
-            table[row, 4] = completion.finish_reason == "eos"
-            table[row, 5] = completion.finish_reason == "length"
-            for column, name in enumerate(names):
-                value = per_function[name][local]
-                table[row, 6 + 2 * column] = value is not None
-                table[row, 7 + 2 * column] = 0.0 if value is None else float(value)
-        table = sum_over_ranks(table)
-        greedy_table = torch.zeros((prompts_in_step, 2), dtype=torch.float64)
-        for local, value in enumerate(greedy_rewards):
-            greedy_table[positions[local], 0] = value is not None
-            greedy_table[positions[local], 1] = 0.0 if value is None else _finite(value, local)
-        if greedy is not None:
-            greedy_table = sum_over_ranks(greedy_table)
-
-        # Token-level KL of each sample at generation time (for the reward), also summed over ranks.
-        sequence_kl = torch.zeros(prompts_in_step * group, dtype=torch.float64)
-        token_kl_table = None
-        if (
-            old_logps is not None
-            and ref_logps is not None
-            and config.kl_placement == "reward"
-            and config.algo != "online_dpo"
-        ):
-            width_t = config.max_new_tokens
-            token_kl_table = torch.zeros((prompts_in_step * group, width_t), dtype=torch.float64)
-            for local in range(len(completions)):
-                row = positions[local // group] * group + local % group
-                mask = torch.ones((1, lengths[local]), dtype=torch.bool)
-                kl = kl_per_token(old_logps[local][None], ref_logps[local][None], mask, config.kl)[
-                    0
-                ]
-                token_kl_table[row, : lengths[local]] = kl.double()
-            token_kl_table = sum_over_ranks(token_kl_table)
-            sequence_kl = token_kl_table.sum(1)
-
-        valid = table[:, 1].reshape(prompts_in_step, group) > 0.5  # (P, G)
-        raw_rewards = table[:, 2].reshape(prompts_in_step, group)
-        ended = table[:, 4].reshape(prompts_in_step, group) > 0.5
-        rewards_t = missing_eos_penalty(raw_rewards, ended, config.missing_eos_penalty)
-        if config.reward_clip is not None:
-            rewards_t = clip_rewards(rewards_t, config.reward_clip)
-        advantages_global, chosen, pair_valid = self._advantages(
-            rewards_t,
-            valid,
-            sequence_kl.reshape(prompts_in_step, group),
-            token_kl_table,
-            table[:, 3].long(),
-            greedy_table,
-        )
-        num_tokens = int(table[:, 3].sum().item())
-        rollout = _Rollout(
-            completions={},
-            advantages={},
-            old_logps={} if old_logps is not None and config.num_iterations > 1 else None,
-            ref_logps={} if ref_logps is not None else None,
-            chosen={},
-            pair_valid={},
-            num_tokens=num_tokens,
-            num_sequences=prompts_in_step * group,
-            num_pairs=int(pair_valid.sum().item()) if pair_valid is not None else 0,
-            metrics={},
-        )
-        for index, position in enumerate(positions):
-            locals_ = range(index * group, (index + 1) * group)
-            rollout.completions[position] = [ids[local] for local in locals_]
-            if advantages_global is not None:
-                rollout.advantages[position] = [
-                    _row_advantage(
-                        advantages_global,
-                        position * group + local % group,
-                        lengths[local],
-                        per_token=config.algo == "reinforce_pp",
-                    )
-                    for local in locals_
-                ]
-            else:
-                rollout.advantages[position] = [torch.zeros(()) for _ in locals_]
-            if rollout.old_logps is not None and old_logps is not None:
-                rollout.old_logps[position] = [old_logps[local] for local in locals_]
-            if rollout.ref_logps is not None and ref_logps is not None:
-                rollout.ref_logps[position] = [ref_logps[local] for local in locals_]
-            if chosen is not None and pair_valid is not None:
-                rollout.chosen[position] = int(chosen[position])
-                rollout.pair_valid[position] = bool(pair_valid[position])
-        self.truncated_completions += int(table[:, 5].sum().item())
-        self.generation_seconds += generation_s
-        self.reward_seconds += reward_s
-        rollout.metrics = self._rollout_metrics(table, names, valid, raw_rewards, pair_valid)
-        rollout.metrics.update(generation_s=generation_s, reward_s=reward_s)
-        return rollout
+        ref = None
+        if config.needs_reference:
+            ref = self._chunked(lambda chunk: self._reference_logps(model, chunk), rows)
+        return old, ref
 
     def _chunked(
-        self, score: Callable[[Sequence[Any]], Tensor], rows: Sequence[Any]
+        self, score: Callable[[Sequence[Any]], TokenLogps], rows: Sequence[Any]
     ) -> list[Tensor]:
-        """Per-row token log-probs (each (length,)), scored ``generation_batch_size`` rows at a time."""
+        """Per-row (length,) log-probs, scored ``generation_batch_size`` rows at a time."""
         out: list[Tensor] = []
         size = self.config.generation_batch_size
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
-            logps = score(chunk).detach().cpu()
+            logps = score(chunk).logps.detach().cpu()
             out.extend(logps[index, : len(chunk[index][1])] for index in range(len(chunk)))
         return out
 
-    def _advantages(
+    def _roll_out(
         self,
-        rewards: Tensor,
-        valid: Tensor,
-        sequence_kl: Tensor,
-        token_kl: Tensor | None,
-        lengths: Tensor,
-        greedy_table: Tensor,
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """(P, G) or (P * G, T) advantages of the whole step; online_dpo: (P,) chosen and pair_valid."""
-        config = self.config
-        if config.algo == "online_dpo":
-            tied = rewards[:, 0] == rewards[:, 1]
-            pair_valid = valid.all(dim=1) & ~tied
-            chosen = (rewards[:, 1] > rewards[:, 0]).long()
-            return None, chosen, pair_valid
-        beta = config.beta if config.needs_reference else 0.0
-        shaped = rewards
-        if config.kl_placement == "reward" and beta > 0 and config.algo != "reinforce_pp":
-            shaped = rewards - beta * sequence_kl  # KL-penalised reward r - beta * KL(pi || pi_ref)
-        if config.algo == "grpo":
-            return grpo_advantages(shaped, config.reward_scaling, valid=valid), None, None
-        if config.algo == "rloo":
-            return rloo_advantages(shaped, valid=valid), None, None
-        if config.algo == "remax":
-            greedy_valid = greedy_table[:, 0] > 0.5
-            advantages = remax_advantages(shaped, greedy_table[:, 1])
-            keep = valid & greedy_valid[:, None]
-            return torch.where(keep, advantages, torch.zeros_like(advantages)), None, None
-        # reinforce_pp: per-token returns of the KL-shaped token rewards, whitened over the step.
-        width = config.max_new_tokens
-        mask = torch.arange(width)[None, :] < lengths[:, None]  # (P * G, T)
-        flat_valid = valid.reshape(-1)
-        kl = (
-            token_kl
-            if token_kl is not None and config.kl_placement == "reward"
-            else torch.zeros(mask.shape, dtype=torch.float64)
-        )
-        advantages = torch.zeros(mask.shape, dtype=torch.float64)
-        if flat_valid.any():
-            advantages[flat_valid] = reinforce_pp_advantages(
-                rewards.reshape(-1)[flat_valid], kl[flat_valid], mask[flat_valid], beta
-            )
-        return advantages, None, None
+        model: nn.Module,
+        positions: Sequence[int],
+        prompts_in_step: int,
+        sum_over_ranks: Callable[[Tensor], Tensor],
+    ) -> _Rollout:
+        """Generate, score and prepare this process's share of the step (``positions`` of a
+        global batch of ``prompts_in_step`` prompts); statistics are those of the whole step."""
+        config, group = self.config, self.config.generations
+        started = time.perf_counter()
+        prompts = [self._prompt_at(position) for position in positions]
+        samples, greedy = self._generate(positions, prompts)
+        generation_s = time.perf_counter() - started
 
-    def _rollout_metrics(
-        self,
-        table: Tensor,
-        names: Sequence[str],
-        valid: Tensor,
-        raw_rewards: Tensor,
-        pair_valid: Tensor | None,
-    ) -> dict[str, float]:
-        kept = raw_rewards[valid]
-        lengths = table[:, 3]
-        metrics = {
-            "reward": float(kept.mean()) if kept.numel() else math.nan,
-            "reward_std": float(kept.std(unbiased=False)) if kept.numel() else math.nan,
-            "reward_none_fraction": float(1 - valid.double().mean()),
-            "zero_spread_groups": float(_zero_spread(raw_rewards, valid).double().mean()),
-            "completion_length": float(lengths.mean()),
-            "completion_length_min": float(lengths.min()),
-            "completion_length_max": float(lengths.max()),
-            "eos_fraction": float(table[:, 4].mean()),
-            "truncated_fraction": float(table[:, 5].mean()),
+        started = time.perf_counter()
+        sample_prompts = [prompt for prompt in prompts for _ in range(group)]
+        rewards, per_function = self._score(sample_prompts, samples)
+        greedy_rewards = None if greedy is None else self._score(prompts, greedy)[0]
+        reward_s = time.perf_counter() - started
+
+        rows = [
+            (prompt.prompt_ids, sample.token_ids)
+            for prompt, sample in zip(sample_prompts, samples, strict=True)
+        ]
+        old_logps, ref_logps = self._generation_logps(model, rows)
+        token_kl = None
+        if old_logps is not None and ref_logps is not None and config.kl_placement == "reward":
+            token_kl = [
+                kl_per_token(
+                    old[None], ref[None], torch.ones((1, len(old)), dtype=torch.bool), config.kl
+                )[0]
+                for old, ref in zip(old_logps, ref_logps, strict=True)
+            ]
+        step_rows = [
+            positions[local // group] * group + local % group for local in range(len(rows))
+        ]
+        table = _StepTable.gather(
+            step_rows,
+            prompts_in_step,
+            group,
+            samples,
+            rewards,
+            per_function,
+            positions,
+            greedy_rewards,
+            token_kl,
+            config.max_new_tokens,
+            sum_over_ranks,
+        )
+        advantages, chosen, pair_valid = self._advantages(table)
+
+        rollout = _Rollout(
+            completions={},
+            advantages={},
+            old_logps={} if config.num_iterations > 1 else None,
+            ref_logps={} if ref_logps is not None else None,
+            chosen={},
+            pair_valid={},
+            num_tokens=int(table.lengths.sum()),
+            num_sequences=prompts_in_step * group,
+            num_pairs=0 if pair_valid is None else int(pair_valid.sum()),
+        )
+        for index, position in enumerate(positions):
+            mine = range(index * group, (index + 1) * group)
+            rollout.completions[position] = [rows[local][1] for local in mine]
+            rollout.advantages[position] = [
+                _sample_advantage(
+                    advantages, step_rows[local], len(rows[local][1]), config.algo == "reinforce_pp"
+                )
+                for local in mine
+            ]
+            if rollout.old_logps is not None and old_logps is not None:
+                rollout.old_logps[position] = [old_logps[local] for local in mine]
+            if rollout.ref_logps is not None and ref_logps is not None:
+                rollout.ref_logps[position] = [ref_logps[local] for local in mine]
+            if chosen is not None and pair_valid is not None:
+                rollout.chosen[position] = int(chosen[position])
+                rollout.pair_valid[position] = bool(pair_valid[position])
+        self.truncated_completions += int(table.truncated.sum())
+        self.generation_seconds += generation_s
+        self.reward_seconds += reward_s
+        rollout.metrics = {
+            **table.metrics(),
             "truncated_completions": float(self.truncated_completions),
+            "generation_s": generation_s,
+            "reward_s": reward_s,
         }
-        for column, name in enumerate(names):
-            present = table[:, 6 + 2 * column] > 0.5
-            values = table[present, 7 + 2 * column]
-            metrics[f"reward/{name}"] = float(values.mean()) if values.numel() else math.nan
         if pair_valid is not None:
-            metrics["skipped_pairs"] = float((~pair_valid).sum())
-        return metrics
+            rollout.metrics["skipped_pairs"] = float((~pair_valid).sum())
+        return rollout
+
+    def _advantages(self, table: _StepTable) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Advantages of the whole step: (P, G), or (P * G, T) per token for reinforce_pp;
+        online_dpo instead gives (P,) the chosen sample and (P,) whether the pair is trained on."""
+        config = self.config
+        rewards = missing_eos_penalty(table.rewards, table.ended, config.missing_eos_penalty)
+        if config.reward_clip is not None:
+            rewards = clip_rewards(rewards, config.reward_clip)
+        valid = table.valid
+        if config.algo == "online_dpo":
+            pair_valid = valid.all(dim=1) & (rewards[:, 0] != rewards[:, 1])  # ties are skipped
+            return None, (rewards[:, 1] > rewards[:, 0]).long(), pair_valid
+        beta = config.beta if table.token_kl is not None else 0.0
+        if config.algo == "reinforce_pp":
+            # per-token returns of -beta * KL_t plus the reward on the last token, whitened
+            flat_valid = valid.reshape(-1)
+            mask = torch.arange(config.max_new_tokens)[None, :] < table.lengths[:, None]
+            token_kl = table.token_kl if table.token_kl is not None else torch.zeros(mask.shape)
+            advantages = torch.zeros(mask.shape, dtype=torch.float64)
+            if flat_valid.any():
+                advantages[flat_valid] = reinforce_pp_advantages(
+                    rewards.reshape(-1)[flat_valid],
+                    token_kl.double()[flat_valid],
+                    mask[flat_valid],
+                    beta,
+                )
+            return advantages, None, None
+        if table.token_kl is not None:
+            sequence_kl = table.token_kl.sum(1).reshape(rewards.shape)
+            rewards = rewards - beta * sequence_kl  # the KL-penalised reward r - beta * KL
+        if config.algo == "grpo":
+            return grpo_advantages(rewards, config.reward_scaling, valid=valid), None, None
+        if config.algo == "rloo":
+            return rloo_advantages(rewards, valid=valid), None, None
+        assert table.greedy_rewards is not None and table.greedy_valid is not None
+        advantages = remax_advantages(rewards, table.greedy_rewards)
+        keep = valid & table.greedy_valid[:, None]
+        return torch.where(keep, advantages, torch.zeros_like(advantages)), None, None
 
     def _pair_losses(
         self,
@@ -720,25 +662,124 @@ class RLTask:
         return losses * prompts_in_step / max(num_pairs, 1)
 
 
-def _row_advantage(advantages: Tensor, row: int, length: int, per_token: bool) -> Tensor:
-    """Sample ``row``'s advantage: 0-d from (P, G), or its (length,) tokens from (P * G, T)."""
+def _sample_advantage(advantages: Tensor | None, row: int, length: int, per_token: bool) -> Tensor:
+    """Step row ``row``'s advantage: 0-d from (P, G), its (length,) tokens from (P * G, T)
+    when ``per_token``, or 0 when the algorithm has none (online_dpo)."""
+    if advantages is None:
+        return torch.zeros(())
     if per_token:
         return advantages[row, :length].float()
     return advantages.reshape(-1)[row].float()
 
 
-def _zero_spread(rewards: Tensor, valid: Tensor) -> Tensor:
-    """(P,) bool: groups whose valid rewards are all equal (or fewer than two are valid)."""
-    high = torch.where(valid, rewards, torch.full_like(rewards, -math.inf)).max(1).values
-    low = torch.where(valid, rewards, torch.full_like(rewards, math.inf)).min(1).values
-    return (valid.sum(1) < 2) | (high == low)
+@dataclass
+class _StepTable:
+    """Per-sample values of the whole step, every process's samples included.
 
+    Row ``p * G + i`` (or ``[p, i]``) is sample ``i`` of the prompt at position ``p``
+    of the global batch. Each process fills the rows of its own prompts into one
+    zero table and the tables are summed over the processes, which is exact (x + 0).
+    """
 
-def _finite(value: Any, index: int) -> float:
-    number = float(value)
-    if not math.isfinite(number):
-        raise UserInputError(f"the reward of sample {index} is {number}; rewards must be finite")
-    return number
+    valid: Tensor
+    """(P, G) bool: the sample has a reward."""
+    rewards: Tensor
+    """(P, G) float64 reward (weighted over the functions), 0 where not valid."""
+    lengths: Tensor
+    """(P * G,) long completion tokens, the ending EOS included."""
+    ended: Tensor
+    """(P, G) bool: ended with EOS."""
+    truncated: Tensor
+    """(P * G,) bool: cut at max_new_tokens."""
+    functions: dict[str, tuple[Tensor, Tensor]]
+    """Reward function name -> ((P * G,) bool has a value, (P * G,) float64 values)."""
+    greedy_valid: Tensor | None
+    """(P,) bool, remax: the greedy completion has a reward."""
+    greedy_rewards: Tensor | None
+    """(P,) float64, remax: the greedy completion's reward."""
+    token_kl: Tensor | None
+    """(P * G, max_new_tokens) float64 per-token KL at generation time (KL in the reward)."""
+
+    @classmethod
+    def gather(
+        cls,
+        step_rows: Sequence[int],
+        num_prompts: int,
+        group: int,
+        samples: Sequence[Completion],
+        rewards: Sequence[float | None],
+        per_function: Mapping[str, Sequence[float | None]],
+        greedy_positions: Sequence[int] | None,
+        greedy_rewards: Sequence[float | None] | None,
+        token_kl: Sequence[Tensor] | None,
+        max_new_tokens: int,
+        sum_over_ranks: Callable[[Tensor], Tensor],
+    ) -> _StepTable:
+        """The table of the step from this process's samples (``step_rows[k]`` is the step row
+        of local sample k) and, for remax, its prompts' greedy rewards (at ``greedy_positions``)."""
+        names = list(per_function)
+        num_rows = num_prompts * group
+        kl_columns = max_new_tokens if token_kl is not None else 0
+        table = torch.zeros((num_rows, 5 + 2 * len(names) + kl_columns), dtype=torch.float64)
+        for local, row in enumerate(step_rows):
+            reward = rewards[local]
+            table[row, 0] = reward is not None
+            table[row, 1] = 0.0 if reward is None else float(reward)
+            table[row, 2] = len(samples[local].token_ids)
+            table[row, 3] = samples[local].finish_reason == "eos"
+            table[row, 4] = samples[local].finish_reason == "length"
+            for column, name in enumerate(names):
+                value = per_function[name][local]
+                table[row, 5 + 2 * column] = value is not None
+                table[row, 6 + 2 * column] = 0.0 if value is None else float(value)
+            if token_kl is not None:
+                start = 5 + 2 * len(names)
+                table[row, start : start + len(token_kl[local])] = token_kl[local].double()
+        table = sum_over_ranks(table)
+        greedy_valid = greedy_values = None
+        if greedy_positions is not None and greedy_rewards is not None:
+            greedy = torch.zeros((num_prompts, 2), dtype=torch.float64)
+            for position, value in zip(greedy_positions, greedy_rewards, strict=True):
+                greedy[position, 0] = value is not None
+                greedy[position, 1] = 0.0 if value is None else float(value)
+            greedy = sum_over_ranks(greedy)
+            greedy_valid, greedy_values = greedy[:, 0] > 0.5, greedy[:, 1]
+        return cls(
+            valid=(table[:, 0] > 0.5).reshape(num_prompts, group),
+            rewards=table[:, 1].reshape(num_prompts, group),
+            lengths=table[:, 2].long(),
+            ended=(table[:, 3] > 0.5).reshape(num_prompts, group),
+            truncated=table[:, 4] > 0.5,
+            functions={
+                name: (table[:, 5 + 2 * column] > 0.5, table[:, 6 + 2 * column])
+                for column, name in enumerate(names)
+            },
+            greedy_valid=greedy_valid,
+            greedy_rewards=greedy_values,
+            token_kl=table[:, 5 + 2 * len(names) :] if token_kl is not None else None,
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """Reward statistics (of the rewards as given, before penalties) and completion shapes."""
+        kept = self.rewards[self.valid]
+        high = torch.where(self.valid, self.rewards, -math.inf).max(1).values
+        low = torch.where(self.valid, self.rewards, math.inf).min(1).values
+        no_spread = (self.valid.sum(1) < 2) | (high == low)  # (P,)
+        lengths = self.lengths.double()
+        metrics = {
+            "reward": float(kept.mean()) if kept.numel() else math.nan,
+            "reward_std": float(kept.std(unbiased=False)) if kept.numel() else math.nan,
+            "reward_none_fraction": float(1 - self.valid.double().mean()),
+            "zero_spread_groups": float(no_spread.double().mean()),
+            "completion_length": float(lengths.mean()),
+            "completion_length_min": float(lengths.min()),
+            "completion_length_max": float(lengths.max()),
+            "eos_fraction": float(self.ended.double().mean()),
+            "truncated_fraction": float(self.truncated.double().mean()),
+        }
+        for name, (present, values) in self.functions.items():
+            metrics[f"reward/{name}"] = float(values[present].mean()) if present.any() else math.nan
+        return metrics
 
 
 # ---------------------------------------------------------------------------

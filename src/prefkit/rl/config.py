@@ -26,7 +26,14 @@ ALGORITHMS: tuple[str, ...] = ("grpo", "rloo", "remax", "reinforce_pp", "online_
 POLICY_GRADIENT_ALGORITHMS: tuple[str, ...] = ("grpo", "rloo", "remax", "reinforce_pp")
 
 # Settings used by the policy-gradient algorithms only, and by online_dpo only.
-_POLICY_GRADIENT_ONLY = ("kl_estimator", "kl_in", "clip_low", "clip_high", "loss_aggregation")
+_POLICY_GRADIENT_ONLY = (
+    "kl_estimator",
+    "kl_in",
+    "kl_ratio_correction",
+    "clip_low",
+    "clip_high",
+    "loss_aggregation",
+)
 _ONLINE_DPO_ONLY = ("dpo_loss", "dpo_loss_args")
 
 
@@ -67,6 +74,10 @@ class RLConfig:
     kl_in: Literal["loss", "reward"] | None = None
     """Where the KL goes: a loss term beta * KL ('loss'), or subtracted from the reward before the
     advantage ('reward'). None: loss for grpo, reward for rloo, remax and reinforce_pp."""
+    kl_ratio_correction: bool | None = None
+    """With kl_in=loss: multiply each token's KL by the importance ratio pi / pi_old, which makes
+    its gradient the unbiased reverse-KL gradient even where the ratio is 1 (DeepSeek-V3.2, TRL's
+    use_bias_correction_kl). None: on with kl_in=loss."""
     scale_rewards: Literal["group", "batch", "none"] | None = None
     """grpo only: divide the centred rewards by the group's std, the batch's std, or not at all
     (Dr. GRPO). None: group."""
@@ -162,6 +173,11 @@ class RLConfig:
             raise UserInputError(
                 f"RLConfig: lora_dropout must be in [0, 1), got {self.lora_dropout}."
             )
+        if self.kl_ratio_correction is not None and (self.kl_placement != "loss" or self.beta == 0):
+            raise UserInputError(
+                "RLConfig: kl_ratio_correction applies to a KL loss term (kl_in=loss, beta > 0); "
+                "leave it unset."
+            )
         if self.algo == "online_dpo":
             self.dpo_loss_config()  # unknown losses and arguments fail here
 
@@ -192,6 +208,10 @@ class RLConfig:
         if self.kl_estimator is not None:
             return self.kl_estimator
         return "k3" if self.kl_placement == "loss" else "k1"
+
+    @property
+    def ratio_corrected_kl(self) -> bool:
+        return self.kl_ratio_correction is not False
 
     @property
     def reward_scaling(self) -> Literal["group", "batch", "none"]:

@@ -41,13 +41,18 @@ def completion_token_logps(
     rows: Sequence[tuple[Sequence[int], Sequence[int]]],
     pad_id: int,
     *,
+    temperature: float = 1.0,
     with_entropy: bool = False,
 ) -> TokenLogps:
     """Per-token log-probs of ``(prompt_ids, completion_ids)`` rows, in one forward pass.
 
+    The logits are divided by ``temperature`` first, so the log-probs are those of
+    the distribution the completions were sampled from (as TRL's GRPOTrainer).
     Every completion needs at least one token. Only the logits from the shortest
     prompt's last token on are computed (``logits_to_keep``).
     """
+    if any(not completion for _, completion in rows):
+        raise ValueError("completion_token_logps: every completion needs at least one token")
     device = next(model.parameters()).device
     batch = pack_sequences(rows, pad_id)
     first_scored = int(batch.prompt_lengths.min().item())
@@ -61,6 +66,8 @@ def completion_token_logps(
     )[:, :-1]  # (R, keep - 1, V): position t predicts token first_scored + t
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     lengths = torch.tensor([len(completion) for _, completion in rows], device=device)
     width = int(lengths.max().item())
     columns = torch.arange(width, device=device)

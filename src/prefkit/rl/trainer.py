@@ -42,7 +42,11 @@ Departures and choices worth knowing:
 
 - Dropout is off in every forward pass (as TRL's ``disable_dropout``), so the ratio
   at the first iteration is exactly 1 and the log-probs at generation time match
-  the training pass.
+  the training pass. Log-probs are those of the logits divided by the sampling
+  temperature (as TRL), for the policy and the reference.
+- With ``kl_in=loss`` the per-token KL is multiplied by the importance ratio by
+  default (``kl_ratio_correction``; DeepSeek-V3.2, TRL 1.16's default
+  ``use_bias_correction_kl``), which changes its gradient even at ratio 1.
 - ReMax's baseline is the reward function's score of the greedy completion,
   without a KL term (any baseline independent of the sample keeps the gradient
   unbiased).
@@ -341,7 +345,13 @@ class RLTask:
         rollout = self.rollout
         group = self.config.generations
         with _eval_mode(model):
-            scored = completion_token_logps(model, batch.rows, self.pad_id, with_entropy=True)
+            scored = completion_token_logps(
+                model,
+                batch.rows,
+                self.pad_id,
+                temperature=self.config.temperature,
+                with_entropy=True,
+            )
         logps, mask = scored.logps, scored.mask  # (R, C), (R, C)
         assert scored.entropy is not None
         num_prompts = len(batch.rows) // group
@@ -357,9 +367,11 @@ class RLTask:
             policy = clipped_policy_loss(logps, old, batch.advantages.to(device), mask, low, high)
             token_losses = policy.token_losses
             if ref is not None and self.config.kl_placement == "loss":
-                token_losses = token_losses + self.config.beta * kl_per_token(
-                    logps, ref, mask, self.config.kl
-                )  # GRPO eq. 3: - (clipped objective - beta * KL)
+                token_kl = kl_per_token(logps, ref, mask, self.config.kl)
+                if self.config.ratio_corrected_kl:
+                    # DeepSeek-V3.2 (arXiv 2512.02556): KL * pi / pi_old, unbiased reverse-KL gradient
+                    token_kl = token_kl * torch.exp(torch.where(mask, logps - old, 0.0))
+                token_losses = token_losses + self.config.beta * token_kl  # GRPO eq. 3
             losses = (
                 torch.stack(
                     [
@@ -420,10 +432,14 @@ class RLTask:
         if self.reference_model is not None:
             device = next(model.parameters()).device
             self.reference_model.to(device)
-            return completion_token_logps(self.reference_model, rows, self.pad_id)
+            return completion_token_logps(
+                self.reference_model, rows, self.pad_id, temperature=self.config.temperature
+            )
         if self.use_adapter_reference:
             with model.disable_adapter():  # type: ignore[operator]
-                return completion_token_logps(model, rows, self.pad_id)
+                return completion_token_logps(
+                    model, rows, self.pad_id, temperature=self.config.temperature
+                )
         raise RuntimeError("RLTask: a reference is needed but none was given")
 
     def _score(
@@ -481,7 +497,10 @@ class RLTask:
         old = None
         if config.num_iterations > 1 or kl_in_reward:
             old = self._chunked(
-                lambda chunk: completion_token_logps(model, chunk, self.pad_id), rows
+                lambda chunk: completion_token_logps(
+                    model, chunk, self.pad_id, temperature=self.config.temperature
+                ),
+                rows,
             )
         ref = None
         if config.needs_reference:

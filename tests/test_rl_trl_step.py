@@ -58,7 +58,9 @@ def fixed_reward(prompts, completions, completion_ids=None, **columns) -> list[f
     return [REWARDS[completion.strip()] for completion in completions]
 
 
-def _prefkit_step(policy, reference, tokenizer, out_dir, monkeypatch, correction: bool) -> float:
+def _inject(monkeypatch, tokenizer) -> None:
+    """Replace prefkit's generation by the completions of COMPLETIONS."""
+
     def injected(task, positions, prompts):
         samples = []
         for prompt in prompts:
@@ -72,6 +74,10 @@ def _prefkit_step(policy, reference, tokenizer, out_dir, monkeypatch, correction
         return samples, None
 
     monkeypatch.setattr(RLTask, "_generate", injected)
+
+
+def _prefkit_step(policy, reference, tokenizer, out_dir, monkeypatch, correction: bool) -> float:
+    _inject(monkeypatch, tokenizer)
     result = rl(
         PROMPTS,
         policy,
@@ -184,3 +190,93 @@ def test_one_grpo_step_equals_one_trl_grpo_step(tmp_path, monkeypatch, correctio
             our_update, their_update, rtol=0, atol=1e-4 * scale + rounding, msg=name
         )
     assert moved == len(start)
+
+
+def test_rloo_advantages_equal_trl_rloo_trainer(tmp_path, monkeypatch) -> None:
+    """The same injected completions and rewards, beta 0.05 with a reference that differs, the
+    KL in the reward as the summed k1 (both defaults): TRL's RLOOTrainer logs the advantage of
+    every completion of its first step, prefkit's must equal it to 1e-5."""
+    tokenizer = build_tokenizer(adds_bos=True)
+    initial = build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    reference = build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=1)
+    reference.save_pretrained(tmp_path / "reference")
+
+    ours: dict[tuple[str, str], float] = {}
+    roll_out = RLTask._roll_out
+
+    def recording(task, model, positions, prompts_in_step, sum_over_ranks):
+        rollout = roll_out(task, model, positions, prompts_in_step, sum_over_ranks)
+        for position in positions:
+            prompt = task._prompt_at(position).prompt
+            for ids, advantage in zip(
+                rollout.completions[position], rollout.advantages[position], strict=True
+            ):
+                text = tokenizer.decode(list(ids), skip_special_tokens=True)
+                ours[(prompt, text)] = float(advantage)
+        return rollout
+
+    monkeypatch.setattr(RLTask, "_roll_out", recording)
+    _inject(monkeypatch, tokenizer)
+    rl(
+        PROMPTS,
+        copy.deepcopy(initial),
+        tokenizer,
+        FunctionReward(fixed_reward),
+        tmp_path / "ours",
+        RLConfig(algo="rloo", beta=0.05, max_new_tokens=4, max_steps=1, save_model=False),
+        TrainConfig(batch_size=2, lr=LR, progress=False, device="cpu"),
+        ref_model=copy.deepcopy(reference),
+    )
+
+    class InjectedRLOO(trl.RLOOTrainer):
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields):
+            by_ids = {tuple(tokenizer(prompt)["input_ids"]): prompt for prompt in PROMPTS}
+            seen: dict[str, int] = {}
+            completion_ids = []
+            for ids in prompt_ids:
+                prompt = by_ids[tuple(ids)]
+                index = seen.get(prompt, 0)
+                seen[prompt] = index + 1
+                completion_ids.append(list(_ids(tokenizer, COMPLETIONS[prompt][index])))
+            return completion_ids
+
+    policy = copy.deepcopy(initial)
+    policy.config._name_or_path = str(tmp_path / "reference")
+    args = trl.RLOOConfig(
+        output_dir=str(tmp_path / "trl"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=4,
+        max_steps=1,
+        learning_rate=LR,
+        beta=0.05,
+        temperature=1.0,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        bf16=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = InjectedRLOO(
+            model=policy,
+            reward_funcs=fixed_reward,
+            args=args,
+            train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in PROMPTS]),
+            processing_class=tokenizer,
+        )
+        trainer.train()
+    theirs = {
+        (prompt, completion): advantage
+        for prompt, completion, advantage in zip(
+            trainer._logs["prompt"], trainer._logs["completion"], trainer._logs["advantages"]
+        )
+    }
+    assert set(theirs) == set(ours) and len(ours) == 8
+    for key, advantage in theirs.items():
+        assert ours[key] == pytest.approx(advantage, abs=1e-5), key
+    plain = [REWARDS[completion.strip()] for _, completion in ours]
+    assert max(abs(a - b) for a, b in zip(ours.values(), plain, strict=True)) > 0  # KL shaped

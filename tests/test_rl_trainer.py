@@ -7,6 +7,7 @@ random-weight Llama, so each takes well under a second of CPU.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -311,3 +312,49 @@ def test_config_rejects_settings_the_algorithm_does_not_use() -> None:
 def test_checkpoints_only_between_generation_batches(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="multiple of num_iterations"):
         run(tmp_path / "x", RLConfig(max_steps=4, num_iterations=2), checkpoint_every_steps=3)
+
+
+def test_bad_reward_values_are_errors_naming_the_sample(tmp_path: Path) -> None:
+    def not_finite(prompts, completions, completion_ids, **columns):
+        return [math.nan if index == 3 else 0.0 for index in range(len(completions))]
+
+    def too_few(prompts, completions, completion_ids, **columns):
+        return [0.0] * (len(completions) - 1)
+
+    config = RLConfig(algo="rloo", max_new_tokens=4, max_steps=1)
+    with pytest.raises(UserInputError, match="sample 3 is nan"):
+        run(tmp_path / "nan", config, reward=FunctionReward(not_finite))
+    with pytest.raises(UserInputError, match="returned 15 values for 16 completions"):
+        run(tmp_path / "short", config, reward=FunctionReward(too_few))
+
+
+def test_a_failing_reward_leaves_a_resumable_run(tmp_path: Path) -> None:
+    """The reward fails at the third generation batch (step 5 of 6, checkpoints every 2 steps):
+    the error reaches the caller, the step-4 checkpoint is intact, and the run started again
+    with a working reward ends exactly as a run that never failed."""
+    config = RLConfig(algo="grpo", max_new_tokens=5, max_steps=6, num_iterations=2, beta=0.05)
+    whole = run(tmp_path / "whole", config, checkpoint_every_steps=2)
+    calls = []
+
+    def fails_on_third_call(prompts, completions, completion_ids, **columns):
+        calls.append(len(completions))
+        if len(calls) == 3:
+            raise UserInputError("the reward server is down")
+        return rule(prompts, completions, completion_ids)
+
+    fails_on_third_call.__name__ = "rule"  # the same per-function metric name as the good run
+    with pytest.raises(UserInputError, match="server is down"):
+        run(
+            tmp_path / "cut",
+            config,
+            checkpoint_every_steps=2,
+            reward=FunctionReward(fails_on_third_call),
+        )
+    resumed = run(tmp_path / "cut", config, checkpoint_every_steps=2)
+    assert resumed.train.resumed_from is not None and resumed.train.resumed_from.name == "step-4"
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    strip = lambda line: {k: v for k, v in line.items() if k not in TIMING}  # noqa: E731
+    assert [strip(line) for line in lines(resumed.train.metrics_path)] == [
+        strip(line) for line in lines(whole.train.metrics_path)
+    ]

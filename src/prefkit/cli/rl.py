@@ -83,6 +83,34 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="one weight per --reward, comma-separated (default: 1 each)",
     )
     parser.add_argument(
+        "--uncertainty-penalty",
+        type=float,
+        default=0.0,
+        metavar="L",
+        help="with an ensemble reward model (rm train --ensemble K): optimise the members' "
+        "mean - L * std (default: 0)",
+    )
+    parser.add_argument(
+        "--reward-timeout-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for a reward server (default: 30)",
+    )
+    parser.add_argument(
+        "--reward-retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="retries of a reward-server request that timed out or answered 5xx (default: 3)",
+    )
+    parser.add_argument(
+        "--reward-api-key",
+        default=None,
+        metavar="KEY",
+        help="bearer key of the reward server (default: $PREFKIT_REWARD_API_KEY, else none)",
+    )
+    parser.add_argument(
         "--ref",
         metavar="PATH",
         default=None,
@@ -137,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = _load_tokenizer(args.tokenizer or args.model)
 
     from prefkit.align.trainer import load_causal_lm
-    from prefkit.rl.trainer import rl
+    from prefkit.rl.trainer import RewardOptions, rl
 
     result = rl(
         prompts,
@@ -147,7 +175,13 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         config,
         train_config,
-        reward_weights=weights,
+        reward_options=RewardOptions(
+            weights=weights,
+            uncertainty_penalty=args.uncertainty_penalty,
+            timeout_s=args.reward_timeout_s,
+            retries=args.reward_retries,
+            api_key=args.reward_api_key or os.environ.get("PREFKIT_REWARD_API_KEY"),
+        ),
         ref_model=load_causal_lm(args.ref) if args.ref else None,
     )
     if int(os.environ.get("RANK", "0")) != 0:

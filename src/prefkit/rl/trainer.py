@@ -104,7 +104,16 @@ from prefkit.train.loop import (
 )
 from prefkit.train.sampler import epoch_generator
 
-__all__ = ["RLBatch", "RLPrompt", "RLResult", "RLTask", "encode_prompts", "rl", "total_steps"]
+__all__ = [
+    "RLBatch",
+    "RLPrompt",
+    "RLResult",
+    "RLTask",
+    "RewardOptions",
+    "encode_prompts",
+    "rl",
+    "total_steps",
+]
 
 
 @dataclass(frozen=True)
@@ -838,14 +847,44 @@ def _context_length(model: nn.Module) -> int | None:
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
-def _as_reward(reward: Any, weights: Sequence[float] | None, tokenizer: Any, device: str) -> Any:
+@dataclass(frozen=True)
+class RewardOptions:
+    """How :func:`prefkit.rl.rewards.load_reward` builds the reward from specs."""
+
+    weights: Sequence[float] | None = None
+    """One weight per spec; None: 1 each."""
+    uncertainty_penalty: float = 0.0
+    """With an ensemble reward model: optimise mean - penalty * std of its members (Coste et al. 2023)."""
+    timeout_s: float = 30.0
+    """Seconds to wait for a reward server's answer."""
+    retries: int = 3
+    """Retries of a reward server request that timed out or failed with a 5xx status."""
+    api_key: str | None = None
+    """Bearer key for the reward server."""
+
+
+def _as_reward(reward: Any, options: RewardOptions, tokenizer: Any, device: str) -> Any:
     """A reward object from a Reward, a spec or callable, or a list of specs and callables."""
-    if hasattr(reward, "names") and callable(reward) and weights is None:
+    if hasattr(reward, "names") and callable(reward):
+        if options != RewardOptions():
+            raise UserInputError(
+                "rl: the reward is already built; reward options (weights, uncertainty penalty, "
+                "timeout, retries, API key) apply only to reward specs"
+            )
         return reward
     from prefkit.rl.rewards import load_reward
 
     specs = list(reward) if isinstance(reward, list | tuple) else [reward]
-    return load_reward(specs, weights, policy_tokenizer=tokenizer, device=device)
+    return load_reward(
+        specs,
+        options.weights,
+        policy_tokenizer=tokenizer,
+        device=device,
+        uncertainty_penalty=options.uncertainty_penalty,
+        timeout_s=options.timeout_s,
+        retries=options.retries,
+        api_key=options.api_key,
+    )
 
 
 def rl(
@@ -857,7 +896,7 @@ def rl(
     config: RLConfig | None = None,
     train_config: TrainConfig | None = None,
     *,
-    reward_weights: Sequence[float] | None = None,
+    reward_options: RewardOptions | None = None,
     ref_model: nn.Module | str | os.PathLike[str] | None = None,
     resume: bool = True,
     callbacks: Sequence[TrainCallback] = (),
@@ -868,7 +907,8 @@ def rl(
     ``reward`` is a :class:`prefkit.rl.rewards.Reward`, or what
     :func:`prefkit.rl.rewards.load_reward` takes: a spec (a reward-model folder,
     ``python:module:function``, an ``http://`` URL), a Python callable of TRL's
-    reward-function shape, or a list of them (with ``reward_weights``).
+    reward-function shape, or a list of them (weights and server settings in
+    ``reward_options``).
     ``train_config.batch_size`` is prompts per optimizer step and ``epochs`` passes
     over the prompts (unless ``config.max_steps``). Metrics go to
     ``out_dir/metrics.jsonl``, checkpoints to ``out_dir/checkpoints`` and the model to
@@ -922,7 +962,7 @@ def rl(
         prompts, tokenizer, max_prompt_length=max_prompt_length, chat_template=config.chat_template
     )
     device = _training_device(train_config)
-    reward_object = _as_reward(reward, reward_weights, tokenizer, str(device))
+    reward_object = _as_reward(reward, reward_options or RewardOptions(), tokenizer, str(device))
 
     use_adapter_reference = False
     if config.lora:

@@ -210,6 +210,18 @@ class RLConfig:
         return "k3" if self.kl_placement == "loss" else "k1"
 
     @property
+    def kl_in_reward(self) -> bool:
+        """Whether a policy-gradient algorithm subtracts beta * KL from the reward."""
+        policy_gradient = self.algo in POLICY_GRADIENT_ALGORITHMS
+        return policy_gradient and self.beta > 0 and self.kl_placement == "reward"
+
+    @property
+    def kl_in_loss(self) -> bool:
+        """Whether a policy-gradient algorithm adds beta * KL to the loss."""
+        policy_gradient = self.algo in POLICY_GRADIENT_ALGORITHMS
+        return policy_gradient and self.beta > 0 and self.kl_placement == "loss"
+
+    @property
     def ratio_corrected_kl(self) -> bool:
         return self.kl_ratio_correction is not False
 

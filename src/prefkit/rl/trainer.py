@@ -92,7 +92,7 @@ from prefkit.losses.rl import (
     remax_advantages,
     rloo_advantages,
 )
-from prefkit.rl.config import RLConfig
+from prefkit.rl.config import POLICY_GRADIENT_ALGORITHMS, RLConfig
 from prefkit.rl.logprobs import TokenLogps, completion_token_logps
 from prefkit.train.loop import (
     OptimizerFactory,
@@ -375,7 +375,7 @@ class RLTask:
             low, high = self.config.clip_range
             policy = clipped_policy_loss(logps, old, batch.advantages.to(device), mask, low, high)
             token_losses = policy.token_losses
-            if ref is not None and self.config.kl_placement == "loss":
+            if ref is not None and self.config.kl_in_loss:
                 token_kl = kl_per_token(logps, ref, mask, self.config.kl)
                 if self.config.ratio_corrected_kl:
                     # DeepSeek-V3.2 (arXiv 2512.02556): KL * pi / pi_old, unbiased reverse-KL gradient
@@ -501,10 +501,9 @@ class RLTask:
         """Per-sample (length,) log-probs of the policy as it generated (when a later iteration
         or the KL in the reward needs them) and of the reference (when there is one)."""
         config = self.config
-        kl_in_reward = config.algo != "online_dpo" and config.needs_reference
-        kl_in_reward = kl_in_reward and config.kl_placement == "reward"
         old = None
-        if config.num_iterations > 1 or kl_in_reward:
+        policy_gradient = config.algo in POLICY_GRADIENT_ALGORITHMS
+        if (policy_gradient and config.num_iterations > 1) or config.kl_in_reward:
             old = self._chunked(
                 lambda chunk: completion_token_logps(
                     model, chunk, self.pad_id, temperature=self.config.temperature
@@ -555,7 +554,7 @@ class RLTask:
         ]
         old_logps, ref_logps = self._generation_logps(model, rows)
         token_kl = None
-        if old_logps is not None and ref_logps is not None and config.kl_placement == "reward":
+        if old_logps is not None and ref_logps is not None and config.kl_in_reward:
             token_kl = [
                 kl_per_token(
                     old[None], ref[None], torch.ones((1, len(old)), dtype=torch.bool), config.kl
@@ -583,7 +582,7 @@ class RLTask:
         rollout = _Rollout(
             completions={},
             advantages={},
-            old_logps={} if config.num_iterations > 1 else None,
+            old_logps={} if old_logps is not None and config.num_iterations > 1 else None,
             ref_logps={} if ref_logps is not None else None,
             chosen={},
             pair_valid={},

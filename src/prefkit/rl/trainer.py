@@ -911,8 +911,10 @@ def rl(
     ``train_config.batch_size`` is prompts per optimizer step and ``epochs`` passes
     over the prompts (unless ``config.max_steps``). Metrics go to
     ``out_dir/metrics.jsonl``, checkpoints to ``out_dir/checkpoints`` and the model to
-    ``out_dir/model``. Started again with the same arguments after an interruption,
-    the run resumes from its last checkpoint and ends as the uninterrupted run would.
+    ``out_dir/model``. Checkpoints are written every ``checkpoint_every_steps`` (a
+    multiple of ``num_iterations``), or else after every pass over the prompts, and at
+    the end. Started again with the same arguments after an interruption, the run
+    resumes from its last checkpoint and ends as the uninterrupted run would.
     """
     config = config or RLConfig()
     train_config = train_config or TrainConfig(batch_size=8)
@@ -973,7 +975,15 @@ def rl(
         ref_model.requires_grad_(False)
         ref_model.eval()
 
-    loop_config = dataclasses.replace(train_config, epochs=1, group_by_length=False)
+    # The loop sees one epoch of steps; without checkpoint_every_steps, a checkpoint is written
+    # after each pass over the prompts, as the loop does at each epoch's end.
+    every_pass = math.ceil(len(encoded) / train_config.batch_size) * config.num_iterations
+    loop_config = dataclasses.replace(
+        train_config,
+        epochs=1,
+        group_by_length=False,
+        checkpoint_every_steps=train_config.checkpoint_every_steps or every_pass,
+    )
     task = RLTask(
         encoded,
         reward_object,

@@ -358,3 +358,67 @@ def test_a_failing_reward_leaves_a_resumable_run(tmp_path: Path) -> None:
     assert [strip(line) for line in lines(resumed.train.metrics_path)] == [
         strip(line) for line in lines(whole.train.metrics_path)
     ]
+
+
+def _record_rollouts(monkeypatch) -> list[tuple[list[Any], Any]]:
+    """(prompts by position, rollout) of every generation batch."""
+    recorded: list[tuple[list[Any], Any]] = []
+    roll_out = RLTask._roll_out
+
+    def recording(task, model, positions, prompts_in_step, sum_over_ranks):
+        rollout = roll_out(task, model, positions, prompts_in_step, sum_over_ranks)
+        recorded.append(([task._prompt_at(position) for position in positions], rollout))
+        return rollout
+
+    monkeypatch.setattr(RLTask, "_roll_out", recording)
+    return recorded
+
+
+def word_count(prompts, completions, completion_ids, **columns):
+    return [float(len(completion.split())) for completion in completions]
+
+
+def test_remax_baseline_is_the_reward_of_the_greedy_completion(tmp_path: Path, monkeypatch) -> None:
+    from prefkit.generate.config import SamplingConfig
+    from prefkit.generate.engines import HFEngine, Request
+
+    recorded = _record_rollouts(monkeypatch)
+    config = RLConfig(algo="remax", max_new_tokens=5, max_steps=1, beta=0.0)
+    run(tmp_path / "remax", config, reward=FunctionReward(word_count))
+    ((prompts, rollout),) = recorded
+    model, tokenizer = tiny_policy()
+    greedy = HFEngine(model, tokenizer).generate(
+        [Request(prompt.prompt_ids, 0) for prompt in prompts],
+        SamplingConfig(temperature=0.0, num_samples=1, max_new_tokens=5),
+    )
+    group_sums = []
+    for position, (prompt, baseline) in enumerate(zip(prompts, greedy, strict=True)):
+        words = [
+            len(tokenizer.decode(list(ids), skip_special_tokens=True).split())
+            for ids in rollout.completions[position]
+        ]
+        expected = [count - len(baseline.text.split()) for count in words]
+        assert [float(a) for a in rollout.advantages[position]] == expected, prompt.prompt
+        group_sums.append(sum(expected))
+    assert any(group_sums)  # not the group mean as the baseline
+
+
+def test_reinforce_pp_whitens_the_returns_over_every_token_of_the_step(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """beta 0: every token of a sample has the sample's reward as its return; the advantages
+    are those returns whitened over all completion tokens of the step (population std)."""
+    recorded = _record_rollouts(monkeypatch)
+    config = RLConfig(algo="reinforce_pp", max_new_tokens=5, max_steps=1, beta=0.0)
+    run(tmp_path / "rpp", config, reward=FunctionReward(word_count))
+    ((prompts, rollout),) = recorded
+    _, tokenizer = tiny_policy()
+    returns = []
+    for position in range(len(prompts)):
+        for ids in rollout.completions[position]:
+            reward = len(tokenizer.decode(list(ids), skip_special_tokens=True).split())
+            returns.extend([float(reward)] * len(ids))
+    values = torch.tensor(returns, dtype=torch.float64)
+    expected = (values - values.mean()) / (values.std(unbiased=False) + 1e-8)
+    got = torch.cat([a for position in range(len(prompts)) for a in rollout.advantages[position]])
+    torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=0)

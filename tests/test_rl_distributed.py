@@ -24,7 +24,6 @@ from safetensors.torch import load_file
 WORKER = textwrap.dedent(
     """
     import json, os, random, sys
-    from dataclasses import dataclass
     import torch
     torch.set_num_threads(1)
     from prefkit.align.synthetic import build_model, build_tokenizer, good_fraction, random_prompt
@@ -32,18 +31,8 @@ WORKER = textwrap.dedent(
     from prefkit.rl.trainer import RLTask, rl
     from prefkit.train.loop import TrainConfig
 
-    @dataclass(frozen=True)
-    class Output:
-        rewards: list
-        per_function: dict
-
-    class Rule:
-        names, weights = ["rule"], [1.0]
-        def __call__(self, prompts, completions, completion_ids, **columns):
-            values = [good_fraction(text) for text in completions]
-            return Output(values, {"rule": values})
-        def close(self):
-            pass
+    def rule(prompts, completions, completion_ids, **columns):
+        return [good_fraction(text) for text in completions]
 
     generated = []  # (positions, completions per position) of every rollout of this process
     roll_out = RLTask._roll_out
@@ -59,7 +48,7 @@ WORKER = textwrap.dedent(
     model = build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0)
     algo = sys.argv[2]
     extra = {"scale_rewards": "batch"} if algo == "grpo" else {}
-    rl(prompts, model, tokenizer, Rule(), sys.argv[1],
+    rl(prompts, model, tokenizer, rule, sys.argv[1],
        RLConfig(algo=algo, max_new_tokens=5, max_steps=4, num_iterations=2, beta=0.05, **extra),
        TrainConfig(batch_size=4, lr=1e-2, progress=False, device="cpu"))
     rank = os.environ.get("RANK", "0")

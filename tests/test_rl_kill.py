@@ -26,7 +26,6 @@ from prefkit.train.checkpoint import complete_checkpoints
 WORKER = textwrap.dedent(
     """
     import random, sys, time
-    from dataclasses import dataclass
     import torch
     torch.set_num_threads(1)
     from prefkit.align.synthetic import build_model, build_tokenizer, good_fraction, random_prompt
@@ -34,18 +33,8 @@ WORKER = textwrap.dedent(
     from prefkit.rl.trainer import rl
     from prefkit.train.loop import TrainConfig
 
-    @dataclass(frozen=True)
-    class Output:
-        rewards: list
-        per_function: dict
-
-    class Rule:
-        names, weights = ["rule"], [1.0]
-        def __call__(self, prompts, completions, completion_ids, **columns):
-            values = [good_fraction(text) for text in completions]
-            return Output(values, {"rule": values})
-        def close(self):
-            pass
+    def rule(prompts, completions, completion_ids, **columns):
+        return [good_fraction(text) for text in completions]
 
     def slow(event):
         if event.kind == "step":
@@ -55,7 +44,7 @@ WORKER = textwrap.dedent(
     prompts = [random_prompt(rng, 1 + index % 3) for index in range(8)]
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0)
-    result = rl(prompts, model, tokenizer, Rule(), sys.argv[1],
+    result = rl(prompts, model, tokenizer, rule, sys.argv[1],
        RLConfig(algo="grpo", max_new_tokens=5, max_steps=12, num_iterations=2, beta=0.05),
        TrainConfig(batch_size=4, lr=1e-2, progress=False, device="cpu", checkpoint_every_steps=2,
                    keep_checkpoints=None),

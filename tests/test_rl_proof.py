@@ -10,6 +10,9 @@ then trained online on 32 prompts with
 - ``grpo`` with the rule itself as a Python reward function,
 - ``online_dpo`` against the reward model,
 
+the reward model given as its folder (``--reward`` spec): it scores the decoded text with
+its own tokenizer (MiniLM's WordPiece), not the policy's word-level one,
+
 and its samples on 32 other prompts (8 each, fixed seeds) are scored *by the
 rule*, not by the reward model, against the samples of the untrained reference
 drawn with the same seeds. The policy must beat the reference by at least
@@ -25,7 +28,6 @@ import json
 import math
 import random
 import statistics
-from pathlib import Path
 
 import pytest
 
@@ -36,7 +38,7 @@ from prefkit.generate.engines import HFEngine, Request
 from prefkit.rl.config import RLConfig
 from prefkit.rl.trainer import rl
 from prefkit.train.loop import TrainConfig
-from test_rl_trainer import FunctionReward, Output, rule
+from test_rl_trainer import rule
 from test_rm_train import make_tiny_bert
 
 MARGIN = 0.15
@@ -52,28 +54,9 @@ def _prompt(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3))) + " :"
 
 
-class RewardModelReward:
-    """A prefkit reward model with the interface of prefkit.rl.rewards.Reward."""
-
-    names = ["rm"]
-    weights = [1.0]
-
-    def __init__(self, folder: Path):
-        from prefkit.rm.model import RewardModel
-
-        self.model = RewardModel.load(folder)
-
-    def __call__(self, prompts, completions, completion_ids, **columns) -> Output:
-        values = [float(value) for value in self.model.score(list(prompts), list(completions))]
-        return Output(values, {"rm": values})
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """(folder, reward model, train prompts, eval prompts, tokenizer)."""
+    """(folder, reward-model folder, train prompts, eval prompts, tokenizer)."""
     from prefkit.rm.train import RMTrainConfig, default_train_config, train_reward_model
 
     folder = tmp_path_factory.mktemp("rl-proof")
@@ -99,7 +82,7 @@ def world(tmp_path_factory):
     prompt_rng = random.Random(1)
     train_prompts = [_prompt(prompt_rng) for _ in range(32)]
     eval_prompts = [_prompt(prompt_rng) for _ in range(32)]
-    return folder, RewardModelReward(folder / "rm"), train_prompts, eval_prompts, build_tokenizer()
+    return folder, str(folder / "rm"), train_prompts, eval_prompts, build_tokenizer()
 
 
 def _policy(tokenizer):
@@ -126,7 +109,7 @@ def test_policy_samples_score_higher_by_the_rule_than_the_reference(
     world, tmp_path, algo, reward_kind, beta, steps
 ):
     folder, reward_model, train_prompts, eval_prompts, tokenizer = world
-    reward = reward_model if reward_kind == "rm" else FunctionReward(rule)
+    reward = reward_model if reward_kind == "rm" else rule
     result = rl(
         train_prompts,
         _policy(tokenizer),

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +25,6 @@ from prefkit.rl.trainer import RLTask, encode_prompts, rl
 from prefkit.train.loop import TrainConfig, TrainEvent
 
 TIMING = ("generation_s", "reward_s", "examples_per_s")
-
-
-@dataclass(frozen=True)
-class Output:
-    rewards: list[float | None]
-    per_function: dict[str, list[float | None]]
-
-
-class FunctionReward:
-    """One Python reward function with the interface of prefkit.rl.rewards.Reward."""
-
-    def __init__(self, function: Callable[..., list[float | None]]):
-        self.function = function
-        self.names = [function.__name__]
-        self.weights = [1.0]
-
-    def __call__(self, prompts, completions, completion_ids, **columns) -> Output:
-        values = list(self.function(prompts, completions, completion_ids, **columns))
-        return Output(values, {self.names[0]: values})
-
-    def close(self) -> None:
-        pass
 
 
 def rule(prompts: Sequence[Any], completions: Sequence[str], completion_ids, **columns):
@@ -81,7 +58,7 @@ def run(
         prompts(count),
         model,
         tokenizer,
-        reward if reward is not None else FunctionReward(rule),
+        reward if reward is not None else rule,
         out,
         config,
         TrainConfig(batch_size=batch_size, lr=1e-2, progress=False, **train),
@@ -231,7 +208,7 @@ def test_every_metric_is_logged(tmp_path: Path) -> None:
         "loss",
         "reward",
         "reward_std",
-        "reward/rule",
+        "reward/python:test_rl_trainer:rule",
         "zero_spread_groups",
         "kl",
         "entropy",
@@ -260,7 +237,7 @@ def test_samples_without_a_reward_and_ties_are_left_out(tmp_path: Path) -> None:
     result = run(
         tmp_path / "tie",
         RLConfig(algo="online_dpo", max_new_tokens=4, max_steps=1),
-        reward=FunctionReward(tied),
+        reward=tied,
     )
     (line,) = lines(result.train.metrics_path)
     assert line["skipped_pairs"] == 4 and line["loss"] == 0.0 and line["grad_norm"] == 0.0
@@ -271,7 +248,7 @@ def test_samples_without_a_reward_and_ties_are_left_out(tmp_path: Path) -> None:
     result = run(
         tmp_path / "none",
         RLConfig(algo="online_dpo", max_new_tokens=4, max_steps=1),
-        reward=FunctionReward(some_none),
+        reward=some_none,
     )
     (line,) = lines(result.train.metrics_path)
     assert line["skipped_pairs"] == 2  # pairs 0 and 2 hold a None
@@ -314,7 +291,7 @@ def test_checkpoints_only_between_generation_batches(tmp_path: Path) -> None:
         run(tmp_path / "x", RLConfig(max_steps=4, num_iterations=2), checkpoint_every_steps=3)
 
 
-def test_bad_reward_values_are_errors_naming_the_sample(tmp_path: Path) -> None:
+def test_bad_reward_values_are_errors_naming_the_function_and_sample(tmp_path: Path) -> None:
     def not_finite(prompts, completions, completion_ids, **columns):
         return [math.nan if index == 3 else 0.0 for index in range(len(completions))]
 
@@ -322,10 +299,17 @@ def test_bad_reward_values_are_errors_naming_the_sample(tmp_path: Path) -> None:
         return [0.0] * (len(completions) - 1)
 
     config = RLConfig(algo="rloo", max_new_tokens=4, max_steps=1)
-    with pytest.raises(UserInputError, match="sample 3 is nan"):
-        run(tmp_path / "nan", config, reward=FunctionReward(not_finite))
-    with pytest.raises(UserInputError, match="returned 15 values for 16 completions"):
-        run(tmp_path / "short", config, reward=FunctionReward(too_few))
+
+    def raises(prompts, completions, completion_ids, **columns):
+        raise KeyError("score")
+
+    name = "python:test_rl_trainer:test_bad_reward_values_are_errors_naming_the_function_and_sample.<locals>"
+    with pytest.raises(UserInputError, match=f"reward {name}.not_finite, sample 3: nan"):
+        run(tmp_path / "nan", config, reward=not_finite)
+    with pytest.raises(UserInputError, match=f"reward {name}.too_few returned 15 values for 16"):
+        run(tmp_path / "short", config, reward=too_few)
+    with pytest.raises(UserInputError, match=f"reward {name}.raises raised KeyError on samples"):
+        run(tmp_path / "raises", config, reward=raises)
 
 
 def test_a_failing_reward_leaves_a_resumable_run(tmp_path: Path) -> None:
@@ -342,13 +326,14 @@ def test_a_failing_reward_leaves_a_resumable_run(tmp_path: Path) -> None:
             raise UserInputError("the reward server is down")
         return rule(prompts, completions, completion_ids)
 
-    fails_on_third_call.__name__ = "rule"  # the same per-function metric name as the good run
+    # the same per-function metric name as the good run
+    fails_on_third_call.__qualname__ = "rule"
     with pytest.raises(UserInputError, match="server is down"):
         run(
             tmp_path / "cut",
             config,
             checkpoint_every_steps=2,
-            reward=FunctionReward(fails_on_third_call),
+            reward=fails_on_third_call,
         )
     resumed = run(tmp_path / "cut", config, checkpoint_every_steps=2)
     assert resumed.train.resumed_from is not None and resumed.train.resumed_from.name == "step-4"
@@ -384,7 +369,7 @@ def test_remax_baseline_is_the_reward_of_the_greedy_completion(tmp_path: Path, m
 
     recorded = _record_rollouts(monkeypatch)
     config = RLConfig(algo="remax", max_new_tokens=5, max_steps=1, beta=0.0)
-    run(tmp_path / "remax", config, reward=FunctionReward(word_count))
+    run(tmp_path / "remax", config, reward=word_count)
     ((prompts, rollout),) = recorded
     model, tokenizer = tiny_policy()
     greedy = HFEngine(model, tokenizer).generate(
@@ -410,7 +395,7 @@ def test_reinforce_pp_whitens_the_returns_over_every_token_of_the_step(
     are those returns whitened over all completion tokens of the step (population std)."""
     recorded = _record_rollouts(monkeypatch)
     config = RLConfig(algo="reinforce_pp", max_new_tokens=5, max_steps=1, beta=0.0)
-    run(tmp_path / "rpp", config, reward=FunctionReward(word_count))
+    run(tmp_path / "rpp", config, reward=word_count)
     ((prompts, rollout),) = recorded
     _, tokenizer = tiny_policy()
     returns = []

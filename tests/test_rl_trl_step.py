@@ -37,7 +37,6 @@ from prefkit.generate.engines import Completion
 from prefkit.rl.config import RLConfig
 from prefkit.rl.trainer import RLTask, rl
 from prefkit.train.loop import TrainConfig
-from test_rl_trainer import FunctionReward
 
 LR = 2.0
 BETA = 0.1
@@ -82,7 +81,7 @@ def _prefkit_step(policy, reference, tokenizer, out_dir, monkeypatch, correction
         PROMPTS,
         policy,
         tokenizer,
-        FunctionReward(fixed_reward),
+        fixed_reward,
         out_dir,
         RLConfig(
             algo="grpo",
@@ -221,7 +220,7 @@ def test_rloo_advantages_equal_trl_rloo_trainer(tmp_path, monkeypatch) -> None:
         PROMPTS,
         copy.deepcopy(initial),
         tokenizer,
-        FunctionReward(fixed_reward),
+        fixed_reward,
         tmp_path / "ours",
         RLConfig(algo="rloo", beta=0.05, max_new_tokens=4, max_steps=1, save_model=False),
         TrainConfig(batch_size=2, lr=LR, progress=False, device="cpu"),

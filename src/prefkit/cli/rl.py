@@ -108,7 +108,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--reward-api-key",
         default=None,
         metavar="KEY",
-        help="bearer key of the reward server (default: $PREFKIT_REWARD_API_KEY, else none)",
+        help="bearer key of the reward server (default: $PREFKIT_API_KEY, else none)",
     )
     parser.add_argument(
         "--ref",
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
             uncertainty_penalty=args.uncertainty_penalty,
             timeout_s=args.reward_timeout_s,
             retries=args.reward_retries,
-            api_key=args.reward_api_key or os.environ.get("PREFKIT_REWARD_API_KEY"),
+            api_key=args.reward_api_key,
         ),
         ref_model=load_causal_lm(args.ref) if args.ref else None,
     )

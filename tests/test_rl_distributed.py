@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,8 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from test_align_distributed import _free_port
 
 WORKER = textwrap.dedent(
     """
@@ -56,12 +57,6 @@ WORKER = textwrap.dedent(
         json.dump(generated, handle)
     """
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _run(out_dir, world_size: int, algo: str):

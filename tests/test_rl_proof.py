@@ -3,7 +3,8 @@
 The rule: a completion is better the larger its share of good words (``a`` ..
 ``d``). An embedding reward model (a tiny random-weight BERT, frozen, with a
 trained head) learns it from pairs of random completions, 20% of them
-mislabelled, so it is an imperfect judge. A tiny random-weight Llama policy is
+mislabelled, so it is an imperfect judge (the reward model of the generation proof,
+``tests/test_generate_proof.py``). A tiny random-weight Llama policy is
 then trained online on 32 prompts with
 
 - ``rloo`` against the reward model,
@@ -32,22 +33,16 @@ import statistics
 import pytest
 
 from prefkit.align.synthetic import WORDS, build_model, build_tokenizer, good_fraction
-from prefkit.data.records import PairwiseRecord
 from prefkit.generate.config import SamplingConfig
 from prefkit.generate.engines import HFEngine, Request
 from prefkit.rl.config import RLConfig
 from prefkit.rl.trainer import rl
 from prefkit.train.loop import TrainConfig
+from test_generate_proof import world  # noqa: F401 (the reward model, a module fixture)
 from test_rl_trainer import rule
-from test_rm_train import make_tiny_bert
 
 MARGIN = 0.15
 """Least gain in the share of good words (by the rule) over the reference's samples."""
-LABEL_NOISE = 0.2
-
-
-def _completion(rng: random.Random) -> str:
-    return " " + " ".join(rng.choice([*WORDS, ":"]) for _ in range(rng.randint(1, 6)))
 
 
 def _prompt(rng: random.Random) -> str:
@@ -55,34 +50,14 @@ def _prompt(rng: random.Random) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """(folder, reward-model folder, train prompts, eval prompts, tokenizer)."""
-    from prefkit.rm.train import RMTrainConfig, default_train_config, train_reward_model
-
-    folder = tmp_path_factory.mktemp("rl-proof")
-    rng = random.Random(0)
-    pairs = []
-    while len(pairs) < 300:
-        first, second = _completion(rng), _completion(rng)
-        if good_fraction(first) == good_fraction(second):
-            continue
-        better_first = good_fraction(first) > good_fraction(second)
-        if rng.random() < LABEL_NOISE:
-            better_first = not better_first
-        pairs.append(
-            PairwiseRecord(str(len(pairs)), "a b :", first, second, "a" if better_first else "b")
-        )
-    config = RMTrainConfig(
-        backbone=make_tiny_bert(folder / "bert"),
-        features="response",
-        cache_dir=str(folder / "cache"),
-        train=default_train_config("embedding", epochs=8, device="cpu"),
-    )
-    train_reward_model(pairs, config, folder / "rm", log=lambda line: None)
+def rl_world(world):  # noqa: F811 (the fixture imported above)
+    """(reward-model folder, train prompts, eval prompts, tokenizer): the reward model of the
+    generation proof (the same rule-labelled pairs, 20% of the labels flipped)."""
+    _, _, reward_model = world
     prompt_rng = random.Random(1)
     train_prompts = [_prompt(prompt_rng) for _ in range(32)]
     eval_prompts = [_prompt(prompt_rng) for _ in range(32)]
-    return folder, str(folder / "rm"), train_prompts, eval_prompts, build_tokenizer()
+    return reward_model, train_prompts, eval_prompts, build_tokenizer()
 
 
 def _policy(tokenizer):
@@ -106,9 +81,9 @@ def rule_score(model, tokenizer, prompts: list[str]) -> float:
     [("rloo", "rm", 0.04, 20), ("grpo", "rule", 0.04, 20), ("online_dpo", "rm", 0.1, 30)],
 )
 def test_policy_samples_score_higher_by_the_rule_than_the_reference(
-    world, tmp_path, algo, reward_kind, beta, steps
+    rl_world, tmp_path, algo, reward_kind, beta, steps
 ):
-    folder, reward_model, train_prompts, eval_prompts, tokenizer = world
+    reward_model, train_prompts, eval_prompts, tokenizer = rl_world
     reward = reward_model if reward_kind == "rm" else rule
     result = rl(
         train_prompts,

@@ -629,6 +629,7 @@ class RLTask:
         valid = table.valid
         if config.algo == "online_dpo":
             pair_valid = valid.all(dim=1) & (rewards[:, 0] != rewards[:, 1])  # ties are skipped
+            # Guo et al. 2024, Algorithm 1: the sample the annotator (here the reward) prefers is y+
             return None, (rewards[:, 1] > rewards[:, 0]).long(), pair_valid
         beta = config.beta if table.token_kl is not None else 0.0
         if config.algo == "reinforce_pp":
@@ -672,7 +673,10 @@ class RLTask:
         lengths = mask.sum(1).reshape(-1, 2)
         chosen = batch.chosen.to(logps.device)[:, None]
         rejected = 1 - chosen
-        pick = lambda values, which: values.gather(1, which).squeeze(1)  # noqa: E731
+
+        def pick(values: Tensor, which: Tensor) -> Tensor:
+            return values.gather(1, which).squeeze(1)  # (M, 2) -> (M,)
+
         ref_sums = None if ref is None else ref.sum(1).reshape(-1, 2)
         spec = self.config.dpo_loss_spec()
         paired = PairedLogps(

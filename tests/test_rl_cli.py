@@ -9,6 +9,7 @@ import pytest
 
 from prefkit.cli import main
 from test_generate import save_policy, write_prompts
+from test_rl_rewards import ensemble_folder  # noqa: F401 (a module fixture)
 
 REWARD_MODULE = """
 def good_words(prompts, completions, completion_ids, **columns):
@@ -74,3 +75,24 @@ def test_rl_command_errors_are_one_line_and_name_the_problem(workspace: Path, ca
     )  # fmt: skip
     assert code == 2
     assert "cli_rewards has no function 'nope'" in capsys.readouterr().err
+
+
+def test_uncertainty_penalty_reaches_the_ensemble_reward(
+    workspace: Path,
+    ensemble_folder: Path,  # noqa: F811 (the fixture imported above)
+    capsys,
+) -> None:
+    """The same first-step samples scored by a 3-member ensemble: with --uncertainty-penalty 1
+    every reward is mean - std of the members, so the step's mean reward is lower."""
+    rewards = {}
+    for penalty in ("0", "1"):
+        out = f"ensemble-{penalty}"
+        code = main(
+            ["rl", "prompts.jsonl", "--model", "policy", "--reward", str(ensemble_folder),
+             "--uncertainty-penalty", penalty, "--max-new-tokens", "4", "--batch-size", "4",
+             "--max-steps", "1", "--algo", "rloo", "--out", out, "--no-progress"]
+        )  # fmt: skip
+        assert code == 0
+        (line,) = (workspace / out / "metrics.jsonl").read_text().splitlines()
+        rewards[penalty] = json.loads(line)["reward"]
+    assert rewards["1"] < rewards["0"] - 1e-4

@@ -41,9 +41,9 @@ Setting up the competitor (a venv of its own, never the test environment)::
 
 Running::
 
-    .venv/bin/python bench/curate_dedup.py --records 100000 --repeats 3
-    .venv/bin/python bench/curate_dedup.py --records 1000000 --repeats 1 \\
-        --out bench/results/curate_dedup_1m.json
+    .venv/bin/python bench/curate_dedup.py --records 1000000 --repeats 3
+    .venv/bin/python bench/curate_dedup.py --records 100000 --repeats 3 \\
+        --out bench/results/curate_dedup_100k.json
 """
 
 from __future__ import annotations
@@ -395,7 +395,7 @@ def run_once(tool: str, data: Path, out: Path, bands: int, rows: int) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tools", nargs="+", default=["datatrove", "prefkit"])
     parser.add_argument("--workdir", default="/tmp/prefkit-bench-curate-dedup")
@@ -467,6 +467,9 @@ def main() -> None:
         "runs": runs,
         "load_average_before_after": load,
         "cpus": os.cpu_count(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
         "python": platform.python_version(),
     }
     if {"prefkit", "datatrove"} <= set(summary):

@@ -35,7 +35,7 @@ writing; in memory are per record a parent index, a length, a score, an 8-byte
 hash and its entry in the table of exact keys. The signatures and the band
 hashes go to temporary files; banding holds one band's hashes and their order at
 a time (about 40 bytes per record) and the candidate pairs, and verification
-maps a few thousand signature rows at a time. The semantic method holds the
+reads the signature rows of a few thousand pairs at a time. The semantic method holds the
 embeddings, (N, D) float32.
 """
 
@@ -284,15 +284,15 @@ class _SignatureFile:
     """MinHash signatures on disk, (N, num_perm) uint32, and one file of band hashes per LSH
     band, (N,) uint64, appended a chunk at a time."""
 
-    MAPPED_ROWS = 8192
-    """Pairs compared per mapping of the signature file (bounds the pages held resident)."""
+    READ_PAIRS = 16384
+    """Pairs compared per batch of row reads."""
 
     def __init__(self, folder: Path, num_perm: int, bands: int):
         self.path = folder / "signatures.u32"
         self.num_perm = num_perm
         self.bands = bands
         self.count = 0
-        self._handle = open(self.path, "wb")
+        self._handle = open(self.path, "w+b")  # written, then read back by row
         self._band_paths = [folder / f"band{band:04d}.u64" for band in range(bands)]
         self._band_handles = [open(path, "wb") for path in self._band_paths]
 
@@ -312,17 +312,23 @@ class _SignatureFile:
         """(P,) estimated Jaccard similarity of each pair of rows."""
         self._handle.flush()
         out = np.zeros(len(rows_a), dtype=np.float64)
-        for start in range(0, len(rows_a), self.MAPPED_ROWS):
-            stop = start + self.MAPPED_ROWS
-            # A fresh mapping per slice: the pages it touched leave the resident set with it.
-            stored = np.memmap(
-                self.path, dtype=np.uint32, mode="r", shape=(self.count, self.num_perm)
+        for start in range(0, len(rows_a), self.READ_PAIRS):
+            stop = start + self.READ_PAIRS
+            needed, where = np.unique(
+                np.concatenate([rows_a[start:stop], rows_b[start:stop]]), return_inverse=True
             )
-            out[start:stop] = (stored[rows_a[start:stop]] == stored[rows_b[start:stop]]).mean(
-                axis=1
-            )
-            del stored
+            stored = self._read_rows(needed)  # (R, num_perm)
+            half = stop - start if stop <= len(rows_a) else len(rows_a) - start
+            out[start:stop] = (stored[where[:half]] == stored[where[half:]]).mean(axis=1)
         return out
+
+    def _read_rows(self, rows: np.ndarray) -> np.ndarray:
+        # One read per row rather than a memory map: the kernel maps the cached pages around
+        # each touched one as well, and random rows would soon hold the whole file resident.
+        width = self.num_perm * 4
+        descriptor = self._handle.fileno()
+        data = b"".join(os.pread(descriptor, width, int(row) * width) for row in rows.tolist())
+        return np.frombuffer(data, dtype=np.uint32).reshape(len(rows), self.num_perm)
 
     def close(self) -> None:
         for handle in [self._handle, *self._band_handles]:
@@ -450,11 +456,15 @@ class _Deduplicator:
 
     def clusters(self) -> dict[int, list[int]]:
         """Root -> members (in input order) of every cluster of more than one record."""
+        count = len(self.union.parent)
+        roots = np.fromiter(map(self.union.find, range(count)), dtype=np.int64, count=count)
+        compared = np.frombuffer(self.compared, dtype=np.int8).astype(bool)
+        sizes = np.bincount(roots[compared], minlength=count)  # (N,) members per root
+        clustered = np.flatnonzero(compared & (sizes[roots] > 1))
         members: dict[int, list[int]] = defaultdict(list)
-        for position in range(len(self.union.parent)):
-            if self.compared[position]:
-                members[self.union.find(position)].append(position)
-        return {root: group for root, group in members.items() if len(group) > 1}
+        for position, root in zip(clustered.tolist(), roots[clustered].tolist(), strict=True):
+            members[root].append(position)
+        return dict(members)
 
     def keeper(self, group: list[int]) -> int:
         """The member of ``group`` that is kept (ties go to the first read)."""

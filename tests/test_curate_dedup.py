@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from prefkit.cli import main
-from prefkit.curate.dedup import DedupConfig, dedup_records, lsh_bands
+from prefkit.curate.dedup import (
+    DedupConfig,
+    _MinHashIndex,
+    dedup_records,
+    equal_key_pairs,
+    lsh_bands,
+    shingles,
+)
 from prefkit.curate.text import normalize
 from prefkit.data import PairwiseRecord, RankingRecord, load_feedback
 from prefkit.data.errors import DataError
@@ -300,6 +307,50 @@ def test_lsh_bands_keep_recall_at_the_threshold() -> None:
         bands, rows = lsh_bands(threshold, 128)
         assert bands * rows == 128
         assert 1 - (1 - threshold**rows) ** bands >= 0.9
+
+
+def test_equal_key_pairs_are_every_pair_with_the_same_key() -> None:
+    """Against the plain double loop, on keys with runs of one to many equal values."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for size, distinct in ((0, 1), (1, 1), (2, 1), (50, 3), (400, 40), (400, 400)):
+        keys = rng.integers(0, distinct, size=size).astype(np.uint64)
+        expected = [
+            a * size + b for a in range(size) for b in range(a + 1, size) if keys[a] == keys[b]
+        ]
+        assert equal_key_pairs(keys).tolist() == expected
+
+
+def test_banding_verifies_the_candidates_of_rensa_lsh(tmp_path: Path) -> None:
+    """The pairs found by banding are those that rensa's RMinHashLSH (the same bands) offers
+    as candidates and that pass the same verification."""
+    import numpy as np
+    from rensa import RMinHash, RMinHashLSH
+
+    records, _ = planted_set()
+    config = DedupConfig(field="prompt", progress=False)
+    sets = [shingles(record.prompt, config.ngram) for record in records]
+    index = _MinHashIndex(config, tmp_path)
+    index.add_chunk(sets[:100])
+    index.add_chunk(sets[100:])
+    found = set(zip(*(rows.tolist() for rows in index.duplicate_pairs()), strict=True))
+
+    hashes = RMinHash.from_token_sets(sets, num_perm=config.num_perm, seed=config.seed)
+    lsh = RMinHashLSH(
+        threshold=config.threshold, num_perm=config.num_perm, num_bands=index.bands[0]
+    )
+    for row, minhash in enumerate(hashes):
+        lsh.insert(row, minhash)
+    digests = np.array([minhash.digest() for minhash in hashes])
+    expected = {
+        (min(row, other), max(row, other))
+        for row, minhash in enumerate(hashes)
+        for other in lsh.query(minhash)
+        if other != row and (digests[row] == digests[other]).mean() >= config.threshold
+    }
+    assert len(expected) > 100
+    assert found == expected
 
 
 def test_semantic_duplicates_through_the_encoder(tmp_path: Path) -> None:

@@ -7,12 +7,16 @@ responses. Three methods:
 - ``exact``: the normalised text (NFKC, case folded, whitespace collapsed; see
   :func:`prefkit.curate.text.normalize`) hashed with BLAKE2b.
 - ``minhash`` (the default): exact first, then MinHash signatures of word
-  ``ngram`` shingles of the normalised words (punctuation dropped) with an LSH
-  index (rensa's ``RMinHash`` / ``RMinHashLSH``, chosen over datasketch by
-  ``bench/curate_minhash_libs.py``: about 9x faster at the same settings). Every
-  LSH candidate is verified: two records are duplicates when their estimated
-  Jaccard similarity (the share of equal signature values) is at least
-  ``threshold``. A text shorter than ``ngram`` words is one shingle.
+  ``ngram`` shingles of the normalised words (punctuation dropped), computed by
+  rensa's ``RMinHash`` (chosen over datasketch by ``bench/curate_minhash_libs.py``:
+  about 9x faster at the same settings), and LSH banding (:func:`lsh_bands`): per
+  band, the records are sorted by a 64-bit hash of their band and every pair in a
+  run of equal hashes is a candidate, as in rensa's ``RMinHashLSH`` but a few
+  bytes per record and band instead of its hash tables (about 2.8 KB per record
+  at 32 bands). Every candidate is verified: two records are duplicates when
+  their estimated Jaccard similarity (the share of equal signature values) is at
+  least ``threshold``, so a collision of two band hashes costs one verification,
+  never a wrong merge. A text shorter than ``ngram`` words is one shingle.
 - ``semantic``: embeddings of the frozen encoder through the reward model's
   embedding cache, grouped by seeded k-means, and within each group every pair
   with cosine similarity at least ``semantic_threshold`` (SemDeDup, Abbas et al.
@@ -27,9 +31,11 @@ same method; semantic runs use MinHash for this); a record left with fewer
 than two responses is dropped.
 
 Memory: the records are spilled to a temporary JSONL file and read back for
-writing; in memory are the LSH index, per record a parent index, a length, a
-score and an 8-byte hash, and for verification the signatures go to a
-temporary file as well (memory-mapped). The semantic method holds the
+writing; in memory are per record a parent index, a length, a score, an 8-byte
+hash and its entry in the table of exact keys. The signatures and the band
+hashes go to temporary files; banding holds one band's hashes and their order at
+a time (about 40 bytes per record) and the candidate pairs, and verification
+reads the signature rows of a few thousand pairs at a time. The semantic method holds the
 embeddings, (N, D) float32.
 """
 
@@ -50,7 +56,7 @@ from typing import Any, Literal
 import numpy as np
 
 from prefkit.curate.stats import CurateStats, RecordProblems
-from prefkit.curate.text import Field, normalize, unit_texts, words
+from prefkit.curate.text import Field, normalize, unit_texts, words, words_of_normalized
 from prefkit.data.errors import OnError
 from prefkit.data.records import (
     AnyRecord,
@@ -174,27 +180,76 @@ def lsh_bands(threshold: float, num_perm: int, min_recall: float = 0.9) -> tuple
 
 def shingles(text: str, ngram: int) -> list[str]:
     """Word ``ngram`` shingles of the normalised words; a shorter text is one shingle."""
-    tokens = words(text)
+    return _shingles_of_words(words(text), ngram)
+
+
+def _shingles_of_words(tokens: list[str], ngram: int) -> list[str]:
     if len(tokens) <= ngram:
         return [" ".join(tokens)] if tokens else []
-    return [" ".join(tokens[i : i + ngram]) for i in range(len(tokens) - ngram + 1)]
+    return list(map(" ".join, zip(*(tokens[start:] for start in range(ngram)))))
 
 
 def exact_key(text: str) -> int:
     """A 64-bit hash of the normalised text."""
-    return int.from_bytes(
-        hashlib.blake2b(normalize(text).encode(), digest_size=8).digest(), "little"
-    )
+    return _key_of_normalized(normalize(text))
 
 
-def minhash_signatures(texts: list[str], config: DedupConfig) -> tuple[list[Any], np.ndarray]:
-    """rensa ``RMinHash`` objects of ``texts`` and their (N, num_perm) uint32 signatures."""
+def _key_of_normalized(normalized: str) -> int:
+    return int.from_bytes(hashlib.blake2b(normalized.encode(), digest_size=8).digest(), "little")
+
+
+def minhash_signatures(texts: list[str], config: DedupConfig) -> np.ndarray:
+    """(N, num_perm) uint32 rensa ``RMinHash`` signatures of ``texts``."""
+    return _signatures_of_shingles([shingles(text, config.ngram) for text in texts], config)
+
+
+def _signatures_of_shingles(sets: list[list[str]], config: DedupConfig) -> np.ndarray:
     from rensa import RMinHash
 
-    sets = [shingles(text, config.ngram) for text in texts]
-    hashes = RMinHash.from_token_sets(sets, num_perm=config.num_perm, seed=config.seed)
-    matrix = np.array([minhash.digest() for minhash in hashes], dtype=np.uint32)
-    return hashes, matrix.reshape(len(texts), config.num_perm)
+    rows = RMinHash.digests_from_token_sets(sets, num_perm=config.num_perm, seed=config.seed)
+    return np.array(rows, dtype=np.uint32).reshape(len(sets), config.num_perm)
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def band_hashes(signatures: np.ndarray, bands: int) -> np.ndarray:
+    """(N, bands) uint64: a hash of each band of rows of ``signatures`` (N, num_perm)."""
+    rows = signatures.shape[1] // bands
+    values = signatures.astype(np.uint64).reshape(len(signatures), bands, rows)
+    hashed = np.zeros((len(signatures), bands), dtype=np.uint64)
+    for row in range(rows):  # multiply-add chain, then the splitmix64 finaliser
+        hashed = hashed * _MIX + values[:, :, row] + np.uint64(row + 1)
+    hashed ^= hashed >> np.uint64(30)
+    hashed *= np.uint64(0xBF58476D1CE4E5B9)
+    hashed ^= hashed >> np.uint64(27)
+    hashed *= np.uint64(0x94D049BB133111EB)
+    hashed ^= hashed >> np.uint64(31)
+    return hashed
+
+
+def equal_key_pairs(keys: np.ndarray) -> np.ndarray:
+    """Sorted codes ``a * N + b`` (a < b) of every pair of positions of ``keys`` (N,) holding
+    the same value; the work is linear in N plus the number of pairs."""
+    count = len(keys)
+    if count < 2:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")  # equal keys stay in ascending position
+    ordered = keys[order]
+    starts = np.ones(count, dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    run_start = np.flatnonzero(starts)
+    run_end = np.append(run_start[1:], count)[np.cumsum(starts) - 1]  # (N,) end of each run
+    live = np.flatnonzero(run_end - np.arange(count) > 1)  # places with a later run member
+    codes = []
+    distance = 1
+    while len(live):
+        live = live[live + distance < run_end[live]]
+        if not len(live):
+            break
+        codes.append(order[live].astype(np.int64) * count + order[live + distance])
+        distance += 1
+    return np.unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
 
 
 # ------------------------------------------------------------------------ clustering
@@ -226,73 +281,85 @@ class _UnionFind:
 
 
 class _SignatureFile:
-    """MinHash signatures on disk, (N, num_perm) uint32, appended a chunk at a time."""
+    """MinHash signatures on disk, (N, num_perm) uint32, and one file of band hashes per LSH
+    band, (N,) uint64, appended a chunk at a time."""
 
-    def __init__(self, folder: Path, num_perm: int):
+    READ_PAIRS = 16384
+    """Pairs compared per batch of row reads."""
+
+    def __init__(self, folder: Path, num_perm: int, bands: int):
         self.path = folder / "signatures.u32"
         self.num_perm = num_perm
+        self.bands = bands
         self.count = 0
-        self._handle = open(self.path, "wb")
-        self._mapped: np.ndarray | None = None
+        self._handle = open(self.path, "w+b")  # written, then read back by row
+        self._band_paths = [folder / f"band{band:04d}.u64" for band in range(bands)]
+        self._band_handles = [open(path, "wb") for path in self._band_paths]
 
     def append(self, signatures: np.ndarray) -> None:
         self._handle.write(np.ascontiguousarray(signatures, dtype=np.uint32).tobytes())
+        hashed = band_hashes(signatures, self.bands)  # (C, bands)
+        for band, handle in enumerate(self._band_handles):
+            handle.write(np.ascontiguousarray(hashed[:, band]).tobytes())
         self.count += len(signatures)
-        self._mapped = None
 
-    def rows(self) -> np.ndarray:
-        if self._mapped is None:
-            self._handle.flush()
-            self._mapped = (
-                np.memmap(self.path, dtype=np.uint32, mode="r", shape=(self.count, self.num_perm))
-                if self.count
-                else np.zeros((0, self.num_perm), dtype=np.uint32)
+    def band(self, band: int) -> np.ndarray:
+        """(N,) uint64 hashes of band ``band``."""
+        self._band_handles[band].flush()
+        return np.fromfile(self._band_paths[band], dtype=np.uint64, count=self.count)
+
+    def similarities(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        """(P,) estimated Jaccard similarity of each pair of rows."""
+        self._handle.flush()
+        out = np.zeros(len(rows_a), dtype=np.float64)
+        for start in range(0, len(rows_a), self.READ_PAIRS):
+            stop = start + self.READ_PAIRS
+            needed, where = np.unique(
+                np.concatenate([rows_a[start:stop], rows_b[start:stop]]), return_inverse=True
             )
-        return self._mapped
+            stored = self._read_rows(needed)  # (R, num_perm)
+            half = stop - start if stop <= len(rows_a) else len(rows_a) - start
+            out[start:stop] = (stored[where[:half]] == stored[where[half:]]).mean(axis=1)
+        return out
+
+    def _read_rows(self, rows: np.ndarray) -> np.ndarray:
+        # One read per row rather than a memory map: the kernel maps the cached pages around
+        # each touched one as well, and random rows would soon hold the whole file resident.
+        width = self.num_perm * 4
+        descriptor = self._handle.fileno()
+        data = b"".join(os.pread(descriptor, width, int(row) * width) for row in rows.tolist())
+        return np.frombuffer(data, dtype=np.uint32).reshape(len(rows), self.num_perm)
 
     def close(self) -> None:
-        self._mapped = None
-        self._handle.close()
+        for handle in [self._handle, *self._band_handles]:
+            handle.close()
 
 
 class _MinHashIndex:
-    """Streaming near-duplicate search: query each signature, verify candidates, insert."""
+    """Near-duplicate search: signatures appended a chunk at a time, then LSH banding and the
+    verification of every candidate pair."""
 
     def __init__(self, config: DedupConfig, folder: Path):
-        from rensa import RMinHashLSH
-
         self.config = config
         self.bands = lsh_bands(config.threshold, config.num_perm)
-        self.lsh = RMinHashLSH(
-            threshold=config.threshold, num_perm=config.num_perm, num_bands=self.bands[0]
-        )
-        self.signatures = _SignatureFile(folder, config.num_perm)
+        self.signatures = _SignatureFile(folder, config.num_perm, self.bands[0])
 
-    def add_chunk(self, texts: list[str]) -> list[list[int]]:
-        """Insert ``texts`` as the next signature rows; for each, the earlier rows it
-        duplicates (estimated Jaccard similarity at least the threshold)."""
-        hashes, matrix = minhash_signatures(texts, self.config)
-        start = self.signatures.count
-        self.signatures.append(matrix)
-        stored = self.signatures.rows()
-        matches: list[list[int]] = []
-        for offset, minhash in enumerate(hashes):
-            candidates = sorted(self.lsh.query(minhash))
-            found: list[int] = []
-            if candidates:
-                similarity = (stored[candidates] == matrix[offset]).mean(axis=1)  # (C,)
-                found = [
-                    int(other)
-                    for other, value in zip(candidates, similarity, strict=True)
-                    if value >= self.config.threshold
-                ]
-            matches.append(found)
-            self.lsh.insert(start + offset, minhash)
-        return matches
+    def add_chunk(self, shingle_sets: list[list[str]]) -> None:
+        """Append the signatures of ``shingle_sets`` as the next rows."""
+        self.signatures.append(_signatures_of_shingles(shingle_sets, self.config))
 
-    def similarity(self, row_a: int, row_b: int) -> float:
-        stored = self.signatures.rows()
-        return float((stored[row_a] == stored[row_b]).mean())
+    def duplicate_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows (a, b), a < b, sharing a band whose estimated Jaccard similarity is at least
+        the threshold, sorted."""
+        count = self.signatures.count
+        candidates = np.zeros(0, dtype=np.int64)
+        for band in range(self.bands[0]):
+            found = equal_key_pairs(self.signatures.band(band))
+            candidates = np.union1d(candidates, found) if len(candidates) else found
+        rows_a, rows_b = np.divmod(candidates, count) if count else (candidates, candidates)
+        similarity = self.signatures.similarities(rows_a, rows_b)
+        verified = similarity >= self.config.threshold
+        return rows_a[verified], rows_b[verified]
 
 
 class _Deduplicator:
@@ -309,19 +376,20 @@ class _Deduplicator:
         self.row_of = array("q")  # record -> signature or embedding row; -1: exact copy or empty
         self.owner = array("q")  # row -> record
         self.index = _MinHashIndex(config, folder) if config.method == "minhash" else None
-        self.pending: list[str] = []
+        self.pending: list[list[str]] = []
         self.semantic_texts: list[str] = []
         self.embeddings: np.ndarray | None = None
 
     def add(self, record: AnyRecord, score: float) -> None:
         position = self.union.add()
         text = "\n\n".join(unit_texts(record, self.config.field))
-        key = exact_key(text)
+        normalized = normalize(text)
+        key = _key_of_normalized(normalized)
         self.exact_keys.append(key)
         self.lengths.append(len(text))
         self.scores.append(score)
         self.row_of.append(-1)
-        if not normalize(text):  # an empty text duplicates nothing
+        if not normalized:  # an empty text duplicates nothing
             self.compared.append(0)
             return
         self.compared.append(1)
@@ -334,48 +402,69 @@ class _Deduplicator:
         self.row_of[position] = len(self.owner)
         self.owner.append(position)
         if self.index is not None:
-            self.pending.append(text)
+            self.pending.append(
+                _shingles_of_words(words_of_normalized(normalized), self.config.ngram)
+            )
             if len(self.pending) >= CHUNK:
-                self._flush()
+                self.index.add_chunk(self.pending)
+                self.pending.clear()
         else:
             self.semantic_texts.append(text)
 
-    def _flush(self) -> None:
-        assert self.index is not None
-        start = self.index.signatures.count
-        for offset, found in enumerate(self.index.add_chunk(self.pending)):
-            for other in found:
-                self.union.union(self.owner[start + offset], self.owner[other])
-        self.pending.clear()
-
     def finish(self) -> None:
         if self.index is not None:
-            self._flush()
+            self.index.add_chunk(self.pending)
+            self.pending.clear()
+            rows_a, rows_b = self.index.duplicate_pairs()
+            for row_a, row_b in zip(rows_a.tolist(), rows_b.tolist(), strict=True):
+                self.union.union(self.owner[row_a], self.owner[row_b])
         elif self.config.method == "semantic":
             self.embeddings = embed_texts(self.semantic_texts, self.config)
             for row_a, row_b in semantic_pairs(self.embeddings, self.config):
                 self.union.union(self.owner[row_a], self.owner[row_b])
             self.semantic_texts.clear()
 
-    def similarity(self, a: int, b: int) -> float:
-        """Similarity of records ``a`` and ``b`` as the method measures it (1 for exact copies)."""
-        if self.exact_keys[a] == self.exact_keys[b]:
-            return 1.0
+    def similarities(self, records_a: list[int], records_b: list[int]) -> list[float]:
+        """Similarity of each pair of records as the method measures it (1 for exact copies)."""
+        out = [1.0] * len(records_a)
+        measured = [
+            index
+            for index, (a, b) in enumerate(zip(records_a, records_b, strict=True))
+            if self.exact_keys[a] != self.exact_keys[b]
+        ]
+        if not measured:
+            return out
         # An exact copy is measured through the first record with its text.
-        row_a = self.row_of[self.first_with_key[self.exact_keys[a]]]
-        row_b = self.row_of[self.first_with_key[self.exact_keys[b]]]
+        rows_a, rows_b = (
+            np.array(
+                [
+                    self.row_of[self.first_with_key[self.exact_keys[side[index]]]]
+                    for index in measured
+                ],
+                dtype=np.int64,
+            )
+            for side in (records_a, records_b)
+        )
         if self.embeddings is not None:
-            return float(self.embeddings[row_a] @ self.embeddings[row_b])
-        assert self.index is not None
-        return self.index.similarity(row_a, row_b)
+            values = np.einsum("pd,pd->p", self.embeddings[rows_a], self.embeddings[rows_b])
+        else:
+            assert self.index is not None
+            values = self.index.signatures.similarities(rows_a, rows_b)
+        for index, value in zip(measured, values.tolist(), strict=True):
+            out[index] = float(value)
+        return out
 
     def clusters(self) -> dict[int, list[int]]:
         """Root -> members (in input order) of every cluster of more than one record."""
+        count = len(self.union.parent)
+        roots = np.fromiter(map(self.union.find, range(count)), dtype=np.int64, count=count)
+        compared = np.frombuffer(self.compared, dtype=np.int8).astype(bool)
+        sizes = np.bincount(roots[compared], minlength=count)  # (N,) members per root
+        clustered = np.flatnonzero(compared & (sizes[roots] > 1))
         members: dict[int, list[int]] = defaultdict(list)
-        for position in range(len(self.union.parent)):
-            if self.compared[position]:
-                members[self.union.find(position)].append(position)
-        return {root: group for root, group in members.items() if len(group) > 1}
+        for position, root in zip(clustered.tolist(), roots[clustered].tolist(), strict=True):
+            members[root].append(position)
+        return dict(members)
 
     def keeper(self, group: list[int]) -> int:
         """The member of ``group`` that is kept (ties go to the first read)."""
@@ -472,7 +561,7 @@ def dedup_responses(
     union = _UnionFind()
     for _ in texts:
         union.add()
-    signatures = None if config.method == "exact" else minhash_signatures(texts, config)[1]
+    signatures = None if config.method == "exact" else minhash_signatures(texts, config)
     for a in range(len(texts)):
         for b in range(a + 1, len(texts)):
             same = keys[a] == keys[b] or (
@@ -565,9 +654,15 @@ def dedup_records(
             report.num_clusters = len(clusters)
             dropped: dict[int, str] = {}
             cluster_rows = []
-            for root in sorted(clusters):
-                group = clusters[root]
-                keeper = dedup.keeper(group)
+            groups = [clusters[root] for root in sorted(clusters)]
+            keepers = [dedup.keeper(group) for group in groups]
+            similarity = iter(
+                dedup.similarities(
+                    [member for group in groups for member in group],
+                    [keeper for group, keeper in zip(groups, keepers, strict=True) for _ in group],
+                )
+            )
+            for group, keeper in zip(groups, keepers, strict=True):
                 members = []
                 for member in group:
                     reason = None
@@ -579,7 +674,7 @@ def dedup_records(
                         {
                             "id": ids[member],
                             "kept": member == keeper,
-                            "similarity": round(dedup.similarity(member, keeper), 4),
+                            "similarity": round(next(similarity), 4),
                             "reason": reason,
                         }
                     )

@@ -28,7 +28,12 @@ def normalize(text: str) -> str:
 
 def words(text: str) -> list[str]:
     """Word tokens of the normalised text (punctuation dropped)."""
-    return _WORD.findall(normalize(text))
+    return words_of_normalized(normalize(text))
+
+
+def words_of_normalized(normalized: str) -> list[str]:
+    """Word tokens of a text that :func:`normalize` has already normalised."""
+    return _WORD.findall(normalized)
 
 
 def responses_of(record: AnyRecord) -> list[Text]:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from prefkit.errors import UserInputError
+
 TASKS = ("pairwise", "ranking", "rating", "binary")
 Task = Literal["pairwise", "ranking", "rating", "binary"]
 
@@ -20,7 +22,7 @@ PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ANNOTATOR_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
 
 
-class AnnotateError(ValueError):
+class AnnotateError(UserInputError):
     """A problem with an annotation command's input that the user can fix."""
 
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from prefkit import __version__
+from prefkit.errors import UserInputError
 
 COMMAND_MODULES = (
     "quickstart",
@@ -74,28 +75,14 @@ def main(
 
 
 def _is_user_error(error: Exception) -> bool:
-    from prefkit.annotate.config import AnnotateError
-    from prefkit.data.errors import DataError
-    from prefkit.data.layouts import LayoutError
-    from prefkit.data.records import FieldError
-    from prefkit.errors import UserInputError
-
-    return isinstance(
-        error,
-        (
-            DataError,
-            LayoutError,
-            FieldError,
-            FileNotFoundError,
-            UserError,
-            AnnotateError,
-            UserInputError,
-        ),
-    )
+    # Every error a user can fix is a UserInputError (the data layer's DataError,
+    # FieldError and LayoutError and the annotation app's AnnotateError are kinds of it);
+    # a missing file given on the command line is one too.
+    return isinstance(error, (UserInputError, FileNotFoundError))
 
 
-class UserError(Exception):
-    """A problem with the command's input that the user can fix; printed without a trace."""
+UserError = UserInputError
+"""The commands' name for :class:`prefkit.errors.UserInputError` (one type, not two)."""
 
 
 if __name__ == "__main__":

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from prefkit.errors import UserInputError
+
 OnError = Literal["raise", "skip"]
 ON_ERROR_CHOICES = ("raise", "skip")
 
 
 @dataclass(eq=False)
-class DataError(ValueError):
+class DataError(UserInputError):
     """A record that cannot be read, with where and why.
 
     Attributes:

@@ -53,6 +53,7 @@ from prefkit.data.records import (
     record_from_dict,
 )
 from prefkit.data.sources import FILE_FIELD, PATH_FIELD, SPLIT_FIELD, RawRow
+from prefkit.errors import UserInputError
 
 MISSING_STRINGS = frozenset({"", "none", "null", "nan", "na", "n/a"})
 """Strings read as a missing number (CSV cells, the WMT MQM ``None``)."""
@@ -101,7 +102,7 @@ MAPPING_KEYS = (
 )
 
 
-class LayoutError(ValueError):
+class LayoutError(UserInputError):
     """A mapping or layout specification that cannot work (a user error, not a data error)."""
 
 

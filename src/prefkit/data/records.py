@@ -33,6 +33,8 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
+from prefkit.errors import UserInputError
+
 SCHEMA_VERSION = 1
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -41,7 +43,7 @@ OUTCOMES = ("a", "b", "tie")
 Outcome = Literal["a", "b", "tie"]
 
 
-class FieldError(ValueError):
+class FieldError(UserInputError):
     """A record field holds a value that the data model does not accept.
 
     Attributes:

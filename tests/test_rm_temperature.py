@@ -101,11 +101,34 @@ def test_eval_calibrates_with_the_model_temperature(trained, monkeypatch) -> Non
     monkeypatch.setenv("PREFKIT_CACHE", str(root / "prefkit-cache"))
     scorer = PrefkitRewardModelScorer(folder, device="cpu", progress=False)
     temperature = scorer.model.spec.temperature
-    report = evaluate([scorer], eval_records, n_resamples=0).to_json()["models"][0]
+    run = evaluate([scorer], eval_records, n_resamples=0)
+    report = run.to_json()["models"][0]
     training = json.loads((folder / "config.json").read_text())["training"]["calibration"]
     assert report["calibration"]["temperature"] == pytest.approx(temperature)
     assert report["calibration"]["ece"] == pytest.approx(training["after"]["ece"], abs=1e-6)
     assert report["calibration"]["brier"] == pytest.approx(training["after"]["brier"], abs=1e-6)
+    # The same pairs at T = 1: the calibration before scaling that rm train saw.
+    before = report["calibration"]["before_scaling"]
+    assert before["temperature"] == 1.0
+    assert before["ece"] == pytest.approx(training["before"]["ece"], abs=1e-6)
+    assert before["ece"] > report["calibration"]["ece"]
+    for ours, theirs in zip(before["bins"], training["before"]["bins"], strict=True):
+        assert ours["n"] == theirs["n"]
+
+    # The HTML report draws both reliability curves, each through its own bins.
+    from prefkit.eval.report import render_report
+
+    page = render_report(run)
+    assert page.count('<path class="reliability-before"') == 1
+    assert page.count('<path class="reliability"') == 1
+    filled = [entry for entry in before["bins"] if entry["n"] > 0]
+    assert page.count('<circle class="reliability-before"') == len(filled)
+    assert f"before temperature scaling, T = 1 (ECE {before['ece']:.3f}" in page
+    first = filled[0]
+    assert (
+        f"{first['n']:,} pairs, mean confidence {first['mean_predicted']:.3f}, share where the "
+        f"preferred response won {first['observed_frequency']:.3f}" in page
+    )
 
 
 def test_no_fit_temperature_keeps_t_1(tmp_path) -> None:
@@ -145,3 +168,53 @@ def test_cli_prints_the_calibration_before_and_after(tmp_path, capsys) -> None:
     assert "temperature: T = " in captured.err
     assert main([*arguments[:-1], "--no-fit-temperature", "--no-progress"]) == 0
     assert "calibration" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_eval_fraction_holds_out_a_seeded_split_and_fits_t_on_it(tmp_path) -> None:
+    from prefkit.data.split import split_eval_records
+
+    backbone = make_tiny_bert(tmp_path / "bert")
+    records = noisy_pairs(240, seed=11)
+    config = quick_config(
+        backbone,
+        tmp_path,
+        epochs=30,
+        lr=1e-2,
+        features="response",
+        dropout=0.0,
+        head="mlp",
+        eval_fraction=0.25,
+    )
+    lines: list[str] = []
+    result = train_reward_model(records, config, tmp_path / "rm", log=lines.append)
+    assert "held out 60 of 240 records at random (--eval-fraction 0.25, seed 0)" in lines
+    training, held_out = split_eval_records(records, 0.25, config.loop.seed)
+    saved = json.loads((tmp_path / "rm" / "config.json").read_text())["training"]
+    # Trained on the other 180 only; T fitted on the 60 held out, as an explicit --eval-data
+    # of those 60 would.
+    assert saved["records"] == 180 and saved["calibration"]["n"] == 60
+    model = RewardModel.load(tmp_path / "rm", cache_dir=tmp_path / "cache")
+    margins = held_out_margins(model, held_out)
+    outcomes = [record.outcome for record in held_out]
+    refit = fit_temperature(margins, np.zeros(len(margins)), outcomes)
+    assert refit["temperature"] == pytest.approx(result.model.spec.temperature, rel=1e-4)
+    assert result.model.spec.temperature > 1.5  # over-confident on 30% flipped labels
+    # Never worse than T = 1 on the held-out pairs, and accuracy is unchanged.
+    calibration = saved["calibration"]
+    assert calibration["nll_after"] <= calibration["nll_before"]
+    probabilities = [row["prob_a"] for row in score_records(model, held_out)]
+    assert np.array_equal(np.array(probabilities) > 0.5, margins > 0)
+    # The same seed holds out the same records: a second run fits the same T.
+    again = train_reward_model(records, config, tmp_path / "rm-again", log=lambda _: None)
+    assert again.model.spec.temperature == pytest.approx(result.model.spec.temperature)
+
+
+def test_eval_fraction_and_eval_data_together_are_refused(tmp_path) -> None:
+    backbone = make_tiny_bert(tmp_path / "bert")
+    config = quick_config(backbone, tmp_path, epochs=1, features="response", eval_fraction=0.2)
+    with pytest.raises(ValueError, match="both given"):
+        train_reward_model(
+            noisy_pairs(20, seed=1), config, tmp_path / "rm", eval_records=noisy_pairs(5, seed=2)
+        )
+    with pytest.raises(ValueError, match=r"eval_fraction must be a number in \[0, 1\)"):
+        quick_config(backbone, tmp_path, eval_fraction=1.0)

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "generate",
     "curate",
     "serve",
+    "rl",
 )
 
 

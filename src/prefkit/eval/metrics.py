@@ -1297,9 +1297,10 @@ def pairwise_report(
                                      accuracy_ci95, accuracy_half_credit,
                                      accuracy_half_credit_ci95}}  ({} without category)
         calibration                  {n, temperature, ece, brier, bins: [{lower, upper, n,
-                                     mean_predicted, observed_frequency}]}
+                                     mean_predicted, observed_frequency}], before_scaling}
                                      (see calibration(); 10 bins of confidence over [0.5, 1],
-                                     p = sigmoid(margin / temperature))
+                                     p = sigmoid(margin / temperature); before_scaling: the
+                                     same block at T = 1 when temperature != 1, else None)
         length_bias                  None without lengths, else {spearman,
                                      accuracy_when_chosen_longer(_ci95),
                                      accuracy_when_chosen_shorter(_ci95),
@@ -1366,6 +1367,10 @@ def pairwise_report(
         )
     )
     report["calibration"] = calibration(rewards_a, rewards_b, codes, temperature=temperature)
+    # With a fitted T, the same pairs at T = 1 too: the reliability before and after scaling.
+    report["calibration"]["before_scaling"] = (
+        None if temperature == 1.0 else calibration(rewards_a, rewards_b, codes, temperature=1.0)
+    )
     report["length_bias"] = (
         None
         if lengths_a is None

@@ -455,12 +455,22 @@ def _calibration_plot(model: ModelEvaluation) -> tuple[str, str]:
         )
         if count > 0 and predicted is not None and observed is not None:
             points.append((predicted, observed, count, lower, upper))
-    if len(points) > 1:
-        path = " ".join(
-            f"{'M' if i == 0 else 'L'}{frame.x(p):.1f},{frame.y(o):.1f}"
-            for i, (p, o, *_rest) in enumerate(points)
+    before = calibration.get("before_scaling")
+    before = before if isinstance(before, dict) else {}
+    before_points = _reliability_points(before)
+    if len(before_points) > 1:
+        marks.append(
+            f'<path class="reliability-before" d="{_polyline(frame, before_points)}"></path>'
         )
-        marks.append(f'<path class="reliability" d="{path}"></path>')
+    for predicted, observed, count, lower, upper in before_points:
+        marks.append(
+            f'<circle class="reliability-before" cx="{frame.x(predicted):.1f}" '
+            f'cy="{frame.y(observed):.1f}" r="2.5"><title>before temperature scaling (T = 1), '
+            f"confidence in [{lower:.2f}, {upper:.2f}): {count:,} pairs, mean confidence "
+            f"{predicted:.3f}, share where the preferred response won {observed:.3f}</title></circle>"
+        )
+    if len(points) > 1:
+        marks.append(f'<path class="reliability" d="{_polyline(frame, points)}"></path>')
     for predicted, observed, count, lower, upper in points:
         radius = 2.5 + 4.5 * math.sqrt(count / largest)
         marks.append(
@@ -475,14 +485,43 @@ def _calibration_plot(model: ModelEvaluation) -> tuple[str, str]:
         y_label="share where the model's choice won",
         title=f"Reliability diagram, ECE {_number(calibration.get('ece'))}",
     )
-    return svg, _legend(
+    entries = [
         (
             "reliability",
             f"bins (ECE {_number(calibration.get('ece'))}, "
             f"Brier {_number(calibration.get('brier'))})",
-        ),
-        ("diagonal", "perfect calibration"),
-        ("count", "pairs per bin"),
+        )
+    ]
+    if before_points:
+        entries.append(
+            (
+                "reliability-before",
+                f"before temperature scaling, T = 1 (ECE {_number(before.get('ece'))}, "
+                f"Brier {_number(before.get('brier'))})",
+            )
+        )
+    return svg, _legend(*entries, ("diagonal", "perfect calibration"), ("count", "pairs per bin"))
+
+
+def _reliability_points(block: dict[str, Any]) -> list[tuple[float, float, int, float, float]]:
+    """(mean confidence, observed share, n, lower, upper) of each filled bin of a calibration
+    block."""
+    points = []
+    for entry in block.get("bins") or []:
+        if not isinstance(entry, dict):
+            continue
+        count = entry.get("n")
+        values = [_finite(entry.get(key)) for key in ("mean_predicted", "observed_frequency")]
+        bounds = [_finite(entry.get(key)) for key in ("lower", "upper")]
+        if isinstance(count, int) and count > 0 and None not in values and None not in bounds:
+            points.append((values[0], values[1], count, bounds[0], bounds[1]))
+    return points  # type: ignore[return-value]
+
+
+def _polyline(frame: Any, points: Sequence[tuple[float, float, Any, Any, Any]]) -> str:
+    return " ".join(
+        f"{'M' if i == 0 else 'L'}{frame.x(p):.1f},{frame.y(o):.1f}"
+        for i, (p, o, *_rest) in enumerate(points)
     )
 
 
@@ -1065,6 +1104,9 @@ svg rect.correct { fill: var(--correct); fill-opacity: 0.8; }
 svg rect.wrong { fill: var(--wrong); fill-opacity: 0.8; }
 svg .diagonal { stroke: var(--muted); stroke-dasharray: 4 4; }
 svg path.reliability { fill: none; stroke: var(--preferred); stroke-width: 2; }
+svg path.reliability-before { fill: none; stroke: var(--muted); stroke-width: 1.5; stroke-dasharray: 5 4; }
+svg circle.reliability-before { fill: var(--muted); }
+.swatch.reliability-before { background: var(--muted); }
 svg circle.reliability { fill: var(--preferred); stroke: var(--paper); stroke-width: 1; }
 svg rect.count { fill: var(--tie); fill-opacity: 0.35; }
 svg .count-label { fill: var(--muted); font-size: 9px; text-anchor: middle; }

@@ -49,6 +49,9 @@ class Completion:
     """Tokens generated, EOS not counted."""
     finish_reason: FinishReason
     """``eos`` (the model ended it), ``length`` (max-new-tokens reached) or ``stop`` (a stop string)."""
+    token_ids: tuple[int, ...] = ()
+    """The generated token ids (``num_tokens`` of them), then the EOS token that ended the
+    response when ``finish_reason`` is ``eos``; padding never included."""
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -230,9 +233,10 @@ class HFEngine:
         self, prompt_ids: Sequence[int], new_ids: list[int], config: SamplingConfig
     ) -> Completion:
         ended_by_eos = False
+        eos: list[int] = []
         for position, token in enumerate(new_ids):
             if token in self.eos_ids:
-                new_ids = new_ids[:position]
+                new_ids, eos = new_ids[:position], [token]
                 ended_by_eos = True
                 break
         text = decode_continuation(self.tokenizer, prompt_ids, new_ids)
@@ -242,8 +246,9 @@ class HFEngine:
             while new_ids and new_ids[-1] == self.pad_id:
                 new_ids = new_ids[:-1]
         if stopped:
-            return Completion(text, len(new_ids), "stop")
-        return Completion(text, len(new_ids), "eos" if ended_by_eos else "length")
+            return Completion(text, len(new_ids), "stop", tuple(new_ids + eos))
+        reason: FinishReason = "eos" if ended_by_eos else "length"
+        return Completion(text, len(new_ids), reason, tuple(new_ids + eos))
 
 
 def vllm_unavailable_reason() -> str | None:
@@ -306,12 +311,13 @@ class VLLMEngine:
             else:
                 reason = "eos"
             new_ids = list(sample.token_ids)
+            eos: list[int] = []
             if reason == "eos" and new_ids and new_ids[-1] == self.tokenizer.eos_token_id:
-                new_ids = new_ids[:-1]
+                new_ids, eos = new_ids[:-1], new_ids[-1:]
             text = decode_continuation(self.tokenizer, request.prompt_ids, new_ids)
             if reason == "stop":
                 text, _ = cut_at_stop(text, config.stop)
-            completions.append(Completion(text, len(new_ids), reason))
+            completions.append(Completion(text, len(new_ids), reason, tuple(new_ids + eos)))
         if progress is not None:
             progress(len(requests), sum(completion.num_tokens for completion in completions))
         return completions

@@ -32,7 +32,13 @@ from prefkit.rm.embedding_model import EmbeddingRewardModel
 from prefkit.rm.examples import TruncationCounts, rating_attributes, record_items
 from prefkit.rm.result import RewardTrainResult, temperature_summary
 from prefkit.rm.task import evaluate_examples
-from prefkit.rm.train import RMTrainConfig, held_out_temperature, prepare, train_reward_model
+from prefkit.rm.train import (
+    RMTrainConfig,
+    held_out_temperature,
+    hold_out,
+    prepare,
+    train_reward_model,
+)
 from prefkit.train.loop import TrainCallback
 
 
@@ -61,6 +67,9 @@ def train_ensemble(
     if not records:
         raise UserInputError(f"{source}: no records to train on.")
     out = Path(out_dir)
+    # One held-out split for the whole ensemble: the members train on the same records.
+    records, eval_records = hold_out(records, eval_records, config, log)
+    config = dataclasses.replace(config, eval_fraction=0.0)
     seed = config.loop.seed
     rng = np.random.default_rng(seed)
     members = []

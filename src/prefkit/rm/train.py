@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from prefkit.data.records import AnyRecord, PairwiseRecord
+from prefkit.data.split import split_eval_records
 from prefkit.errors import UserInputError
 from prefkit.eval.metrics import temperature_scaling
 from prefkit.progress import ProgressCounter
@@ -116,9 +117,14 @@ class RMTrainConfig:
     """Embedding cache folder; none = $PREFKIT_CACHE/embeddings or ~/.cache/prefkit/embeddings."""
     embed_batch_size: int = 16
     """Texts per encoder forward pass when embedding."""
+    eval_fraction: float = 0.0
+    """Hold out this seeded fraction of the training records (seed: the loop's) as held-out
+    data, for evaluation, early stopping and the temperature fit; 0 = none (give --eval-data
+    instead, not both)."""
     fit_temperature: bool = True
-    """Pair data with held-out records (--eval-data): fit the calibration temperature T of
-    P(a preferred) = sigmoid((r_a - r_b) / T) on them after training; off = T stays 1."""
+    """Pair data with held-out records (--eval-data or --eval-fraction): fit the calibration
+    temperature T of P(a preferred) = sigmoid((r_a - r_b) / T) on them after training;
+    off = T stays 1."""
     length_debias: float = 0.0
     """Weight of the length-debiasing penalty (:mod:`prefkit.rm.length_debias`, ODIN): a length
     head is trained beside the reward and dropped at inference; 0 = off."""
@@ -156,6 +162,16 @@ class RMTrainConfig:
             )
         if self.lora_r < 1:
             raise UserInputError(f"RMTrainConfig: lora_r must be >= 1, got {self.lora_r}.")
+        fraction = self.eval_fraction
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not 0 <= fraction < 1
+        ):
+            raise UserInputError(
+                f"RMTrainConfig: eval_fraction must be a number in [0, 1) (0 = no held-out split), "
+                f"got {fraction!r}; e.g. 0.1 holds out a tenth of the records."
+            )
         if self.train is not None and not isinstance(self.train, TrainConfig):
             raise UserInputError(
                 f"RMTrainConfig: train must be a TrainConfig or None, got {type(self.train).__name__}."
@@ -313,6 +329,7 @@ def train_reward_model(
     same command resumes from the newest checkpoint). The result has one stage, ``train``.
     """
     out = Path(out_dir)
+    records, eval_records = hold_out(records, eval_records, config, log)
     kind = data_kind(records, source)
     loss_name = choose_loss(records, config.loss, source)
     if eval_records:
@@ -395,7 +412,10 @@ def train_reward_model(
         else:
             log("temperature: not fitted (--no-fit-temperature); T = 1")
     elif kind == PairwiseRecord.kind and config.fit_temperature:
-        log("temperature: not fitted, no held-out pairs (give --eval-data); T = 1")
+        log(
+            "temperature: not fitted, no held-out pairs (give --eval-data or --eval-fraction); "
+            "T = 1"
+        )
     model.spec = dataclasses.replace(
         model.spec,
         reward_mean=float(all_rewards.mean()),
@@ -450,6 +470,29 @@ def _train_length_debiased(
     )
     joint.release()
     return {**summary, "result": result}
+
+
+def hold_out(
+    records: Sequence[AnyRecord],
+    eval_records: Sequence[AnyRecord] | None,
+    config: RMTrainConfig,
+    log: Callable[[str], None],
+) -> tuple[Sequence[AnyRecord], Sequence[AnyRecord] | None]:
+    """(training, held-out) records: ``config.eval_fraction`` of ``records`` held out at random
+    with the loop's seed, or the records and ``eval_records`` as given."""
+    if config.eval_fraction == 0:
+        return records, eval_records
+    if eval_records:
+        raise UserInputError(
+            "held-out records and eval_fraction are both given; either hold out a fraction of "
+            "the training records (--eval-fraction) or pass held-out records (--eval-data)."
+        )
+    training, held_out = split_eval_records(records, config.eval_fraction, config.loop.seed)
+    log(
+        f"held out {len(held_out)} of {len(training) + len(held_out)} records at random "
+        f"(--eval-fraction {config.eval_fraction:g}, seed {config.loop.seed})"
+    )
+    return training, held_out
 
 
 def held_out_temperature(

@@ -1,0 +1,1 @@
+"""Online alignment: GRPO, RLOO, ReMax, REINFORCE++ and online DPO against a reward."""

@@ -274,6 +274,43 @@ def test_iterative_dpo_improves_the_rule_reward_over_rounds(tmp_path: Path) -> N
     assert rewards[2] > rewards[0] + 0.25, rewards
 
 
+def _constant(prompts, completions, completion_ids, **columns):
+    return [0.5] * len(completions)
+
+
+def _nothing(prompts, completions, completion_ids, **columns):
+    return [None] * len(completions)
+
+
+def test_a_round_where_every_prompt_ties_keeps_its_policy(tmp_path: Path) -> None:
+    model, tokenizer = tiny_policy()
+    start = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    result = iterative_dpo(
+        prompts(8),
+        model,
+        tokenizer,
+        _constant,
+        tmp_path / "run",
+        RLConfig(algo="iterative_dpo", rounds=1, max_new_tokens=5),
+        TrainConfig(batch_size=4, progress=False, device="cpu"),
+    )
+    metrics = result.rounds[0].metrics
+    assert metrics["pairs"] == 0 and metrics["skipped_prompts"] == 8
+    assert metrics["train_steps"] == 0 and metrics["reward_std"] == 0
+    saved = _weights(tmp_path / "run" / "round-1")
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, start[name]), name
+    with pytest.raises(UserInputError, match="the reward gave no sample of this round a value"):
+        iterative_dpo(
+            prompts(8),
+            *tiny_policy(),
+            _nothing,
+            tmp_path / "none",
+            RLConfig(algo="iterative_dpo", rounds=1, max_new_tokens=5),
+            TrainConfig(batch_size=4, progress=False, device="cpu"),
+        )
+
+
 def test_bad_settings_are_clear_errors(workspace: Path, capsys) -> None:
     with pytest.raises(UserInputError, match="rounds must be an integer >= 1, got 0"):
         RLConfig(algo="iterative_dpo", rounds=0)

@@ -19,7 +19,11 @@ called, not copied. Round ``r = 1..K`` writes ``OUT/round-r/``:
    sample out of the pair building.
 3. ``pairs.jsonl`` (and ``pairs_stats.json``): best-worst pairs by
    :func:`prefkit.data.pairs.build_pairs` (West-of-N); ties, identical responses
-   and prompts with fewer than two rewarded samples are skipped and counted.
+   and prompts with fewer than two rewarded samples are skipped and counted. A
+   round where every prompt ties (a policy that has converged on the reward) has
+   no pairs: it trains nothing and keeps its policy as its model (logged, and
+   ``pairs`` is 0 in ``round.json``); a round where the reward gave no sample a
+   value is an error.
 4. ``model/`` (a Hugging Face model folder), ``metrics.jsonl`` (one line per DPO
    step): :func:`prefkit.align.trainer.align` on the pairs with ``dpo_loss``
    (default DPO), ``beta``, ``--epochs`` or ``max_steps`` per round, and LoRA
@@ -420,10 +424,12 @@ def _build_pairs(
         reward_model="the iterative_dpo reward",
     )
     summary = {**stats.to_dict(), "summary": stats.summary()}
-    if not pairs:
+    if not pairs and not any(
+        value is not None for row in rows.values() for value in row["rewards"]
+    ):
         raise UserInputError(
-            f"{folder}: no pairs to train on ({stats.summary()}): every prompt's samples tie or "
-            "lack a reward; sample more (--num-generations, --temperature) or check the reward"
+            f"{folder / 'rewards.jsonl'}: the reward gave no sample of this round a value (every "
+            "reward is None), so there is nothing to pair; check the reward"
         )
     _write_json_atomic(folder / "pairs_stats.json", summary)
     write_records(pairs, folder / "pairs.jsonl")
@@ -470,7 +476,12 @@ def iterative_dpo(
     round. ``log`` receives one line per stage.
     """
     from prefkit.align.refcache import weights_digest as module_digest
-    from prefkit.align.trainer import _training_device, align, load_causal_lm
+    from prefkit.align.trainer import (
+        _training_device,
+        align,
+        load_causal_lm,
+        save_aligned_model,
+    )
     from prefkit.generate.run import weights_digest as folder_digest
     from prefkit.rl.trainer import RewardOptions, _as_reward
 
@@ -585,20 +596,27 @@ def iterative_dpo(
             say(f"round {number}: {pair_stats['summary']}")
 
             started = time.perf_counter()
-            result = align(
-                _read_records(folder / "pairs.jsonl"),
-                policy,
-                tokenizer,
-                folder,
-                align_config,
-                train_config,
-                ref_model=reference,
-                callbacks=callbacks,
-                max_steps=config.max_steps,
-            )
+            if pair_stats["pairs_written"]:
+                align(
+                    _read_records(folder / "pairs.jsonl"),
+                    policy,
+                    tokenizer,
+                    folder,
+                    align_config,
+                    train_config,
+                    ref_model=reference,
+                    callbacks=callbacks,
+                    max_steps=config.max_steps,
+                )
+            else:
+                # Every prompt's samples tie (a policy that always earns the same reward):
+                # there is no preference to learn, and the round keeps its policy.
+                say(f"round {number}: no pairs (all tied), so the policy is kept unchanged")
+                (folder / "metrics.jsonl").write_text("")
+                save_aligned_model(policy, tokenizer, folder / "model")
             train_s = time.perf_counter() - started
             ran.append("model")
-            del policy, result
+            del policy
             last = _last_train_line(folder / "metrics.jsonl")
             metrics = {
                 "round": number,

@@ -246,6 +246,35 @@ def test_a_run_stopped_inside_round_two_continues_from_its_checkpoint(tmp_path: 
     _assert_same_run(tmp_path / "whole", tmp_path / "cut")
 
 
+def test_the_original_model_as_every_round_reference(tmp_path: Path) -> None:
+    """Round 1's reference is the original model either way, so round 1 (and with it round 2's
+    candidates and pairs) is the same; round 2's DPO is then anchored elsewhere."""
+    start = _run(tmp_path / "start")
+    original = _run(tmp_path / "original", round_reference="original")
+    assert [item.metrics["reference"] for item in start.rounds] == ["start", "start"]
+    assert [item.metrics["reference"] for item in original.rounds] == ["original (<module>)"] * 2
+    for name, tensor in _weights(tmp_path / "start" / "round-1").items():
+        assert torch.equal(_weights(tmp_path / "original" / "round-1")[name], tensor), name
+    assert _pairs(tmp_path / "start" / "round-2") == _pairs(tmp_path / "original" / "round-2")
+    one, two = (_weights(tmp_path / run / "round-2") for run in ("start", "original"))
+    assert max(float((one[name] - two[name]).abs().max()) for name in one) > 1e-5
+
+
+def test_lora_rounds_merge_their_adapters_into_the_next_round_policy(tmp_path: Path) -> None:
+    result = _run(tmp_path / "run", lora=True, lora_r=4)
+    first = tmp_path / "run" / "round-1" / "model"
+    assert not (first / "adapter_config.json").exists()  # merged: a plain model folder
+    assert result.rounds[1].metrics["generator_weights_sha256"] == weights_digest(first)
+    model, _ = tiny_policy()
+    merged = _weights(tmp_path / "run" / "round-1")
+    moved = [
+        name
+        for name, tensor in model.state_dict().items()
+        if name in merged and not torch.equal(merged[name], tensor)
+    ]
+    assert moved and all(name.endswith("weight") for name in moved)
+
+
 def test_max_steps_per_round_runs_past_one_epoch(tmp_path: Path) -> None:
     result = _run(tmp_path / "run", rounds=1, max_steps=5)
     lines = jsonl(tmp_path / "run" / "round-1" / "metrics.jsonl")

@@ -130,7 +130,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="PATH",
         default=None,
         help="reference model (default: the policy before training; with --lora, the "
-        "adapter-disabled policy); not loaded at --beta 0",
+        "adapter-disabled policy; iterative_dpo: the policy each round starts from); not "
+        "loaded at --beta 0",
     )
     parser.add_argument(
         "--tokenizer", metavar="PATH", default=None, help="tokenizer folder (default: --model)"

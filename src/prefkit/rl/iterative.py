@@ -536,6 +536,14 @@ def iterative_dpo(
     if reference is None and config.round_reference == "original":
         # a copy: round 1 trains a given module in place
         reference = copy.deepcopy(model) if isinstance(model, nn.Module) else model
+    if not config.needs_reference:
+        reference_label = "none"
+    elif ref_model is not None:
+        reference_label = "<module>" if isinstance(ref_model, nn.Module) else str(ref_model)
+    elif config.round_reference == "original":
+        reference_label = f"original ({model_name})"
+    else:
+        reference_label = "start"
     device = _training_device(train_config)
     reward_object: Any = None
     results: list[RoundResult] = []
@@ -622,9 +630,7 @@ def iterative_dpo(
                 "round": number,
                 "generator": start_name,
                 "generator_weights_sha256": start_digest,
-                "reference": "start"
-                if reference is None
-                else (str(reference) if not isinstance(reference, nn.Module) else "<module>"),
+                "reference": reference_label,
                 **_reward_metrics(records, rows),
                 "pairs": pair_stats["pairs_written"],
                 "skipped_prompts": pair_stats["sets_read"] - pair_stats["pairs_written"],

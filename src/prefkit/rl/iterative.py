@@ -51,6 +51,13 @@ from its last checkpoint. Every stage is seeded, so the result equals an
 uninterrupted run. A run whose rounds are all finished does nothing and says so
 (:attr:`IterativeResult.already_done`); raising ``rounds`` continues it.
 ``OUT/run.json`` holds the settings; a rerun with other settings is an error.
+
+Limits: one process (no ``accelerate launch``: the stages are not sharded), the
+HF generation engine only, and the pairs are re-tokenized from the decoded text
+by the align trainer (as offline DPO on a generated file would be), so a
+completion cut at ``max_new_tokens`` gets an EOS appended there; the
+missing-EOS penalty (``missing_eos_penalty``) makes such samples less likely to
+be chosen.
 """
 
 from __future__ import annotations
@@ -491,6 +498,11 @@ def iterative_dpo(
             f"iterative_dpo: the config's algo is {config.algo!r}; use prefkit.rl.trainer.rl"
         )
     train_config = train_config or TrainConfig(batch_size=8)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserInputError(
+            "iterative_dpo runs in one process (each round generates, scores and writes its "
+            "files once); run it without accelerate launch / torchrun"
+        )
     say = log or (lambda line: None)
     if ref_model is not None and config.round_reference is not None:
         raise UserInputError(
@@ -551,6 +563,8 @@ def iterative_dpo(
         for number in range(1, rounds + 1):
             folder = round_dir(out, number)
             if _round_complete(folder):
+                # a run killed between recording the round and removing its checkpoints
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
                 metrics = json.loads((folder / "round.json").read_text())
                 results.append(RoundResult(number, folder, metrics, ()))
                 continue

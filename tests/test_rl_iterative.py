@@ -219,6 +219,12 @@ def test_a_removed_round_model_is_retrained_alone_to_the_uninterrupted_weights(
     for path, stamp in kept.items():
         assert path.stat().st_mtime_ns == stamp, path  # round 1 and round 2's data not redone
     _assert_same_run(tmp_path / "whole", cut)
+    # an unfinished round 2 without its rewards scores again, and the stages after it follow
+    (cut / "round-2" / "rewards.jsonl").unlink()
+    (cut / "round-2" / "round.json").unlink()
+    again = _run(cut)
+    assert [item.ran for item in again.rounds] == [(), ("rewards", "pairs", "model")]
+    _assert_same_run(tmp_path / "whole", cut)
 
 
 def test_a_run_stopped_inside_round_two_continues_from_its_checkpoint(tmp_path: Path) -> None:

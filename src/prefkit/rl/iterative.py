@@ -47,7 +47,8 @@ Started again with the same arguments, the run skips finished rounds and, inside
 an unfinished round, the stages whose files are complete: candidates resume
 from the prompts already written, rewards and pairs are reused when their files
 exist (they are written to a temporary name and renamed), and the DPO resumes
-from its last checkpoint. Every stage is seeded, so the result equals an
+from its last checkpoint; a stage that runs again makes every later stage of
+the round run again. Every stage is seeded, so the result equals an
 uninterrupted run. A run whose rounds are all finished does nothing and says so
 (:attr:`IterativeResult.already_done`); raising ``rounds`` continues it.
 ``OUT/run.json`` holds the settings; a rerun with other settings is an error.
@@ -593,11 +594,16 @@ def iterative_dpo(
             )
             if generated:
                 ran.append("candidates")
+            # A stage that ran now makes the files of the later stages stale (they may be
+            # left over from other inputs), so those are redone too.
+            stale = generated
             say(f"round {number}: candidates in {folder / 'candidates.jsonl'}")
             records = _read_candidates(folder / "candidates.jsonl")
 
             rewards_path = folder / "rewards.jsonl"
             reward_s = 0.0
+            if stale:
+                rewards_path.unlink(missing_ok=True)
             if not rewards_path.is_file():
                 if reward_object is None:
                     reward_object = _as_reward(
@@ -607,14 +613,20 @@ def iterative_dpo(
                 _write_rewards(rewards_path, _score(records, reward_object, columns, config))
                 reward_s = time.perf_counter() - started
                 ran.append("rewards")
+                stale = True
             rows = _read_rewards(rewards_path, records)
             say(f"round {number}: rewards in {rewards_path}")
 
+            if stale:
+                (folder / "pairs.jsonl").unlink(missing_ok=True)
             if (folder / "pairs.jsonl").is_file() and (folder / "pairs_stats.json").is_file():
                 pair_stats = json.loads((folder / "pairs_stats.json").read_text())
             else:
                 pair_stats = _build_pairs(folder, records, rows, train_config.seed)
                 ran.append("pairs")
+                stale = True
+            if stale:  # a DPO begun on other pairs
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
             say(f"round {number}: {pair_stats['summary']}")
 
             started = time.perf_counter()

@@ -370,6 +370,8 @@ def test_bad_settings_are_clear_errors(workspace: Path, capsys) -> None:
     assert "rounds must be an integer >= 1, got 0" in capsys.readouterr().err
     assert _cli("--num-generations", "1", "--out", "bad") == 2
     assert "num_generations must be >= 2, got 1" in capsys.readouterr().err
+    assert _cli("--ref", "policy", "--round-reference", "original", "--out", "bad") == 2
+    assert "not both" in capsys.readouterr().err
     assert not os.path.exists(workspace / "bad" / "round-1")
 
 

@@ -39,6 +39,19 @@ def test_plain_progress_prints_a_line_per_interval_and_a_summary() -> None:
     assert lines[-1] == "training: 188/188 step 1 step/s in 188.0 s loss=0.5"
 
 
+def test_plain_progress_takes_a_postfix_string_as_tqdm_does() -> None:
+    """``prefkit generate`` shows tokens/s with tqdm's set_postfix_str(text, refresh=False)."""
+    now = [0.0]
+    stream = io.StringIO()
+    with PlainProgress(
+        total=4, description="generate", unit="seq", stream=stream, clock=lambda: now[0]
+    ) as bar:
+        now[0] += 2.0
+        bar.update(4)
+        bar.set_postfix_str("12 tok/s", refresh=False)
+    assert stream.getvalue().splitlines()[-1] == "generate: 4/4 seq 2 seq/s in 2.0 s 12 tok/s"
+
+
 def test_bars_off_a_terminal_are_plain(capsys) -> None:
     with progress_bar(total=3, description="scoring", unit="item") as bar:
         bar.update(3)

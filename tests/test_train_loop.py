@@ -459,6 +459,39 @@ def test_resuming_a_finished_run_does_nothing_and_resume_false_refuses(tmp_path)
         train(make_mlp(), RegressionTask(), resume_config(), tmp_path, resume=False)
 
 
+def test_max_steps_stops_inside_an_epoch_checkpoints_there_and_resumes_to_nothing(tmp_path):
+    """40 examples in batches of 8: 5 steps per epoch, so max_steps=12 ends in epoch 2 after
+    two of its batches; up to there it is the run of 3 epochs (constant learning rate)."""
+    reference = make_mlp()
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            reference,
+            RegressionTask(),
+            quiet_config(batch_size=8, epochs=3, schedule="constant"),
+            tmp_path / "epochs",
+            callbacks=[StopAtStep(12)],
+        )
+    model = make_mlp()
+    config = quiet_config(batch_size=8, epochs=1, schedule="constant")
+    result = train(model, RegressionTask(), config, tmp_path / "steps", max_steps=12)
+    assert result.global_step == 12 and result.epochs_completed == 2
+    assert_same_weights(model, reference)
+    lines = read_metrics(tmp_path / "steps")
+    assert [(line["epoch"], line["step"]) for line in lines if line["split"] == "train"] == [
+        (step // 5, step + 1) for step in range(12)
+    ]
+    assert result.last_checkpoint is not None and result.last_checkpoint.name == "step-12"
+    again = train(make_mlp(seed=3), RegressionTask(), config, tmp_path / "steps", max_steps=12)
+    assert again.resumed_from is not None and again.resumed_from.name == "step-12"
+    assert again.global_step == 12 and again.last_train_loss is None
+    # the linear schedule spans max_steps: the last step runs at lr * 1 / 12
+    linear = quiet_config(batch_size=8, epochs=1, schedule="linear")
+    train(make_mlp(), RegressionTask(), linear, tmp_path / "linear", max_steps=12)
+    assert read_metrics(tmp_path / "linear")[-1]["lr"] == pytest.approx(1e-2 / 12)
+    with pytest.raises(UserInputError, match="max_steps must be an integer >= 1, got 0"):
+        train(make_mlp(), RegressionTask(), config, tmp_path / "bad", max_steps=0)
+
+
 # --- 3. determinism ---------------------------------------------------------------
 
 

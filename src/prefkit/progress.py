@@ -28,7 +28,7 @@ class PlainProgress:
     """Progress as plain lines: at most one every ``interval`` seconds, and a summary on close.
 
     Has the part of tqdm's interface that prefkit uses (``update``, ``set_postfix``,
-    ``total``, ``refresh``, ``close``, context manager, iteration).
+    ``set_postfix_str``, ``total``, ``refresh``, ``close``, context manager, iteration).
     """
 
     def __init__(
@@ -81,6 +81,10 @@ class PlainProgress:
 
     def set_postfix(self, **values: Any) -> None:
         self._postfix = ", ".join(f"{name}={value}" for name, value in values.items())
+
+    def set_postfix_str(self, text: str = "", refresh: bool = True) -> None:
+        """Text shown after the counts (``refresh`` is tqdm's; lines are printed by update)."""
+        self._postfix = str(text)
 
     def refresh(self) -> None:
         """Nothing to redraw: lines are printed by :meth:`update`."""

@@ -902,6 +902,7 @@ def align(
     resume: bool = True,
     callbacks: Sequence[TrainCallback] = (),
     optimizer_factory: OptimizerFactory | None = None,
+    max_steps: int | None = None,
 ) -> AlignResult:
     """Align ``model`` to the preferences in ``records``; see the module docstring.
 
@@ -915,6 +916,8 @@ def align(
     interrupted and started again with the same arguments resumes exactly.
     ``optimizer_factory`` builds the optimizer from the (LoRA-wrapped) model and
     ``train_config`` (default: AdamW, :func:`prefkit.train.loop.default_optimizer`).
+    ``max_steps`` stops after that many optimizer steps instead of after
+    ``train_config.epochs`` (see :func:`prefkit.train.loop.train`).
     """
     config = config or AlignConfig()
     train_config = train_config or TrainConfig()
@@ -991,6 +994,7 @@ def align(
         resume=resume,
         optimizer_factory=optimizer_factory,
         callbacks=callbacks,
+        max_steps=max_steps,
     )
 
     model_dir = None

@@ -16,6 +16,9 @@ examples:
       --reward runs/rm --reward-weights 0.5,1 --algo grpo --num-generations 8 --out runs/grpo
   prefkit rl prompts.jsonl --model runs/sft/model --reward http://127.0.0.1:8000 \\
       --algo online_dpo --beta 0.1 --lora --out runs/odpo
+  # iterative DPO: 3 rounds of 8 samples per prompt -> best-worst pairs -> 1 epoch of DPO
+  prefkit rl prompts.jsonl --model runs/sft/model --reward runs/rm --algo iterative_dpo \\
+      --rounds 3 --num-generations 8 --beta 0.1 --batch-size 16 --out runs/idpo
 
 Each step takes --batch-size prompts, samples --num-generations completions of each from
 the policy, scores them with the reward, and updates the policy (--num-iterations times per
@@ -25,6 +28,18 @@ eos_fraction, truncated_fraction, clip_fraction, generation_s, reward_s), OUT/ch
 and OUT/model/ (a Hugging Face model folder). Running the same command again after an
 interruption resumes from the last checkpoint. For several processes: accelerate launch
 --config_file docs/accelerate_cpu.yaml -m prefkit rl ...
+
+--algo iterative_dpo works in rounds instead (RLHFlow's online-RLHF). Round r samples
+--num-generations completions per prompt from the policy the round starts from (round 1:
+--model, then the previous round's model), scores them with the reward, pairs each prompt's
+best with its worst sample (ties and unrewarded prompts skipped) and trains offline DPO on
+the pairs (--dpo-loss, --beta, --epochs or --max-steps per round, --lr, --lora; --batch-size
+counts pairs). The reference of a round is the policy it starts from (--round-reference
+original: the original --model; --ref PATH: a model of your choice). Output per round:
+OUT/round-r/candidates.jsonl, rewards.jsonl, pairs.jsonl, metrics.jsonl (DPO steps),
+round.json (reward mean and std of the candidates, pairs kept and skipped) and model/;
+OUT/rounds.jsonl has one line per finished round. Running the same command again continues
+with the first unfinished round (and its unfinished stages); a finished run says so.
 """
 
 # Loop settings that online RL does not use, or sets itself (--progress has its own flag).
@@ -115,7 +130,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="PATH",
         default=None,
         help="reference model (default: the policy before training; with --lora, the "
-        "adapter-disabled policy); not loaded at --beta 0",
+        "adapter-disabled policy; iterative_dpo: the policy each round starts from); not "
+        "loaded at --beta 0",
     )
     parser.add_argument(
         "--tokenizer", metavar="PATH", default=None, help="tokenizer folder (default: --model)"
@@ -167,6 +183,15 @@ def run(args: argparse.Namespace) -> int:
     from prefkit.align.trainer import load_causal_lm
     from prefkit.rl.trainer import RewardOptions, rl
 
+    reward_options = RewardOptions(
+        weights=weights,
+        uncertainty_penalty=args.uncertainty_penalty,
+        timeout_s=args.reward_timeout_s,
+        retries=args.reward_retries,
+        api_key=args.reward_api_key,
+    )
+    if config.algo == "iterative_dpo":
+        return _run_iterative(args, prompts, tokenizer, config, train_config, reward_options)
     result = rl(
         prompts,
         load_causal_lm(args.model),
@@ -175,13 +200,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         config,
         train_config,
-        reward_options=RewardOptions(
-            weights=weights,
-            uncertainty_penalty=args.uncertainty_penalty,
-            timeout_s=args.reward_timeout_s,
-            retries=args.reward_retries,
-            api_key=args.reward_api_key,
-        ),
+        reward_options=reward_options,
         ref_model=load_causal_lm(args.ref) if args.ref else None,
     )
     if int(os.environ.get("RANK", "0")) != 0:
@@ -190,4 +209,31 @@ def run(args: argparse.Namespace) -> int:
     print(f"metrics: {result.train.metrics_path}", file=sys.stderr)
     if result.model_dir is not None:
         print(f"model: {result.model_dir}", file=sys.stderr)
+    return 0
+
+
+def _run_iterative(args, prompts, tokenizer, config, train_config, reward_options) -> int:
+    from prefkit.rl.iterative import iterative_dpo
+
+    if args.ref and not Path(args.ref).is_dir():
+        from prefkit.cli import UserError
+
+        raise UserError(f"--ref {args.ref}: not a model folder")
+    result = iterative_dpo(
+        prompts,
+        args.model,
+        tokenizer,
+        list(args.reward),
+        args.out,
+        config,
+        train_config,
+        reward_options=reward_options,
+        ref_model=args.ref,
+        log=lambda line: print(line, file=sys.stderr),
+    )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(result.summary(), file=sys.stderr)
+    print(f"rounds: {Path(args.out) / 'rounds.jsonl'}", file=sys.stderr)
+    print(f"model: {result.model_dir}", file=sys.stderr)
     return 0

@@ -238,6 +238,7 @@ def _records_for(
     generation: dict[str, Any],
     scores: Sequence[float] | None,
     best_of: bool,
+    token_ids: bool = False,
 ) -> Record:
     metadata: dict[str, Any] = {
         "generation": generation,
@@ -247,10 +248,13 @@ def _records_for(
             "occurrences": item.occurrences,
         },
     }
-    per_response = [
+    per_response: list[dict[str, Any]] = [
         {"tokens": completion.num_tokens, "finish_reason": completion.finish_reason}
         for completion in completions
     ]
+    if token_ids:
+        for info, completion in zip(per_response, completions, strict=True):
+            info["token_ids"] = list(completion.token_ids)
     if best_of:
         assert scores is not None
         finite = [index for index, score in enumerate(scores) if not math.isnan(score)]
@@ -335,13 +339,16 @@ def generate_candidates(
     scorer: Scorer | None = None,
     best_of: bool = False,
     show_progress: bool = True,
+    token_ids: bool = False,
 ) -> GenerateSummary:
     """Generate ``sampling.num_samples`` responses per prompt into ``out_path`` (JSONL).
 
     ``generation`` is written to every record's ``metadata.generation`` and must
     match the records already in ``out_path`` to resume (see the module
     docstring). With ``scorer`` the responses are scored; with ``best_of`` only
-    the best one per prompt is kept.
+    the best one per prompt is kept. With ``token_ids`` each response's generated
+    token ids (the ending EOS included, see :class:`~prefkit.generate.engines.Completion`)
+    go to ``metadata.responses[i].token_ids``.
     """
     if best_of and scorer is None:
         raise UserInputError("best-of-N needs a reward model to pick the best response (--reward)")
@@ -416,6 +423,7 @@ def generate_candidates(
                     generation,
                     None if scores is None else scores[span].tolist(),
                     best_of,
+                    token_ids,
                 )
                 if best_of and record.ratings["reward"] is not None:  # type: ignore[attr-defined]
                     summary.best_scores.append(record.ratings["reward"])  # type: ignore[attr-defined]

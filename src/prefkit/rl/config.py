@@ -21,8 +21,15 @@ from prefkit.errors import UserInputError
 
 __all__ = ["ALGORITHMS", "POLICY_GRADIENT_ALGORITHMS", "RLConfig"]
 
-Algorithm = Literal["grpo", "rloo", "remax", "reinforce_pp", "online_dpo"]
-ALGORITHMS: tuple[str, ...] = ("grpo", "rloo", "remax", "reinforce_pp", "online_dpo")
+Algorithm = Literal["grpo", "rloo", "remax", "reinforce_pp", "online_dpo", "iterative_dpo"]
+ALGORITHMS: tuple[str, ...] = (
+    "grpo",
+    "rloo",
+    "remax",
+    "reinforce_pp",
+    "online_dpo",
+    "iterative_dpo",
+)
 POLICY_GRADIENT_ALGORITHMS: tuple[str, ...] = ("grpo", "rloo", "remax", "reinforce_pp")
 
 # Settings used by the policy-gradient algorithms only, and by online_dpo only.
@@ -35,6 +42,8 @@ _POLICY_GRADIENT_ONLY = (
     "loss_aggregation",
 )
 _ONLINE_DPO_ONLY = ("dpo_loss", "dpo_loss_args")
+# Settings used by iterative_dpo only.
+_ITERATIVE_ONLY = ("rounds", "round_reference")
 
 
 @dataclass
@@ -44,10 +53,12 @@ class RLConfig:
     algo: Algorithm = "grpo"
     """grpo (group-normalised advantages), rloo (leave-one-out baseline), remax (greedy baseline,
     one extra greedy generation per prompt), reinforce_pp (globally whitened returns) or
-    online_dpo (two samples per prompt, ranked by the reward, a DPO-family loss on the pair)."""
+    online_dpo (two samples per prompt, ranked by the reward, a DPO-family loss on the pair) or
+    iterative_dpo (rounds of generate -> score -> best-worst pairs -> offline DPO on them, as
+    RLHFlow's online-RLHF; see prefkit.rl.iterative)."""
     num_generations: int | None = None
-    """Samples per prompt; None: 4 (online_dpo: 2, the only value it takes). grpo and rloo need
-    at least 2."""
+    """Samples per prompt; None: 4 (online_dpo: 2, the only value it takes). grpo, rloo and
+    iterative_dpo need at least 2."""
     max_new_tokens: int = 64
     """Most tokens generated per completion; completions cut here are counted (finish 'length')."""
     temperature: float = 1.0
@@ -62,13 +73,15 @@ class RLConfig:
     chat_template: bool = True
     """Render conversation prompts with the tokenizer's chat template (else as 'role: content' text)."""
     max_steps: int | None = None
-    """Optimizer steps to run; None: enough for the loop's epochs over the prompts."""
+    """Optimizer steps to run; None: enough for the loop's epochs over the prompts. iterative_dpo:
+    optimizer steps of each round's DPO (None: the loop's epochs over the round's pairs)."""
     num_iterations: int = 1
     """Optimizer steps on each batch of generations (PPO epochs); beyond the first, the
     importance ratio against the log-probs at generation time is clipped."""
     beta: float = 0.04
     """KL coefficient to the reference (0: no reference is loaded, no KL); for online_dpo the
-    loss's beta (it must then be > 0 when the loss uses a reference)."""
+    loss's beta (it must then be > 0 when the loss uses a reference); for iterative_dpo the
+    beta of each round's DPO-family loss."""
     kl_estimator: Literal["k1", "k2", "k3"] | None = None
     """Per-token KL estimator (Schulman 2020); None: k3 with kl_in=loss, k1 with kl_in=reward."""
     kl_in: Literal["loss", "reward"] | None = None
@@ -94,10 +107,17 @@ class RLConfig:
     missing_eos_penalty: float = 0.0
     """Subtract this from the reward of every completion that did not end with EOS."""
     dpo_loss: str | None = None
-    """online_dpo only: a paired loss of prefkit.losses.preference (sigmoid = DPO, ipo, ...);
-    None: sigmoid."""
+    """online_dpo and iterative_dpo only: a loss of prefkit.losses.preference (sigmoid = DPO,
+    ipo, ...; online_dpo: a paired one; iterative_dpo: any that trains on pairs, e.g. kto on
+    the pairs split into thumbs); None: sigmoid."""
     dpo_loss_args: dict[str, float] = field(default_factory=dict)
-    """online_dpo only: hyperparameters of dpo_loss besides beta (beta comes from --beta)."""
+    """online_dpo and iterative_dpo only: hyperparameters of dpo_loss besides beta (beta comes
+    from --beta)."""
+    rounds: int | None = None
+    """iterative_dpo only: rounds of generate -> score -> pairs -> DPO; None: 3."""
+    round_reference: Literal["start", "original"] | None = None
+    """iterative_dpo only: the reference of each round's DPO, the policy the round starts from
+    ('start', as RLHFlow's online-RLHF) or the original model ('original'). None: start."""
     generation_batch_size: int = 64
     """Sequences per generate call."""
     lora: bool = False
@@ -124,6 +144,8 @@ class RLConfig:
         unused = _ONLINE_DPO_ONLY if policy_gradient else _POLICY_GRADIENT_ONLY
         if self.algo != "grpo":
             unused = (*unused, "scale_rewards")
+        if self.algo != "iterative_dpo":
+            unused = (*unused, *_ITERATIVE_ONLY)
         for name in unused:
             value = getattr(self, name)
             if value is not None and value != {}:
@@ -135,7 +157,7 @@ class RLConfig:
         self._require_int("num_iterations", 1)
         self._require_int("generation_batch_size", 1)
         self._require_int("lora_r", 1)
-        for name in ("num_generations", "max_prompt_length", "max_steps"):
+        for name in ("num_generations", "max_prompt_length", "max_steps", "rounds"):
             if getattr(self, name) is not None:
                 self._require_int(name, 1)
         generations = self.generations
@@ -144,7 +166,7 @@ class RLConfig:
                 f"RLConfig: online_dpo ranks two samples per prompt; num_generations must be 2, "
                 f"got {generations}."
             )
-        if self.algo in ("grpo", "rloo") and generations < 2:
+        if self.algo in ("grpo", "rloo", "iterative_dpo") and generations < 2:
             raise UserInputError(
                 f"RLConfig: {self.algo} compares the samples of a prompt with each other; "
                 f"num_generations must be >= 2, got {generations}."
@@ -180,6 +202,36 @@ class RLConfig:
             )
         if self.algo == "online_dpo":
             self.dpo_loss_config()  # unknown losses and arguments fail here
+        if self.algo == "iterative_dpo":
+            self._check_iterative()
+
+    def _check_iterative(self) -> None:
+        if self.num_iterations != 1:
+            raise UserInputError(
+                f"RLConfig: num_iterations = {self.num_iterations} is not used by iterative_dpo "
+                "(each round trains on its pairs for --epochs or --max-steps); leave it at 1."
+            )
+        if self.round_reference not in (None, "start", "original"):
+            raise UserInputError(
+                f"RLConfig: round_reference must be 'start' or 'original', got "
+                f"{self.round_reference!r}."
+            )
+        if not self.save_model:
+            raise UserInputError(
+                "RLConfig: iterative_dpo saves every round's model (the next round generates "
+                "from it); save_model cannot be turned off."
+            )
+        if self.lora and not self.merge_lora:
+            raise UserInputError(
+                "RLConfig: iterative_dpo merges each round's LoRA adapters into the model the "
+                "next round starts from; merge_lora cannot be turned off."
+            )
+        self.align_config(max_prompt_length=1)  # unknown losses and arguments fail here
+        if self.round_reference == "original" and not self.needs_reference:
+            raise UserInputError(
+                f"RLConfig: loss {self.dpo_loss!r} uses no reference, so round_reference "
+                "does not apply; leave it unset."
+            )
 
     def _require_int(self, name: str, minimum: int) -> None:
         value = getattr(self, name)
@@ -240,8 +292,17 @@ class RLConfig:
         return self.loss_aggregation or "token-mean"
 
     @property
+    def num_rounds(self) -> int:
+        """iterative_dpo: rounds in effect."""
+        return 3 if self.rounds is None else self.rounds
+
+    @property
     def needs_reference(self) -> bool:
         """Whether a reference model is scored (a KL term, or online_dpo with a reference loss)."""
+        if self.algo == "iterative_dpo":
+            from prefkit.losses.preference import LOSSES
+
+            return LOSSES[self.dpo_loss or "sigmoid"].uses_reference
         if self.algo == "online_dpo":
             return self.dpo_loss_spec().uses_reference
         return self.beta > 0
@@ -294,3 +355,50 @@ class RLConfig:
             return spec.config_type(**arguments)
         except ValueError as error:
             raise UserInputError(f"RLConfig: loss {spec.name!r}: {error}") from error
+
+    def align_config(self, *, max_prompt_length: int) -> Any:
+        """iterative_dpo: the :class:`~prefkit.align.trainer.AlignConfig` of each round's DPO.
+
+        The loss is dpo_loss with dpo_loss_args and beta; prompts keep their last
+        ``max_prompt_length`` tokens and completions their first max_new_tokens (+ EOS),
+        as they were generated. Reference log-probs are computed once per round, in
+        memory (not in the disk cache: each round has a new reference)."""
+        from prefkit.align.trainer import AlignConfig
+        from prefkit.losses.preference import LOSSES
+
+        name = self.dpo_loss or "sigmoid"
+        spec = LOSSES.get(name)
+        if spec is None:
+            raise UserInputError(
+                f"RLConfig: unknown dpo_loss {name!r}; the losses are {sorted(LOSSES)}."
+            )
+        if spec.kind == "listwise":
+            raise UserInputError(
+                f"RLConfig: dpo_loss {name!r} is a listwise loss, but iterative_dpo trains on "
+                "best-worst pairs; choose a paired or unpaired loss."
+            )
+        accepted = {item.name for item in dataclasses.fields(spec.config_type)}
+        arguments: dict[str, Any] = dict(self.dpo_loss_args)
+        if "beta" in arguments:
+            raise UserInputError(
+                "RLConfig: give the loss's beta as beta (--beta), not in dpo_loss_args."
+            )
+        if "beta" in accepted:
+            arguments["beta"] = self.beta
+        try:
+            return AlignConfig(
+                loss=name,
+                loss_args=arguments,
+                max_prompt_length=max_prompt_length,
+                max_length=max_prompt_length + self.max_new_tokens + 1,
+                precompute_ref=True,
+                cache_ref=False,
+                lora=self.lora,
+                lora_r=self.lora_r,
+                lora_alpha=self.lora_alpha,
+                lora_dropout=self.lora_dropout,
+                lora_target_modules=self.lora_target_modules,
+                merge_lora=True,
+            )
+        except UserInputError as error:
+            raise UserInputError(f"RLConfig: {error}") from error

@@ -921,6 +921,11 @@ def rl(
     resumes from its last checkpoint and ends as the uninterrupted run would.
     """
     config = config or RLConfig()
+    if config.algo == "iterative_dpo":
+        raise UserInputError(
+            "rl: iterative_dpo runs in rounds of generate -> score -> pairs -> DPO; call "
+            "prefkit.rl.iterative.iterative_dpo with this config"
+        )
     train_config = train_config or TrainConfig(batch_size=8)
     if train_config.early_stopping_patience is not None:
         raise UserInputError("rl: there is no evaluation set, so early stopping cannot be used")

@@ -374,6 +374,7 @@ def train(
     resume: bool = True,
     optimizer_factory: OptimizerFactory | None = None,
     callbacks: Sequence[TrainCallback] = (),
+    max_steps: int | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` in place and return what happened.
 
@@ -390,10 +391,18 @@ def train(
             the same parameter groups in the same order on every run for resume to work.
         callbacks: called with a :class:`TrainEvent` after each step, evaluation and
             checkpoint. An exception raised by a callback stops training there.
+        max_steps: stop after this many optimizer steps instead of after ``config.epochs``
+            epochs (as many epochs as the steps need are run, the last one possibly in
+            part; the learning-rate schedule spans ``max_steps``). A checkpoint is written
+            at the last step.
     """
+    if max_steps is not None and (
+        isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1
+    ):
+        raise UserInputError(f"max_steps must be an integer >= 1, got {max_steps!r}")
     runtime = _Runtime.start(config)
     try:
-        return _Trainer(model, task, config, Path(out_dir), runtime, callbacks).run(
+        return _Trainer(model, task, config, Path(out_dir), runtime, callbacks, max_steps).run(
             resume=resume, optimizer_factory=optimizer_factory or default_optimizer
         )
     finally:
@@ -645,6 +654,7 @@ class _Trainer:
         out_dir: Path,
         runtime: _Runtime,
         callbacks: Sequence[TrainCallback],
+        max_steps: int | None = None,
     ) -> None:
         self.model = model
         self.task = task
@@ -674,7 +684,12 @@ class _Trainer:
         ).hexdigest()
         """sha256 of the example lengths the batch order is computed from (saved in checkpoints)."""
         self.micro_batch_size = config.micro_batch_size(runtime.world_size)
-        self.total_steps = config.epochs * len(self.sampler)
+        self.max_steps = max_steps
+        steps_per_epoch = len(self.sampler)
+        self.num_epochs = (
+            config.epochs if max_steps is None else math.ceil(max_steps / max(steps_per_epoch, 1))
+        )
+        self.total_steps = config.epochs * steps_per_epoch if max_steps is None else max_steps
         self.state = _LoopState()
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.last_checkpoint: Path | None = None
@@ -737,6 +752,7 @@ class _Trainer:
                     end_of_epoch
                     or self.state.stopped_early
                     or (every is not None and self.state.global_step % every == 0)
+                    or self.state.global_step == self.max_steps
                 ):
                     self._checkpoint(epoch)
                 if self.state.stopped_early:
@@ -768,10 +784,12 @@ class _Trainer:
         if self.state.stopped_early:
             return
         first_epoch, skip = self.state.epoch, self.state.batch_in_epoch
-        for epoch in range(first_epoch, self.config.epochs):
+        for epoch in range(first_epoch, self.num_epochs):
             batches = self.sampler.batches(epoch)
             start = skip if epoch == first_epoch else 0
             for batch_index in range(start, len(batches)):
+                if self.max_steps is not None and self.state.global_step >= self.max_steps:
+                    return
                 yield epoch, batch_index, batches[batch_index], batch_index == len(batches) - 1
 
     def _train_step(self, global_batch: list[int]) -> dict[str, float]:

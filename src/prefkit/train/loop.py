@@ -35,7 +35,9 @@ either and does the rest:
   CPU, nccl on CUDA), broadcasts rank 0's weights at the start of a fresh run,
   and all-reduces gradients itself; pass the bare model, not a DDP wrapper. Only
   rank 0 writes metrics, checkpoints and the progress bar; ``out_dir`` must be
-  on a file system all ranks share.
+  on a file system all ranks share. A recipe with work of its own around
+  training (scoring the data, fitting a temperature, saving the model) runs it
+  inside :func:`distributed`, which holds the process group for the whole recipe.
 
 Outputs under ``out_dir``: ``metrics.jsonl`` (one JSON object per optimizer step
 with ``"split": "train"`` and per evaluation with ``"split": "eval"``; ``epoch``
@@ -391,11 +393,33 @@ def train(
         callbacks: called with a :class:`TrainEvent` after each step, evaluation and
             checkpoint. An exception raised by a callback stops training there.
     """
-    runtime = _Runtime.start(config)
+    runtime = Runtime.start(config)
     try:
         return _Trainer(model, task, config, Path(out_dir), runtime, callbacks).run(
             resume=resume, optimizer_factory=optimizer_factory or default_optimizer
         )
+    finally:
+        runtime.close()
+
+
+@contextlib.contextmanager
+def distributed(config: TrainConfig) -> Iterator[Runtime]:
+    """The processes of a ``torchrun`` / ``accelerate launch`` for the length of a recipe.
+
+    Joins or creates the process group as :func:`train` does (``WORLD_SIZE > 1`` in the
+    environment; gloo on CPU, nccl on CUDA) and keeps it until the block ends, so that
+    every :func:`train` inside it reuses the group and the recipe can broadcast
+    (``runtime.broadcast_object``) and sum (``runtime.sum_over_ranks``) around
+    training. A block that ends normally waits for every rank (a barrier) before it
+    destroys the group it created, so no process exits while rank 0 is still
+    writing; a block left by an exception does not wait (the other ranks may
+    never get there). In a single process the runtime is rank 0 of 1 and the
+    collectives return their input.
+    """
+    runtime = Runtime.start(config)
+    try:
+        yield runtime
+        runtime.barrier()
     finally:
         runtime.close()
 
@@ -440,8 +464,13 @@ class _LoopState:
     last_eval: dict[str, float] = field(default_factory=dict)
 
 
-class _Runtime:
-    """Device, rank and the few collective operations the loop needs."""
+class Runtime:
+    """Device, rank and the few collective operations the loop needs.
+
+    A recipe that does more than call :func:`train` (scores the data afterwards,
+    fits a temperature, saves a model) gets one from :func:`distributed`, so that
+    its work before and after training can use the same process group.
+    """
 
     def __init__(
         self,
@@ -458,7 +487,7 @@ class _Runtime:
         self.owns_process_group = owns_process_group
 
     @classmethod
-    def start(cls, config: TrainConfig) -> _Runtime:
+    def start(cls, config: TrainConfig) -> Runtime:
         env_world_size = int(os.environ.get("WORLD_SIZE", "1"))
         already_initialized = dist.is_available() and dist.is_initialized()
         distributed = already_initialized or env_world_size > 1
@@ -643,7 +672,7 @@ class _Trainer:
         task: TrainTask[Any],
         config: TrainConfig,
         out_dir: Path,
-        runtime: _Runtime,
+        runtime: Runtime,
         callbacks: Sequence[TrainCallback],
     ) -> None:
         self.model = model

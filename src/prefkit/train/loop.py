@@ -488,6 +488,7 @@ class Runtime:
 
     @classmethod
     def start(cls, config: TrainConfig) -> Runtime:
+        _refuse_sharded_launch()
         env_world_size = int(os.environ.get("WORLD_SIZE", "1"))
         already_initialized = dist.is_available() and dist.is_initialized()
         distributed = already_initialized or env_world_size > 1
@@ -1057,6 +1058,23 @@ def _load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], source:
             "with other parameters frozen?"
         )
     model.load_state_dict(dict(tensors), strict=False)
+
+
+_SHARDED_LAUNCHES = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP"}
+"""Variables ``accelerate launch`` sets for a DeepSpeed or FSDP config -> the engine's name."""
+
+
+def _refuse_sharded_launch() -> None:
+    """A DeepSpeed / FSDP launch would train plainly data-parallel here; say so instead."""
+    for variable, engine in _SHARDED_LAUNCHES.items():
+        if os.environ.get(variable, "false").lower() == "true":
+            raise UserInputError(
+                f"accelerate launch was given a config for {engine} ({variable}=true), but prefkit's "
+                f"training loop does its own data-parallel gradient all-reduce and does not hand "
+                f"the model to {engine}: every GPU would hold the whole model, gradients and "
+                "optimizer state, and the sharding settings would be ignored. Launch with a "
+                "plain multi-GPU config instead (docs/accelerate/multi_gpu.yaml)."
+            )
 
 
 def _seed_everything(seed: int) -> None:

@@ -184,3 +184,19 @@ def test_two_processes_match_one_process(tmp_path, mode: str) -> None:
     # Only rank 0 prints the summary.
     assert json.loads(printed_0)["steps"] == json.loads(one_printed)["steps"] == 6
     assert printed_1 == ""
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["train", "pairs.jsonl", "--ensemble", "2"], "--ensemble trains its heads in one process"),
+        (["train-multiobjective", "ratings.jsonl", "pairs.jsonl"], "trains its heads on cached"),
+    ],
+)
+def test_embedding_head_commands_refuse_a_launcher(tmp_path, monkeypatch, capsys, command, message):
+    from prefkit.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun / accelerate launch set it
+    assert main(["rm", *command, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

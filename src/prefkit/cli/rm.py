@@ -389,6 +389,13 @@ def run_train(args: argparse.Namespace) -> int:
 def run_train_multiobjective(args: argparse.Namespace) -> int:
     from prefkit.rm.multiobjective import check_evaluation_settings, train_multiobjective
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from prefkit.cli import UserError
+
+        raise UserError(
+            "rm train-multiobjective trains its heads on cached embeddings in one process; "
+            "run it without accelerate launch / torchrun"
+        )
     config = multiobjective_config_from_args(args)
     check_evaluation_settings(
         config,

@@ -425,6 +425,12 @@ def _train_reward_model(
         has_eval=eval_examples is not None, num_examples=len(examples)
     )
     length_summary = None
+    if config.length_debias > 0 and runtime.world_size > 1:
+        log(
+            f"length debias: the penalty's correlations are taken over each process's share "
+            f"of a batch ({train_config.micro_batch_size(runtime.world_size)} examples), not "
+            f"over the whole batch of {train_config.batch_size}"
+        )
     if config.length_debias > 0:
         length_summary = _train_length_debiased(
             model,

@@ -21,19 +21,17 @@ loss do not depend on it).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from launch_helpers import start_ranks
 from prefkit.data.write import write_records
 from prefkit.eval.metrics import TEMPERATURE_BOUNDS
 from prefkit.train.sampler import shard_batch
-from test_align_distributed import _free_port
 from test_rm_train import keyword_pairs, make_tiny_llama
 
 WORKER = textwrap.dedent(
@@ -74,33 +72,6 @@ WORKER = textwrap.dedent(
 )
 
 
-def _start(out_dir, world_size: int, argv: list[str]) -> list[subprocess.Popen]:
-    port = str(_free_port())
-    processes = []
-    for rank in range(world_size):
-        env = dict(os.environ)
-        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            env.pop(name, None)
-        if world_size > 1:
-            env.update(
-                WORLD_SIZE=str(world_size),
-                RANK=str(rank),
-                LOCAL_RANK=str(rank),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=port,
-            )
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(out_dir), *argv],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    return processes
-
-
 def _finish(out_dir, processes: list[subprocess.Popen]):
     printed = []
     for process in processes:
@@ -133,8 +104,12 @@ def test_two_processes_match_one_process(tmp_path, mode: str) -> None:
     argv += ["--batch-size", "6", "--epochs", "2", "--lr", "3e-3", "--eval-fraction", "0.2"]
     argv += ["--device", "cpu", "--quiet", "--lora-dropout", "0"]
     # Both runs at once: the single process and the pair of processes are independent.
-    single_processes = _start(tmp_path / "one", 1, argv)
-    double_processes = _start(tmp_path / "two", 2, argv)
+    single_processes = start_ranks(
+        ["-c", WORKER, str(tmp_path / "one"), *argv], 1, separate_stderr=True
+    )
+    double_processes = start_ranks(
+        ["-c", WORKER, str(tmp_path / "two"), *argv], 2, separate_stderr=True
+    )
     one_lines, one_weights, (one,), (one_printed,), one_config = _finish(
         tmp_path / "one", single_processes
     )

@@ -53,7 +53,7 @@ Training options left at none take the mode's defaults: --epochs 4 and --lr 3e-4
 embedding mode, 2 and 3e-5 for finetune, 2 and 2e-4 for lora; --group-by-length is
 on for finetune and lora (cached embeddings have no length to group by).
 Several GPUs (or CPU processes): the same command under accelerate launch, e.g.
-  accelerate launch --config_file docs/accelerate/multi_gpu.yaml -m prefkit rm train \
+  accelerate launch --config_file docs/accelerate/multi_gpu.yaml -m prefkit rm train \\
       pairs.jsonl --out runs/rm-ft --mode finetune --backbone path/to/checkpoint --batch-size 32
 --batch-size is the global batch (all processes); each process trains on its share, so
 the updates are those of one process (a multiple of processes x --grad-accum-steps).

@@ -41,6 +41,7 @@ WORKER = textwrap.dedent(
     torch.set_num_threads(1)
     import prefkit.rm.train as rm_train
     from prefkit.cli import main
+    from prefkit.rm.model import RewardModel
     from prefkit.rm.task import RewardTask
 
     seen = []  # the example indices of every training micro-batch this process collated
@@ -49,6 +50,13 @@ WORKER = textwrap.dedent(
         seen.append(list(indices))
         return collate(task, indices)
     RewardTask.collate = recording_collate
+
+    scored = []  # (items in the store, shard) of every store_outputs call of this process
+    store_outputs = RewardModel.store_outputs
+    def recording_store_outputs(model, store, **options):
+        scored.append([len(store.lengths), options.get("shard")])
+        return store_outputs(model, store, **options)
+    RewardModel.store_outputs = recording_store_outputs
 
     returned = {}  # what train_reward_model returned on this rank
     train_reward_model = rm_train.train_reward_model
@@ -66,7 +74,7 @@ WORKER = textwrap.dedent(
     code = main(["rm", "train", *argv, "--out", out])
     rank = os.environ.get("RANK", "0")
     with open(os.path.join(out, f"seen-rank-{rank}.json"), "w") as handle:
-        json.dump({"seen": seen, "returned": returned}, handle)
+        json.dump({"seen": seen, "scored": scored, "returned": returned}, handle)
     sys.exit(code)
     """
 )
@@ -124,6 +132,17 @@ def test_two_processes_match_one_process(tmp_path, mode: str) -> None:
         assert rank_seen == [shard_batch(batch, rank, 2) for batch in single_seen], rank
     for batch, mine, theirs in zip(single_seen, first["seen"], second["seen"], strict=True):
         assert sorted(mine + theirs) == sorted(batch) and not set(mine) & set(theirs)
+
+    # Both evaluations (4 held-out pairs, 8 items) and the scoring of the training items after
+    # training (16 pairs, 32 items) and of the held-out ones: each rank scored its share.
+    assert one["scored"] == [[8, None], [8, None], [32, None], [8, None]]
+    for rank, recorded in enumerate((first, second)):
+        assert recorded["scored"] == [
+            [8, [rank, 2]],
+            [8, [rank, 2]],
+            [32, [rank, 2]],
+            [8, [rank, 2]],
+        ]
 
     # The same steps, losses and evaluations as one process.
     assert [line["split"] for line in one_lines] == ["train"] * 3 + ["eval"] + ["train"] * 3 + [

@@ -30,6 +30,7 @@ writes the model folder, and no rank returns before it is written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -420,6 +421,8 @@ def _train_reward_model(
         "centering": config.centering,
         "eval_examples": eval_examples,
         "eval_store": eval_store,
+        # Each rank scores its share of the held-out items at every evaluation.
+        "score_store": functools.partial(outputs_over_ranks, runtime=runtime),
     }
     train_config = config.train_config(
         has_eval=eval_examples is not None, num_examples=len(examples)

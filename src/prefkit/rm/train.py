@@ -21,8 +21,8 @@ Several processes (``torchrun``, ``accelerate launch``): every process runs
 :func:`train_reward_model` on the same records and settings. The held-out split is
 seeded, so it is the same on every rank; the loop gives each rank its strided share
 of every global batch and sums the gradients (the updates are those of one process
-on the same global batch); after training each rank scores its share of the items
-and the outputs are summed over the ranks; the metrics, reward statistics and the
+on the same global batch); at each evaluation and after training each rank scores
+its share of the items and the outputs are summed over the ranks; the metrics, reward statistics and the
 temperature are computed once, on rank 0, and broadcast; only rank 0 logs and
 writes the model folder, and no rank returns before it is written.
 """

@@ -12,16 +12,13 @@ KL estimate of every step must be the single process's.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from launch_helpers import start_ranks
 from prefkit.train.sampler import shard_batch
 
 WORKER = textwrap.dedent(
@@ -74,36 +71,8 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _run(out_dir, world_size, loss, epochs):
-    port = str(_free_port())
-    processes = []
-    for rank in range(world_size):
-        env = dict(os.environ)
-        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            env.pop(name, None)
-        if world_size > 1:
-            env.update(
-                WORLD_SIZE=str(world_size),
-                RANK=str(rank),
-                LOCAL_RANK=str(rank),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=port,
-            )
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(out_dir), loss, str(epochs)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
+    processes = start_ranks(["-c", WORKER, str(out_dir), loss, str(epochs)], world_size)
     for process in processes:
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output[-3000:]

@@ -11,16 +11,13 @@ and the final weights must equal the single process's.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_align_distributed import _free_port
+from launch_helpers import start_ranks
 
 WORKER = textwrap.dedent(
     """
@@ -60,29 +57,7 @@ WORKER = textwrap.dedent(
 
 
 def _run(out_dir, world_size: int, algo: str):
-    port = str(_free_port())
-    processes = []
-    for rank in range(world_size):
-        env = dict(os.environ)
-        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            env.pop(name, None)
-        if world_size > 1:
-            env.update(
-                WORLD_SIZE=str(world_size),
-                RANK=str(rank),
-                LOCAL_RANK=str(rank),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=port,
-            )
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(out_dir), algo],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
+    processes = start_ranks(["-c", WORKER, str(out_dir), algo], world_size)
     for process in processes:
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output[-3000:]

@@ -773,6 +773,23 @@ def test_errors_at_train_time_say_what_to_change(tmp_path):
         train(make_mlp(), RegressionTask(), config, tmp_path / "d")
 
 
+@pytest.mark.parametrize(
+    ("variable", "engine"),
+    [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")],
+)
+def test_a_deepspeed_or_fsdp_launch_is_refused_not_silently_unsharded(
+    tmp_path, monkeypatch, variable, engine
+):
+    monkeypatch.setenv(variable, "true")  # what accelerate launch sets for such a config
+    with pytest.raises(
+        UserInputError, match=rf"a config for {engine} \({variable}=true\).*multi_gpu\.yaml"
+    ):
+        train(make_mlp(), RegressionTask(), quiet_config(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv(variable, "false")
+    train(make_mlp(), RegressionTask(), quiet_config(), tmp_path / "out")
+
+
 def test_move_to_device_reaches_nested_tensors():
     batch = {
         "pair": RegressionBatch(torch.zeros(2, INPUT_DIM), torch.zeros(2)),

@@ -1,10 +1,17 @@
-"""``prefkit rm train`` and ``prefkit rm score``: wiring only (see :mod:`prefkit.rm`)."""
+"""``prefkit rm train`` and ``prefkit rm score``: wiring only (see :mod:`prefkit.rm`).
+
+``rm train`` also runs under ``accelerate launch -m prefkit rm train ...`` (or
+``torchrun``): every process reads the data and trains its share of each batch;
+only rank 0 writes the rejects file, prints and saves (WORLD_SIZE/RANK come from
+the environment).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +52,11 @@ Rerunning the same command resumes from the newest checkpoint in OUT/training/.
 Training options left at none take the mode's defaults: --epochs 4 and --lr 3e-4 in
 embedding mode, 2 and 3e-5 for finetune, 2 and 2e-4 for lora; --group-by-length is
 on for finetune and lora (cached embeddings have no length to group by).
+Several GPUs (or CPU processes): the same command under accelerate launch, e.g.
+  accelerate launch --config_file docs/accelerate/multi_gpu.yaml -m prefkit rm train \\
+      pairs.jsonl --out runs/rm-ft --mode finetune --backbone path/to/checkpoint --batch-size 32
+--batch-size is the global batch (all processes); each process trains on its share, so
+the updates are those of one process (a multiple of processes x --grad-accum-steps).
 """
 
 MULTIOBJECTIVE_EXAMPLES = """\
@@ -301,10 +313,17 @@ def multiobjective_config_from_args(args: argparse.Namespace) -> MultiObjectiveC
 
 
 def _read_all(args: argparse.Namespace, path: str, rejects_for: str) -> list:
+    if not _is_main_process():  # rank 0 reports the read and writes the rejects file
+        return list(open_reader(args, path, None))
     reader = open_reader(args, path, rejects_for)
     records = list(with_layout_notice(reader))
     print(f"{path}: {reader.stats.summary()}", file=sys.stderr)
     return records
+
+
+def _is_main_process() -> bool:
+    """True outside ``torchrun`` / ``accelerate launch``, and on their rank 0."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -321,6 +340,11 @@ def run_train(args: argparse.Namespace) -> int:
     )
     if args.ensemble < 1 or (args.ensemble > 1 and config.mode != "embedding"):
         raise UserError("--ensemble must be >= 1, and > 1 only with --mode embedding")
+    if args.ensemble > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(
+            "--ensemble trains its heads in one process (seconds on cached embeddings); "
+            "run it without accelerate launch / torchrun"
+        )
     out = Path(args.out)
     records = _read_all(args, args.data, out / "train")
     eval_records = _read_all(args, args.eval, out / "eval") if args.eval else None
@@ -346,6 +370,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     report = train_reward_model(records, config, out, **common)
+    if not _is_main_process():
+        return 0
     stage = report.stages["train"]
     summary = {
         "model_dir": str(out),
@@ -363,6 +389,13 @@ def run_train(args: argparse.Namespace) -> int:
 def run_train_multiobjective(args: argparse.Namespace) -> int:
     from prefkit.rm.multiobjective import check_evaluation_settings, train_multiobjective
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from prefkit.cli import UserError
+
+        raise UserError(
+            "rm train-multiobjective trains its heads on cached embeddings in one process; "
+            "run it without accelerate launch / torchrun"
+        )
     config = multiobjective_config_from_args(args)
     check_evaluation_settings(
         config,

@@ -14,6 +14,11 @@ uncorrelated with it. ODIN's orthogonality term between the two heads' weights i
 left out, since the quality head may be an MLP. After training the length head is
 discarded: the saved model is the quality head alone, so scoring is unchanged.
 
+The correlations are taken over the items of each micro-batch, so unlike the
+preference loss the penalty depends on how a step's batch is split: with
+``--grad-accum-steps`` or several processes (each correlating its own share of the
+batch) it is not the penalty of one process holding the whole batch.
+
 The training summary keeps the reward-length Spearman correlation of r_q + r_l
 ("combined", what the model would score with the length head kept) and of r_q
 ("quality", what it scores) on the training items and on held-out items.

@@ -162,14 +162,21 @@ class RewardModel(nn.Module):
         *,
         batch_size: int = 64,
         progress: Callable[[int], None] | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """(U, K) float32 outputs of every item of ``store`` on the CPU, in store order.
 
         Items are batched longest first, so each batch is padded to about its own
         length. The model's train/eval mode is left as it is (callers evaluate in eval mode).
+        ``shard=(rank, world_size)`` scores only every ``world_size``-th item of that order,
+        starting at ``rank``, and leaves the other rows 0: the outputs of all ranks sum
+        to every item's (each rank gets items of about the same lengths).
         """
         outputs = torch.zeros((len(store.lengths), self.num_outputs), dtype=torch.float32)
         order = np.argsort(-store.lengths, kind="stable")
+        if shard is not None:
+            rank, world_size = shard
+            order = order[rank::world_size]
         device = next(self.parameters()).device
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]

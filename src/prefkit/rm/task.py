@@ -21,7 +21,7 @@ reads the rewards it needs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -202,7 +202,12 @@ class RewardTask:
         eval_examples: Examples | None = None,
         eval_store: ItemStore | None = None,
         eval_batch_size: int = 64,
+        score_store: Callable[[RewardModel, ItemStore], torch.Tensor] | None = None,
     ):
+        """``score_store(model, store)`` gives the (U, K) outputs of every held-out item for
+        :meth:`evaluate`; None = ``model.store_outputs`` in this process. Several processes
+        pass :func:`~prefkit.rm.train.outputs_over_ranks`, each scoring a share (the loop
+        calls ``evaluate`` on every rank, so a collective in it is safe)."""
         self.store = store
         self.examples = examples
         self.loss_name = loss_name
@@ -210,6 +215,7 @@ class RewardTask:
         self.eval_examples = eval_examples
         self.eval_store = eval_store if eval_store is not None else store
         self.eval_batch_size = eval_batch_size
+        self.score_store = score_store
         lengths = torch.as_tensor(store.lengths)
         padded = examples.positions.clamp(min=0)
         # A batch is padded to its longest item, so examples are grouped by their longest item.
@@ -229,13 +235,17 @@ class RewardTask:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         if self.eval_examples is None:
             return {}
-        return evaluate_examples(
-            model,
-            self.eval_store,
-            self.eval_examples,
-            self.loss_name,
-            batch_size=self.eval_batch_size,
-        )
+        if self.score_store is None:
+            return evaluate_examples(
+                model,
+                self.eval_store,
+                self.eval_examples,
+                self.loss_name,
+                batch_size=self.eval_batch_size,
+            )
+        with torch.inference_mode():
+            outputs = self.score_store(model, self.eval_store)
+        return examples_metrics(model, outputs, self.eval_examples, self.loss_name)
 
 
 def make_batch(store: ItemStore, examples: Examples, indices: list[int]) -> RewardBatch:

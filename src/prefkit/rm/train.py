@@ -16,11 +16,21 @@ Pair models trained with held-out records end with temperature scaling (Guo et a
 and stored in the spec, so ``compare``, ``prefkit rm score`` and ``prefkit eval``
 give sigmoid(margin / T); the training summary keeps ECE, Brier and the reliability
 bins before and after. Without held-out records T stays 1.
+
+Several processes (``torchrun``, ``accelerate launch``): every process runs
+:func:`train_reward_model` on the same records and settings. The held-out split is
+seeded, so it is the same on every rank; the loop gives each rank its strided share
+of every global batch and sums the gradients (the updates are those of one process
+on the same global batch); at each evaluation and after training each rank scores
+its share of the items and the outputs are summed over the ranks; the metrics, reward statistics and the
+temperature are computed once, on rank 0, and broadcast; only rank 0 logs and
+writes the model folder, and no rank returns before it is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -61,11 +71,10 @@ from prefkit.rm.task import (
     LOSS_NAMES,
     RewardTask,
     choose_loss,
-    evaluate_examples,
     examples_metrics,
 )
 from prefkit.rm.transformer_model import TransformerRewardModel, tokenize_pair
-from prefkit.train.loop import TrainCallback, TrainConfig, train
+from prefkit.train.loop import Runtime, TrainCallback, TrainConfig, distributed, train
 
 
 @dataclass
@@ -303,12 +312,29 @@ def prepare(
     return store, examples
 
 
-def _embedding_progress(config: RMTrainConfig, description: str) -> ProgressCounter:
+def _embedding_progress(
+    config: RMTrainConfig, description: str, runtime: Runtime
+) -> ProgressCounter:
     """A bar for the embedding pass (it learns its total before the first batch); shown
-    in embedding mode only, the other modes' tokenization is quick."""
+    in embedding mode only, the other modes' tokenization is quick, and on rank 0 only."""
     return ProgressCounter(
-        description, "text", enabled=config.loop.progress and config.mode == "embedding"
+        description,
+        "text",
+        enabled=config.loop.progress and config.mode == "embedding" and runtime.is_main,
     )
+
+
+def _quiet(line: str) -> None:
+    """The log of the ranks other than 0."""
+
+
+def outputs_over_ranks(model: RewardModel, store: ItemStore, runtime: Runtime) -> torch.Tensor:
+    """(U, K) outputs of every item of ``store`` on every rank, each rank scoring its
+    share (:meth:`~prefkit.rm.model.RewardModel.store_outputs` with ``shard``)."""
+    if runtime.world_size == 1:
+        return model.store_outputs(store)
+    share = model.store_outputs(store, shard=(runtime.rank, runtime.world_size))
+    return runtime.sum_over_ranks(share)  # rows scored by one rank: x + 0 is exact
 
 
 def train_reward_model(
@@ -327,8 +353,35 @@ def train_reward_model(
     ``out_dir`` receives the model folder (see :mod:`prefkit.rm.model`) and
     ``training/`` (metrics.jsonl and checkpoints of the shared loop; rerunning the
     same command resumes from the newest checkpoint). The result has one stage, ``train``.
+    Under ``torchrun`` / ``accelerate launch`` every process calls this with the same
+    arguments (see the module docstring); all return the same model and metrics.
     """
-    out = Path(out_dir)
+    with distributed(config.loop) as runtime:
+        return _train_reward_model(
+            records,
+            config,
+            Path(out_dir),
+            runtime,
+            eval_records=eval_records,
+            resume=resume,
+            callbacks=callbacks,
+            log=log if runtime.is_main else _quiet,
+            source=source,
+        )
+
+
+def _train_reward_model(
+    records: Sequence[AnyRecord],
+    config: RMTrainConfig,
+    out: Path,
+    runtime: Runtime,
+    *,
+    eval_records: Sequence[AnyRecord] | None,
+    resume: bool,
+    callbacks: Sequence[TrainCallback],
+    log: Callable[[str], None],
+    source: str,
+) -> RewardTrainResult:
     records, eval_records = hold_out(records, eval_records, config, log)
     kind = data_kind(records, source)
     loss_name = choose_loss(records, config.loss, source)
@@ -346,7 +399,7 @@ def train_reward_model(
     )
 
     counts = TruncationCounts(config.max_length, config.truncation)
-    with _embedding_progress(config, "embedding") as progress:
+    with _embedding_progress(config, "embedding", runtime) as progress:
         store, examples = prepare(model, records, config, attributes, counts, progress)
     log(counts.summary())
     if len(examples) == 0:
@@ -356,7 +409,7 @@ def train_reward_model(
     eval_counts = eval_examples = eval_store = None
     if eval_records:
         eval_counts = TruncationCounts(config.max_length, config.truncation)
-        with _embedding_progress(config, "embedding eval data") as progress:
+        with _embedding_progress(config, "embedding eval data", runtime) as progress:
             eval_store, eval_examples = prepare(
                 model, eval_records, config, attributes, eval_counts, progress
             )
@@ -368,11 +421,19 @@ def train_reward_model(
         "centering": config.centering,
         "eval_examples": eval_examples,
         "eval_store": eval_store,
+        # Each rank scores its share of the held-out items at every evaluation.
+        "score_store": functools.partial(outputs_over_ranks, runtime=runtime),
     }
     train_config = config.train_config(
         has_eval=eval_examples is not None, num_examples=len(examples)
     )
     length_summary = None
+    if config.length_debias > 0 and runtime.world_size > 1:
+        log(
+            f"length debias: the penalty's correlations are taken over each process's share "
+            f"of a batch ({train_config.micro_batch_size(runtime.world_size)} examples), not "
+            f"over the whole batch of {train_config.batch_size}"
+        )
     if config.length_debias > 0:
         length_summary = _train_length_debiased(
             model,
@@ -387,6 +448,7 @@ def train_reward_model(
             eval_lengths=item_log_lengths(eval_records, attributes) if eval_records else None,
             resume=resume,
             callbacks=callbacks,
+            runtime=runtime,
         )
         result = length_summary.pop("result")
         log(summary_line(length_summary))
@@ -398,28 +460,25 @@ def train_reward_model(
     model.eval()
 
     # One pass over the training items gives both the training metrics and the reward statistics.
-    train_outputs = model.store_outputs(store)  # (U, K)
-    train_metrics = examples_metrics(model, train_outputs, examples, loss_name)
-    all_rewards = train_outputs.mean(dim=1).numpy()
-    eval_metrics = dict(result.last_eval)
+    train_outputs = outputs_over_ranks(model, store, runtime)  # (U, K)
+    eval_outputs = None
     if eval_examples is not None and eval_store is not None:
-        eval_metrics = evaluate_examples(model, eval_store, eval_examples, loss_name)
-    calibration = None
-    if kind == PairwiseRecord.kind and eval_examples is not None and eval_store is not None:
-        if config.fit_temperature:
-            calibration = held_out_temperature(model, eval_store, eval_examples)
-            log(temperature_summary(calibration))
-        else:
-            log("temperature: not fitted (--no-fit-temperature); T = 1")
-    elif kind == PairwiseRecord.kind and config.fit_temperature:
-        log(
-            "temperature: not fitted, no held-out pairs (give --eval-data or --eval-fraction); "
-            "T = 1"
+        eval_outputs = outputs_over_ranks(model, eval_store, runtime)  # (U_eval, K)
+    fitted = None
+    if runtime.is_main:  # the fits run once; the other ranks take rank 0's
+        fitted = _fit_after_training(
+            model, train_outputs, examples, eval_outputs, eval_examples, kind, loss_name, config
         )
+        fitted["eval_metrics"] = fitted["eval_metrics"] or dict(result.last_eval)
+        for line in fitted.pop("log"):
+            log(line)
+    fitted = runtime.broadcast_object(fitted)
+    train_metrics, eval_metrics = fitted["train_metrics"], fitted["eval_metrics"]
+    calibration = fitted["calibration"]
     model.spec = dataclasses.replace(
         model.spec,
-        reward_mean=float(all_rewards.mean()),
-        reward_std=float(all_rewards.std()) or 1.0,
+        reward_mean=fitted["reward_mean"],
+        reward_std=fitted["reward_std"],
         temperature=calibration["temperature"] if calibration is not None else 1.0,
         training={
             "records": len(records),
@@ -435,9 +494,49 @@ def train_reward_model(
             "length_debias": length_summary,
         },
     )
-    model.save(out)
+    if runtime.is_main:
+        model.save(out)
     stage = StageReport(result, counts, train_metrics, eval_counts, eval_metrics)
     return RewardTrainResult(model, out, loss_name, {"train": stage}, calibration)
+
+
+def _fit_after_training(
+    model: RewardModel,
+    train_outputs: torch.Tensor,
+    examples: Examples,
+    eval_outputs: torch.Tensor | None,
+    eval_examples: Examples | None,
+    kind: str,
+    loss_name: str,
+    config: RMTrainConfig,
+) -> dict[str, Any]:
+    """From the outputs of the trained model on the training items (U, K) and the held-out
+    items: the metrics of both, the reward mean and std on the training items, the
+    temperature fit (pairs with held-out records) and the lines to log about it."""
+    all_rewards = train_outputs.mean(dim=1).numpy()
+    fitted: dict[str, Any] = {
+        "train_metrics": examples_metrics(model, train_outputs, examples, loss_name),
+        "eval_metrics": {},
+        "reward_mean": float(all_rewards.mean()),
+        "reward_std": float(all_rewards.std()) or 1.0,
+        "calibration": None,
+        "log": [],
+    }
+    if eval_outputs is not None and eval_examples is not None:
+        fitted["eval_metrics"] = examples_metrics(model, eval_outputs, eval_examples, loss_name)
+    if kind == PairwiseRecord.kind and eval_outputs is not None and eval_examples is not None:
+        if config.fit_temperature:
+            calibration = temperature_from_outputs(eval_outputs, eval_examples)
+            fitted["calibration"] = calibration
+            fitted["log"].append(temperature_summary(calibration))
+        else:
+            fitted["log"].append("temperature: not fitted (--no-fit-temperature); T = 1")
+    elif kind == PairwiseRecord.kind and config.fit_temperature:
+        fitted["log"].append(
+            "temperature: not fitted, no held-out pairs (give --eval-data or --eval-fraction); "
+            "T = 1"
+        )
+    return fitted
 
 
 def _train_length_debiased(
@@ -454,10 +553,11 @@ def _train_length_debiased(
     eval_lengths: torch.Tensor | None,
     resume: bool,
     callbacks: Sequence[TrainCallback],
+    runtime: Runtime,
 ) -> dict[str, Any]:
     """Train ``model`` in place with a length head beside it (then dropped); the reward-length
-    correlations of :func:`~prefkit.rm.length_debias.length_debias_summary` and the loop's
-    result under ``"result"``."""
+    correlations of :func:`~prefkit.rm.length_debias.length_debias_summary` (rank 0's on
+    every rank) and the loop's result under ``"result"``."""
     torch.manual_seed(config.loop.seed)
     joint = LengthDebiasedModel(model)
     task = LengthDebiasTask(
@@ -465,9 +565,12 @@ def _train_length_debiased(
     )
     result = train(joint, task, train_config, out / "training", resume=resume, callbacks=callbacks)
     joint.eval()
-    summary = length_debias_summary(
-        joint, config.length_debias, store, lengths, options["eval_store"], eval_lengths
-    )
+    summary = None
+    if runtime.is_main:  # the other ranks take rank 0's summary
+        summary = length_debias_summary(
+            joint, config.length_debias, store, lengths, options["eval_store"], eval_lengths
+        )
+    summary = runtime.broadcast_object(summary)
     joint.release()
     return {**summary, "result": result}
 
@@ -500,7 +603,12 @@ def held_out_temperature(
 ) -> dict[str, Any]:
     """:func:`~prefkit.eval.metrics.temperature_scaling` on held-out pair ``examples``: the
     fitted T and the calibration before and after (human ties left out)."""
-    rewards = model.store_outputs(store).mean(dim=1).numpy()  # (U,)
+    return temperature_from_outputs(model.store_outputs(store), examples)
+
+
+def temperature_from_outputs(outputs: torch.Tensor, examples: Examples) -> dict[str, Any]:
+    """:func:`held_out_temperature` from the (U, K) outputs of the held-out items."""
+    rewards = outputs.mean(dim=1).numpy()  # (U,)
     positions = examples.positions.numpy()  # (E, 2)
     return temperature_scaling(
         rewards[positions[:, 0]], rewards[positions[:, 1]], examples.targets["outcomes"].numpy()

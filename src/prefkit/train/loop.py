@@ -35,7 +35,9 @@ either and does the rest:
   CPU, nccl on CUDA), broadcasts rank 0's weights at the start of a fresh run,
   and all-reduces gradients itself; pass the bare model, not a DDP wrapper. Only
   rank 0 writes metrics, checkpoints and the progress bar; ``out_dir`` must be
-  on a file system all ranks share.
+  on a file system all ranks share. A recipe with work of its own around
+  training (scoring the data, fitting a temperature, saving the model) runs it
+  inside :func:`distributed`, which holds the process group for the whole recipe.
 
 Outputs under ``out_dir``: ``metrics.jsonl`` (one JSON object per optimizer step
 with ``"split": "train"`` and per evaluation with ``"split": "eval"``; ``epoch``
@@ -400,11 +402,33 @@ def train(
         isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1
     ):
         raise UserInputError(f"max_steps must be an integer >= 1, got {max_steps!r}")
-    runtime = _Runtime.start(config)
+    runtime = Runtime.start(config)
     try:
         return _Trainer(model, task, config, Path(out_dir), runtime, callbacks, max_steps).run(
             resume=resume, optimizer_factory=optimizer_factory or default_optimizer
         )
+    finally:
+        runtime.close()
+
+
+@contextlib.contextmanager
+def distributed(config: TrainConfig) -> Iterator[Runtime]:
+    """The processes of a ``torchrun`` / ``accelerate launch`` for the length of a recipe.
+
+    Joins or creates the process group as :func:`train` does (``WORLD_SIZE > 1`` in the
+    environment; gloo on CPU, nccl on CUDA) and keeps it until the block ends, so that
+    every :func:`train` inside it reuses the group and the recipe can broadcast
+    (``runtime.broadcast_object``) and sum (``runtime.sum_over_ranks``) around
+    training. A block that ends normally waits for every rank (a barrier) before it
+    destroys the group it created, so no process exits while rank 0 is still
+    writing; a block left by an exception does not wait (the other ranks may
+    never get there). In a single process the runtime is rank 0 of 1 and the
+    collectives return their input.
+    """
+    runtime = Runtime.start(config)
+    try:
+        yield runtime
+        runtime.barrier()
     finally:
         runtime.close()
 
@@ -449,8 +473,13 @@ class _LoopState:
     last_eval: dict[str, float] = field(default_factory=dict)
 
 
-class _Runtime:
-    """Device, rank and the few collective operations the loop needs."""
+class Runtime:
+    """Device, rank and the few collective operations the loop needs.
+
+    A recipe that does more than call :func:`train` (scores the data afterwards,
+    fits a temperature, saves a model) gets one from :func:`distributed`, so that
+    its work before and after training can use the same process group.
+    """
 
     def __init__(
         self,
@@ -467,7 +496,8 @@ class _Runtime:
         self.owns_process_group = owns_process_group
 
     @classmethod
-    def start(cls, config: TrainConfig) -> _Runtime:
+    def start(cls, config: TrainConfig) -> Runtime:
+        _refuse_sharded_launch()
         env_world_size = int(os.environ.get("WORLD_SIZE", "1"))
         already_initialized = dist.is_available() and dist.is_initialized()
         distributed = already_initialized or env_world_size > 1
@@ -652,7 +682,7 @@ class _Trainer:
         task: TrainTask[Any],
         config: TrainConfig,
         out_dir: Path,
-        runtime: _Runtime,
+        runtime: Runtime,
         callbacks: Sequence[TrainCallback],
         max_steps: int | None = None,
     ) -> None:
@@ -1046,6 +1076,23 @@ def _load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], source:
             "with other parameters frozen?"
         )
     model.load_state_dict(dict(tensors), strict=False)
+
+
+_SHARDED_LAUNCHES = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP"}
+"""Variables ``accelerate launch`` sets for a DeepSpeed or FSDP config -> the engine's name."""
+
+
+def _refuse_sharded_launch() -> None:
+    """A DeepSpeed / FSDP launch would train plainly data-parallel here; say so instead."""
+    for variable, engine in _SHARDED_LAUNCHES.items():
+        if os.environ.get(variable, "false").lower() == "true":
+            raise UserInputError(
+                f"accelerate launch was given a config for {engine} ({variable}=true), but prefkit's "
+                f"training loop does its own data-parallel gradient all-reduce and does not hand "
+                f"the model to {engine}: every GPU would hold the whole model, gradients and "
+                "optimizer state, and the sharding settings would be ignored. Launch with a "
+                "plain multi-GPU config instead (docs/accelerate/multi_gpu.yaml)."
+            )
 
 
 def _seed_everything(seed: int) -> None:

@@ -30,7 +30,9 @@ Clock: from the call of ``rl`` (prefkit: prompt tokenization, the reference copy
 the loop's setup) or the construction of ``GRPOTrainer`` (TRL: dataset preparation,
 loading the reference; ``setup_seconds``) to the end of the last optimizer step
 (prefkit's step event, TRL's ``on_step_end``), so prefkit's final checkpoint write
-is left out (TRL runs with ``save_strategy="no"``). New tokens are the completion
+is left out (TRL runs with ``save_strategy="no"``). The process's CPU time over the
+same span is recorded too (``steps_per_cpu_s``): with one torch thread it is less
+swayed by other work on a shared machine than the wall clock. New tokens are the completion
 tokens sampled (EOS included), counted by each tool for its own samples: the tools
 sample with different random streams, so their completions, lengths and losses
 differ run to run. Generation share: prefkit's ``generation_s`` of its metrics JSONL
@@ -185,22 +187,23 @@ def run_prefkit(steps):
     prompts = _prompts(steps * PROMPTS_PER_STEP)
     policy = _model(tokenizer, seed=0)
     config, train_config = _prefkit_configs(steps)
-    step_times = []
+    step_times, step_cpu_times = [], []
 
     def on_event(event):
         if event.kind == "step":
             step_times.append(time.perf_counter())
+            step_cpu_times.append(time.process_time())
 
     with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = rl(
             prompts, policy, tokenizer, even_words, out, config, train_config, callbacks=[on_event]
         )
         lines = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
-    seconds = step_times[-1] - started
     sequences = PROMPTS_PER_STEP * NUM_GENERATIONS
     return {
-        "seconds": seconds,
+        "seconds": step_times[-1] - started,
+        "cpu_seconds": step_cpu_times[-1] - cpu_started,
         "steps": result.train.global_step,
         "new_tokens": round(sum(line["completion_length"] * sequences for line in lines)),
         "generation_seconds": sum(line["generation_s"] for line in lines),
@@ -218,10 +221,11 @@ class _StepClock:
 
         class Clock(TrainerCallback):
             def __init__(self):
-                self.step_times = []
+                self.step_times, self.step_cpu_times = [], []
 
             def on_step_end(self, args, state, control, **kwargs):
                 self.step_times.append(time.perf_counter())
+                self.step_cpu_times.append(time.process_time())
 
         return Clock()
 
@@ -266,7 +270,7 @@ def run_trl(steps):
     with tempfile.TemporaryDirectory() as out:
         reference_dir = Path(out, "reference")
         policy.save_pretrained(reference_dir)  # the reference is the initial policy
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         trainer = _trl_trainer(
             policy, reference_dir, tokenizer, prompts, Path(out, "run"), steps, [clock]
         )
@@ -278,6 +282,7 @@ def run_trl(steps):
     sequences = PROMPTS_PER_STEP * NUM_GENERATIONS
     return {
         "seconds": clock.step_times[-1] - started,
+        "cpu_seconds": clock.step_cpu_times[-1] - cpu_started,
         "setup_seconds": setup_seconds,
         "steps": len(clock.step_times),
         "new_tokens": round(sum(entry["completions/mean_length"] * sequences for entry in logged)),
@@ -386,6 +391,7 @@ def _launch(name, args, samples=""):
     result = json.loads(output.stdout.strip().splitlines()[-1])
     if "seconds" in result:
         result["steps_per_s"] = result["steps"] / result["seconds"]
+        result["steps_per_cpu_s"] = result["steps"] / result["cpu_seconds"]
         result["new_tokens_per_s"] = result["new_tokens"] / result["seconds"]
         result["generation_share"] = result["generation_seconds"] / result["seconds"]
         result["reward_share"] = result["reward_seconds"] / result["seconds"]
@@ -405,8 +411,10 @@ def check_step1_losses(ours: float, theirs: float) -> None:
 
 FIELDS = (
     "steps_per_s",
+    "steps_per_cpu_s",
     "new_tokens_per_s",
     "seconds",
+    "cpu_seconds",
     "generation_share",
     "reward_share",
     "peak_rss_mib",
@@ -519,7 +527,7 @@ def main() -> None:
         },
         "ratio_prefkit_over_trl": {
             key: runs["prefkit"][key] / runs["trl"][key]
-            for key in ("steps_per_s", "new_tokens_per_s", "peak_rss_mib")
+            for key in ("steps_per_s", "steps_per_cpu_s", "new_tokens_per_s", "peak_rss_mib")
         },
         "steps_per_s_ratio_each_repeat": [
             mine["steps_per_s"] / theirs["steps_per_s"]

@@ -99,7 +99,12 @@ class RLConfig:
     dpo_loss_args: dict[str, float] = field(default_factory=dict)
     """online_dpo only: hyperparameters of dpo_loss besides beta (beta comes from --beta)."""
     generation_batch_size: int = 64
-    """Sequences per generate call."""
+    """Sequences per generate call (and rows per no-gradient log-prob pass)."""
+    shared_prompt: bool = True
+    """Score each prompt once, with its samples packed after it in one row (a 4D attention mask:
+    needs sdpa or eager attention, not flash-attention), in the training pass and the reference
+    pass; the log-probs are those of one prompt + completion row per sample, with fewer tokens
+    through the model. Off: one row per sample."""
     lora: bool = False
     """Train LoRA adapters (peft) instead of all weights; the reference is the adapter-disabled model."""
     lora_r: int = 16

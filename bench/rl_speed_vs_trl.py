@@ -18,11 +18,15 @@ constant, gradient norm clipped at 1, no gradient accumulation, one process, the
 same torch thread count for both tools, float32 without gradient checkpointing
 (TRL's bf16 default is switched off), dropout off.
 
-Runs, each in its own subprocess (peak RSS is per run); the pair is repeated
-``--repeats`` times with the tools interleaved, and medians are reported:
+Runs, each in its own subprocess (peak RSS is per run); the set is repeated
+``--repeats`` times with the runs interleaved, and medians are reported:
 
 - ``prefkit``: :func:`prefkit.rl.trainer.rl` (what ``prefkit rl --algo grpo`` calls),
-  in-process, with the reward function passed as a callable;
+  in-process, with the reward function passed as a callable; its defaults, so the
+  training and reference passes run each prompt once with its 4 samples packed
+  after it (``shared_prompt``);
+- ``prefkit_no_shared_prompt``: the same with ``--no-shared-prompt`` (one
+  ``prompt + completion`` row per sample, as TRL), which shows what that layout saves;
 - ``trl``: ``trl.GRPOTrainer`` with the reference loaded from a saved copy of the
   initial policy (TRL builds its reference from the policy's path).
 
@@ -44,8 +48,9 @@ Equal step-1 loss: measured separately, before the speed runs, on the same sampl
 prefkit runs one step that samples for real (8 prompts of 24 words, the reference a
 second random model so the KL is not 0) and records its completions; TRL's
 ``GRPOTrainer`` then runs one step on those completions (its ``rollout_func``) with
-the same reference. The two losses must agree to 1e-4 or the script exits with
-status 1 before any speed run (``--check-only`` runs only this check). The prompts
+the same reference. The step-1 loss of both prefkit layouts (which draw the same
+samples) must agree with TRL's to 1e-4, or the script exits with status 1 before any
+speed run (``--check-only`` runs only this check). The prompts
 of the check have one length because TRL left-pads and this Llama takes positions
 from the sequence index, so a shorter prompt would be scored at other positions.
 
@@ -118,11 +123,12 @@ def even_words(prompts, completions, completion_ids=None, **columns):
     return rewards
 
 
-def _prefkit_configs(steps):
+def _prefkit_configs(steps, shared_prompt=True):
     from prefkit.rl.config import RLConfig
     from prefkit.train.loop import TrainConfig
 
     config = RLConfig(
+        shared_prompt=shared_prompt,
         algo="grpo",
         num_generations=NUM_GENERATIONS,
         max_new_tokens=MAX_NEW_TOKENS,
@@ -178,7 +184,7 @@ def _trl_args(out, steps):
     )
 
 
-def run_prefkit(steps):
+def run_prefkit(steps, shared_prompt=True):
     import torch
 
     from prefkit.rl.trainer import rl
@@ -186,7 +192,7 @@ def run_prefkit(steps):
     tokenizer = _tokenizer()
     prompts = _prompts(steps * PROMPTS_PER_STEP)
     policy = _model(tokenizer, seed=0)
-    config, train_config = _prefkit_configs(steps)
+    config, train_config = _prefkit_configs(steps, shared_prompt)
     step_times, step_cpu_times = [], []
 
     def on_event(event):
@@ -293,15 +299,15 @@ def run_trl(steps):
     }
 
 
-def check_prefkit(samples_path):
+def check_prefkit(samples_path, shared_prompt=True):
     """One prefkit step on 8 equal-length prompts with a reference that differs; its samples
-    are written to ``samples_path`` for :func:`check_trl`."""
+    are written to ``samples_path`` for :func:`check_trl` (both layouts draw the same ones)."""
     from prefkit.rl.trainer import RLTask, rl
 
     tokenizer = _tokenizer()
     prompts = _prompts(PROMPTS_PER_STEP, seed=1, words=CHECK_PROMPT_WORDS)
     policy, reference = _model(tokenizer, seed=0), _model(tokenizer, seed=1)
-    config, train_config = _prefkit_configs(1)
+    config, train_config = _prefkit_configs(1, shared_prompt)
     recorded = {}
     generate = RLTask._generate
 
@@ -361,8 +367,10 @@ def check_trl(samples_path):
 
 RUNS = {
     "prefkit": lambda args: run_prefkit(args.steps),
+    "prefkit_no_shared_prompt": lambda args: run_prefkit(args.steps, shared_prompt=False),
     "trl": lambda args: run_trl(args.steps),
     "check_prefkit": lambda args: check_prefkit(args.samples),
+    "check_prefkit_no_shared_prompt": lambda args: check_prefkit(args.samples, False),
     "check_trl": lambda args: check_trl(args.samples),
 }
 
@@ -448,17 +456,25 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         samples = str(Path(scratch, "samples.json"))
+        plain_samples = str(Path(scratch, "samples_no_shared_prompt.json"))
         check = {
             "prefkit": _launch("check_prefkit", args, samples),
+            "prefkit_no_shared_prompt": _launch(
+                "check_prefkit_no_shared_prompt", args, plain_samples
+            ),
             "trl": _launch("check_trl", args, samples),
         }
+        if Path(samples).read_text() != Path(plain_samples).read_text():
+            raise SystemExit("the two prefkit layouts drew different samples at step 1")
     check_step1_losses(check["prefkit"]["step1_loss"], check["trl"]["step1_loss"])
+    check_step1_losses(check["prefkit_no_shared_prompt"]["step1_loss"], check["trl"]["step1_loss"])
     if args.check_only:
         return
-    repeats: dict[str, list[dict]] = {"prefkit": [], "trl": []}
+    names = ["prefkit", "trl", "prefkit_no_shared_prompt"]
+    repeats: dict[str, list[dict]] = {name: [] for name in names}
     for repeat in range(args.repeats):
-        # prefkit and TRL alternate (and swap who goes first), so load changes hit both alike.
-        order = ["prefkit", "trl"] if repeat % 2 == 0 else ["trl", "prefkit"]
+        # The runs take turns, each round starting one further on, so load changes hit all alike.
+        order = names[repeat % len(names) :] + names[: repeat % len(names)]
         for name in order:
             result = _launch(name, args)
             repeats[name].append(result)
@@ -522,15 +538,34 @@ def main() -> None:
             "prefkit": check["prefkit"]["step1_loss"],
             "trl": check["trl"]["step1_loss"],
             "abs_difference": abs(check["prefkit"]["step1_loss"] - check["trl"]["step1_loss"]),
-            "kl_prefkit": check["prefkit"]["kl"],
-            "kl_trl": check["trl"]["kl"],
+            "prefkit_no_shared_prompt": check["prefkit_no_shared_prompt"]["step1_loss"],
+            "abs_difference_no_shared_prompt": abs(
+                check["prefkit_no_shared_prompt"]["step1_loss"] - check["trl"]["step1_loss"]
+            ),
+            "kl_per_sequence_prefkit": check["prefkit"]["kl"],
+            "kl_per_token_trl": check["trl"]["kl"],
         },
-        "ratio_prefkit_over_trl": {
-            key: runs["prefkit"][key] / runs["trl"][key]
-            for key in ("steps_per_s", "steps_per_cpu_s", "new_tokens_per_s", "peak_rss_mib")
+        "speed_runs_step1_loss_note": (
+            "runs[*].step1_loss differ between the tools: each samples its own completions "
+            "(other random streams); step1_loss_same_samples is the like-for-like comparison"
+        ),
+        **{
+            f"ratio_{mine}_over_{theirs}": {
+                key: runs[mine][key] / runs[theirs][key]
+                for key in ("steps_per_s", "steps_per_cpu_s", "new_tokens_per_s", "peak_rss_mib")
+            }
+            for mine, theirs in (
+                ("prefkit", "trl"),
+                ("prefkit_no_shared_prompt", "trl"),
+                ("prefkit", "prefkit_no_shared_prompt"),
+            )
         },
         "steps_per_s_ratio_each_repeat": [
             mine["steps_per_s"] / theirs["steps_per_s"]
+            for mine, theirs in zip(repeats["prefkit"], repeats["trl"], strict=True)
+        ],
+        "steps_per_cpu_s_ratio_each_repeat": [
+            mine["steps_per_cpu_s"] / theirs["steps_per_cpu_s"]
             for mine, theirs in zip(repeats["prefkit"], repeats["trl"], strict=True)
         ],
     }
@@ -539,6 +574,9 @@ def main() -> None:
     summary = {
         "step1_loss_same_samples": report["step1_loss_same_samples"],
         "ratio_prefkit_over_trl": report["ratio_prefkit_over_trl"],
+        "ratio_prefkit_over_prefkit_no_shared_prompt": report[
+            "ratio_prefkit_over_prefkit_no_shared_prompt"
+        ],
         "generation_share": {name: runs[name]["generation_share"] for name in runs},
     }
     print(json.dumps(summary, indent=2))

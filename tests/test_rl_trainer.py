@@ -329,6 +329,14 @@ def test_config_rejects_settings_the_algorithm_does_not_use() -> None:
     assert RLConfig().kl_placement == "loss" and RLConfig().kl == "k3"
 
 
+def test_shared_prompt_with_flash_attention_is_refused_before_training(tmp_path: Path) -> None:
+    model, tokenizer = tiny_policy()
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(UserInputError, match="--no-shared-prompt"):
+        rl(prompts(4), model, tokenizer, rule, tmp_path / "x", RLConfig(max_steps=1))
+    assert not (tmp_path / "x" / "metrics.jsonl").exists()
+
+
 def test_checkpoints_only_between_generation_batches(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="multiple of num_iterations"):
         run(tmp_path / "x", RLConfig(max_steps=4, num_iterations=2), checkpoint_every_steps=3)

@@ -844,6 +844,11 @@ class RLResult:
         )
 
 
+def _attention_implementation(model: nn.Module | None) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None)
+
+
 def _context_length(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -977,6 +982,16 @@ def rl(
     if ref_model is not None:
         ref_model.requires_grad_(False)
         ref_model.eval()
+    if config.shared_prompt:
+        for role, scored in (("model", model), ("reference", ref_model)):
+            implementation = _attention_implementation(scored)
+            if implementation is not None and implementation.startswith("flash"):
+                raise UserInputError(
+                    f"rl: the {role} uses {implementation!r} attention, which takes no 4D "
+                    "attention mask, so the shared-prompt pass cannot run; pass "
+                    "--no-shared-prompt (shared_prompt=False) or load it with "
+                    "attn_implementation='sdpa'"
+                )
 
     # The loop sees one epoch of steps; without checkpoint_every_steps, a checkpoint is written
     # after each pass over the prompts, as the loop does at each epoch's end.

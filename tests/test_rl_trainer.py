@@ -87,6 +87,49 @@ def test_completion_log_probs_match_scoring_each_sequence_alone() -> None:
         assert (together.logps[index, width:] == 0).all()
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_log_probs_equal_one_row_per_sample_in_values_and_gradients(
+    attention: str,
+) -> None:
+    """Two prompts of different lengths with three and two samples (given interleaved, so
+    packing must restore the caller's order) and a prompt with one sample; temperature 0.7.
+    The shared-prompt pass must give the plain pass's log-probs, mask, entropies and gradient."""
+    model, _ = tiny_policy()
+    model.eval()
+    model.config._attn_implementation = attention
+    long_prompt, short_prompt = (1, 5, 6, 7, 8, 12), (1, 9, 12)
+    rows = [
+        (long_prompt, (7, 8, 2)),
+        (short_prompt, (4,)),
+        (long_prompt, (10, 11, 4, 5, 6)),
+        ((1, 10, 11, 12), (5, 5)),
+        (short_prompt, (6, 7, 8, 9)),
+        (long_prompt, (9,)),
+    ]
+    weights = torch.randn(len(rows), 5, generator=torch.Generator().manual_seed(0))
+
+    def scored(shared: bool):
+        model.zero_grad()
+        result = completion_token_logps(
+            model, rows, pad_id=0, temperature=0.7, with_entropy=True, shared_prompt=shared
+        )
+        (result.logps * weights).sum().backward()
+        return result, [parameter.grad.clone() for parameter in model.parameters()]
+
+    try:
+        plain, plain_grads = scored(False)
+        shared, shared_grads = scored(True)
+    finally:
+        model.config._attn_implementation = "sdpa"
+    assert shared.mask.tolist() == plain.mask.tolist()
+    torch.testing.assert_close(shared.logps, plain.logps, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.entropy, plain.entropy, atol=1e-5, rtol=0)
+    assert (plain.logps[plain.mask] < 0).all() and (shared.logps[~shared.mask] == 0).all()
+    for plain_grad, shared_grad in zip(plain_grads, shared_grads, strict=True):
+        torch.testing.assert_close(shared_grad, plain_grad, atol=1e-5, rtol=1e-4)
+    assert any(grad.abs().max() > 1e-3 for grad in plain_grads)
+
+
 def test_padding_a_batch_differently_does_not_change_the_kl() -> None:
     """The same two sequences, once alone and once beside a long prompt and a long completion
     (so they are padded to a much wider row): per-sequence KL to another model equal."""
@@ -297,6 +340,14 @@ def test_config_rejects_settings_the_algorithm_does_not_use() -> None:
         RLConfig(algo="online_dpo", dpo_loss="kto")
     assert RLConfig(algo="rloo").kl_placement == "reward" and RLConfig(algo="rloo").kl == "k1"
     assert RLConfig().kl_placement == "loss" and RLConfig().kl == "k3"
+
+
+def test_shared_prompt_with_flash_attention_is_refused_before_training(tmp_path: Path) -> None:
+    model, tokenizer = tiny_policy()
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(UserInputError, match="--no-shared-prompt"):
+        rl(prompts(4), model, tokenizer, rule, tmp_path / "x", RLConfig(max_steps=1))
+    assert not (tmp_path / "x" / "metrics.jsonl").exists()
 
 
 def test_checkpoints_only_between_generation_batches(tmp_path: Path) -> None:

@@ -119,7 +119,12 @@ class RLConfig:
     """iterative_dpo only: the reference of each round's DPO, the policy the round starts from
     ('start', as RLHFlow's online-RLHF) or the original model ('original'). None: start."""
     generation_batch_size: int = 64
-    """Sequences per generate call."""
+    """Sequences per generate call (and rows per no-gradient log-prob pass)."""
+    shared_prompt: bool = True
+    """Score each prompt once, with its samples packed after it in one row (a 4D attention mask:
+    needs sdpa or eager attention, not flash-attention), in every log-prob pass (training,
+    reference, generation time); the log-probs are those of one prompt + completion row per
+    sample, with fewer tokens through the model. Off: one row per sample."""
     lora: bool = False
     """Train LoRA adapters (peft) instead of all weights; the reference is the adapter-disabled model."""
     lora_r: int = 16

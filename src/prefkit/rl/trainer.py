@@ -354,13 +354,7 @@ class RLTask:
         rollout = self.rollout
         group = self.config.generations
         with _eval_mode(model):
-            scored = completion_token_logps(
-                model,
-                batch.rows,
-                self.pad_id,
-                temperature=self.config.temperature,
-                with_entropy=True,
-            )
+            scored = self._token_logps(model, batch.rows, with_entropy=True)
         logps, mask = scored.logps, scored.mask  # (R, C), (R, C)
         assert scored.entropy is not None
         num_prompts = len(batch.rows) // group
@@ -437,18 +431,26 @@ class RLTask:
             self._permutation = (passed, torch.randperm(count, generator=generator).tolist())
         return self.prompts[self._permutation[1][stream % count]]
 
+    def _token_logps(
+        self, model: nn.Module, rows: Sequence[Any], *, with_entropy: bool = False
+    ) -> TokenLogps:
+        return completion_token_logps(
+            model,
+            rows,
+            self.pad_id,
+            temperature=self.config.temperature,
+            with_entropy=with_entropy,
+            shared_prompt=self.config.shared_prompt,
+        )
+
     def _reference_logps(self, model: nn.Module, rows: Sequence[Any]) -> TokenLogps:
         if self.reference_model is not None:
             device = next(model.parameters()).device
             self.reference_model.to(device)
-            return completion_token_logps(
-                self.reference_model, rows, self.pad_id, temperature=self.config.temperature
-            )
+            return self._token_logps(self.reference_model, rows)
         if self.use_adapter_reference:
             with model.disable_adapter():  # type: ignore[operator]
-                return completion_token_logps(
-                    model, rows, self.pad_id, temperature=self.config.temperature
-                )
+                return self._token_logps(model, rows)
         raise RuntimeError("RLTask: a reference is needed but none was given")
 
     def _score(
@@ -504,12 +506,7 @@ class RLTask:
         old = None
         policy_gradient = config.algo in POLICY_GRADIENT_ALGORITHMS
         if (policy_gradient and config.num_iterations > 1) or config.kl_in_reward:
-            old = self._chunked(
-                lambda chunk: completion_token_logps(
-                    model, chunk, self.pad_id, temperature=self.config.temperature
-                ),
-                rows,
-            )
+            old = self._chunked(lambda chunk: self._token_logps(model, chunk), rows)
         ref = None
         if config.needs_reference:
             ref = self._chunked(lambda chunk: self._reference_logps(model, chunk), rows)
@@ -518,9 +515,11 @@ class RLTask:
     def _chunked(
         self, score: Callable[[Sequence[Any]], TokenLogps], rows: Sequence[Any]
     ) -> list[Tensor]:
-        """Per-row (length,) log-probs, scored ``generation_batch_size`` rows at a time."""
+        """Per-row (length,) log-probs, scored ``generation_batch_size`` rows at a time (rounded
+        down to whole prompt groups, so a shared-prompt pass never splits a group)."""
         out: list[Tensor] = []
-        size = self.config.generation_batch_size
+        group = self.config.generations
+        size = max(group, self.config.generation_batch_size // group * group)
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
             logps = score(chunk).logps.detach().cpu()
@@ -845,6 +844,11 @@ class RLResult:
         )
 
 
+def _attention_implementation(model: nn.Module | None) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None)
+
+
 def _context_length(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -983,6 +987,16 @@ def rl(
     if ref_model is not None:
         ref_model.requires_grad_(False)
         ref_model.eval()
+    if config.shared_prompt:
+        for role, scored in (("model", model), ("reference", ref_model)):
+            implementation = _attention_implementation(scored)
+            if implementation is not None and implementation.startswith("flash"):
+                raise UserInputError(
+                    f"rl: the {role} uses {implementation!r} attention, which takes no 4D "
+                    "attention mask, so the shared-prompt pass cannot run; pass "
+                    "--no-shared-prompt (shared_prompt=False) or load it with "
+                    "attn_implementation='sdpa'"
+                )
 
     # The loop sees one epoch of steps; without checkpoint_every_steps, a checkpoint is written
     # after each pass over the prompts, as the loop does at each epoch's end.

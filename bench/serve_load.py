@@ -18,11 +18,15 @@ exception); at the server: peak RSS (VmRSS sampled every 20 ms during the level,
 VmHWM, the process's peak so far), model calls and items per call (from /metrics).
 
 Rounds are interleaved (round, level, variant; the variant order alternates between
-rounds) and medians over rounds are reported, with the ratio batched / naive. The
+rounds) and medians over rounds are reported, with the ratio batched / naive: of the
+medians, and within each round (both variants back to back) with its median. The
 load generator runs on the same machine as the servers, so on a small shared machine
-the numbers say what that machine gives, not the server's ceiling. Writes
-``bench/results/serve_load.json``.
+the numbers say what that machine gives, not the server's ceiling. ``--server-threads``
+sets the servers' torch threads: on a machine with more runnable threads than cores,
+torch's default (one per core) makes one-item calls far slower, which flatters the
+batched server, so run both. Writes ``bench/results/serve_load.json``.
 
+    pip install -e ".[serve,bench]"
     python bench/serve_load.py [--levels 1,8,64] [--requests 256] [--rounds 3]
                                [--server-threads N] [--out FILE.json]
 """

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from prefkit.rm.ensemble import train_ensemble
 from prefkit.rm.train import RMTrainConfig, default_train_config, train_reward_model
 from prefkit.serve.app import LoadedModel, bind_socket, build_server, create_app, load_reward_model
 from prefkit.serve.config import ServeConfig
@@ -22,11 +23,10 @@ from test_rm_train import keyword_pairs, make_tiny_bert
 REPO = Path(__file__).resolve().parents[1]
 
 
-def train_small_model(folder: Path) -> Path:
-    """An embedding reward model on a tiny random BERT, trained for a few seconds."""
-    backbone = make_tiny_bert(folder / "backbone")
-    config = RMTrainConfig(
-        backbone=backbone,
+def small_config(folder: Path) -> RMTrainConfig:
+    """Embedding mode on a tiny random BERT: a few seconds of training."""
+    return RMTrainConfig(
+        backbone=make_tiny_bert(folder / "backbone"),
         cache_dir=str(folder / "cache"),
         features="response",
         max_length=64,
@@ -34,8 +34,20 @@ def train_small_model(folder: Path) -> Path:
             "embedding", epochs=2, batch_size=16, lr=3e-3, device="cpu", progress=False
         ),
     )
+
+
+def train_small_model(folder: Path) -> Path:
+    """An embedding reward model on a tiny random BERT, trained for a few seconds."""
+    config = small_config(folder)
     train_reward_model(keyword_pairs(64, seed=1), config, folder / "rm", log=lambda line: None)
     return folder / "rm"
+
+
+def train_small_ensemble(folder: Path, size: int = 3) -> Path:
+    """An ensemble of ``size`` such heads (bootstrap resamples, one seed each)."""
+    config = small_config(folder)
+    train_ensemble(keyword_pairs(64, seed=2), config, folder / "ensemble", size, log=lambda _: None)
+    return folder / "ensemble"
 
 
 class GatedModel:
@@ -51,11 +63,14 @@ class GatedModel:
     def open(self) -> None:
         self.gate.set()
 
-    def predict_and_score(self, prompts, responses, *, batch_size: int = 64):
+    def predict_score_members(self, prompts, responses, *, batch_size: int = 64):
         self.entered.set()
         if not self.gate.wait(timeout=30):
             raise TimeoutError("the gate was never opened")
-        return self.model.predict_and_score(prompts, responses, batch_size=batch_size)
+        return self.model.predict_score_members(prompts, responses, batch_size=batch_size)
+
+    def member_preference_probability(self, member_rewards_a, member_rewards_b):
+        return self.model.member_preference_probability(member_rewards_a, member_rewards_b)
 
 
 class CountingModel:
@@ -67,9 +82,12 @@ class CountingModel:
         self.spec = model.spec
         self.calls: list[int] = []
 
-    def predict_and_score(self, prompts, responses, *, batch_size: int = 64):
+    def predict_score_members(self, prompts, responses, *, batch_size: int = 64):
         self.calls.append(len(responses))
-        return self.model.predict_and_score(prompts, responses, batch_size=batch_size)
+        return self.model.predict_score_members(prompts, responses, batch_size=batch_size)
+
+    def member_preference_probability(self, member_rewards_a, member_rewards_b):
+        return self.model.member_preference_probability(member_rewards_a, member_rewards_b)
 
 
 class ThreadServer:

@@ -27,6 +27,7 @@ from serve_helpers import (
     metric,
     run_coroutine,
     start_cli_server,
+    train_small_ensemble,
     train_small_model,
     wait_ready,
 )
@@ -74,6 +75,44 @@ def test_compare_uses_the_model_calibration_temperature(model_dir, tmp_path) -> 
     assert answer["probabilities"][0] == pytest.approx(
         calibrated.compare(PROMPTS[0], RESPONSES[0], RESPONSES[1]), abs=1e-6
     )
+
+
+def test_compare_of_an_ensemble_is_its_members_mean_probability(tmp_path) -> None:
+    """An ensemble's /v1/compare equals RewardModel.compare (the mean of the members'
+    calibrated probabilities), not sigmoid of the mean margin, also when concurrent
+    compare requests share one model call."""
+    folder = train_small_ensemble(tmp_path)
+    ensemble = RewardModel.load(folder)
+    ensemble.cache = None
+    assert ensemble.spec.ensemble_size == 3
+    pairs = [
+        {"prompt": p, "response_a": a, "response_b": b}
+        for p in PROMPTS
+        for a, b in [(RESPONSES[0], RESPONSES[1]), (RESPONSES[2], RESPONSES[1])]
+    ]
+    expected = [ensemble.compare(p["prompt"], p["response_a"], p["response_b"]) for p in pairs]
+    rewards = ensemble.score(
+        [p["prompt"] for p in pairs for _ in "ab"],
+        [p[name] for p in pairs for name in ("response_a", "response_b")],
+    )
+    of_mean_margin = ensemble.preference_probability(rewards[0::2], rewards[1::2])
+    # The two differ (the members disagree), so the comparison below can fail.
+    assert np.max(np.abs(of_mean_margin - expected)) > 1e-4
+    counting = CountingModel(ensemble)
+    with ThreadServer.for_model(counting, folder, max_wait_ms=200) as running:
+
+        async def compare_each() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
+                return await asyncio.gather(*(client.post("/v1/compare", json=p) for p in pairs))
+
+        answers = run_coroutine(compare_each())
+        assert all(answer.status_code == 200 for answer in answers), [a.text for a in answers]
+        together = httpx.post(f"{running.url}/v1/compare", json=pairs).json()
+    probabilities = [answer.json()["probabilities"][0] for answer in answers]
+    np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(together["probabilities"], expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(together["rewards_a"], rewards[0::2], rtol=1e-5, atol=1e-6)
+    assert len(counting.calls) <= 3, counting.calls  # six concurrent requests, then one list
 
 
 def test_score_compare_and_get_reward_equal_the_model(server, model) -> None:
@@ -610,3 +649,94 @@ def test_listening_on_all_interfaces_without_a_key_warns(model_dir) -> None:
         _, errors = process.communicate(timeout=30)
     assert "listening on http://0.0.0.0:" in listening, errors
     assert "warning: listening on all interfaces" in errors and "PREFKIT_API_KEYS" in errors
+
+
+def _assert_same_metrics(local, served, where="document") -> None:
+    """Every value of two ``prefkit eval --json`` documents equal (floats to 1e-6), but names."""
+    if isinstance(local, dict):
+        assert set(local) == set(served), where
+        for key in local:
+            if key != "name":
+                _assert_same_metrics(local[key], served[key], f"{where}.{key}")
+    elif isinstance(local, list):
+        assert len(local) == len(served), where
+        for index, (one, other) in enumerate(zip(local, served)):
+            _assert_same_metrics(one, other, f"{where}[{index}]")
+    elif isinstance(local, float):
+        assert served == pytest.approx(local, abs=1e-6), where
+    else:
+        assert served == local, where
+
+
+def test_eval_of_a_served_model_equals_eval_of_its_folder(
+    model_dir, tmp_path, capsys, monkeypatch
+) -> None:
+    """``prefkit eval http://...`` through a real server (with an API key) reports the very
+    metrics of ``prefkit eval FOLDER``: pairs (with categories), ties and rankings; a wrong
+    key and an unreachable server are one-line errors."""
+    import dataclasses
+    import shutil
+
+    from prefkit.cli import main
+    from prefkit.data import write_records
+    from prefkit.data.records import PairwiseRecord, RankingRecord
+    from test_rm_train import keyword_pairs
+
+    records = [
+        dataclasses.replace(record, category="odd" if index % 2 else "even")
+        for index, record in enumerate(keyword_pairs(40, seed=7))
+    ]
+    records.append(PairwiseRecord("tie", "say something", "stone cloud", "green table", "tie"))
+    records += [
+        RankingRecord(
+            f"rank{index}",
+            "say something",
+            ("excellent apple river", "stone cloud green", "excellent excellent light"),
+            scores=(2.0, 0.0, 3.0),
+        )
+        for index in range(3)
+    ]
+    data = tmp_path / "test.jsonl"
+    write_records(records, data)
+    # A calibration temperature other than 1, so the served one must reach the calibration.
+    folder = tmp_path / "calibrated"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["temperature"] = 2.5
+    (folder / "config.json").write_text(json.dumps(config))
+    options = ["--bootstrap", "50", "--batch-size", "8"]
+    local_json, served_json = tmp_path / "local.json", tmp_path / "served.json"
+    assert main(["eval", str(folder), str(data), "--json", str(local_json), *options]) == 0
+    with ThreadServer.for_folder(folder, api_keys=("eval-key",)) as running:
+        served = ["eval", running.url, str(data), "--json", str(served_json), *options]
+        assert main([*served, "--api-key", "eval-key"]) == 0
+        local, remote = json.loads(local_json.read_text()), json.loads(served_json.read_text())
+        assert remote["name"] == running.url and local["n"] == 40 and local["n_human_ties"] == 1
+        assert local["ranking"]["n_prompts"] == 3
+        _assert_same_metrics(local, remote)
+
+        monkeypatch.setenv("PREFKIT_API_KEY", "eval-key")  # the key from the environment
+        served_json.unlink()
+        assert main(served) == 0
+        _assert_same_metrics(local, json.loads(served_json.read_text()))
+
+        capsys.readouterr()
+        assert main([*served, "--api-key", "wrong-key"]) == 2
+        refused = capsys.readouterr().err
+        assert "HTTP 401" in refused and "--api-key" in refused and "Traceback" not in refused
+        page = httpx.get(
+            f"{running.url}/metrics", headers={"Authorization": "Bearer eval-key"}
+        ).text
+        # Each distinct item is scored once, eight per request, in both evaluations.
+        distinct = {(r.prompt, r.response_a) for r in records[:41]}
+        distinct |= {(r.prompt, r.response_b) for r in records[:41]}
+        distinct |= {(r.prompt, response) for r in records[41:] for response in r.responses}
+        requests = metric(page, "prefkit_serve_requests_total", path="/v1/score", code="200")
+        assert requests == 2 * -(-len(distinct) // 8)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["eval", f"http://127.0.0.1:{port}", str(data)]) == 2
+    unreachable = capsys.readouterr().err
+    assert f"http://127.0.0.1:{port}: cannot reach the reward server" in unreachable
+    assert "Traceback" not in unreachable

@@ -16,6 +16,10 @@ Evaluate reward models on preference data and print a summary table.
 
 MODEL is one of:
   a folder written by 'prefkit rm train'        (a prefkit reward model)
+  http://HOST:PORT (or https://)                a prefkit reward model served by
+                                                'prefkit serve', scored over HTTP with the
+                                                same metrics as its folder; its key, if
+                                                any: --api-key or $PREFKIT_API_KEY
   a Hugging Face reward-model folder            (*ForSequenceClassification, one output)
   a Hugging Face causal LM folder (a policy)    scored as an implicit reward: with
                                                 --ref REF, log pi(y|x) - log pi_ref(y|x);
@@ -38,6 +42,7 @@ EPILOG = """\
 examples:
   prefkit eval runs/rm data/test.jsonl --report report.html --json metrics.json
   prefkit eval runs/rm-a runs/rm-b length data/test.jsonl --by category
+  prefkit eval http://127.0.0.1:8000 data/test.jsonl --api-key secret
   prefkit eval models/dpo-policy data/test.jsonl --ref models/sft
   prefkit eval data/test.jsonl --judge-url http://localhost:8000 --judge-model my-judge
   prefkit eval length testset-v1.json --format pandalm --on-error skip
@@ -125,8 +130,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         type=int,
         default=None,
-        help="items per forward pass (default: 64 for prefkit models, 8 for Hugging "
-        "Face reward models, 4 for policies)",
+        help="items per forward pass, or per request to a served model (default: 64 "
+        "for prefkit models, 8 for Hugging Face reward models, 4 for policies)",
+    )
+    models.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=None,
+        help="Bearer key of a served model (an http:// MODEL); default: $PREFKIT_API_KEY, "
+        "else none",
     )
     models.add_argument(
         "--device",
@@ -183,6 +195,7 @@ def _scorers(args: argparse.Namespace, model_specs: list[str]) -> list[Any]:
                     implicit_reward=args.implicit_reward,
                     batch_size=args.batch_size,
                     device=args.device,
+                    api_key=args.api_key,
                 )
             )
         except ScorerError as error:

@@ -13,6 +13,8 @@ Implementations:
 - :class:`LengthScorer`: reward = response length in characters (a baseline that
   exposes length bias; on MT data, a sanity floor).
 - :class:`PrefkitRewardModelScorer`: a folder written by ``prefkit rm train``.
+- :class:`ServedRewardModelScorer`: such a model served by ``prefkit serve``, at an
+  ``http://`` or ``https://`` URL (through :class:`prefkit.serve.RewardClient`).
 - :class:`SequenceClassifierScorer`: a local Hugging Face
   ``AutoModelForSequenceClassification`` reward model with one output.
 - :class:`ImplicitRewardScorer`: a policy as an implicit reward model, as
@@ -49,6 +51,7 @@ length scorer and the judge work (and this module imports) without them.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import urllib.error
@@ -73,6 +76,8 @@ __all__ = [
     "ScorerError",
     "LengthScorer",
     "PrefkitRewardModelScorer",
+    "ServedRewardModelScorer",
+    "API_KEY_ENV",
     "SequenceClassifierScorer",
     "ImplicitRewardScorer",
     "IMPLICIT_REWARDS",
@@ -211,6 +216,97 @@ class PrefkitRewardModelScorer:
                 )
                 bar.update(stop - start)
         return rewards
+
+
+# ------------------------------------------------------------ a served reward model
+
+API_KEY_ENV = "PREFKIT_API_KEY"
+"""The environment variable a served model's API key is read from when none is given."""
+
+
+class ServedRewardModelScorer:
+    """A reward model served by ``prefkit serve`` at ``url``, scored as if it were local.
+
+    Texts are rendered here as :class:`PrefkitRewardModelScorer` renders them and sent
+    ``batch_size`` items per ``/v1/score`` request; the calibration temperature comes
+    from ``/v1/model``, so every metric equals that of the model's folder. The server's
+    503 answers and connection errors are retried (see :class:`~prefkit.serve.RewardClient`);
+    anything else, and a server that stays unreachable, is a :class:`ScorerError`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str | None = None,
+        api_key: str | None = None,
+        batch_size: int = 64,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        progress: bool = True,
+    ):
+        try:
+            from prefkit.serve.client import RewardClient
+        except ImportError as error:
+            raise ScorerError(
+                f"{url}: a served model needs httpx ({error}); pip install 'prefkit[serve]'"
+            ) from None
+        if batch_size < 1:
+            raise ScorerError(f"{url}: the batch size must be >= 1, got {batch_size}")
+        self.name = name or url
+        self.url = url
+        self.batch_size = batch_size
+        self.progress = progress
+        self.notes: list[str] = []
+        self.client = RewardClient(url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        self.info = self._call(self.client.model_info)
+        if "temperature" not in self.info:
+            raise ScorerError(
+                f"{url}: /v1/model does not give the model's calibration temperature; serve "
+                "the model with this version of 'prefkit serve'"
+            )
+        self.temperature = float(self.info["temperature"])
+        """The served model's calibration temperature, as :attr:`PrefkitRewardModelScorer.temperature`."""
+
+    def _call(self, function: Any, *args: Any) -> Any:
+        from prefkit.serve.client import RewardClientError
+
+        try:
+            return function(*args)
+        except RewardClientError as error:
+            if error.status == 401:
+                raise ScorerError(
+                    f"{self.url}: the server refused the API key (HTTP 401); give the key it "
+                    f"was started with, with --api-key KEY or ${API_KEY_ENV}"
+                ) from None
+            if error.status is None:
+                raise ScorerError(
+                    f"{self.url}: cannot reach the reward server ({error}); is 'prefkit serve' "
+                    "running there?"
+                ) from None
+            raise ScorerError(f"{self.url}: the reward server answered {error}") from None
+
+    def score(self, prompts: Sequence[Text], responses: Sequence[Text]) -> np.ndarray:
+        _check_items(prompts, responses)
+        rewards = np.zeros(len(responses), dtype=np.float64)
+        with _progress_bar(len(responses), f"scoring with {self.name}", self.progress) as bar:
+            for start in range(0, len(responses), self.batch_size):
+                stop = min(start + self.batch_size, len(responses))
+                rewards[start:stop] = self._call(
+                    self.client.score,
+                    [render_text(text) for text in prompts[start:stop]],
+                    [render_text(text) for text in responses[start:stop]],
+                )
+                bar.update(stop - start)
+        return rewards
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def is_url(spec: str) -> bool:
+    """True for an ``http://`` or ``https://`` MODEL (a served reward model)."""
+    return spec.startswith(("http://", "https://"))
 
 
 # ----------------------------------------------------------- Hugging Face models
@@ -803,25 +899,36 @@ def load_scorer(
     batch_size: int | None = None,
     device: str | None = None,
     progress: bool = True,
+    api_key: str | None = None,
 ) -> Scorer:
     """A scorer from a command-line MODEL argument.
 
-    ``length`` is the length baseline. A folder is, by its config.json: a prefkit
+    ``length`` is the length baseline. An ``http://`` or ``https://`` URL is a model
+    served by ``prefkit serve`` (``api_key``, else ``$PREFKIT_API_KEY``, is sent as its
+    Bearer token). A folder is, by its config.json: a prefkit
     reward model (``prefkit rm train``), a Hugging Face sequence-classification
     model (a reward model with one output), or a Hugging Face causal LM, scored as
     an implicit reward (needs ``reference`` or ``implicit_reward``).
     """
+    sizes = {} if batch_size is None else {"batch_size": batch_size}
+    if is_url(spec):
+        if reference is not None or implicit_reward is not None:
+            raise ScorerError(
+                f"{spec}: --ref / --implicit-reward apply to policies, not to a served reward model"
+            )
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        return ServedRewardModelScorer(spec, api_key=key, progress=progress, **sizes)
     path = Path(spec)
     if spec == "length" and not path.is_dir():
         return LengthScorer()
     if not path.exists():
         raise ScorerError(
             f"{spec}: no such folder; a MODEL is a reward-model folder, a policy folder "
-            "(with --ref or --implicit-reward) or the word 'length'"
+            "(with --ref or --implicit-reward), the http:// URL of a 'prefkit serve' server "
+            "or the word 'length'"
         )
     if not path.is_dir():
         raise ScorerError(f"{spec}: a MODEL is a folder (with config.json), not a file")
-    sizes = {} if batch_size is None else {"batch_size": batch_size}
     if is_prefkit_model_folder(path):
         if reference is not None or implicit_reward is not None:
             raise ScorerError(

@@ -108,6 +108,17 @@ class EmbeddingRewardModel(RewardModel):
         finally:
             self.train(was_training)
 
+    def predict_score_members(
+        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, K) outputs, (N,) rewards and (E, N) each head's reward, from one embedding pass
+        (the outputs are the heads' mean, as :meth:`forward`)."""
+        if self.spec.ensemble_size == 1:
+            return super().predict_score_members(prompts, responses, batch_size=batch_size)
+        member_outputs = self.predict_members(prompts, responses, batch_size=batch_size)
+        outputs = torch.from_numpy(member_outputs).mean(dim=0).numpy()  # (N, K), as forward
+        return outputs, outputs.mean(axis=1), member_outputs.mean(axis=2)
+
     def featurize(
         self,
         prompts: Sequence[str],

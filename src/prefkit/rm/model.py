@@ -225,15 +225,58 @@ class RewardModel(nn.Module):
         """(E, N, K) raw outputs of each of the E ensemble members (E = 1 for one model)."""
         return self.predict(prompts, responses, batch_size=batch_size)[None]
 
+    def predict_score_members(
+        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, K) raw outputs, (N,) rewards and (E, N) each ensemble member's reward, from one
+        pass (for one model, E = 1 and the members' rewards are its rewards)."""
+        outputs, rewards = self.predict_and_score(prompts, responses, batch_size=batch_size)
+        return outputs, rewards, rewards[None]
+
     def compare(self, prompt: str, response_a: str, response_b: str) -> float:
         """P(a preferred over b) = sigmoid((r_a - r_b) / T) (Bradley-Terry with the model's
         calibration temperature T, see :attr:`RewardModelSpec.temperature`); for an ensemble,
         the mean of its members' probabilities."""
-        if self.spec.ensemble_size == 1:
-            reward_a, reward_b = self.score([prompt, prompt], [response_a, response_b])
-            return float(self.preference_probability([reward_a], [reward_b])[0])
-        members = self.predict_members([prompt, prompt], [response_a, response_b]).mean(axis=2)
-        return float(self.preference_probability(members[:, 0], members[:, 1]).mean())
+        return float(self.compare_pairs([prompt], [response_a], [response_b])[0])
+
+    def compare_pairs(
+        self,
+        prompts: Sequence[str],
+        responses_a: Sequence[str],
+        responses_b: Sequence[str],
+        *,
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """(N,) P(a preferred over b) of each pair, as :meth:`compare`, scored in one pass."""
+        if not len(prompts) == len(responses_a) == len(responses_b):
+            raise ValueError(
+                f"compare: got {len(prompts)} prompts, {len(responses_a)} responses a and "
+                f"{len(responses_b)} responses b; give one of each per pair."
+            )
+        # Interleaved: a0, b0, a1, b1, ...
+        texts = [text for pair in zip(responses_a, responses_b) for text in pair]
+        _, _, members = self.predict_score_members(
+            [prompt for prompt in prompts for _ in range(2)], texts, batch_size=batch_size
+        )
+        return self.member_preference_probability(members[:, 0::2], members[:, 1::2])
+
+    def member_preference_probability(
+        self, member_rewards_a: np.ndarray, member_rewards_b: np.ndarray
+    ) -> np.ndarray:
+        """(N,) P(a preferred) from (E, N) raw rewards of each member: the mean over the
+        members of sigmoid((r_a - r_b) / T) (one model: E = 1, its own probability)."""
+        member_rewards_a = np.asarray(member_rewards_a, dtype=np.float64)
+        member_rewards_b = np.asarray(member_rewards_b, dtype=np.float64)
+        if member_rewards_a.ndim != 2 or member_rewards_a.shape != member_rewards_b.shape:
+            raise ValueError(
+                f"member rewards must both be (E, N); got {member_rewards_a.shape} and "
+                f"{member_rewards_b.shape}"
+            )
+        probabilities = [
+            self.preference_probability(rewards_a, rewards_b)
+            for rewards_a, rewards_b in zip(member_rewards_a, member_rewards_b)
+        ]
+        return np.mean(probabilities, axis=0)
 
     def preference_probability(
         self, rewards_a: Sequence[float] | np.ndarray, rewards_b: Sequence[float] | np.ndarray

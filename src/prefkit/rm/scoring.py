@@ -48,13 +48,10 @@ def score_records(
     prompts = [prompt for record_items_ in items for prompt, _ in record_items_]
     responses = [response for record_items_ in items for _, response in record_items_]
     ensemble = model.spec.ensemble_size > 1
-    if ensemble:
-        member_outputs = model.predict_members(prompts, responses, batch_size=batch_size)
-        outputs = member_outputs.mean(axis=0)
-        members = member_outputs.mean(axis=2)  # (E, N) raw rewards
-        raw_rewards = members.mean(axis=0)
-    else:
-        outputs, raw_rewards = model.predict_and_score(prompts, responses, batch_size=batch_size)
+    # (N, K) outputs, (N,) raw rewards, (E, N) each member's raw reward
+    outputs, raw_rewards, members = model.predict_score_members(
+        prompts, responses, batch_size=batch_size
+    )
     rewards = model.normalize(raw_rewards) if normalize else raw_rewards
     rows = []
     offset = 0

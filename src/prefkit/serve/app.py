@@ -12,8 +12,9 @@ Endpoints (every one but ``/health`` needs ``Authorization: Bearer KEY`` when ke
   in order, and each attribute's values (``{"reward": ...}`` for a scalar model).
 - ``POST /v1/compare``: one ``{"prompt", "response_a", "response_b"}`` or a list of
   them -> P(a preferred) = sigmoid((r_a - r_b) / T) with the model's calibration
-  temperature T, as :meth:`RewardModel.compare` (for an ensemble, of the members' mean
-  rewards, where ``compare`` averages the members' probabilities).
+  temperature T; for an ensemble, the mean of its members' probabilities. Computed by
+  the model's own :meth:`RewardModel.member_preference_probability`, the code
+  :meth:`RewardModel.compare` runs, from rewards scored in the shared batches.
 - ``GET /health`` (503 until the model is loaded), ``GET /v1/model``, ``GET /metrics``.
 
 Requests go through :class:`Guard` first (API key, body size, UTF-8), then FastAPI's
@@ -142,6 +143,10 @@ class ModelInfo(BaseModel):
     attributes: list[str]
     weights_sha256: str
     normalization: dict[str, float]
+    temperature: float = Field(
+        description="Calibration temperature T: P(a preferred) = sigmoid((r_a - r_b) / T)."
+    )
+    ensemble_size: int = Field(description="Members of an ensemble (1: one model).")
     limits: dict[str, float]
     batching: dict[str, float | bool]
 
@@ -186,20 +191,33 @@ class LoadedModel:
         self.kind = spec.mode
         self.backbone = spec.backbone.path
         self.normalization = {"mean": float(spec.reward_mean), "std": float(spec.reward_std)}
+        self.temperature = float(spec.temperature)
+        self.ensemble_size = int(spec.ensemble_size)
         self.weights_sha256 = weights_digest(Path(folder)) if folder is not None else ""
 
     def score(
         self, prompts: list[str], responses: list[str], batch_size: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(N, K) attribute values and (N,) rewards from one pass of the model."""
-        attributes, rewards = self.model.predict_and_score(
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, K) attribute values, (N,) rewards and (N, E) each ensemble member's reward
+        (E = 1 for one model), from one pass of the model."""
+        attributes, rewards, members = self.model.predict_score_members(
             prompts, responses, batch_size=batch_size
         )
-        return np.asarray(attributes, dtype=np.float64), np.asarray(rewards, dtype=np.float64)
+        return (
+            np.asarray(attributes, dtype=np.float64),
+            np.asarray(rewards, dtype=np.float64),
+            np.asarray(members, dtype=np.float64).T,
+        )
 
-    def preference_probability(self, rewards_a: np.ndarray, rewards_b: np.ndarray) -> np.ndarray:
-        """(N,) P(a preferred) from raw rewards, with the model's calibration temperature."""
-        return np.asarray(self.model.preference_probability(rewards_a, rewards_b), dtype=np.float64)
+    def preference_probability(
+        self, member_rewards_a: np.ndarray, member_rewards_b: np.ndarray
+    ) -> np.ndarray:
+        """(N,) P(a preferred) from (N, E) raw member rewards, as :meth:`RewardModel.compare`:
+        the model's calibration temperature, the mean over an ensemble's members."""
+        return np.asarray(
+            self.model.member_preference_probability(member_rewards_a.T, member_rewards_b.T),
+            dtype=np.float64,
+        )
 
 
 def weights_digest(folder: Path) -> str:
@@ -380,7 +398,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        def score(prompts: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        def score(prompts: list[str], responses: list[str]) -> tuple[np.ndarray, ...]:
             return state["model"].score(prompts, responses, config.max_batch_items)
 
         batcher = Batcher(score, config, metrics)
@@ -455,8 +473,9 @@ def create_app(
 
     async def run(
         request: Request, prompts: list[str], responses: list[str]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Score through the shared queue; gives up on timeout or when the client leaves."""
+    ) -> tuple[np.ndarray, ...]:
+        """(N, K) attributes, (N,) rewards and (N, E) member rewards of the items."""
+        # Scored through the shared queue; gives up on timeout or when the client leaves.
         try:
             future = await request.app.state.batcher.submit(prompts, responses)
         except QueueFull as error:
@@ -521,7 +540,7 @@ def create_app(
                     )
                 prompts.append(prompt)
                 responses.append(query[len(prompt) :])
-        _, rewards = await run(request, prompts, responses)
+        _, rewards, _ = await run(request, prompts, responses)
         values = rewards.tolist()
         return GetRewardResponse(rewards=values, scores=values, extra_logs={})
 
@@ -537,7 +556,7 @@ def create_app(
             check_length(f"items[{index}].response", response)
             prompts.append(prompt)
             responses.append(response)
-        attributes, rewards = await run(request, prompts, responses)
+        attributes, rewards, _ = await run(request, prompts, responses)
         if body.normalize:
             rewards = (rewards - loaded.normalization["mean"]) / loaded.normalization["std"]
         return ScoreResponse(
@@ -551,7 +570,8 @@ def create_app(
 
     @app.post("/v1/compare", response_model=CompareResponse, responses=ERRORS)
     async def compare(body: ComparePair | list[ComparePair], request: Request) -> CompareResponse:
-        """P(response_a preferred over response_b) = sigmoid((r_a - r_b) / T), per pair."""
+        """P(response_a preferred over response_b) = sigmoid((r_a - r_b) / T), per pair; for an
+        ensemble, the mean of its members' probabilities."""
         loaded = ready_model()
         pairs = body if isinstance(body, list) else [body]
         if not pairs:
@@ -567,10 +587,10 @@ def create_app(
                 check_length(f"{where}{name}", text)
                 prompts.append(prompt)
                 responses.append(text)
-        _, rewards = await run(request, prompts, responses)
+        _, rewards, members = await run(request, prompts, responses)
         rewards_a, rewards_b = rewards[0::2], rewards[1::2]
         return CompareResponse(
-            probabilities=loaded.preference_probability(rewards_a, rewards_b).tolist(),
+            probabilities=loaded.preference_probability(members[0::2], members[1::2]).tolist(),
             rewards_a=rewards_a.tolist(),
             rewards_b=rewards_b.tolist(),
         )
@@ -592,6 +612,8 @@ def create_app(
             attributes=loaded.attribute_names,
             weights_sha256=loaded.weights_sha256,
             normalization=loaded.normalization,
+            temperature=loaded.temperature,
+            ensemble_size=loaded.ensemble_size,
             limits={
                 "max_request_bytes": config.max_request_bytes,
                 "max_items": config.max_items,

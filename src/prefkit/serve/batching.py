@@ -26,8 +26,12 @@ import numpy as np
 from prefkit.serve.config import ServeConfig
 from prefkit.serve.metrics import ServerMetrics
 
-ScoreFunction = Callable[[list[str], list[str]], tuple[np.ndarray, np.ndarray]]
-"""(prompts, responses) -> ((N, K) attribute values, (N,) rewards), from one model call."""
+Scores = tuple[np.ndarray, ...]
+"""Arrays whose first axis is the item: ``(N, K)`` attribute values, ``(N,)`` rewards,
+``(N, E)`` each ensemble member's reward (see :meth:`prefkit.serve.app.LoadedModel.score`)."""
+
+ScoreFunction = Callable[[list[str], list[str]], Scores]
+"""(prompts, responses) -> :data:`Scores` of the N items, from one model call."""
 
 
 class QueueFull(Exception):
@@ -49,7 +53,7 @@ class Job:
 
     prompts: list[str]
     responses: list[str]
-    future: asyncio.Future[tuple[np.ndarray, np.ndarray]]
+    future: asyncio.Future[Scores]
     tokens: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -86,9 +90,10 @@ class Batcher:
 
     async def submit(
         self, prompts: Sequence[str], responses: Sequence[str]
-    ) -> asyncio.Future[tuple[np.ndarray, np.ndarray]]:
-        """Queue one request's items; the future gives its ``(N, K)`` attributes and ``(N,)``
-        rewards. Cancel the future to give up (the items are then dropped unscored)."""
+    ) -> asyncio.Future[Scores]:
+        """Queue one request's items; the future gives their :data:`Scores` (each array cut
+        to this request's rows). Cancel the future to give up (the items are then dropped
+        unscored)."""
         if self._closing:
             raise ShuttingDown("the server is shutting down")
         if self._queued_items + len(responses) > self.config.max_queue_items:
@@ -153,9 +158,7 @@ class Batcher:
             prompts = [prompt for job in batch for prompt in job.prompts]
             responses = [response for job in batch for response in job.responses]
             try:
-                attributes, rewards = await loop.run_in_executor(
-                    self._executor, self.score, prompts, responses
-                )
+                scores = await loop.run_in_executor(self._executor, self.score, prompts, responses)
             except Exception as error:  # the model failed: every request of the batch hears it
                 self.metrics.model_errors += 1
                 for job in batch:
@@ -167,7 +170,7 @@ class Batcher:
             for job in batch:
                 stop = start + len(job)
                 if not job.future.done():
-                    job.future.set_result((attributes[start:stop], rewards[start:stop]))
+                    job.future.set_result(tuple(part[start:stop] for part in scores))
                 start = stop
 
     def _abandoned(self, job: Job) -> bool:

@@ -26,7 +26,10 @@ RETRY_STATUS = frozenset({502, 503, 504})
 
 
 class RewardClientError(Exception):
-    """The server refused a request, or could not be reached after the retries."""
+    """The server refused a request, or could not be reached after the retries.
+
+    ``status`` is the HTTP status of the last answer; None when the server never answered
+    (connection refused, timed out)."""
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
@@ -70,16 +73,19 @@ class RewardClient:
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
         failure = ""
+        last_status: int | None = None  # None: the last attempt got no answer
         for attempt in range(self.max_retries + 1):
             delay = self.backoff * 2**attempt
             try:
                 response = self._http.request(method, path, json=body)
             except (httpx.TransportError, httpx.TimeoutException) as error:
                 failure = f"{type(error).__name__}: {error}"
+                last_status = None
             else:
                 if response.status_code == 200:
                     return response.json()
                 failure = f"HTTP {response.status_code}: {_message(response)}"
+                last_status = response.status_code
                 if response.status_code not in RETRY_STATUS:
                     raise RewardClientError(f"{self.url}{path}: {failure}", response.status_code)
                 retry_after = response.headers.get("Retry-After", "")
@@ -88,7 +94,8 @@ class RewardClient:
             if attempt < self.max_retries:
                 time.sleep(min(delay, 60.0))
         raise RewardClientError(
-            f"{self.url}{path}: failed after {self.max_retries + 1} attempts; last error: {failure}"
+            f"{self.url}{path}: failed after {self.max_retries + 1} attempts; last error: {failure}",
+            last_status,
         )
 
     def _chunk_size(self, items_per_entry: int) -> int:

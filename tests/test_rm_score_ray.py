@@ -1,7 +1,7 @@
 """``prefkit rm score --engine ray`` on a real local Ray runtime (2 CPUs, one per module).
 
 The local engine is the reference: on a file, on a folder of JSONL and Parquet shards and
-on a glob, the Ray engine's output must be the local engine's record for record (ids and
+on a glob (with ``--records``), the Ray engine's output must be the local engine's record for record (ids and
 order exact, rewards to 1e-6), and with bad records the rejects file must be the same
 bytes and the counts the same summary. A scoring actor killed with SIGKILL mid-run (a
 real process death) must neither lose nor duplicate a record: Ray restarts it and runs
@@ -178,22 +178,28 @@ def test_shards_and_bad_records_give_the_local_output_and_rejects(
     assert ray_rejects.replace("ray.jsonl", "local.jsonl") == local_rejects
     assert _summary(ray_err).replace("ray.jsonl", "local.jsonl") == _summary(local_err)
 
-    # --records and a glob: the filled-in records themselves, the same as the local
-    # engine's for the same pattern (the Parquet shard is left out by it).
+
+def test_a_glob_reads_its_matches_as_files_of_the_folder(tmp_path):
+    """No Ray: the pattern's shards and records are the folder's, less what it leaves out."""
+    from prefkit.data import load_feedback
+    from prefkit.engines.ray_score import input_shards
+
+    folder = tmp_path / "shards"
+    _shards_with_bad_records(folder)
     pattern = str(folder / "**" / "*.jsonl")
-    local = _score(reward_model, pattern, tmp_path / "local-records.jsonl", "--records", *skip)
-    on_ray = _score(
-        reward_model, pattern, tmp_path / "ray-records.jsonl", "--records", "--engine", "ray", *skip
-    )
-    capsys.readouterr()
-    local_records, ray_records = _rows(local), _rows(on_ray)
-    assert len(local_records) == 12 - 1 + 8
-    assert [record["id"] for record in ray_records] == [record["id"] for record in local_records]
-    for ray_record, local_record in zip(ray_records, local_records, strict=True):
-        ray_scoring = ray_record["metadata"].pop("scoring")
-        local_scoring = local_record["metadata"].pop("scoring")
-        assert ray_record == local_record
-        assert ray_scoring["reward_a"] == pytest.approx(local_scoring["reward_a"], abs=1e-6)
+    assert [Path(shard.path).name for shard in input_shards(pattern)] == [
+        "part-0.jsonl",
+        "part-2.jsonl",
+    ]
+    assert {shard.folder for shard in input_shards(pattern)} == {str(folder)}
+    options = {"on_error": "skip"}
+    from_glob, glob_stats = load_feedback(pattern, **options)
+    from_folder, _ = load_feedback(folder, **options)
+    assert [record.id for record in from_glob] == [
+        record.id for record in from_folder if not record.id.startswith("p22-")
+    ]
+    assert from_glob == [record for record in from_folder if not record.id.startswith("p22-")]
+    assert glob_stats.rejects.counts == {"malformed_json": 1, "missing_field": 1}
 
 
 def _scoring_actors() -> list[dict]:
@@ -207,36 +213,55 @@ def _scoring_actors() -> list[dict]:
 def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(
     ray_local, reward_model, tmp_path, capsys
 ):
+    """SIGKILL to one of the two actors when the first chunk reaches this process, with
+    about 150 chunks of 2 records still to score: the records it held are scored again
+    by its restarted process, and the output is still the local engine's, once each."""
     from prefkit.engines.ray_score import RayScoring
 
     folder = tmp_path / "shards"
     folder.mkdir()
     for index in range(3):
-        write_records(keyword_pairs(20, seed=40 + index), folder / f"part-{index}.jsonl")
-    local_rows = _rows(_score(reward_model, folder, tmp_path / "local.jsonl"))
+        write_records(keyword_pairs(100, seed=40 + index), folder / f"part-{index}.jsonl")
+    pattern = str(folder / "*.jsonl")
+    local = _score(reward_model, pattern, tmp_path / "local.jsonl", "--records")
     capsys.readouterr()
+    local_records = _rows(local)
 
     model_dir, cache = reward_model
+    scoring = {"reward_model": model_dir, "normalized": False}
     run = RayScoring(
-        folder,
+        pattern,
         model_dir,
         reader_options={},
         rejects_path=None,
         options=RayOptions(workers=2),
-        chunk_size=3,  # 21 chunks: the killed actor has chunks in flight or queued
+        chunk_size=2,
+        scoring=scoring,
         cache_dir=cache,
     )
     ray_rows: list[dict] = []
+    ray_records: list[dict] = []
     killed = None
     for chunk in run:
         ray_rows.extend(chunk.rows)
+        ray_records.extend(record.to_dict() for record in chunk.records)
         if killed is None:
             alive = [actor for actor in _scoring_actors() if actor["State"] == "ALIVE"]
             assert len(alive) == 2
             killed = alive[0]
             os.kill(killed["Pid"], signal.SIGKILL)
-    assert_same_rows(ray_rows, local_rows)
-    assert run.stats.n_records == 60
+            chunks_before_kill = len(ray_rows) // 2
+    assert chunks_before_kill < 150
+    assert run.stats.n_records == 300
+    assert [row["id"] for row in ray_rows] == [record["id"] for record in local_records]
+    for row, ray_record, local_record in zip(ray_rows, ray_records, local_records, strict=True):
+        local_scoring = local_record["metadata"].pop("scoring")
+        ray_scoring = ray_record["metadata"].pop("scoring")
+        assert ray_record == local_record
+        assert local_scoring["reward_model"] == ray_scoring["reward_model"] == model_dir
+        for key in ("reward_a", "reward_b", "margin", "prob_a"):
+            assert row[key] == pytest.approx(local_scoring[key], abs=1e-6)
+            assert ray_scoring[key] == row[key]
     # The kill was real: the actor it hit was started again in a new process.
     restarted = [actor for actor in _scoring_actors() if actor["ActorID"] == killed["ActorID"]]
     assert restarted and restarted[0]["NumRestarts"] >= 1

@@ -265,3 +265,45 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(
     # The kill was real: the actor it hit was started again in a new process.
     restarted = [actor for actor in _scoring_actors() if actor["ActorID"] == killed["ActorID"]]
     assert restarted and restarted[0]["NumRestarts"] >= 1
+
+
+def test_a_bad_record_stops_a_shard_with_the_local_engine_error(tmp_path):
+    """No Ray: with on_error="raise" the read stage hands back the error that stops the
+    local read, and the records before it; the run raises it when its turn comes."""
+    from prefkit.data import load_feedback
+    from prefkit.data.errors import DataError
+    from prefkit.engines.ray_score import Shard, read_shard
+
+    folder = tmp_path / "shards"
+    _shards_with_bad_records(folder)
+    with pytest.raises(DataError) as local:
+        load_feedback(folder)
+    first = Shard(0, str(folder / "part-0.jsonl"), str(folder))
+    chunks = list(read_shard(first, {}, None, chunk_size=2))
+    assert [len(chunk.records) for chunk in chunks] == [2, 1]
+    assert chunks[-1].last and chunks[-1].error is not None
+    assert str(DataError(**chunks[-1].error)) == str(local.value)
+    assert "part-0.jsonl:4" in str(local.value)
+
+
+def test_chunk_order_restores_input_order_and_refuses_a_duplicate_or_a_gap():
+    """No Ray: chunks arriving out of order come out by (shard, chunk), a shard ending
+    with its last chunk; a chunk seen twice, or a run without a shard's end, is an error."""
+    from prefkit.engines.ray_score import Chunk, ChunkOrder
+
+    def chunk(shard: int, index: int, last: bool = False) -> Chunk:
+        return Chunk(shard, index, [], [], last=last)
+
+    order = ChunkOrder(2)
+    released = []
+    for arrived in [chunk(1, 0, True), chunk(0, 1), chunk(0, 0), chunk(0, 2, True)]:
+        released += [(item.shard, item.index) for item in order.add(arrived)]
+    assert released == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    order.finish()
+    with pytest.raises(RuntimeError, match="came twice"):
+        order.add(chunk(0, 1))
+
+    gap = ChunkOrder(1)
+    assert gap.add(chunk(0, 1, True)) == []
+    with pytest.raises(RuntimeError, match="before chunk 0 of shard 0"):
+        gap.finish()

@@ -213,7 +213,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     score.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by prefkit rm train")
-    score.add_argument("data", metavar="DATA", help="data to score")
+    score.add_argument(
+        "data",
+        metavar="DATA",
+        help="data to score: a file, a folder of data files, or a glob in quotes ('shards/*.jsonl')",
+    )
     score.add_argument("--out", required=True, metavar="FILE", help="JSONL output")
     score.add_argument(
         "--batch-size",

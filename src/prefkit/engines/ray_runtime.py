@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -58,12 +59,19 @@ def ray_runtime(options: RayOptions) -> Iterator[float]:
 
     started = not ray.is_initialized()
     if started:
+        # Quiet: warnings only, and the workers' own output stays in Ray's log files
+        # (an error in a worker still reaches this process as the exception it raised).
+        quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
         if options.address is not None:
-            ray.init(address=options.address, include_dashboard=False)
+            ray.init(address=options.address, include_dashboard=False, **quiet)
         else:
-            ray.init(num_cpus=options.num_cpus, include_dashboard=False)
+            ray.init(num_cpus=options.num_cpus, include_dashboard=False, **quiet)
+    data_logger = logging.getLogger("ray.data")
+    level = data_logger.level
+    data_logger.setLevel(logging.ERROR)  # Ray Data's per-run notices
     try:
         yield float(ray.cluster_resources().get("CPU", 0.0))
     finally:
+        data_logger.setLevel(level)
         if started:
             ray.shutdown()

@@ -44,6 +44,7 @@ from prefkit.data.sources import is_hf_dataset_folder, list_data_files
 from prefkit.engines.ray_runtime import RayOptions, ray_runtime
 from prefkit.errors import UserInputError
 from prefkit.rm.scoring import ScoredChunk
+from prefkit.rm.spec import RewardModelSpec
 
 MAX_ACTOR_RESTARTS = 3
 """How often a scoring actor that died is started again (and its chunks retried)."""
@@ -302,6 +303,7 @@ class RayScoring:
     ):
         if batch_size < 1 or chunk_size < 1:
             raise UserInputError("--batch-size and --chunk-size must be >= 1")
+        RewardModelSpec.read(model_dir)  # a wrong folder is an error here, not in each actor
         self.data = data
         self.model_dir = str(Path(model_dir).resolve())
         self.cache_dir = None if cache_dir is None else str(Path(cache_dir).resolve())

@@ -66,12 +66,21 @@ def ray_runtime(options: RayOptions) -> Iterator[float]:
             ray.init(address=options.address, include_dashboard=False, **quiet)
         else:
             ray.init(num_cpus=options.num_cpus, include_dashboard=False, **quiet)
-    data_logger = logging.getLogger("ray.data")
-    level = data_logger.level
-    data_logger.setLevel(logging.ERROR)  # Ray Data's per-run notices
+    import ray.data  # sets up Ray Data's loggers, so that they are set up before the change
+
+    # Ray Data's per-run notices leave the terminal (its log files keep them).
+    consoles = [
+        handler
+        for handler in logging.getLogger("ray.data").handlers
+        if isinstance(handler, logging.StreamHandler)
+    ]
+    levels = [handler.level for handler in consoles]
+    for handler in consoles:
+        handler.setLevel(logging.ERROR)
     try:
         yield float(ray.cluster_resources().get("CPU", 0.0))
     finally:
-        data_logger.setLevel(level)
+        for handler, level in zip(consoles, levels, strict=True):
+            handler.setLevel(level)
         if started:
             ray.shutdown()

@@ -24,7 +24,7 @@ def test_every_module_imports() -> None:
 def test_package_and_data_layer_import_without_heavy_libraries() -> None:
     code = (
         "import sys, prefkit, prefkit.data, prefkit.cli; "
-        "heavy = [m for m in ('torch', 'transformers', 'pyarrow', 'datasets', 'peft') if m in sys.modules]; "
+        "heavy = [m for m in ('torch', 'transformers', 'pyarrow', 'datasets', 'peft', 'ray') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
     output = subprocess.run(

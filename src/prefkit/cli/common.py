@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prefkit.data.errors import rejects_path_for
 from prefkit.data.layouts import parse_map_args
@@ -92,7 +92,9 @@ def open_reader(
     return reader
 
 
-def announce_layout(reader: FeedbackReader) -> None:
+def announce_layout(reader: FeedbackReader | Any) -> None:
+    """Print the layout of ``reader`` (or of anything with ``layout`` and ``detected``, such
+    as a Ray run) on stderr."""
     layout = reader.layout
     if layout is None:
         return

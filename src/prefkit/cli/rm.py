@@ -18,6 +18,7 @@ from pathlib import Path
 from prefkit.cli.common import (
     add_progress_argument,
     add_read_arguments,
+    announce_layout,
     open_reader,
     progress,
     with_layout_notice,
@@ -95,6 +96,13 @@ examples:
   prefkit rm score runs/rm pairs.jsonl --out scores.jsonl
   prefkit rm score runs/rm candidates.jsonl --records --out scored.jsonl
   prefkit data pairs scored.jsonl --out pairs.jsonl
+  prefkit rm score runs/rm shards/ --out scores.jsonl --engine ray --ray-workers 2
+  prefkit rm score runs/rm 'shards/*.parquet' --out scores.jsonl --engine ray --ray-address auto
+DATA is a file, a folder of data files (read in sorted order) or a quoted glob.
+--engine ray runs the same scoring on Ray Data: each data file is read by a task
+(prefkit's reader: the same rejects), chunks of --chunk-size records are scored by
+--ray-workers actors that load the model once; the output is the local engine's,
+in the same order. On a cluster, MODEL_DIR and DATA must be readable by every node.
 Output: one JSON line per input record, in input order, with its id and
   pairs:    reward_a, reward_b, margin (= reward_a - reward_b)
   rankings: rewards (one per response)
@@ -217,7 +225,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     score.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by prefkit rm train")
-    score.add_argument("data", metavar="DATA", help="data to score")
+    score.add_argument(
+        "data",
+        metavar="DATA",
+        help="data to score: a file, a folder of data files, or a glob in quotes ('shards/*.jsonl')",
+    )
     score.add_argument("--out", required=True, metavar="FILE", help="JSONL output")
     score.add_argument(
         "--batch-size",
@@ -253,9 +265,54 @@ def register(commands: argparse._SubParsersAction) -> None:
         "'prefkit data pairs'), ratings and thumbs get a 'reward'; every record's "
         "metadata.scoring names the reward model and holds its rewards (--out may be .parquet)",
     )
+    add_engine_arguments(score)
     add_progress_argument(score)
     add_read_arguments(score)
     score.set_defaults(handler=run_score)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--engine local|ray`` and where Ray runs (:class:`prefkit.engines.ray_runtime.RayOptions`)."""
+    from prefkit.engines import ENGINES
+
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: this process; ray: Ray Data, a task per data file and actors that score "
+        "(needs pip install 'prefkit[ray]'; default: local)",
+    )
+    group.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="join a running Ray cluster (auto, HOST:6379, ray://HOST:10001); default: start "
+        "a local Ray runtime for this command",
+    )
+    group.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="scoring actors, each loading the model once (default: one per "
+        "--ray-cpus-per-worker CPUs of the runtime)",
+    )
+    group.add_argument(
+        "--ray-num-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPUs of the local Ray runtime (default: all of this machine's; not with "
+        "--ray-address)",
+    )
+    group.add_argument(
+        "--ray-cpus-per-worker",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPUs each actor reserves, and its torch threads (default: 1)",
+    )
 
 
 def add_multiobjective_arguments(parser: argparse.ArgumentParser) -> None:
@@ -435,54 +492,120 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
 def run_score(args: argparse.Namespace) -> int:
     from prefkit.cli import UserError
     from prefkit.data.write import write_records
-    from prefkit.rm.model import RewardModel
-    from prefkit.rm.scoring import score_records, scored_record
 
     if args.batch_size < 1 or args.chunk_size < 1:
         raise UserError("--batch-size and --chunk-size must be >= 1")
-    model = RewardModel.load(args.model_dir, cache_dir=args.cache_dir)
-    reader = open_reader(args, args.data, args.out)
+    scoring = (
+        {"reward_model": str(args.model_dir), "normalized": bool(args.normalize)}
+        if args.records
+        else None
+    )
+    if args.engine == "ray":
+        chunks, stats = _scored_chunks_on_ray(args, scoring)
+    else:
+        if any(
+            value is not None for value in (args.ray_address, args.ray_workers, args.ray_num_cpus)
+        ):
+            raise UserError("--ray-address, --ray-workers and --ray-num-cpus need --engine ray")
+        chunks, stats = _scored_chunks_locally(args, scoring)
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     counter = {"written": 0}
 
-    def scored_chunks():
+    def counted(chunks):
+        for chunk in chunks:
+            yield chunk
+            counter["written"] += len(chunk.rows)
+
+    if args.records:
+        write_records((record for chunk in counted(chunks) for record in chunk.records), out_path)
+    else:
+        with out_path.open("w") as handle:
+            for chunk in counted(chunks):
+                for row in chunk.rows:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"{args.data}: {stats().summary()}", file=sys.stderr)
+    print(f"wrote {counter['written']} scored records to {out_path}", file=sys.stderr)
+    return 0
+
+
+def _scored_chunks_locally(args: argparse.Namespace, scoring: dict | None):
+    """Chunks of --chunk-size records scored in this process, and the read's stats."""
+    from prefkit.rm.model import RewardModel
+    from prefkit.rm.scoring import score_chunk
+
+    model = RewardModel.load(args.model_dir, cache_dir=args.cache_dir)
+    reader = open_reader(args, args.data, args.out)
+
+    def chunks():
         chunk: list = []
         records = progress(with_layout_notice(reader), description="scoring", enabled=args.progress)
         for record in records:
             chunk.append(record)
             if len(chunk) >= args.chunk_size:
-                yield (
+                yield score_chunk(
+                    model,
                     chunk,
-                    score_records(
-                        model, chunk, batch_size=args.batch_size, normalize=args.normalize
-                    ),
+                    batch_size=args.batch_size,
+                    normalize=args.normalize,
+                    scoring=scoring,
                 )
-                counter["written"] += len(chunk)
                 chunk = []
         if chunk:
-            yield (
-                chunk,
-                score_records(model, chunk, batch_size=args.batch_size, normalize=args.normalize),
+            yield score_chunk(
+                model, chunk, batch_size=args.batch_size, normalize=args.normalize, scoring=scoring
             )
-            counter["written"] += len(chunk)
 
-    if args.records:
-        scoring = {"reward_model": str(args.model_dir), "normalized": bool(args.normalize)}
-        write_records(
-            (
-                scored_record(record, row, scoring)
-                for chunk, rows in scored_chunks()
-                for record, row in zip(chunk, rows, strict=True)
-            ),
-            out_path,
-        )
-    else:
-        with out_path.open("w") as handle:
-            for _, rows in scored_chunks():
-                for row in rows:
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    written = counter["written"]
-    print(f"{args.data}: {reader.stats.summary()}", file=sys.stderr)
-    print(f"wrote {written} scored records to {out_path}", file=sys.stderr)
-    return 0
+    return chunks(), lambda: reader.stats
+
+
+def _scored_chunks_on_ray(args: argparse.Namespace, scoring: dict | None):
+    """The same chunks scored on Ray (:mod:`prefkit.engines.ray_score`), in input order."""
+    from prefkit.cli import UserError
+    from prefkit.data.errors import rejects_path_for
+    from prefkit.data.layouts import parse_map_args
+    from prefkit.engines.ray_runtime import RayOptions
+    from prefkit.progress import ProgressCounter
+
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "--engine ray needs Ray Data: pip install 'prefkit[ray]' (or 'ray[data]')"
+        ) from None
+    from prefkit.engines.ray_score import RayScoring
+
+    scoring_run = RayScoring(
+        args.data,
+        args.model_dir,
+        reader_options={
+            "format": args.format,
+            "mapping": parse_map_args(args.map) if args.map else None,
+            "winner_values": args.winner_values,
+            "on_error": args.on_error,
+            "max_text_chars": args.max_text_chars,
+            "reject_empty_responses": args.reject_empty_responses,
+        },
+        rejects_path=rejects_path_for(args.out) if args.on_error == "skip" else None,
+        options=RayOptions(
+            address=args.ray_address,
+            num_cpus=args.ray_num_cpus,
+            workers=args.ray_workers,
+            cpus_per_worker=args.ray_cpus_per_worker,
+        ),
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        normalize=args.normalize,
+        scoring=scoring,
+        cache_dir=args.cache_dir,
+    )
+    announce_layout(scoring_run)
+    print(f"ray: {len(scoring_run.shards)} shard(s)", file=sys.stderr)
+
+    def chunks():
+        with ProgressCounter("scoring (ray)", "rec", enabled=args.progress) as counter:
+            for chunk in scoring_run:
+                counter(len(chunk.rows))
+                yield chunk
+
+    return chunks(), lambda: scoring_run.stats

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import io
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,10 @@ from prefkit.data.sources import (
     JSONL_SUFFIXES,
     PARQUET_SUFFIXES,
     RawRow,
+    expand_glob,
+    is_glob,
     iter_csv_blocks,
+    iter_folder_rows,
     iter_jsonl_blocks,
     iter_jsonl_lines,
     iter_parquet_batches,
@@ -120,6 +123,12 @@ class FeedbackReader:
         reject_empty_responses: reject records with an empty response as ``empty_text``.
             By default they are kept and counted (``stats.n_empty_responses``): saying
             nothing can be the judged answer (HH-RLHF harmless, a model's empty output).
+        files: read only these data files of the folder ``path``, as the folder's read
+            gives them (rows tagged with the file's name and path in the folder): one shard
+            of a folder read in parts. A glob pattern as ``path`` (``shards/*.jsonl``,
+            quoted) reads its matches this way, as files of the folder the pattern starts from.
+        layout: the layout already settled for the whole read that this reader is a part
+            of (the first shard's, :mod:`prefkit.engines`): used as it is, not detected.
     """
 
     def __init__(
@@ -133,12 +142,17 @@ class FeedbackReader:
         rejects_path: str | Path | None = None,
         max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
         reject_empty_responses: bool = False,
+        files: Sequence[str | Path] | None = None,
+        layout: Layout | MappingLayout | None = None,
     ):
         if on_error not in ON_ERROR_CHOICES:
             raise UserInputError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
         if max_text_chars < 1:
             raise UserInputError(f"max_text_chars must be >= 1, got {max_text_chars}")
         self.path = Path(path)
+        self.files = None if files is None else [Path(file) for file in files]
+        if self.files is None and not self.path.exists() and is_glob(path):
+            self.path, self.files = expand_glob(path)
         self.on_error = on_error
         self.max_text_chars = max_text_chars
         self.reject_empty_responses = reject_empty_responses
@@ -146,7 +160,9 @@ class FeedbackReader:
         self.layout: Layout | MappingLayout | Collection | None = None
         self.detected = False
         self._detected_fields: frozenset[str] = frozenset()
-        if mapping:
+        if layout is not None:
+            self.layout = layout
+        elif mapping:
             self.layout = MappingLayout(mapping, winner_values)
         elif format is not None:
             if format in COLLECTIONS:
@@ -164,7 +180,9 @@ class FeedbackReader:
         elif winner_values is not None:
             raise LayoutError("winner_values needs a mapping (--map KEY=FIELD ...)")
         else:
-            collection = detect_collection(self.path) if self.path.exists() else None
+            collection = (
+                detect_collection(self.path) if self.path.exists() and self.files is None else None
+            )
             if collection is not None:
                 self.layout, self.detected = collection, True
 
@@ -204,7 +222,14 @@ class FeedbackReader:
 
     def _stream(self) -> Iterator[AnyRecord | PairwiseColumns]:
         try:
-            if isinstance(self.layout, Collection):
+            if self.files is not None:
+                if isinstance(self.layout, Collection):
+                    raise UserInputError(
+                        f"{self.path}: the {self.layout.name} collection reads a whole folder; "
+                        "give the folder, not a pattern or a part of it"
+                    )
+                yield from self._read_rows(iter_folder_rows(self.path, self.files))
+            elif isinstance(self.layout, Collection):
                 yield from self._read_collection(self.layout)
             elif self._fast_file(JSONL_SUFFIXES):
                 yield from self._read_jsonl_blocks()

@@ -14,6 +14,7 @@ time. A JSON list is parsed whole (use JSONL for data that does not fit memory).
 from __future__ import annotations
 
 import csv
+import glob
 import gzip
 import io
 import itertools
@@ -119,13 +120,7 @@ def iter_rows(path: str | Path) -> Iterator[RawRow]:
                 f"the folder holds no data files ({', '.join(DATA_SUFFIXES)})",
                 reason="no_data",
             )
-        for file in files:
-            relative = str(file.relative_to(path))
-            stem = file.name[: len(file.name) - len(suffix_of(file))]
-            for row in iter_file_rows(file):
-                if row.fields is not None:
-                    row.fields = {**row.fields, FILE_FIELD: stem, PATH_FIELD: relative}
-                yield row
+        yield from iter_folder_rows(path, files)
         return
     if path.is_file():
         yield from iter_file_rows(path)
@@ -141,6 +136,51 @@ def iter_rows(path: str | Path) -> Iterator[RawRow]:
         reason="not_found",
         hint="Check the path; a Hub name looks like 'org/name'",
     )
+
+
+def iter_folder_rows(folder: Path, files: Iterable[Path]) -> Iterator[RawRow]:
+    """The rows of ``files`` (data files below ``folder``) as the folder's read gives them:
+    each tagged with its file's name (:data:`FILE_FIELD`) and path in the folder
+    (:data:`PATH_FIELD`). Reading a folder's files in parts gives the rows of the whole."""
+    for file in files:
+        relative = str(file.relative_to(folder))
+        stem = file.name[: len(file.name) - len(suffix_of(file))]
+        for row in iter_file_rows(file):
+            if row.fields is not None:
+                row.fields = {**row.fields, FILE_FIELD: stem, PATH_FIELD: relative}
+            yield row
+
+
+def is_glob(path: str | Path) -> bool:
+    """True for a pattern (``shards/*.jsonl``, ``data/**/part-*.parquet``), not a path."""
+    return glob.has_magic(str(path))
+
+
+def expand_glob(pattern: str | Path) -> tuple[Path, list[Path]]:
+    """The folder a pattern starts from (its leading part without wildcards) and the data
+    files it matches, sorted (``**`` matches any depth); read as that folder's files."""
+    pattern = str(pattern)
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    files = sorted(
+        Path(match)
+        for match in glob.glob(pattern, recursive=True)
+        if Path(match).is_file()
+        and suffix_of(Path(match)) in DATA_SUFFIXES
+        and not Path(match).name.startswith(".")
+        and not match.endswith(".rejects.jsonl")
+    )
+    if not files:
+        raise DataError(
+            pattern,
+            None,
+            None,
+            f"the pattern matches no data files ({', '.join(DATA_SUFFIXES)})",
+            reason="no_data",
+            hint="Check the pattern; quote it so that the shell does not expand it",
+        )
+    return base, files
 
 
 def iter_file_rows(path: Path) -> Iterator[RawRow]:

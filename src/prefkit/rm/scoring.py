@@ -20,7 +20,8 @@ record, in input order, with the record's id and kind and
 
 All responses of a batch of records go through the model in one call.
 :func:`scored_record` turns a record and its row back into a record
-(``prefkit rm score --records``).
+(``prefkit rm score --records``); :func:`score_chunk` does both for one chunk of
+records, the unit of work of every engine (local, or an actor on Ray).
 """
 
 from __future__ import annotations
@@ -101,6 +102,35 @@ def score_records(
             ]
         rows.append(row)
     return rows
+
+
+@dataclasses.dataclass
+class ScoredChunk:
+    """One chunk of records, scored: what an engine hands back to be written."""
+
+    rows: list[dict[str, Any]]
+    """One :func:`score_records` row per record, in the chunk's order."""
+    records: list[AnyRecord] | None = None
+    """The records with their rewards filled in (:func:`scored_record`); None when not asked."""
+
+
+def score_chunk(
+    model: RewardModel,
+    records: Sequence[AnyRecord],
+    *,
+    batch_size: int = 64,
+    normalize: bool = False,
+    scoring: dict[str, Any] | None = None,
+) -> ScoredChunk:
+    """Score ``records`` (:func:`score_records`); with ``scoring`` (the reward model's name
+    and settings) also fill them in (:func:`scored_record`)."""
+    rows = score_records(model, records, batch_size=batch_size, normalize=normalize)
+    if scoring is None:
+        return ScoredChunk(rows)
+    filled = [
+        scored_record(record, row, scoring) for record, row in zip(records, rows, strict=True)
+    ]
+    return ScoredChunk(rows, filled)
 
 
 def scored_record(record: AnyRecord, row: dict[str, Any], scoring: dict[str, Any]) -> AnyRecord:

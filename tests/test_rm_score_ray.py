@@ -1,0 +1,309 @@
+"""``prefkit rm score --engine ray`` on a real local Ray runtime (2 CPUs, one per module).
+
+The local engine is the reference: on a file, on a folder of JSONL and Parquet shards and
+on a glob (with ``--records``), the Ray engine's output must be the local engine's record for record (ids and
+order exact, rewards to 1e-6), and with bad records the rejects file must be the same
+bytes and the counts the same summary. A scoring actor killed with SIGKILL mid-run (a
+real process death) must neither lose nor duplicate a record: Ray restarts it and runs
+its chunks again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import import_or_skip_outside_ci
+from prefkit.cli import main
+from prefkit.data import write_records
+from prefkit.engines.ray_runtime import RayOptions
+from test_rm_train import keyword_pairs, make_tiny_bert
+
+ray = import_or_skip_outside_ci("ray", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reward_model(tmp_path_factory) -> tuple[str, str]:
+    """A tiny embedding reward model (random 2-layer BERT backbone) and its cache."""
+    folder = tmp_path_factory.mktemp("ray-rm")
+    backbone = make_tiny_bert(folder / "backbone")
+    data = folder / "train.jsonl"
+    write_records(keyword_pairs(60, seed=3), data)
+    cache = str(folder / "cache")
+    code = main(
+        [
+            "rm",
+            "train",
+            str(data),
+            "--out",
+            str(folder / "rm"),
+            "--backbone",
+            backbone,
+            "--epochs",
+            "2",
+            "--cache-dir",
+            cache,
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    return str(folder / "rm"), cache
+
+
+def _score(reward_model, data, out, *extra: str) -> str:
+    model_dir, cache = reward_model
+    code = main(
+        [
+            "rm",
+            "score",
+            model_dir,
+            str(data),
+            "--out",
+            str(out),
+            "--cache-dir",
+            cache,
+            "--chunk-size",
+            "7",
+            "--no-progress",
+            *extra,
+        ]
+    )
+    assert code == 0
+    return str(out)
+
+
+def _rows(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def assert_same_rows(ray_rows: list[dict], local_rows: list[dict]) -> None:
+    """Record for record: the same ids, kinds and keys in the same order; rewards to 1e-6."""
+    assert [row["id"] for row in ray_rows] == [row["id"] for row in local_rows]
+    for ray_row, local_row in zip(ray_rows, local_rows, strict=True):
+        assert ray_row.keys() == local_row.keys()
+        for key, value in local_row.items():
+            if isinstance(value, float):
+                assert ray_row[key] == pytest.approx(value, abs=1e-6), (local_row["id"], key)
+            else:
+                assert ray_row[key] == value, (local_row["id"], key)
+
+
+def _summary(stderr: str) -> str:
+    """The read-summary line both engines print (``DATA: read N rows -> ...``)."""
+    lines = [line for line in stderr.splitlines() if ": read " in line]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_a_file_scores_as_the_local_engine(ray_local, reward_model, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    write_records(keyword_pairs(30, seed=5), data)
+    local = _score(reward_model, data, tmp_path / "local.jsonl")
+    local_err = capsys.readouterr().err
+    on_ray = _score(
+        reward_model, data, tmp_path / "ray.jsonl", "--engine", "ray", "--ray-workers", "2"
+    )
+    ray_err = capsys.readouterr().err
+    local_rows = _rows(local)
+    assert len(local_rows) == 30 and {"reward_a", "reward_b", "prob_a"} <= local_rows[0].keys()
+    assert_same_rows(_rows(on_ray), local_rows)
+    assert _summary(ray_err) == _summary(local_err)
+    assert "ray: 1 shard(s)" in ray_err
+
+
+def _shards_with_bad_records(folder: Path) -> None:
+    """Three shards (two JSONL, one Parquet in a subfolder) with bad rows in two of them."""
+    folder.mkdir()
+    write_records(keyword_pairs(12, seed=21), folder / "part-0.jsonl")
+    lines = (folder / "part-0.jsonl").read_text().splitlines()
+    lines.insert(3, '{"id": "broken", "prompt": ')  # malformed JSON
+    missing = json.loads(lines[5])
+    del missing["response_b"]
+    lines[5] = json.dumps(missing)  # a missing field
+    (folder / "part-0.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "nested").mkdir()
+    write_records(keyword_pairs(9, seed=22), folder / "nested" / "part-1.parquet")
+    long_text = json.dumps(
+        {
+            "kind": "pairwise",
+            "id": "too-long",
+            "prompt": "p",
+            "response_a": "x" * 300,
+            "response_b": "y",
+            "outcome": "a",
+        }
+    )
+    records = [json.dumps(record.to_dict()) for record in keyword_pairs(8, seed=23)]
+    (folder / "part-2.jsonl").write_text("\n".join([*records[:4], long_text, *records[4:]]) + "\n")
+
+
+def test_shards_and_bad_records_give_the_local_output_and_rejects(
+    ray_local, reward_model, tmp_path, capsys
+):
+    folder = tmp_path / "shards"
+    _shards_with_bad_records(folder)
+    skip = ("--on-error", "skip", "--max-text-chars", "200")
+    local = _score(reward_model, folder, tmp_path / "local.jsonl", *skip)
+    local_err = capsys.readouterr().err
+    on_ray = _score(reward_model, folder, tmp_path / "ray.jsonl", "--engine", "ray", *skip)
+    ray_err = capsys.readouterr().err
+
+    local_rows = _rows(local)
+    assert len(local_rows) == 12 - 1 + 9 + 8  # one of part-0's records lost a field
+    assert_same_rows(_rows(on_ray), local_rows)
+    assert "ray: 3 shard(s)" in ray_err
+    local_rejects = Path(f"{local}.rejects.jsonl").read_text()
+    ray_rejects = Path(f"{on_ray}.rejects.jsonl").read_text()
+    assert [json.loads(line)["reason"] for line in local_rejects.splitlines()] == [
+        "malformed_json",
+        "missing_field",
+        "text_too_long",
+    ]
+    assert ray_rejects.replace("ray.jsonl", "local.jsonl") == local_rejects
+    assert _summary(ray_err).replace("ray.jsonl", "local.jsonl") == _summary(local_err)
+
+
+def test_a_glob_reads_its_matches_as_files_of_the_folder(tmp_path):
+    """No Ray: the pattern's shards and records are the folder's, less what it leaves out."""
+    from prefkit.data import load_feedback
+    from prefkit.engines.ray_score import input_shards
+
+    folder = tmp_path / "shards"
+    _shards_with_bad_records(folder)
+    pattern = str(folder / "**" / "*.jsonl")
+    assert [Path(shard.path).name for shard in input_shards(pattern)] == [
+        "part-0.jsonl",
+        "part-2.jsonl",
+    ]
+    assert {shard.folder for shard in input_shards(pattern)} == {str(folder)}
+    options = {"on_error": "skip"}
+    from_glob, glob_stats = load_feedback(pattern, **options)
+    from_folder, _ = load_feedback(folder, **options)
+    assert [record.id for record in from_glob] == [
+        record.id for record in from_folder if not record.id.startswith("p22-")
+    ]
+    assert from_glob == [record for record in from_folder if not record.id.startswith("p22-")]
+    assert glob_stats.rejects.counts == {"malformed_json": 1, "missing_field": 1}
+
+
+def _scoring_actors() -> list[dict]:
+    return [
+        actor
+        for actor in ray._private.state.actors().values()
+        if "_ScoreActor" in actor["ActorClassName"]
+    ]
+
+
+def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(
+    ray_local, reward_model, tmp_path, capsys
+):
+    """SIGKILL to one of the two actors when the first chunk reaches this process, with
+    about 150 chunks of 2 records still to score: the records it held are scored again
+    by its restarted process, and the output is still the local engine's, once each."""
+    from prefkit.engines.ray_score import RayScoring
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for index in range(3):
+        write_records(keyword_pairs(100, seed=40 + index), folder / f"part-{index}.jsonl")
+    pattern = str(folder / "*.jsonl")
+    local = _score(reward_model, pattern, tmp_path / "local.jsonl", "--records")
+    capsys.readouterr()
+    local_records = _rows(local)
+
+    model_dir, cache = reward_model
+    scoring = {"reward_model": model_dir, "normalized": False}
+    run = RayScoring(
+        pattern,
+        model_dir,
+        reader_options={},
+        rejects_path=None,
+        options=RayOptions(workers=2),
+        chunk_size=2,
+        scoring=scoring,
+        cache_dir=cache,
+    )
+    ray_rows: list[dict] = []
+    ray_records: list[dict] = []
+    killed = None
+    for chunk in run:
+        ray_rows.extend(chunk.rows)
+        ray_records.extend(record.to_dict() for record in chunk.records)
+        if killed is None:
+            alive = [actor for actor in _scoring_actors() if actor["State"] == "ALIVE"]
+            assert len(alive) == 2
+            killed = alive[0]
+            os.kill(killed["Pid"], signal.SIGKILL)
+            chunks_before_kill = len(ray_rows) // 2
+    assert chunks_before_kill < 150
+    assert run.stats.n_records == 300
+    assert [row["id"] for row in ray_rows] == [record["id"] for record in local_records]
+    for row, ray_record, local_record in zip(ray_rows, ray_records, local_records, strict=True):
+        local_scoring = local_record["metadata"].pop("scoring")
+        ray_scoring = ray_record["metadata"].pop("scoring")
+        assert ray_record == local_record
+        assert local_scoring["reward_model"] == ray_scoring["reward_model"] == model_dir
+        for key in ("reward_a", "reward_b", "margin", "prob_a"):
+            assert row[key] == pytest.approx(local_scoring[key], abs=1e-6)
+            assert ray_scoring[key] == row[key]
+    # The kill was real: the actor it hit was started again in a new process.
+    restarted = [actor for actor in _scoring_actors() if actor["ActorID"] == killed["ActorID"]]
+    assert restarted and restarted[0]["NumRestarts"] >= 1
+
+
+def test_a_bad_record_stops_a_shard_with_the_local_engine_error(tmp_path):
+    """No Ray: with on_error="raise" the read stage hands back the error that stops the
+    local read, and the records before it; the run raises it when its turn comes."""
+    from prefkit.data import load_feedback
+    from prefkit.data.errors import DataError
+    from prefkit.engines.ray_score import Shard, read_shard
+
+    folder = tmp_path / "shards"
+    _shards_with_bad_records(folder)
+    with pytest.raises(DataError) as local:
+        load_feedback(folder)
+    first = Shard(0, str(folder / "part-0.jsonl"), str(folder))
+    chunks = list(read_shard(first, {}, None, chunk_size=2))
+    assert [len(chunk.records) for chunk in chunks] == [2, 1]
+    assert chunks[-1].last and chunks[-1].error is not None
+    assert str(DataError(**chunks[-1].error)) == str(local.value)
+    assert "part-0.jsonl:4" in str(local.value)
+
+
+def test_chunk_order_restores_input_order_and_refuses_a_duplicate_or_a_gap():
+    """No Ray: chunks arriving out of order come out by (shard, chunk), a shard ending
+    with its last chunk; a chunk seen twice, or a run without a shard's end, is an error."""
+    from prefkit.engines.ray_score import Chunk, ChunkOrder
+
+    def chunk(shard: int, index: int, last: bool = False) -> Chunk:
+        return Chunk(shard, index, [], [], last=last)
+
+    order = ChunkOrder(2)
+    released = []
+    for arrived in [chunk(1, 0, True), chunk(0, 1), chunk(0, 0), chunk(0, 2, True)]:
+        released += [(item.shard, item.index) for item in order.add(arrived)]
+    assert released == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    order.finish()
+    with pytest.raises(RuntimeError, match="came twice"):
+        order.add(chunk(0, 1))
+
+    gap = ChunkOrder(1)
+    assert gap.add(chunk(0, 1, True)) == []
+    with pytest.raises(RuntimeError, match="before chunk 0 of shard 0"):
+        gap.finish()

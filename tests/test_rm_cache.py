@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prefkit.rm.encoder import EmbeddingCache, EncodedTexts, FrozenEncoder
+from prefkit.rm.heads import NUM_TEXT_STATISTICS, build_features, text_statistics
 from test_rm_train import make_tiny_bert
 
 DIM = 4
@@ -252,3 +253,25 @@ def test_readers_see_whole_shards_while_two_processes_write(tmp_path):
         for writer in writers:
             if writer.is_alive():
                 writer.kill()
+
+
+def test_stats_features_filled_row_by_row_equal_the_per_text_statistics():
+    texts = ["Hello there! Is this fine?", "", "see http://example.org now", "ONE two. Three"]
+    embeddings = np.arange(8, dtype=np.float32).reshape(4, 2)
+    chars = np.array([len(t) for t in texts], dtype=np.float32)
+    tokens = np.array([7, 2, 6, 5], dtype=np.float32)
+    features = build_features(
+        ("response", "length", "stats"), embeddings, embeddings, chars, tokens, texts
+    )
+    expected = np.concatenate(
+        [
+            embeddings,
+            np.stack([np.log1p(chars), np.log1p(tokens)], axis=1),
+            np.array([text_statistics(t) for t in texts], dtype=np.float32),
+        ],
+        axis=1,
+    )
+    assert features.dtype == np.float32 and features.shape == (4, 2 + 2 + NUM_TEXT_STATISTICS)
+    np.testing.assert_array_equal(features, expected)
+    with pytest.raises(ValueError, match="got 3 response texts for 4 rows"):
+        build_features(("stats",), embeddings, embeddings, chars, tokens, texts[:3])

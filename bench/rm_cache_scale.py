@@ -154,10 +154,32 @@ def lookup_child(args: argparse.Namespace) -> None:
     )
 
 
+def records_child(args: argparse.Namespace) -> None:
+    """Resident memory of the training records and their item index alone (no embeddings)."""
+    from prefkit.data.read import load_feedback
+    from prefkit.rm.examples import ItemIndex, build_examples
+
+    baseline = status_kib("VmRSS")
+    records, _ = load_feedback(Path(args.work_dir) / f"pairs-{args.train_pairs}.jsonl")
+    index = ItemIndex()
+    examples = build_examples(records, index, None)
+    print(
+        json.dumps(
+            {
+                "records": len(records),
+                "items": len(index.ids),
+                "examples": len(examples),
+                "rss_over_baseline_mb": (status_kib("VmRSS") - baseline) / 1024,
+            }
+        )
+    )
+
+
 def run_child(args: argparse.Namespace, kind: str) -> dict:
     command = [sys.executable, __file__, "--child", kind, "--work-dir", args.work_dir]
     command += ["--entries", str(args.entries), "--dim", str(args.dim)]
     command += ["--lookups", str(args.lookups), "--max-length", str(args.max_length)]
+    command += ["--train-pairs", str(args.train_pairs)]
     done = subprocess.run(command, check=True, capture_output=True, text=True, env=child_env())
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -210,6 +232,7 @@ def train_run(args: argparse.Namespace, root: Path) -> dict:
     if process.returncode != 0:
         raise RuntimeError(f"rm train failed:\n{output}")
     shards_after = len(list((root / "cache").rglob("shard-*.safetensors")))
+    records_only = run_child(args, "records")
     num_texts = 2 * args.train_pairs
     return {
         "pairs": args.train_pairs,
@@ -221,6 +244,7 @@ def train_run(args: argparse.Namespace, root: Path) -> dict:
         "encoder_used": shards_after != shards_before,
         "embeddings_mb": num_texts * args.dim * 4 / 2**20,
         "features_mb": num_texts * (args.dim + NUM_FEATURE_EXTRAS) * 4 / 2**20,
+        "records_and_item_index_mb": records_only["rss_over_baseline_mb"],
         "log_tail": output.strip().splitlines()[-6:],
     }
 
@@ -238,8 +262,11 @@ def main() -> None:
     parser.add_argument("--train-batch-size", type=int, default=512)
     parser.add_argument("--skip-lookups", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "rm_cache_scale.json"))
-    parser.add_argument("--child", choices=["dict", "index", "index_old_shards"])
+    parser.add_argument("--child", choices=["dict", "index", "index_old_shards", "records"])
     args = parser.parse_args()
+    if args.child == "records":
+        records_child(args)
+        return
     if args.child:
         lookup_child(args)
         return
@@ -303,8 +330,16 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")  # kept if training fails
     if args.train_pairs:
-        results.setdefault("train", {})[str(args.train_pairs)] = train_run(args, root)
-        print(json.dumps(results["train"][str(args.train_pairs)], indent=2), flush=True)
+        train = results.setdefault("train", {})
+        previous = train.get(str(args.train_pairs), {"runs": []})
+        runs = previous.get("runs", [previous])  # earlier files held one run, unwrapped
+        runs.append(train_run(args, root))
+        train[str(args.train_pairs)] = {
+            "runs": runs,
+            "seconds_median": statistics.median(run["seconds"] for run in runs),
+            "peak_rss_anon_mb_median": statistics.median(run["peak_rss_anon_mb"] for run in runs),
+        }
+        print(json.dumps(runs[-1], indent=2), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
 

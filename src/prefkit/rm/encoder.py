@@ -462,7 +462,7 @@ class EmbeddingCache:
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None):
-        self.root = Path(root) if root is not None else default_cache_dir()
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         self._shards: dict[str, dict[str, _ShardIndex]] = {}
 
     @staticmethod

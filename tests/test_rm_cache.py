@@ -275,3 +275,17 @@ def test_stats_features_filled_row_by_row_equal_the_per_text_statistics():
     np.testing.assert_array_equal(features, expected)
     with pytest.raises(ValueError, match="got 3 response texts for 4 rows"):
         build_features(("stats",), embeddings, embeddings, chars, tokens, texts[:3])
+
+
+@pytest.mark.parametrize("num_queries", [2, 80])
+def test_keys_sharing_their_first_eight_bytes_are_told_apart(tmp_path, num_queries):
+    """64 stored keys all begin with the same 8 bytes (the prefix the many-query search
+    compares first); 2 queries take the whole-key search, 80 the prefix search."""
+    shared = [b"\x00" * 8 + hashlib.sha256(f"k{i}".encode()).digest()[:24] for i in range(80)]
+    cache = EmbeddingCache(tmp_path)
+    cache.store(NAMESPACE, shared[:64], rows_of(range(64)))
+    wanted = list(range(80))[::-1][:num_queries] if num_queries == 80 else [63, 70]
+    found, encoded = cache.read(NAMESPACE, [shared[i] for i in wanted], DIM)
+    assert found.tolist() == [i < 64 for i in wanted]
+    np.testing.assert_array_equal(encoded.embeddings[found], rows_of(wanted).embeddings[found])
+    np.testing.assert_array_equal(encoded.num_tokens[found], rows_of(wanted).num_tokens[found])

@@ -504,25 +504,33 @@ class EmbeddingCache:
 
         ``dim`` is the embedding size (shards of another size are an error).
         """
-        queries = _keys_array(digests)  # (N,)
+        # Searched in key order: each binary search starts near where the last ended.
+        unsorted_queries = _keys_array(digests)  # (N,)
+        unsorted_prefixes = _key_prefixes(unsorted_queries)
+        query_order = np.argsort(unsorted_prefixes, kind="stable")
+        queries, prefixes = unsorted_queries[query_order], unsorted_prefixes[query_order]
         found = np.zeros(len(queries), dtype=bool)
         shard_of = np.full(len(queries), -1, dtype=np.int64)
         row_of = np.zeros(len(queries), dtype=np.int64)
         shards = self.shards(namespace)
         for number, shard in enumerate(shards):
-            hit, rows = shard.find(queries)
+            hit, rows = shard.find(queries, prefixes)
             shard_of[hit] = number
             row_of[hit] = rows[hit]
             found |= hit
         embeddings = np.zeros((len(queries), dim), dtype=np.float32)
         num_tokens = np.zeros(len(queries), dtype=np.int64)
-        for number in np.unique(shard_of[found]):
-            wanted = np.flatnonzero(shard_of == number)
-            rows = row_of[wanted]
-            ascending = np.argsort(rows, kind="stable")  # the file read front to back
-            shard_embeddings, shard_tokens = shards[number].read_rows(rows[ascending], dim)
-            embeddings[wanted[ascending]] = shard_embeddings
-            num_tokens[wanted[ascending]] = shard_tokens
+        # Queries grouped by shard, each group in file order (the file read front to back).
+        order = np.lexsort((row_of, shard_of))
+        order = order[shard_of[order] >= 0]
+        starts = np.flatnonzero(np.diff(shard_of[order], prepend=-1))
+        for wanted in np.split(order, starts[1:]) if len(order) else []:
+            shard_embeddings, shard_tokens = shards[shard_of[wanted[0]]].read_rows(
+                row_of[wanted], dim
+            )
+            embeddings[query_order[wanted]] = shard_embeddings
+            num_tokens[query_order[wanted]] = shard_tokens
+        found[query_order] = found.copy()
         return found, EncodedTexts(embeddings, num_tokens)
 
     def encode(
@@ -592,6 +600,12 @@ def _keys_array(digests: Sequence[bytes]) -> np.ndarray:
     if len(joined) != KEY_BYTES * len(digests):
         raise ValueError(f"cache keys must be {KEY_BYTES}-byte digests")
     return np.frombuffer(joined, dtype=_KEY_DTYPE)
+
+
+def _key_prefixes(keys: np.ndarray) -> np.ndarray:
+    """(N,) uint64: the first 8 bytes of each key, big-endian, so they sort as the keys do."""
+    head = np.ascontiguousarray(keys.view(np.uint8).reshape(len(keys), KEY_BYTES)[:, :8])
+    return head.view(">u8").reshape(len(keys)).astype(np.uint64)
 
 
 @dataclass
@@ -670,16 +684,35 @@ class _ShardIndex:
             )
         return views
 
-    def find(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(Q,) bools, whether each query key is here, and its file row (meaningless where not)."""
+    def find(self, queries: np.ndarray, prefixes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(Q,) bools, whether each query key is here, and its file row (meaningless where not).
+
+        ``prefixes`` are the queries' :func:`_key_prefixes`. A few queries binary-search the
+        32-byte keys (touching some pages of them); many (one for every 16 keys or more)
+        search the keys' 8-byte prefixes as integers, far quicker per comparison, which reads
+        all the keys; a query whose prefix some other key shares (one pair in 2**64) is then
+        searched again by its whole key.
+        """
         if self.size == 0 or len(queries) == 0:
             return np.zeros(len(queries), dtype=bool), np.zeros(len(queries), dtype=np.int64)
         if self.sorted_keys is not None and self.file_rows is not None:
             keys, file_rows = self.sorted_keys, self.file_rows
         else:
             keys, file_rows = self._map()["keys"].view(_KEY_DTYPE).reshape(self.size), None
-        positions = np.minimum(np.searchsorted(keys, queries), self.size - 1)
-        hit = keys[positions] == queries
+        last = self.size - 1
+        if 16 * len(queries) < self.size:
+            positions = np.minimum(np.searchsorted(keys, queries), last)
+            hit = keys[positions] == queries
+        else:
+            key_prefixes = _key_prefixes(keys)
+            positions = np.minimum(np.searchsorted(key_prefixes, prefixes), last)
+            same_prefix = np.flatnonzero(key_prefixes[positions] == prefixes)
+            hit = np.zeros(len(queries), dtype=bool)
+            hit[same_prefix] = keys[positions[same_prefix]] == queries[same_prefix]
+            shared = same_prefix[~hit[same_prefix]]
+            if len(shared):
+                positions[shared] = np.minimum(np.searchsorted(keys, queries[shared]), last)
+                hit[shared] = keys[positions[shared]] == queries[shared]
         return hit, positions if file_rows is None else file_rows[positions]
 
     def read_rows(self, rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -126,12 +126,13 @@ def safe_open_lookup(cache, space: str, digests: list[bytes], dim: int) -> np.nd
     of a memory map (the alternative the reader could have used)."""
     from safetensors import safe_open
 
-    from prefkit.rm.encoder import _keys_array
+    from prefkit.rm.encoder import _key_prefixes, _keys_array
 
     queries = _keys_array(digests)
+    prefixes = _key_prefixes(queries)
     result = np.zeros((len(digests), dim), dtype=np.float32)
     for shard in cache.shards(space):
-        hit, file_rows = shard.find(queries)
+        hit, file_rows = shard.find(queries, prefixes)
         if not hit.any():
             continue
         with safe_open(str(shard.path), framework="numpy") as handle:
@@ -204,7 +205,9 @@ def run_child(args: argparse.Namespace, kind: str) -> dict:
     command += ["--entries", str(args.entries), "--dim", str(args.dim)]
     command += ["--lookups", str(args.lookups), "--max-length", str(args.max_length)]
     command += ["--train-pairs", str(args.train_pairs)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True, env=child_env())
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env())
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -16,7 +16,12 @@ untimed round that brings the files into the page cache:
 - ``dict``: the previous reader (every shard loaded into one dict, then the lookups);
 - ``index``: this version's reader on the same (sorted) shards;
 - ``index_old_shards``: this version's reader on a copy of the cache in the previous
-  layout (rows in insertion order, no metadata), which it sorts the keys of when opened.
+  layout (rows in insertion order, no metadata), which it sorts the keys of when opened;
+- ``index_safe_open_rows``: the same search, each row read with safetensors'
+  ``safe_open(...).get_slice`` instead of the memory map (the alternative considered).
+
+``--lookups`` other than 1,000 (200,000; 2,000,000 = every text, as training reads them)
+are stored as ``lookup_<n>``.
 
 Time = hashing the 1,000 texts + opening + lookups; peak memory = the process's VmHWM
 minus its resident size before the cache was opened (imports); the rows read are

@@ -137,7 +137,8 @@ class EmbeddingRewardModel(RewardModel):
             )
             prompt_embeddings, prompt_tokens = prompt_encoded.embeddings, prompt_encoded.num_tokens
         else:
-            prompt_embeddings = np.zeros_like(response_encoded.embeddings)
+            # np.zeros, not zeros_like: the pages stay unwritten (and unallocated) when unread.
+            prompt_embeddings = np.zeros(response_encoded.embeddings.shape, dtype=np.float32)
             prompt_tokens = np.zeros(len(prompts), dtype=np.int64)
         chars = np.array([len(text) for text in responses], dtype=np.float32)
         features = build_features(

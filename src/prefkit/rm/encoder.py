@@ -10,14 +10,17 @@ loads the encoder.
 Cache layout (``root`` defaults to ``$PREFKIT_CACHE/embeddings`` or
 ``~/.cache/prefkit/embeddings``)::
 
-    root/<namespace>/shard-<uuid>.safetensors
-        keys        (N, 32) uint8   sha256 of (namespace, side, text)
+    root/<namespace>/shard-<uuid>.safetensors   (metadata: keys = sorted)
+        keys        (N, 32) uint8   sha256 of (namespace, side, text), ascending
         embeddings  (N, D)  float32
         num_tokens  (N,)    int64   untruncated token count of the text
 
 ``namespace`` is a hash of (weights hash, pooling, max length). Shards are
 written whole to a temporary name and renamed, so concurrent runs never see a
-half-written shard; two runs embedding the same text just store it twice.
+half-written shard; two runs embedding the same text just store it twice. A
+lookup reads each shard's header, binary-searches its keys and reads only the
+rows it needs through a memory map (see :class:`EmbeddingCache`); shards of
+older versions (keys in insertion order, no metadata) are read too.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import struct
 import threading
 import uuid
 from collections import deque
@@ -441,11 +445,25 @@ def _truncate(ids: list[int], num_before: int, num_after: int, budget: int, side
 
 
 class EmbeddingCache:
-    """Embeddings on disk, keyed by backbone, pooling, max length, side and text."""
+    """Embeddings on disk, keyed by backbone, pooling, max length, side and text.
+
+    Opening a namespace reads each shard's header (a few hundred bytes), never its
+    embeddings: a lookup binary-searches each shard's sorted keys
+    (``numpy.searchsorted`` over 32-byte keys, the whole batch at once) and reads
+    only the rows it needs, through a read-only memory map of the shard that is
+    closed again when the lookup ends (so the number of shards is not bounded by
+    open file handles). Shards written by this class hold their rows sorted by key
+    (metadata ``keys: sorted``); shards from older versions, in insertion order,
+    are read too, with an in-memory sorted copy of their keys (40 bytes a text).
+    Each lookup lists the namespace folder again, so shards another process
+    renamed into place since are seen; a text stored in several shards is read
+    from the last of them in file-name order (the copies hold the same embedding,
+    up to the batch it was computed in).
+    """
 
     def __init__(self, root: str | os.PathLike[str] | None = None):
-        self.root = Path(root) if root is not None else default_cache_dir()
-        self._loaded: dict[str, dict[bytes, tuple[np.ndarray, int]]] = {}
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        self._shards: dict[str, dict[str, _ShardIndex]] = {}
 
     @staticmethod
     def namespace(encoder: FrozenEncoder) -> str:
@@ -456,19 +474,64 @@ class EmbeddingCache:
     def text_digest(namespace: str, side: str, text: str) -> bytes:
         return hashlib.sha256(f"{namespace}\0{side}\0{text}".encode()).digest()
 
-    def _entries(self, namespace: str) -> dict[bytes, tuple[np.ndarray, int]]:
-        if namespace not in self._loaded:
-            entries: dict[bytes, tuple[np.ndarray, int]] = {}
-            folder = self.root / namespace
-            for shard in sorted(folder.glob("shard-*.safetensors")) if folder.is_dir() else []:
-                tensors = load_file(shard)
-                keys = tensors["keys"].numpy()
-                embeddings = tensors["embeddings"].numpy()
-                counts = tensors["num_tokens"].numpy()
-                for row in range(len(keys)):
-                    entries[keys[row].tobytes()] = (embeddings[row], int(counts[row]))
-            self._loaded[namespace] = entries
-        return self._loaded[namespace]
+    def shards(self, namespace: str) -> list[_ShardIndex]:
+        """The namespace's shards in file-name order, opening any new since the last call."""
+        opened = self._shards.setdefault(namespace, {})
+        folder = self.root / namespace
+        names = (
+            sorted(
+                entry.name
+                for entry in os.scandir(folder)
+                if entry.name.startswith("shard-") and entry.name.endswith(".safetensors")
+            )
+            if folder.is_dir()
+            else []
+        )
+        for name in names:
+            if name not in opened:
+                opened[name] = _ShardIndex.open(folder / name)
+        return [opened[name] for name in names]
+
+    def index_bytes(self, namespace: str) -> int:
+        """Bytes of key index this process holds for ``namespace`` (0 when every shard is sorted
+        on disk; 40 per text of an unsorted shard from an older version)."""
+        return sum(shard.index_bytes for shard in self.shards(namespace))
+
+    def read(
+        self, namespace: str, digests: Sequence[bytes], dim: int
+    ) -> tuple[np.ndarray, EncodedTexts]:
+        """(N,) bools, whether each digest is cached, and the cached rows (zeros where not).
+
+        ``dim`` is the embedding size (shards of another size are an error).
+        """
+        # Searched in key order: each binary search starts near where the last ended.
+        unsorted_queries = _keys_array(digests)  # (N,)
+        unsorted_prefixes = _key_prefixes(unsorted_queries)
+        query_order = np.argsort(unsorted_prefixes, kind="stable")
+        queries, prefixes = unsorted_queries[query_order], unsorted_prefixes[query_order]
+        found = np.zeros(len(queries), dtype=bool)
+        shard_of = np.full(len(queries), -1, dtype=np.int64)
+        row_of = np.zeros(len(queries), dtype=np.int64)
+        shards = self.shards(namespace)
+        for number, shard in enumerate(shards):
+            hit, rows = shard.find(queries, prefixes)
+            shard_of[hit] = number
+            row_of[hit] = rows[hit]
+            found |= hit
+        embeddings = np.zeros((len(queries), dim), dtype=np.float32)
+        num_tokens = np.zeros(len(queries), dtype=np.int64)
+        # Queries grouped by shard, each group in file order (the file read front to back).
+        order = np.lexsort((row_of, shard_of))
+        order = order[shard_of[order] >= 0]
+        starts = np.flatnonzero(np.diff(shard_of[order], prepend=-1))
+        for wanted in np.split(order, starts[1:]) if len(order) else []:
+            shard_embeddings, shard_tokens = shards[shard_of[wanted[0]]].read_rows(
+                row_of[wanted], dim
+            )
+            embeddings[query_order[wanted]] = shard_embeddings
+            num_tokens[query_order[wanted]] = shard_tokens
+        found[query_order] = found.copy()
+        return found, EncodedTexts(embeddings, num_tokens)
 
     def encode(
         self,
@@ -480,40 +543,188 @@ class EmbeddingCache:
     ) -> EncodedTexts:
         """Embeddings of ``texts``: cached ones are read, the others computed and stored."""
         namespace = self.namespace(encoder)
-        entries = self._entries(namespace)
         digests = [self.text_digest(namespace, side, text) for text in texts]
-        missing: dict[bytes, str] = {}
-        for digest, text in zip(digests, texts, strict=True):
-            if digest not in entries:
-                missing.setdefault(digest, text)
-        if missing:
+        found, encoded = self.read(namespace, digests, encoder.hidden_size)
+        absent = np.flatnonzero(~found)
+        if len(absent):
+            missing: dict[bytes, str] = {}
+            for row in absent:
+                missing.setdefault(digests[row], texts[row])
             new_digests = list(missing)
             computed = encoder.encode(
                 [missing[d] for d in new_digests], side=side, progress=progress
             )
-            self._write_shard(namespace, new_digests, computed)
-            for row, digest in enumerate(new_digests):
-                entries[digest] = (computed.embeddings[row], int(computed.num_tokens[row]))
-        embeddings = np.zeros((len(texts), encoder.hidden_size), dtype=np.float32)
-        num_tokens = np.zeros(len(texts), dtype=np.int64)
-        for row, digest in enumerate(digests):
-            embeddings[row], num_tokens[row] = entries[digest]
-        return EncodedTexts(embeddings, num_tokens)
+            self.store(namespace, new_digests, computed)
+            position = {digest: row for row, digest in enumerate(new_digests)}
+            rows = [position[digests[row]] for row in absent]
+            encoded.embeddings[absent] = computed.embeddings[rows]
+            encoded.num_tokens[absent] = computed.num_tokens[rows]
+        return encoded
 
-    def _write_shard(self, namespace: str, digests: list[bytes], computed: EncodedTexts) -> None:
+    def store(self, namespace: str, digests: Sequence[bytes], computed: EncodedTexts) -> Path:
+        """Write one shard of ``digests`` (32-byte keys) and their rows, sorted by key.
+
+        The shard is written whole under a temporary name and renamed into place, so a
+        concurrent reader sees either no shard or all of it.
+        """
         folder = self.root / namespace
         folder.mkdir(parents=True, exist_ok=True)
         name = f"shard-{uuid.uuid4().hex}"
         staging = folder / f".{name}.partial"
+        keys = _keys_array(digests)
+        order = np.argsort(keys, kind="stable")
         tensors = {
-            "keys": torch.from_numpy(
-                np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, 32).copy()
+            "keys": torch.from_numpy(keys[order].view(np.uint8).reshape(-1, KEY_BYTES).copy()),
+            "embeddings": torch.from_numpy(
+                np.ascontiguousarray(computed.embeddings[order], dtype=np.float32)
             ),
-            "embeddings": torch.from_numpy(np.ascontiguousarray(computed.embeddings)),
-            "num_tokens": torch.from_numpy(computed.num_tokens.astype(np.int64)),
+            "num_tokens": torch.from_numpy(computed.num_tokens[order].astype(np.int64)),
         }
-        save_file(tensors, str(staging))
-        os.replace(staging, folder / f"{name}.safetensors")
+        save_file(tensors, str(staging), metadata={"keys": "sorted"})
+        path = folder / f"{name}.safetensors"
+        os.replace(staging, path)
+        return path
+
+
+KEY_BYTES = 32
+"""Cache keys are sha256 digests."""
+_KEY_DTYPE = np.dtype(f"V{KEY_BYTES}")  # compared as bytes (memcmp), so sorts like the digests
+_SAFETENSORS_DTYPES = {"U8": np.uint8, "F32": np.float32, "I64": np.int64}
+
+
+def _keys_array(digests: Sequence[bytes]) -> np.ndarray:
+    """(N,) 32-byte void keys of ``digests``."""
+    if not digests:
+        return np.zeros(0, dtype=_KEY_DTYPE)
+    joined = b"".join(digests)
+    if len(joined) != KEY_BYTES * len(digests):
+        raise ValueError(f"cache keys must be {KEY_BYTES}-byte digests")
+    return np.frombuffer(joined, dtype=_KEY_DTYPE)
+
+
+def _key_prefixes(keys: np.ndarray) -> np.ndarray:
+    """(N,) uint64: the first 8 bytes of each key, big-endian, so they sort as the keys do."""
+    head = np.ascontiguousarray(keys.view(np.uint8).reshape(len(keys), KEY_BYTES)[:, :8])
+    return head.view(">u8").reshape(len(keys)).astype(np.uint64)
+
+
+@dataclass
+class _TensorPlace:
+    """Where one tensor of a safetensors file lies."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int
+    """Byte offset in the file."""
+
+
+@dataclass
+class _ShardIndex:
+    """One shard's layout, and for a shard whose rows are not sorted, its sorted keys."""
+
+    path: Path
+    size: int
+    """Texts in the shard."""
+    places: dict[str, _TensorPlace]
+    sorted_keys: np.ndarray | None
+    """(N,) keys in order, held in memory only for an unsorted shard (None: read from the file)."""
+    file_rows: np.ndarray | None
+    """(N,) the file row of each of ``sorted_keys`` (None for a sorted shard)."""
+
+    @classmethod
+    def open(cls, path: Path) -> _ShardIndex:
+        """Read the header (and, for a shard of an older version, the keys) of ``path``."""
+        try:
+            with path.open("rb") as handle:
+                (header_size,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(header_size))
+            metadata = header.pop("__metadata__", None) or {}
+            places = {}
+            for name, dtype_name in (("keys", "U8"), ("embeddings", "F32"), ("num_tokens", "I64")):
+                info = header[name]
+                if info["dtype"] != dtype_name:
+                    raise ValueError(f"tensor {name}: dtype {info['dtype']}, expected {dtype_name}")
+                begin, _ = info["data_offsets"]
+                places[name] = _TensorPlace(
+                    np.dtype(_SAFETENSORS_DTYPES[dtype_name]),
+                    tuple(info["shape"]),
+                    8 + header_size + begin,
+                )
+        except (OSError, ValueError, KeyError, TypeError, struct.error) as error:
+            raise ValueError(
+                f"{path}: not a readable embedding-cache shard ({error}); delete the file "
+                "and its texts are embedded again."
+            ) from error
+        size = places["keys"].shape[0]
+        if places["keys"].shape != (size, KEY_BYTES) or places["num_tokens"].shape != (size,):
+            raise ValueError(f"{path}: keys {places['keys'].shape} and num_tokens do not match")
+        shard = cls(path, size, places, None, None)
+        if metadata.get("keys") != "sorted" and size:
+            keys = np.array(shard._map()["keys"].view(_KEY_DTYPE).reshape(size))
+            order = np.argsort(keys, kind="stable")
+            shard.sorted_keys, shard.file_rows = keys[order], order
+        return shard
+
+    @property
+    def index_bytes(self) -> int:
+        if self.sorted_keys is None or self.file_rows is None:
+            return 0
+        return self.sorted_keys.nbytes + self.file_rows.nbytes
+
+    def _map(self) -> dict[str, np.ndarray]:
+        """Read-only views of the shard's tensors (the mapping closes when they are dropped)."""
+        mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
+        views = {}
+        for name, place in self.places.items():
+            count = math.prod(place.shape)
+            views[name] = (
+                mapped[place.offset : place.offset + count * place.dtype.itemsize]
+                .view(place.dtype)
+                .reshape(place.shape)
+            )
+        return views
+
+    def find(self, queries: np.ndarray, prefixes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(Q,) bools, whether each query key is here, and its file row (meaningless where not).
+
+        ``prefixes`` are the queries' :func:`_key_prefixes`. A few queries binary-search the
+        32-byte keys (touching some pages of them); many (one for every 16 keys or more)
+        search the keys' 8-byte prefixes as integers, far quicker per comparison, which reads
+        all the keys; a query whose prefix some other key shares (one pair in 2**64) is then
+        searched again by its whole key.
+        """
+        if self.size == 0 or len(queries) == 0:
+            return np.zeros(len(queries), dtype=bool), np.zeros(len(queries), dtype=np.int64)
+        if self.sorted_keys is not None and self.file_rows is not None:
+            keys, file_rows = self.sorted_keys, self.file_rows
+        else:
+            keys, file_rows = self._map()["keys"].view(_KEY_DTYPE).reshape(self.size), None
+        last = self.size - 1
+        if 16 * len(queries) < self.size:
+            positions = np.minimum(np.searchsorted(keys, queries), last)
+            hit = keys[positions] == queries
+        else:
+            key_prefixes = _key_prefixes(keys)
+            positions = np.minimum(np.searchsorted(key_prefixes, prefixes), last)
+            same_prefix = np.flatnonzero(key_prefixes[positions] == prefixes)
+            hit = np.zeros(len(queries), dtype=bool)
+            hit[same_prefix] = keys[positions[same_prefix]] == queries[same_prefix]
+            shared = same_prefix[~hit[same_prefix]]
+            if len(shared):
+                positions[shared] = np.minimum(np.searchsorted(keys, queries[shared]), last)
+                hit[shared] = keys[positions[shared]] == queries[shared]
+        return hit, positions if file_rows is None else file_rows[positions]
+
+    def read_rows(self, rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(R, dim) embeddings and (R,) token counts of file rows ``rows`` (read from disk)."""
+        views = self._map()
+        embeddings = views["embeddings"]
+        if embeddings.shape != (self.size, dim):
+            raise ValueError(
+                f"{self.path}: embeddings of shape {embeddings.shape}, expected ({self.size}, {dim}); "
+                "the shard does not belong to this namespace: delete it."
+            )
+        return embeddings[rows], np.asarray(views["num_tokens"][rows])
 
 
 def encode_texts(

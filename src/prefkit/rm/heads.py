@@ -78,13 +78,16 @@ def build_features(
         elif name == "length":
             parts.append(np.stack([np.log1p(response_chars), np.log1p(response_tokens)], axis=1))
         elif name == "stats":
-            statistics = [text_statistics(text) for text in responses]
-            parts.append(
-                np.array(statistics, dtype=np.float32).reshape(
-                    len(response_chars), NUM_TEXT_STATISTICS
+            if len(responses) != len(response_chars):
+                raise ValueError(
+                    f"stats: got {len(responses)} response texts for {len(response_chars)} rows"
                 )
-            )
-    return np.concatenate(parts, axis=1).astype(np.float32)
+            # Row by row: a list of lists of Python floats would take ~9 times the array.
+            statistics = np.zeros((len(response_chars), NUM_TEXT_STATISTICS), dtype=np.float32)
+            for row, text in enumerate(responses):
+                statistics[row] = text_statistics(text)
+            parts.append(statistics)
+    return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
 
 
 class RewardHead(nn.Module):

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -186,14 +187,26 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, policy,
         batch_size=2,
     )
     killed: list[dict] = []
+    earlier = {actor["ActorID"] for actor in _generating_actors()}  # other tests' pools
+
+    def alive() -> list[dict]:
+        return [
+            actor
+            for actor in _generating_actors()
+            if actor["State"] == "ALIVE" and actor["ActorID"] not in earlier
+        ]
 
     def killing(chunks):
         for done, result in enumerate(run(chunks)):
             if not killed:
-                alive = [actor for actor in _generating_actors() if actor["State"] == "ALIVE"]
-                assert len(alive) == 2
-                killed.append(alive[0])
-                os.kill(alive[0]["Pid"], signal.SIGKILL)
+                # The second actor may still be starting (the CPUs of an earlier pool are
+                # given back as it shuts down).
+                deadline = time.monotonic() + 30
+                while len(alive()) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert len(alive()) == 2
+                killed.append(alive()[0])
+                os.kill(killed[0]["Pid"], signal.SIGKILL)
                 assert done < 20
             yield result
 
@@ -215,3 +228,17 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, policy,
     # The kill was real: the actor it hit was started again in a new process.
     restarted = [a for a in _generating_actors() if a["ActorID"] == killed[0]["ActorID"]]
     assert restarted and restarted[0]["NumRestarts"] >= 1
+
+
+def test_options_that_do_not_go_with_the_executor_are_refused(policy, tmp_path, capsys):
+    """No Ray run: --ray-* without --executor ray, and the local executor's vllm engine or
+    device with it, are errors that say what to give."""
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    assert generate(prompts, policy, out, "--ray-workers", "2") == 2
+    assert "--ray-workers need --executor ray" in capsys.readouterr().err
+    assert generate(prompts, policy, out, *ON_RAY, "--engine", "vllm") == 2
+    assert "--executor ray runs the hf engine on its actors" in capsys.readouterr().err
+    assert generate(prompts, policy, out, *ON_RAY, "--device", "cuda") == 2
+    assert "--device cuda is for the local executor" in capsys.readouterr().err
+    assert not out.exists()

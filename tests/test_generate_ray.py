@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import import_or_skip_outside_ci
+from prefkit.cli import main
 from test_generate import generate, save_policy, write_prompts
 
 ray = import_or_skip_outside_ci("ray", allow_module_level=True)
@@ -138,6 +139,40 @@ def test_shards_with_bad_rows_give_the_local_output_rejects_and_counts(
         ]
         assert _lines(ray_out.err, marker) == local_lines, marker
     assert _summary(ray_out.out) == _summary(local_out.out)
+
+
+def test_best_of_n_with_a_reward_model_picks_as_the_local_run(ray_local, policy, tmp_path, capsys):
+    """--best-of 3 --reward RM: each actor loads the reward model once too; the records, the
+    picks and the scores are the local run's (scores to 1e-6: the actors run torch on one
+    thread, this process on its own)."""
+    from prefkit.data import write_records
+    from test_rm_train import keyword_pairs, make_tiny_bert
+
+    backbone = make_tiny_bert(tmp_path / "backbone")
+    write_records(keyword_pairs(40, seed=3), tmp_path / "train.jsonl")
+    cache = str(tmp_path / "cache")
+    rm = str(tmp_path / "rm")
+    train = ["rm", "train", str(tmp_path / "train.jsonl"), "--out", rm, "--backbone", backbone]
+    assert main([*train, "--epochs", "1", "--cache-dir", cache, "--no-progress"]) == 0
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 8)
+    best = ("--best-of", "3", "--reward", rm, "--cache-dir", cache, "--chunk-size", "3")
+    local = tmp_path / "local.jsonl"
+    assert generate(prompts, policy, local, *best) == 0
+    on_ray = tmp_path / "ray.jsonl"
+    assert generate(prompts, policy, on_ray, *best, *ON_RAY) == 0
+    capsys.readouterr()
+    local_rows = [json.loads(line) for line in local.read_text().splitlines()]
+    ray_rows = [json.loads(line) for line in on_ray.read_text().splitlines()]
+    assert len(local_rows) == 8
+    for ray_row, local_row in zip(ray_rows, local_rows, strict=True):
+        local_best = local_row["metadata"].pop("best_of")
+        ray_best = ray_row["metadata"].pop("best_of")
+        assert ray_best["index"] == local_best["index"]
+        assert ray_best["scores"] == pytest.approx(local_best["scores"], abs=1e-6)
+        assert ray_row.pop("ratings")["reward"] == pytest.approx(
+            local_row.pop("ratings")["reward"], abs=1e-6
+        )
+        assert ray_row == local_row
 
 
 def _generating_actors() -> list[dict]:

@@ -25,6 +25,7 @@ imported only when a run starts.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,8 @@ class RayGeneration:
             "tokenizer": str(Path(tokenizer).resolve()),
             "batch_size": batch_size,
             "sampling": sampling.to_dict(),
-            "generation": generation,
+            # exactly what a reader of the file gets, as generate_candidates writes it
+            "generation": json.loads(json.dumps(generation)),
             "max_prompt_length": max_prompt_length,
             "chat_template": chat_template,
             "reward": None if reward is None else str(Path(reward).resolve()),

@@ -175,6 +175,28 @@ def test_best_of_n_with_a_reward_model_picks_as_the_local_run(ray_local, policy,
         assert ray_row == local_row
 
 
+def test_a_user_error_in_an_actor_is_the_local_error(ray_local, policy, tmp_path, capsys):
+    """Conversations for a tokenizer without a chat template: the actor's error reaches the
+    command as the local run's message (exit 2), not as a Ray traceback; the chunks before
+    it are written, as locally."""
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [
+        '"a b :"',
+        '"c d :"',
+        json.dumps({"id": "chat", "prompt": [{"role": "user", "content": "a"}]}),
+    ]
+    prompts.write_text("\n".join(rows) + "\n")
+    extra = ("--num-samples", "1", "--chunk-size", "2")
+    local = tmp_path / "local.jsonl"
+    assert generate(prompts, policy, local, *extra) == 2
+    local_error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the tokenizer has no chat_template" in local_error
+    on_ray = tmp_path / "ray.jsonl"
+    assert generate(prompts, policy, on_ray, *extra, *ON_RAY) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == local_error
+    assert on_ray.read_text() == local.read_text() and len(local.read_text().splitlines()) == 2
+
+
 def _generating_actors() -> list[dict]:
     return [
         actor

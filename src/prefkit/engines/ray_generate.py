@@ -32,6 +32,7 @@ from typing import Any
 
 from prefkit.engines.ray_pool import ChunkOrder, iter_chunks, map_on_actors, ordered_data_context
 from prefkit.engines.ray_runtime import RayOptions, ray_runtime
+from prefkit.errors import UserInputError
 from prefkit.generate.config import SamplingConfig
 from prefkit.generate.prompts import PromptItem
 from prefkit.generate.run import ChunkResult
@@ -48,6 +49,9 @@ class PromptChunk:
     """The run's last chunk."""
     result: ChunkResult | None = None
     """Filled in by the generating actor."""
+    error: str | None = None
+    """The user error that stopped the chunk (a conversation without a chat template...),
+    raised in this process when the chunk's turn comes, as the local run raises it."""
     shard: int = 0
     """The prompts of a run are one sequence (:class:`ChunkOrder` orders by shard, index)."""
 
@@ -104,10 +108,12 @@ class _GenerateActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        chunks = [
-            dataclasses.replace(chunk, items=[], result=self.run(chunk.items))
-            for chunk in batch["chunk"]
-        ]
+        chunks = []
+        for chunk in batch["chunk"]:
+            try:
+                chunks.append(dataclasses.replace(chunk, items=[], result=self.run(chunk.items)))
+            except UserInputError as error:
+                chunks.append(dataclasses.replace(chunk, items=[], error=str(error)))
         return {"chunk": np.array(chunks, dtype=object)}
 
 
@@ -182,6 +188,8 @@ class RayGeneration:
             order = ChunkOrder(1)
             for arrived in iter_chunks(dataset):
                 for chunk in order.add(arrived):
+                    if chunk.error is not None:
+                        raise UserInputError(chunk.error)
                     assert chunk.result is not None
                     yield chunk.result
             order.finish()

@@ -269,3 +269,21 @@ def test_shared_prefill_keeps_apart_rows_that_differ_only_in_padding(policy):
     input_ids = torch.tensor([[pad, pad, *words]] * 4)  # (4, T): the same ids in every row
     mask = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1]])  # (4, T)
     assert_shared_cache_gives_full_pass_logits(policy, input_ids, mask)
+
+
+def test_a_folder_of_prompt_lists_is_read_in_sorted_order(policy, tmp_path, capsys):
+    """Files in sorted order (subfolders included); a line without an id is FILE:LINE, the
+    file relative to the folder, so line numbers of two files do not collide."""
+    folder = tmp_path / "prompts"
+    (folder / "b").mkdir(parents=True)
+    (folder / "a.jsonl").write_text('"a b :"\n{"prompt": "c :", "id": "own"}\n')
+    (folder / "b" / "part.jsonl").write_text('"d e :"\n"a b :"\n')
+    out = tmp_path / "cands.jsonl"
+    assert generate(folder, policy, out, "--num-samples", "1") == 0
+    assert "reading a prompt list" in capsys.readouterr().err
+    records = list(read_feedback(out))
+    assert [record.id for record in records] == ["a.jsonl:1", "own", "b/part.jsonl:1"]
+    assert records[0].metadata["prompt"]["occurrences"] == 2
+    (folder / "b" / "notes.csv").write_text("prompt\nx\n")
+    assert generate(folder, policy, tmp_path / "o2.jsonl", "--format", "prompts") == 2
+    assert "notes.csv: a prompt list is JSONL" in capsys.readouterr().err

@@ -144,3 +144,70 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quiet", dest="progress", action="store_false", help="the same as --no-progress"
     )
+
+
+def add_ray_arguments(group: Any, *, actors: str) -> None:
+    """Where Ray runs and how many actors (:class:`prefkit.engines.ray_runtime.RayOptions`):
+    ``--ray-address``, ``--ray-workers``, ``--ray-num-cpus``, ``--ray-cpus-per-worker``, the
+    same for every command that runs on Ray; ``actors`` names what the actors do."""
+    group.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="join a running Ray cluster (auto, HOST:6379, ray://HOST:10001); default: start "
+        "a local Ray runtime for this command",
+    )
+    group.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"{actors}, each loading the model once (default: one per "
+        "--ray-cpus-per-worker CPUs of the runtime)",
+    )
+    group.add_argument(
+        "--ray-num-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPUs of the local Ray runtime (default: all of this machine's; not with "
+        "--ray-address)",
+    )
+    group.add_argument(
+        "--ray-cpus-per-worker",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPUs each actor reserves, and its torch threads (default: 1)",
+    )
+
+
+def ray_options_from_args(args: argparse.Namespace, enabled: bool, flag: str) -> Any:
+    """The :class:`~prefkit.engines.ray_runtime.RayOptions` of the ``--ray-*`` options when
+    ``enabled`` (Ray Data must be installed), else None (and no ``--ray-*`` option may be
+    given); ``flag`` is the option that turns Ray on, as errors name it."""
+    from prefkit.cli import UserError
+
+    if not enabled:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("ray_address", "ray_workers", "ray_num_cpus")
+            if getattr(args, name) is not None
+        ]
+        if given:
+            raise UserError(f"{' and '.join(given)} need {flag}")
+        return None
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UserError(
+            f"{flag} needs Ray Data: pip install 'prefkit[ray]' (or 'ray[data]')"
+        ) from None
+    from prefkit.engines.ray_runtime import RayOptions
+
+    return RayOptions(
+        address=args.ray_address,
+        num_cpus=args.ray_num_cpus,
+        workers=args.ray_workers,
+        cpus_per_worker=args.ray_cpus_per_worker,
+    )

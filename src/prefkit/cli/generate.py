@@ -15,14 +15,18 @@ examples:
   prefkit rm score runs/rm candidates.jsonl --out rewards.jsonl
   prefkit data pairs candidates.jsonl --scores rewards.jsonl --out pairs.jsonl --strategy best-worst
   prefkit generate prompts.jsonl --model runs/sft/model --out best.jsonl --best-of 8 --reward runs/rm
+  prefkit generate prompts/ --model runs/sft/model --out candidates.jsonl --executor ray --ray-workers 2
 Output: one candidate set per distinct prompt (a ranking record with one null score per
 response, or a rating record for a single response), in input order. Rerunning the same
 command after an interruption keeps what was written and generates the rest.
+--executor ray runs the hf engine on a pool of Ray actors (a local Ray runtime, or a
+cluster with --ray-address), each loading the policy once; the output is the local
+run's, record for record and in input order (every response has its own seed).
 """
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from prefkit.cli.common import add_read_arguments
+    from prefkit.cli.common import add_ray_arguments, add_read_arguments
     from prefkit.generate.config import SamplingConfig
 
     parser = commands.add_parser(
@@ -117,6 +121,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_dataclass_arguments(parser, SamplingConfig, skip=("stop",), title="sampling")
     add_read_arguments(parser)
+    executor = parser.add_argument_group("executor")
+    executor.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: generate in this process; ray: the hf engine on Ray actors, --chunk-size "
+        "prompts per call, the same output (needs pip install 'prefkit[ray]'; default: local)",
+    )
+    add_ray_arguments(executor, actors="generating actors")
     parser.set_defaults(handler=run)
 
 
@@ -155,6 +168,7 @@ def _load_tokenizer(path: str):
 
 def run(args: argparse.Namespace) -> int:
     from prefkit.cli import UserError
+    from prefkit.cli.common import ray_options_from_args
     from prefkit.generate.config import SamplingConfig
     from prefkit.generate.engines import HFEngine, VLLMEngine, vllm_unavailable_reason
     from prefkit.generate.run import generate_candidates, weights_digest
@@ -176,6 +190,18 @@ def run(args: argparse.Namespace) -> int:
     sampling = dataclass_from_args(SamplingConfig, args)
     if not Path(args.model).is_dir():
         raise UserError(f"--model {args.model}: not a model folder")
+    ray_options = ray_options_from_args(args, args.executor == "ray", "--executor ray")
+    if ray_options is not None:
+        if args.engine != "hf":
+            raise UserError(
+                "--executor ray runs the hf engine on its actors; --engine vllm runs in this "
+                "process: give one of the two"
+            )
+        if args.device != "cpu":
+            raise UserError(
+                f"--executor ray runs its actors on CPUs; --device {args.device} is for the "
+                "local executor"
+            )
 
     prompts, prompt_stats = _read_prompts(args)
     print(f"prompts: {prompt_stats.summary()}", file=sys.stderr)
@@ -207,7 +233,10 @@ def run(args: argparse.Namespace) -> int:
     if engine_name == "vllm" and (reason := vllm_unavailable_reason()) is not None:
         print(f"engine: using hf instead of vllm: {reason}", file=sys.stderr)
         engine_name = "hf"
-    if engine_name == "vllm":
+    engine = None
+    if ray_options is not None:
+        pass  # each actor loads the policy
+    elif engine_name == "vllm":
         engine = VLLMEngine(args.model, tokenizer, max_model_len=context)
     else:
         from prefkit.align.trainer import load_causal_lm
@@ -218,7 +247,12 @@ def run(args: argparse.Namespace) -> int:
 
     scorer = None
     reward_info = None
-    if args.reward is not None:
+    if args.reward is not None and ray_options is not None:
+        from prefkit.rm.spec import RewardModelSpec
+
+        RewardModelSpec.read(args.reward)  # a wrong folder is an error here, not in each actor
+        reward_info = {"path": args.reward, "weights_sha256": weights_digest(args.reward)}
+    elif args.reward is not None:
         from prefkit.rm.model import RewardModel
 
         reward_model = RewardModel.load(args.reward, cache_dir=args.cache_dir)
@@ -239,6 +273,24 @@ def run(args: argparse.Namespace) -> int:
     if reward_info is not None:
         generation["reward_model"] = reward_info
         generation["best_of"] = args.best_of is not None
+    executor = None
+    if ray_options is not None:
+        from prefkit.engines.ray_generate import RayGeneration
+
+        executor = RayGeneration(
+            args.model,
+            args.tokenizer or args.model,
+            sampling=sampling,
+            generation=generation,
+            max_prompt_length=max_prompt_length,
+            options=ray_options,
+            batch_size=args.batch_size,
+            chat_template=args.chat_template,
+            reward=args.reward,
+            reward_batch_size=args.reward_batch_size,
+            cache_dir=args.cache_dir,
+            best_of=args.best_of is not None,
+        )
     summary = generate_candidates(
         prompts,
         engine,
@@ -252,7 +304,10 @@ def run(args: argparse.Namespace) -> int:
         scorer=scorer,
         best_of=args.best_of is not None,
         show_progress=args.progress,
+        executor=executor,
     )
+    if executor is not None and executor.workers is not None:
+        print(f"ray: {executor.workers} generating actor(s)", file=sys.stderr)
     print(f"generate: {summary.summary()}", file=sys.stderr)
     print(f"wrote {summary.generated_prompts} records to {args.out}", file=sys.stderr)
     print(json.dumps({"out": args.out, "prompts_read": prompt_stats.records, **summary.to_dict()}))

@@ -272,7 +272,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--engine local|ray`` and where Ray runs (:class:`prefkit.engines.ray_runtime.RayOptions`)."""
+    """``--engine local|ray`` and where Ray runs (:func:`prefkit.cli.common.add_ray_arguments`)."""
+    from prefkit.cli.common import add_ray_arguments
     from prefkit.engines import ENGINES
 
     group = parser.add_argument_group("engine")
@@ -283,36 +284,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="local: this process; ray: Ray Data, a task per data file and actors that score "
         "(needs pip install 'prefkit[ray]'; default: local)",
     )
-    group.add_argument(
-        "--ray-address",
-        default=None,
-        metavar="ADDR",
-        help="join a running Ray cluster (auto, HOST:6379, ray://HOST:10001); default: start "
-        "a local Ray runtime for this command",
-    )
-    group.add_argument(
-        "--ray-workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="scoring actors, each loading the model once (default: one per "
-        "--ray-cpus-per-worker CPUs of the runtime)",
-    )
-    group.add_argument(
-        "--ray-num-cpus",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPUs of the local Ray runtime (default: all of this machine's; not with "
-        "--ray-address)",
-    )
-    group.add_argument(
-        "--ray-cpus-per-worker",
-        type=int,
-        default=1,
-        metavar="N",
-        help="CPUs each actor reserves, and its torch threads (default: 1)",
-    )
+    add_ray_arguments(group, actors="scoring actors")
 
 
 def add_multiobjective_arguments(parser: argparse.ArgumentParser) -> None:
@@ -500,13 +472,12 @@ def run_score(args: argparse.Namespace) -> int:
         if args.records
         else None
     )
-    if args.engine == "ray":
-        chunks, stats = _scored_chunks_on_ray(args, scoring)
+    from prefkit.cli.common import ray_options_from_args
+
+    options = ray_options_from_args(args, args.engine == "ray", "--engine ray")
+    if options is not None:
+        chunks, stats = _scored_chunks_on_ray(args, scoring, options)
     else:
-        if any(
-            value is not None for value in (args.ray_address, args.ray_workers, args.ray_num_cpus)
-        ):
-            raise UserError("--ray-address, --ray-workers and --ray-num-cpus need --engine ray")
         chunks, stats = _scored_chunks_locally(args, scoring)
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -559,21 +530,12 @@ def _scored_chunks_locally(args: argparse.Namespace, scoring: dict | None):
     return chunks(), lambda: reader.stats
 
 
-def _scored_chunks_on_ray(args: argparse.Namespace, scoring: dict | None):
+def _scored_chunks_on_ray(args: argparse.Namespace, scoring: dict | None, options):
     """The same chunks scored on Ray (:mod:`prefkit.engines.ray_score`), in input order."""
-    from prefkit.cli import UserError
     from prefkit.data.errors import rejects_path_for
     from prefkit.data.layouts import parse_map_args
-    from prefkit.engines.ray_runtime import RayOptions
-    from prefkit.progress import ProgressCounter
-
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise UserError(
-            "--engine ray needs Ray Data: pip install 'prefkit[ray]' (or 'ray[data]')"
-        ) from None
     from prefkit.engines.ray_score import RayScoring
+    from prefkit.progress import ProgressCounter
 
     scoring_run = RayScoring(
         args.data,
@@ -587,12 +549,7 @@ def _scored_chunks_on_ray(args: argparse.Namespace, scoring: dict | None):
             "reject_empty_responses": args.reject_empty_responses,
         },
         rejects_path=rejects_path_for(args.out) if args.on_error == "skip" else None,
-        options=RayOptions(
-            address=args.ray_address,
-            num_cpus=args.ray_num_cpus,
-            workers=args.ray_workers,
-            cpus_per_worker=args.ray_cpus_per_worker,
-        ),
+        options=options,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
         normalize=args.normalize,

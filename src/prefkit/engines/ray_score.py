@@ -14,11 +14,12 @@ The pipeline, one Ray Data dataset:
    files and counts could not be the local engine's.
 3. **score** (an actor pool, ``map_batches`` on a class): each actor loads the reward
    model once and scores one chunk per call with :func:`~prefkit.rm.scoring.score_chunk`.
-   An actor that dies is restarted and its chunks are run again (``max_restarts``,
-   ``max_task_retries``): a chunk's rows are only ever taken from its one finished call.
+   An actor that dies is restarted and its chunks are run again
+   (:func:`~prefkit.engines.ray_pool.map_on_actors`): a chunk's rows are only ever taken
+   from its one finished call.
 4. **write** (this process): chunks are put back in input order (shard, then chunk) by
-   :class:`ChunkOrder`, which also refuses a chunk seen twice and a run that ends with
-   one missing; the caller writes the rows with prefkit's writer, and the rejects are
+   :class:`~prefkit.engines.ray_pool.ChunkOrder`, which also refuses a chunk seen twice
+   and a run that ends with one missing; the caller writes the rows with prefkit's writer, and the rejects are
    written to the rejects file in reading order.
 
 So the output holds the local engine's rows, in input order (the files in sorted order,
@@ -29,8 +30,6 @@ engine's. ``ray`` is imported only when a run starts.
 from __future__ import annotations
 
 import dataclasses
-import os
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,13 +40,16 @@ from prefkit.data.errors import DataError, Rejects, _jsonable
 from prefkit.data.read import FeedbackReader, ReadStats
 from prefkit.data.records import AnyRecord
 from prefkit.data.sources import is_hf_dataset_folder, list_data_files
+from prefkit.engines.ray_pool import (
+    ChunkOrder,
+    iter_chunks,
+    map_on_actors,
+    ordered_data_context,
+)
 from prefkit.engines.ray_runtime import RayOptions, ray_runtime
 from prefkit.errors import UserInputError
 from prefkit.rm.scoring import ScoredChunk
 from prefkit.rm.spec import RewardModelSpec
-
-MAX_ACTOR_RESTARTS = 3
-"""How often a scoring actor that died is started again (and its chunks retried)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,40 +152,6 @@ def read_shard(
         stats=stats_fields(reader.stats),
         error=None if error is None else error_fields(error),
     )
-
-
-class ChunkOrder:
-    """Puts chunks that arrive in any order back in input order, and checks that every
-    chunk of every shard comes exactly once."""
-
-    def __init__(self, n_shards: int):
-        self.n_shards = n_shards
-        self._next = (0, 0)
-        self._waiting: dict[tuple[int, int], Chunk] = {}
-        self._seen: set[tuple[int, int]] = set()
-
-    def add(self, chunk: Chunk) -> list[Chunk]:
-        """The chunks that are now next in order (``chunk`` and any it was holding up)."""
-        key = (chunk.shard, chunk.index)
-        if key in self._seen:
-            raise RuntimeError(f"chunk {chunk.index} of shard {chunk.shard} came twice")
-        self._seen.add(key)
-        self._waiting[key] = chunk
-        ready = []
-        while self._next in self._waiting:
-            current = self._waiting.pop(self._next)
-            ready.append(current)
-            shard, index = self._next
-            self._next = (shard + 1, 0) if current.last else (shard, index + 1)
-        return ready
-
-    def finish(self) -> None:
-        """Raises unless every shard ended (its last chunk came) and nothing is left over."""
-        if self._next != (self.n_shards, 0) or self._waiting:
-            raise RuntimeError(
-                f"the run ended before chunk {self._next[1]} of shard {self._next[0]} came "
-                f"({len(self._waiting)} later chunks held back)"
-            )
 
 
 def input_shards(data: str | Path) -> list[Shard]:
@@ -333,7 +301,6 @@ class RayScoring:
         return reader.layout, reader.detected
 
     def __iter__(self) -> Iterator[ScoredChunk]:
-        import numpy as np
         import ray
 
         with ray_runtime(self.options) as cluster_cpus:
@@ -341,10 +308,9 @@ class RayScoring:
             dataset = self._dataset(ray, workers)
             order = ChunkOrder(len(self.shards))
             try:
-                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                    for arrived in np.asarray(batch["chunk"]).ravel():
-                        for chunk in order.add(arrived):
-                            yield self._take(chunk)
+                for arrived in iter_chunks(dataset):
+                    for chunk in order.add(arrived):
+                        yield self._take(chunk)
                 order.finish()
             finally:
                 self.stats.rejects.close()
@@ -365,19 +331,7 @@ class RayScoring:
         return chunk.scored
 
     def _dataset(self, ray: Any, workers: int) -> Any:
-        context = ray.data.DataContext.get_current()
-        saved = (
-            context.target_max_block_size,
-            context.execution_options.preserve_order,
-            context.enable_progress_bars,
-            context.print_on_execution_start,
-        )
-        # One chunk per block (so that chunks spread over the actors), in input order.
-        context.target_max_block_size = 1
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        try:
+        with ordered_data_context(ray):
             shards = ray.data.from_items(
                 [
                     {"index": shard.index, "path": shard.path, "folder": shard.folder or ""}
@@ -397,35 +351,17 @@ class RayScoring:
                 num_cpus=0,
                 compute=ray.data.TaskPoolStrategy(size=max(1, min(workers, len(self.shards)))),
             )
-            with warnings.catch_warnings():
-                # Ray 2.60 names no parameter for the actors' fault tolerance yet.
-                warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-                return chunks.map_batches(
-                    _ScoreActor,
-                    batch_size=1,
-                    fn_constructor_kwargs={
-                        "model_dir": self.model_dir,
-                        "cache_dir": self.cache_dir,
-                        "batch_size": self.batch_size,
-                        "normalize": self.normalize,
-                        "scoring": self.scoring,
-                    },
-                    compute=ray.data.ActorPoolStrategy(size=workers),
-                    num_cpus=self.options.cpus_per_worker,
-                    runtime_env={"env_vars": _worker_env()} if _worker_env() else None,
-                    max_restarts=MAX_ACTOR_RESTARTS,
-                    max_task_retries=MAX_ACTOR_RESTARTS,
-                )
-        finally:
-            (
-                context.target_max_block_size,
-                context.execution_options.preserve_order,
-                context.enable_progress_bars,
-                context.print_on_execution_start,
-            ) = saved
-
-
-def _worker_env() -> dict[str, str]:
-    """Settings the scoring actors need from this process: offline model loading."""
-    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "PREFKIT_CACHE")
-    return {name: os.environ[name] for name in names if name in os.environ}
+            return map_on_actors(
+                ray,
+                chunks,
+                _ScoreActor,
+                {
+                    "model_dir": self.model_dir,
+                    "cache_dir": self.cache_dir,
+                    "batch_size": self.batch_size,
+                    "normalize": self.normalize,
+                    "scoring": self.scoring,
+                },
+                self.options,
+                workers,
+            )

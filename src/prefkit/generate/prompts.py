@@ -2,7 +2,8 @@
 
 A prompt list (``--format prompts``) is JSONL with one JSON string or one
 ``{"prompt": ..., "id": ...}`` object per line (``id`` optional: the line number
-is used). Records of any kind give their prompt. Duplicate prompts are
+is used), or a folder of such files (read in sorted order, subfolders included; a
+line without an id is then ``FILE:LINE``, the file relative to the folder). Records of any kind give their prompt. Duplicate prompts are
 generated once (under the first record's id) and counted; empty prompts are an
 error naming the record, or a counted skip with ``on_error="skip"``.
 """
@@ -63,9 +64,31 @@ def _open_text(path: Path):
     return path.open(encoding="utf-8")
 
 
+def prompt_list_files(folder: Path) -> list[Path]:
+    """The data files of a folder read as prompt lists (sorted, subfolders included)."""
+    from prefkit.data.sources import list_data_files
+
+    files = list_data_files(folder)
+    if not files:
+        raise UserInputError(f"{folder}: the folder holds no data files")
+    for path in files:
+        if ".jsonl" not in path.name.lower():
+            raise UserInputError(
+                f"{path}: a prompt list is JSONL; this folder also holds other files (read "
+                "it as feedback data without --format prompts, or keep only .jsonl files)"
+            )
+    return files
+
+
 def is_prompt_list(path: str | Path) -> bool:
-    """Whether ``path`` is a JSONL file whose first line is a string or a bare ``{"prompt"}``."""
+    """Whether ``path`` is a JSONL file whose first line is a string or a bare ``{"prompt"}``,
+    or a folder whose first data file is one."""
     path = Path(path)
+    if path.is_dir():
+        from prefkit.data.sources import is_hf_dataset_folder, list_data_files
+
+        files = [] if is_hf_dataset_folder(path) else list_data_files(path)
+        return bool(files) and is_prompt_list(files[0])
     if not path.is_file() or ".jsonl" not in path.name.lower():
         return False
     with _open_text(path) as handle:
@@ -83,8 +106,17 @@ def is_prompt_list(path: str | Path) -> bool:
 
 
 def read_prompt_list(path: str | Path) -> Iterator[tuple[str, Text, str | None]]:
-    """``(id, prompt, category)`` per line of a prompt list; bad lines raise naming the line."""
+    """``(id, prompt, category)`` per line of a prompt list (a file, or a folder of files);
+    bad lines raise naming the file and line."""
     path = Path(path)
+    if path.is_dir():
+        for file in prompt_list_files(path):
+            yield from _read_prompt_file(file, f"{file.relative_to(path).as_posix()}:")
+        return
+    yield from _read_prompt_file(path, "")
+
+
+def _read_prompt_file(path: Path, id_prefix: str) -> Iterator[tuple[str, Text, str | None]]:
     with _open_text(path) as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -95,7 +127,7 @@ def read_prompt_list(path: str | Path) -> Iterator[tuple[str, Text, str | None]]
             except json.JSONDecodeError as error:
                 raise UserInputError(f"{where}: not valid JSON ({error.msg})") from None
             if isinstance(value, str):
-                yield str(line_number), value, None
+                yield f"{id_prefix}{line_number}", value, None
                 continue
             if not isinstance(value, dict) or "prompt" not in value:
                 raise UserInputError(
@@ -108,7 +140,7 @@ def read_prompt_list(path: str | Path) -> Iterator[tuple[str, Text, str | None]]
                 raise UserInputError(f"{where}: {error}") from None
             category = value.get("category")
             yield (
-                str(value.get("id", line_number)),
+                str(value["id"]) if "id" in value else f"{id_prefix}{line_number}",
                 prompt,
                 None if category is None else str(category),
             )

@@ -30,7 +30,7 @@ import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from prefkit.generate.prompts import PromptItem
 from prefkit.progress import progress_bar
 
 __all__ = [
+    "ChunkGenerator",
+    "ChunkResult",
     "GenerateSummary",
     "best_of_n_kl",
     "encode_prompt",
@@ -325,6 +327,119 @@ class _Throughput:
         self.bar.set_postfix_str(f"{self.tokens / max(elapsed, 1e-9):.0f} tok/s", refresh=False)
 
 
+@dataclass
+class ChunkResult:
+    """What one chunk of prompts gave: its output lines and what the summary counts."""
+
+    lines: list[str]
+    """One JSONL line per prompt, in the chunk's order."""
+    sequences: int = 0
+    truncated_prompts: int = 0
+    prompt_tokens_dropped: int = 0
+    finish_reasons: list[str] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    """The finite scores, in order."""
+    unscored: int = 0
+    best_scores: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    """Generation time of the chunk (scoring excluded)."""
+
+    def add_to(self, summary: GenerateSummary) -> None:
+        summary.generated_prompts += len(self.lines)
+        summary.sequences += self.sequences
+        summary.truncated_prompts += self.truncated_prompts
+        summary.prompt_tokens_dropped += self.prompt_tokens_dropped
+        summary.finish_reasons.update(self.finish_reasons)
+        summary.lengths.extend(self.lengths)
+        summary.all_scores.extend(self.scores)
+        summary.unscored += self.unscored
+        summary.best_scores.extend(self.best_scores)
+
+
+@dataclass
+class ChunkGenerator:
+    """Turns a chunk of prompts into its output lines: encode, generate, score, build records.
+
+    The same object runs in this process (:func:`generate_candidates`) and in each Ray
+    actor (:mod:`prefkit.engines.ray_generate`); every sequence has its own seed
+    (:func:`~prefkit.generate.config.sequence_seed` of the run's seed, the prompt and the
+    sample index), so a chunk's lines do not depend on where or with what it runs.
+    """
+
+    engine: Any
+    tokenizer: Any
+    sampling: SamplingConfig
+    generation: dict[str, Any]
+    max_prompt_length: int
+    chat_template: bool = True
+    scorer: Scorer | None = None
+    best_of: bool = False
+    token_ids: bool = False
+
+    def __call__(
+        self, chunk: Sequence[PromptItem], progress: Callable[[int, int], None] | None = None
+    ) -> ChunkResult:
+        num_samples = self.sampling.num_samples
+        result = ChunkResult(lines=[])
+        encoded = []
+        for item in chunk:
+            ids, dropped = encode_prompt(
+                self.tokenizer,
+                item.prompt,
+                chat_template=self.chat_template,
+                max_prompt_length=self.max_prompt_length,
+            )
+            encoded.append((ids, dropped))
+            if dropped:
+                result.truncated_prompts += 1
+                result.prompt_tokens_dropped += dropped
+        requests = [
+            Request(ids, sequence_seed(self.sampling.seed, text_key(item.prompt), index))
+            for item, (ids, _) in zip(chunk, encoded, strict=True)
+            for index in range(num_samples)
+        ]
+        started = time.perf_counter()
+        completions = self.engine.generate(requests, self.sampling, progress=progress)
+        result.seconds = time.perf_counter() - started
+        scores: np.ndarray | None = None
+        if self.scorer is not None:
+            scores = np.asarray(
+                self.scorer(
+                    [render_text(item.prompt) for item in chunk for _ in range(num_samples)],
+                    [completion.text for completion in completions],
+                ),
+                dtype=np.float64,
+            )  # (chunk * N,)
+            result.scores.extend(float(s) for s in scores if not math.isnan(s))
+            result.unscored += int(np.isnan(scores).sum())
+        for position, (item, (ids, dropped)) in enumerate(zip(chunk, encoded, strict=True)):
+            span = slice(position * num_samples, (position + 1) * num_samples)
+            record = _records_for(
+                item,
+                completions[span],
+                len(ids),
+                dropped,
+                self.generation,
+                None if scores is None else scores[span].tolist(),
+                self.best_of,
+                self.token_ids,
+            )
+            if self.best_of and record.ratings["reward"] is not None:  # type: ignore[attr-defined]
+                result.best_scores.append(record.ratings["reward"])  # type: ignore[attr-defined]
+            result.lines.append(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+        for completion in completions:
+            result.finish_reasons.append(completion.finish_reason)
+            result.lengths.append(completion.num_tokens)
+        result.sequences = len(completions)
+        return result
+
+
+ChunkExecutor = Callable[[list[list[PromptItem]]], Iterator[ChunkResult]]
+"""Runs the chunks elsewhere (on Ray: :class:`~prefkit.engines.ray_generate.RayGeneration`)
+and gives their results in chunk order, as each is ready."""
+
+
 def generate_candidates(
     prompts: Sequence[PromptItem],
     engine: Any,
@@ -340,6 +455,7 @@ def generate_candidates(
     best_of: bool = False,
     show_progress: bool = True,
     token_ids: bool = False,
+    executor: ChunkExecutor | None = None,
 ) -> GenerateSummary:
     """Generate ``sampling.num_samples`` responses per prompt into ``out_path`` (JSONL).
 
@@ -349,8 +465,12 @@ def generate_candidates(
     the best one per prompt is kept. With ``token_ids`` each response's generated
     token ids (the ending EOS included, see :class:`~prefkit.generate.engines.Completion`)
     go to ``metadata.responses[i].token_ids``.
+
+    With ``executor`` the chunks of prompts still to generate are handed to it (``engine``,
+    ``tokenizer`` and ``scorer`` are then its business and may be None; ``best_of`` must
+    agree with it); its results are written, chunk by chunk in input order, as here.
     """
-    if best_of and scorer is None:
+    if best_of and scorer is None and executor is None:
         raise UserInputError("best-of-N needs a reward model to pick the best response (--reward)")
     if chunk_size < 1:
         raise UserInputError(f"chunk-size must be >= 1, got {chunk_size}")
@@ -369,6 +489,9 @@ def generate_candidates(
     summary.best_of = sampling.num_samples if best_of else None
     remaining = list(prompts[len(written_ids) :])
     num_samples = sampling.num_samples
+    chunks = [
+        remaining[start : start + chunk_size] for start in range(0, len(remaining), chunk_size)
+    ]
     with (
         out_path.open("a", encoding="utf-8") as handle,
         progress_bar(
@@ -379,60 +502,32 @@ def generate_candidates(
         ) as bar,
     ):
         throughput = _Throughput(bar)
-        for start in range(0, len(remaining), chunk_size):
-            chunk = remaining[start : start + chunk_size]
-            encoded = []
-            for item in chunk:
-                ids, dropped = encode_prompt(
-                    tokenizer,
-                    item.prompt,
-                    chat_template=chat_template,
-                    max_prompt_length=max_prompt_length,
-                )
-                encoded.append((ids, dropped))
-                if dropped:
-                    summary.truncated_prompts += 1
-                    summary.prompt_tokens_dropped += dropped
-            requests = [
-                Request(ids, sequence_seed(sampling.seed, text_key(item.prompt), index))
-                for item, (ids, _) in zip(chunk, encoded, strict=True)
-                for index in range(num_samples)
-            ]
-            throughput.start()
-            completions = engine.generate(requests, sampling, progress=throughput)
-            summary.seconds += throughput.stop()
-            scores: np.ndarray | None = None
-            if scorer is not None:
-                scores = np.asarray(
-                    scorer(
-                        [render_text(item.prompt) for item in chunk for _ in range(num_samples)],
-                        [completion.text for completion in completions],
-                    ),
-                    dtype=np.float64,
-                )  # (chunk * N,)
-                summary.all_scores.extend(float(s) for s in scores if not math.isnan(s))
-                summary.unscored += int(np.isnan(scores).sum())
-            lines = []
-            for position, (item, (ids, dropped)) in enumerate(zip(chunk, encoded, strict=True)):
-                span = slice(position * num_samples, (position + 1) * num_samples)
-                record = _records_for(
-                    item,
-                    completions[span],
-                    len(ids),
-                    dropped,
-                    generation,
-                    None if scores is None else scores[span].tolist(),
-                    best_of,
-                    token_ids,
-                )
-                if best_of and record.ratings["reward"] is not None:  # type: ignore[attr-defined]
-                    summary.best_scores.append(record.ratings["reward"])  # type: ignore[attr-defined]
-                lines.append(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-            for completion in completions:
-                summary.finish_reasons[completion.finish_reason] += 1
-                summary.lengths.append(completion.num_tokens)
-            handle.write("".join(lines))
+        if executor is None:
+            run_chunk = ChunkGenerator(
+                engine,
+                tokenizer,
+                sampling,
+                generation,
+                max_prompt_length,
+                chat_template=chat_template,
+                scorer=scorer,
+                best_of=best_of,
+                token_ids=token_ids,
+            )
+            results: Iterator[ChunkResult] = (
+                run_chunk(chunk, progress=throughput) for chunk in chunks
+            )
+        else:
+            results = executor(chunks)
+        throughput.start()
+        for result in results:
+            if executor is None:
+                summary.seconds += result.seconds
+            else:  # the actors generate side by side: the wall time is what counts
+                throughput(result.sequences, sum(result.lengths))
+            handle.write("".join(result.lines))
             handle.flush()
-            summary.generated_prompts += len(chunk)
-            summary.sequences += len(completions)
+            result.add_to(summary)
+        if executor is not None:
+            summary.seconds = throughput.stop()
     return summary

@@ -406,8 +406,8 @@ def main() -> None:
     document = {
         "benchmark": "serve_load",
         "note": (
-            "Run on a shared machine (2 CPU cores shared with other work); the load "
-            "generator (asyncio + aiohttp) runs on the same cores as the two servers, "
+            "The load generator (asyncio + aiohttp) runs on the same CPU cores as the two "
+            "servers (machine.load_average_before/after says what else ran), "
             "so the absolute numbers are what this machine gives, not the server's ceiling. "
             "Medians over interleaved rounds; beside the ratio of the medians, the ratio "
             "within each round (both variants back to back) and its median."

@@ -509,9 +509,10 @@ def main() -> None:
     report = {
         "what": __doc__.split("\n\n")[1].replace("\n", " "),
         "note": (
-            "measured on a shared 2-core machine with other work running; numbers are "
-            "noisy, compare the medians and the per-round ratios"
+            "2-core machine; load_average says whether other work ran beside it; "
+            "compare the medians and the per-round ratios"
         ),
+        "load_average": os.getloadavg(),
         "command": " ".join(
             [
                 "python bench/rl_speed_vs_trl.py",

@@ -81,9 +81,5 @@ def _is_user_error(error: Exception) -> bool:
     return isinstance(error, (UserInputError, FileNotFoundError))
 
 
-UserError = UserInputError
-"""The commands' name for :class:`prefkit.errors.UserInputError` (one type, not two)."""
-
-
 if __name__ == "__main__":
     sys.exit(main())

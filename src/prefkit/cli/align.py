@@ -102,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
         check_evaluation_settings,
         load_causal_lm,
     )
-    from prefkit.cli import UserError
     from prefkit.cli.common import open_reader, with_layout_notice
+    from prefkit.errors import UserInputError
     from prefkit.train.loop import TrainConfig
 
     try:
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             config, train_config, eval_records_given=args.eval_data is not None
         )
     except argparse.ArgumentTypeError as error:  # a malformed --loss-args
-        raise UserError(str(error)) from error
+        raise UserInputError(str(error)) from error
 
     from transformers import AutoTokenizer
 

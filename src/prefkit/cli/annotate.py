@@ -166,9 +166,9 @@ def _open(args: argparse.Namespace):  # noqa: ANN202 - a Store
     try:
         from prefkit.annotate.store import open_store
     except ImportError as error:
-        from prefkit.cli import UserError
+        from prefkit.errors import UserInputError
 
-        raise UserError(
+        raise UserInputError(
             f"prefkit annotate needs its extra ({error.name} is missing): "
             "pip install 'prefkit[annotate]'"
         ) from None

@@ -186,7 +186,7 @@ def ray_options_from_args(args: argparse.Namespace, enabled: bool, flag: str) ->
     """The :class:`~prefkit.engines.ray_runtime.RayOptions` of the ``--ray-*`` options when
     ``enabled`` (Ray Data must be installed), else None (and no ``--ray-*`` option may be
     given); ``flag`` is the option that turns Ray on, as errors name it."""
-    from prefkit.cli import UserError
+    from prefkit.errors import UserInputError
 
     if not enabled:
         given = [
@@ -195,12 +195,12 @@ def ray_options_from_args(args: argparse.Namespace, enabled: bool, flag: str) ->
             if getattr(args, name) is not None
         ]
         if given:
-            raise UserError(f"{' and '.join(given)} need {flag}")
+            raise UserInputError(f"{' and '.join(given)} need {flag}")
         return None
     try:
         import ray  # noqa: F401
     except ImportError:
-        raise UserError(
+        raise UserInputError(
             f"{flag} needs Ray Data: pip install 'prefkit[ray]' (or 'ray[data]')"
         ) from None
     from prefkit.engines.ray_runtime import RayOptions

@@ -249,21 +249,21 @@ def run_noise(args: argparse.Namespace) -> int:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
     from prefkit.curate.select import SelectConfig, select_records
     from prefkit.data.write import output_kind
+    from prefkit.errors import UserInputError
 
     output_kind(args.out)
     config = dataclass_from_args(SelectConfig, args)
     target: list = []
     if config.method != "perplexity":
         if args.target is None:
-            raise UserError(f"--method {config.method} needs --target TARGET")
+            raise UserInputError(f"--method {config.method} needs --target TARGET")
         target_reader = open_reader(args, args.target, None)
         target = list(with_layout_notice(target_reader))
         print(f"{args.target}: {target_reader.stats.summary()}", file=sys.stderr)
     elif args.target is not None:
-        raise UserError("--method perplexity scores the pool alone: drop --target")
+        raise UserInputError("--method perplexity scores the pool alone: drop --target")
     reader = open_reader(args, args.data, args.out)
     report = select_records(with_layout_notice(reader), target, args.out, config)
     report_path = Path(args.report or f"{args.out}.report.html")

@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _read_score_rows(path: str) -> dict[str, dict]:
-    from prefkit.cli import UserError
+    from prefkit.errors import UserInputError
 
     rows: dict[str, dict] = {}
     with open(path, encoding="utf-8") as handle:
@@ -93,12 +93,14 @@ def _read_score_rows(path: str) -> dict[str, dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+                raise UserInputError(
+                    f"{path}:{line_number}: not valid JSON ({error.msg})"
+                ) from None
             if not isinstance(row, dict) or "id" not in row:
-                raise UserError(f"{path}:{line_number}: expected an object with an 'id'")
+                raise UserInputError(f"{path}:{line_number}: expected an object with an 'id'")
             key = str(row["id"])
             if key in rows:
-                raise UserError(f"{path}:{line_number}: id {key!r} is scored twice")
+                raise UserInputError(f"{path}:{line_number}: id {key!r} is scored twice")
             rows[key] = row
     return rows
 

@@ -180,11 +180,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _scorers(args: argparse.Namespace, model_specs: list[str]) -> list[Any]:
-    from prefkit.cli import UserError
+    from prefkit.errors import UserInputError
     from prefkit.eval.scorers import ChatJudge, ScorerError, load_scorer
 
     if args.ref is not None and args.implicit_reward not in (None, "dpo"):
-        raise UserError(f"--ref goes with --implicit-reward dpo, not {args.implicit_reward}")
+        raise UserInputError(f"--ref goes with --implicit-reward dpo, not {args.implicit_reward}")
     scorers: list[Any] = []
     for spec in model_specs:
         try:
@@ -199,9 +199,9 @@ def _scorers(args: argparse.Namespace, model_specs: list[str]) -> list[Any]:
                 )
             )
         except ScorerError as error:
-            raise UserError(str(error)) from None
+            raise UserInputError(str(error)) from None
     if (args.judge_url is None) != (args.judge_model is None):
-        raise UserError("an LLM judge needs both --judge-url and --judge-model")
+        raise UserInputError("an LLM judge needs both --judge-url and --judge-model")
     if args.judge_url is not None:
         scorers.append(
             ChatJudge(
@@ -262,20 +262,20 @@ def summary_table(document: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
+    from prefkit.errors import UserInputError
 
     if len(args.paths) < 2 and args.judge_url is None:
-        raise UserError(
+        raise UserInputError(
             "give at least one MODEL and then DATA, e.g. 'prefkit eval runs/rm data.jsonl' "
             "(or 'prefkit eval length data.jsonl' for the length baseline)"
         )
     model_specs, data = args.paths[:-1], args.paths[-1]
     if args.bootstrap < 0:
-        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+        raise UserInputError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.tie_band is not None and not args.tie_band >= 0:
-        raise UserError(f"--tie-band must be >= 0, got {args.tie_band}")
+        raise UserInputError(f"--tie-band must be >= 0, got {args.tie_band}")
     if args.ndcg_k < 1:
-        raise UserError(f"--ndcg-k must be >= 1, got {args.ndcg_k}")
+        raise UserInputError(f"--ndcg-k must be >= 1, got {args.ndcg_k}")
     write_report = _report_writer() if args.report is not None else None
 
     # Models first: a wrong model path fails before a long read.
@@ -306,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
             notes=notes,
         )
     except (ScorerError, JudgeError) as error:
-        raise UserError(str(error)) from None
+        raise UserInputError(str(error)) from None
     document = evaluation.to_json()
     print(summary_table(document))
     for note in evaluation.notes:
@@ -326,14 +326,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _report_writer() -> Any:
     """``prefkit.eval.report.write_report``, imported only when a report is asked for."""
-    from prefkit.cli import UserError
+    from prefkit.errors import UserInputError
 
     try:
         from prefkit.eval.report import write_report
     except ModuleNotFoundError as error:
         if error.name != "prefkit.eval.report":
             raise
-        raise UserError(
+        raise UserInputError(
             "--report needs prefkit.eval.report, which this installation lacks; "
             "use --json FILE.json for the metrics"
         ) from None

@@ -151,13 +151,13 @@ def _read_prompts(args: argparse.Namespace):
 
 
 def _load_tokenizer(path: str):
-    from prefkit.cli import UserError
+    from prefkit.errors import UserInputError
 
     folder = Path(path)
     if folder.is_dir() and not any(
         (folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")
     ):
-        raise UserError(
+        raise UserInputError(
             f"{folder}: no tokenizer (tokenizer.json or tokenizer_config.json); save the "
             "tokenizer into the model folder or pass --tokenizer PATH"
         )
@@ -167,38 +167,44 @@ def _load_tokenizer(path: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
     from prefkit.cli.common import ray_options_from_args
+    from prefkit.errors import UserInputError
     from prefkit.generate.config import SamplingConfig
     from prefkit.generate.engines import HFEngine, VLLMEngine, vllm_unavailable_reason
     from prefkit.generate.run import generate_candidates, weights_digest
 
     if not args.out.endswith(".jsonl"):
-        raise UserError(f"--out {args.out}: generate writes JSONL; give a name ending in .jsonl")
+        raise UserInputError(
+            f"--out {args.out}: generate writes JSONL; give a name ending in .jsonl"
+        )
     if args.best_of is not None:
         if args.reward is None:
-            raise UserError("--best-of N needs --reward RM to pick the best of the N responses")
+            raise UserInputError(
+                "--best-of N needs --reward RM to pick the best of the N responses"
+            )
         if args.num_samples not in (args.best_of, SamplingConfig.num_samples):
-            raise UserError(
+            raise UserInputError(
                 f"--best-of {args.best_of} and --num-samples {args.num_samples} disagree; "
                 "give one of them"
             )
         args.num_samples = args.best_of
     for name in ("batch_size", "chunk_size", "reward_batch_size"):
         if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise UserInputError(
+                f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+            )
     sampling = dataclass_from_args(SamplingConfig, args)
     if not Path(args.model).is_dir():
-        raise UserError(f"--model {args.model}: not a model folder")
+        raise UserInputError(f"--model {args.model}: not a model folder")
     ray_options = ray_options_from_args(args, args.executor == "ray", "--executor ray")
     if ray_options is not None:
         if args.engine != "hf":
-            raise UserError(
+            raise UserInputError(
                 "--executor ray runs the hf engine on its actors; --engine vllm runs in this "
                 "process: give one of the two"
             )
         if args.device != "cpu":
-            raise UserError(
+            raise UserInputError(
                 f"--executor ray runs its actors on CPUs; --device {args.device} is for the "
                 "local executor"
             )
@@ -214,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         config, "n_positions", None
     )
     if context is not None and sampling.max_new_tokens >= context:
-        raise UserError(
+        raise UserInputError(
             f"--max-new-tokens {sampling.max_new_tokens} leaves no room for a prompt in the "
             f"model's context of {context} tokens"
         )
@@ -222,9 +228,9 @@ def run(args: argparse.Namespace) -> int:
     if max_prompt_length is None:
         max_prompt_length = (context - sampling.max_new_tokens) if context else 1 << 30
     elif max_prompt_length < 1:
-        raise UserError(f"--max-prompt-length must be >= 1, got {max_prompt_length}")
+        raise UserInputError(f"--max-prompt-length must be >= 1, got {max_prompt_length}")
     elif context is not None and max_prompt_length + sampling.max_new_tokens > context:
-        raise UserError(
+        raise UserInputError(
             f"--max-prompt-length {max_prompt_length} + --max-new-tokens "
             f"{sampling.max_new_tokens} exceed the model's context of {context} tokens"
         )

@@ -150,24 +150,26 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _weights(text: str | None, count: int) -> list[float] | None:
-    from prefkit.cli import UserError
+    from prefkit.errors import UserInputError
 
     if text is None:
         return None
     try:
         weights = [float(part) for part in text.split(",")]
     except ValueError:
-        raise UserError(f"--reward-weights {text!r}: expected comma-separated numbers") from None
+        raise UserInputError(
+            f"--reward-weights {text!r}: expected comma-separated numbers"
+        ) from None
     if len(weights) != count:
-        raise UserError(
+        raise UserInputError(
             f"--reward-weights has {len(weights)} weights for {count} --reward specs; give one each"
         )
     return weights
 
 
 def run(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
     from prefkit.cli.generate import _load_tokenizer, _read_prompts
+    from prefkit.errors import UserInputError
     from prefkit.rl.config import RLConfig
     from prefkit.train.loop import TrainConfig
 
@@ -175,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     train_config = dataclass_from_args(TrainConfig, args, progress=args.progress)
     weights = _weights(args.reward_weights, len(args.reward))
     if not Path(args.model).is_dir():
-        raise UserError(f"--model {args.model}: not a model folder")
+        raise UserInputError(f"--model {args.model}: not a model folder")
     prompts, prompt_stats = _read_prompts(args)
     print(f"prompts: {prompt_stats.summary()}", file=sys.stderr)
     tokenizer = _load_tokenizer(args.tokenizer or args.model)
@@ -216,9 +218,9 @@ def _run_iterative(args, prompts, tokenizer, config, train_config, reward_option
     from prefkit.rl.iterative import iterative_dpo
 
     if args.ref and not Path(args.ref).is_dir():
-        from prefkit.cli import UserError
+        from prefkit.errors import UserInputError
 
-        raise UserError(f"--ref {args.ref}: not a model folder")
+        raise UserInputError(f"--ref {args.ref}: not a model folder")
     result = iterative_dpo(
         prompts,
         args.model,

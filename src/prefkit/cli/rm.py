@@ -356,7 +356,7 @@ def _is_main_process() -> bool:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
+    from prefkit.errors import UserInputError
     from prefkit.rm.train import train_reward_model
 
     given = {
@@ -368,9 +368,9 @@ def run_train(args: argparse.Namespace) -> int:
         RMTrainConfig, args, train=default_train_config(args.mode, **given)
     )
     if args.ensemble < 1 or (args.ensemble > 1 and config.mode != "embedding"):
-        raise UserError("--ensemble must be >= 1, and > 1 only with --mode embedding")
+        raise UserInputError("--ensemble must be >= 1, and > 1 only with --mode embedding")
     if args.ensemble > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError(
+        raise UserInputError(
             "--ensemble trains its heads in one process (seconds on cached embeddings); "
             "run it without accelerate launch / torchrun"
         )
@@ -419,9 +419,9 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
     from prefkit.rm.multiobjective import check_evaluation_settings, train_multiobjective
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from prefkit.cli import UserError
+        from prefkit.errors import UserInputError
 
-        raise UserError(
+        raise UserInputError(
             "rm train-multiobjective trains its heads on cached embeddings in one process; "
             "run it without accelerate launch / torchrun"
         )
@@ -462,11 +462,11 @@ def run_train_multiobjective(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
     from prefkit.data.write import write_records
+    from prefkit.errors import UserInputError
 
     if args.batch_size < 1 or args.chunk_size < 1:
-        raise UserError("--batch-size and --chunk-size must be >= 1")
+        raise UserInputError("--batch-size and --chunk-size must be >= 1")
     scoring = (
         {"reward_model": str(args.model_dir), "normalized": bool(args.normalize)}
         if args.records

@@ -77,18 +77,18 @@ def api_keys(given: list[str] | None) -> tuple[str, ...]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from prefkit.cli import UserError
+    from prefkit.errors import UserInputError
 
     try:
         from prefkit.serve.app import serve
     except ImportError as error:
-        raise UserError(
+        raise UserInputError(
             f"prefkit serve needs the 'serve' extra ({error}); pip install 'prefkit[serve]'"
         ) from None
     try:
         config = dataclass_from_args(ServeConfig, args, api_keys=api_keys(args.api_key))
     except ValueError as error:
-        raise UserError(str(error)) from None
+        raise UserInputError(str(error)) from None
     if not os.path.isdir(args.model):
         raise FileNotFoundError(f"{args.model}: no such model folder")
     if config.binds_all_interfaces and not config.api_keys:

@@ -740,3 +740,28 @@ def test_eval_of_a_served_model_equals_eval_of_its_folder(
     unreachable = capsys.readouterr().err
     assert f"http://127.0.0.1:{port}: cannot reach the reward server" in unreachable
     assert "Traceback" not in unreachable
+
+
+def test_accepted_connections_send_without_waiting_for_acks() -> None:
+    """The listening socket says it is TCP, so asyncio turns Nagle's algorithm off on every
+    connection it accepts (with protocol 0 it did not, and a response written as headers
+    then body waited ~40 ms for the client's delayed ACK)."""
+    from prefkit.serve.app import bind_socket
+
+    async def accepted_nodelay() -> int:
+        sock = bind_socket("127.0.0.1", 0)
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted = writer.get_extra_info("socket")
+            seen.set_result(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+        return value
+
+    assert run_coroutine(accepted_nodelay()) != 0

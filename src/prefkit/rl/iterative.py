@@ -221,34 +221,6 @@ def _read_records(path: Path) -> list[Any]:
         return [record_from_dict(json.loads(line)) for line in handle if line.strip()]
 
 
-def _context_length(model: Any) -> int | None:
-    if isinstance(model, nn.Module):
-        config = getattr(model, "config", None)
-    else:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(str(model), trust_remote_code=False)
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-
-
-def _max_prompt_length(config: RLConfig, model: Any) -> int:
-    context = _context_length(model)
-    length = config.max_prompt_length
-    if length is None:
-        length = context - config.max_new_tokens if context else 1 << 30
-    if context is not None and length + config.max_new_tokens > context:
-        raise UserInputError(
-            f"iterative_dpo: max_prompt_length ({length}) + max_new_tokens "
-            f"({config.max_new_tokens}) exceed the model's context of {context} tokens"
-        )
-    if length < 1:
-        raise UserInputError(
-            f"iterative_dpo: max_new_tokens ({config.max_new_tokens}) leaves no room for a "
-            f"prompt in the model's context of {context} tokens"
-        )
-    return length
-
-
 def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     """Write ``OUT/run.json``, or check that a rerun uses the settings written there."""
     path = out_dir / "run.json"
@@ -521,7 +493,9 @@ def iterative_dpo(
 
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=False)
     items, columns = _prompt_items(prompts)
-    max_prompt_length = _max_prompt_length(config, model)
+    from prefkit.rl.trainer import prompt_length_limit
+
+    max_prompt_length = prompt_length_limit(config, model, "iterative_dpo")
     align_config = config.align_config(max_prompt_length=max_prompt_length)
     model_name = "<module>" if isinstance(model, nn.Module) else str(model)
     original_digest = (

@@ -849,9 +849,36 @@ def _attention_implementation(model: nn.Module | None) -> str | None:
     return getattr(config, "_attn_implementation", None)
 
 
-def _context_length(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
+def _context_length(model: nn.Module | str | os.PathLike[str]) -> int | None:
+    if isinstance(model, nn.Module):
+        config = getattr(model, "config", None)
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(model), trust_remote_code=False)
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def prompt_length_limit(
+    config: RLConfig, model: nn.Module | str | os.PathLike[str], command: str = "rl"
+) -> int:
+    """``config.max_prompt_length``, or what the model's context leaves beside
+    ``max_new_tokens``; an error (starting with ``command``) when they do not fit."""
+    context = _context_length(model)
+    length = config.max_prompt_length
+    if length is None:
+        length = context - config.max_new_tokens if context else 1 << 30
+    if context is not None and length + config.max_new_tokens > context:
+        raise UserInputError(
+            f"{command}: max_prompt_length ({length}) + max_new_tokens "
+            f"({config.max_new_tokens}) exceed the model's context of {context} tokens"
+        )
+    if length < 1:
+        raise UserInputError(
+            f"{command}: max_new_tokens ({config.max_new_tokens}) leaves no room for a prompt "
+            f"in the model's context of {context} tokens"
+        )
+    return length
 
 
 @dataclass(frozen=True)
@@ -958,20 +985,7 @@ def rl(
         raise UserInputError(
             "rl: beta is 0 (or the loss uses no reference): drop ref_model (--ref)"
         )
-    context = _context_length(model)
-    max_prompt_length = config.max_prompt_length
-    if max_prompt_length is None:
-        max_prompt_length = context - config.max_new_tokens if context else 1 << 30
-    if context is not None and max_prompt_length + config.max_new_tokens > context:
-        raise UserInputError(
-            f"rl: max_prompt_length ({max_prompt_length}) + max_new_tokens "
-            f"({config.max_new_tokens}) exceed the model's context of {context} tokens"
-        )
-    if max_prompt_length < 1:
-        raise UserInputError(
-            f"rl: max_new_tokens ({config.max_new_tokens}) leaves no room for a prompt in the "
-            f"model's context of {context} tokens"
-        )
+    max_prompt_length = prompt_length_limit(config, model)
     encoded, prompt_stats = encode_prompts(
         prompts, tokenizer, max_prompt_length=max_prompt_length, chat_template=config.chat_template
     )

@@ -4,7 +4,7 @@ Trains a small embedding reward model (the packaged all-MiniLM-L6-v2, frozen, wi
 head; on the quickstart's generated pairs), then starts two servers on 127.0.0.1,
 each its own process (``python -m prefkit serve``, real uvicorn):
 
-- ``batched``: the default settings (``--max-batch-items 64 --max-wait-ms 5``), one
+- ``batched``: the default settings (``--max-batch-items 64 --max-wait-ms 0``), one
   queue for all clients, one model call per batch;
 - ``naive``: ``--no-cross-request-batching``, one model call per request, which is the
   design of OpenRLHF's ``serve_rm`` (it batches the items of one request only).
@@ -330,6 +330,46 @@ def git_commit() -> str:
         return "unknown"
 
 
+def model_alone(
+    model_dir: Path, count: int, rounds: int, batch: int, threads: int | None
+) -> dict[str, object]:
+    """The model without the server: ``count`` items scored one per call and ``batch``
+    per call, in this process, after the servers have stopped (rounds interleaved).
+
+    The ratio of the two rates is what cross-request batching can give at most when
+    every request holds one item: the server adds HTTP, JSON and queueing on top.
+    """
+    import torch
+
+    from prefkit.serve.app import load_reward_model
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = load_reward_model(model_dir)
+    model.score(*map(list, zip(*load_texts(batch, first=2 * 10**6), strict=True)), batch)
+    seconds: dict[str, list[float]] = {"one_per_call": [], f"{batch}_per_call": []}
+    for round_index in range(rounds):
+        items = load_texts(count, first=3 * 10**6 + round_index * count)
+        prompts, responses = (list(column) for column in zip(*items, strict=True))
+        started = time.perf_counter()
+        for index in range(count):
+            model.score(prompts[index : index + 1], responses[index : index + 1], batch)
+        seconds["one_per_call"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for index in range(0, count, batch):
+            model.score(prompts[index : index + batch], responses[index : index + batch], batch)
+        seconds[f"{batch}_per_call"].append(time.perf_counter() - started)
+    rates = {name: count / statistics.median(values) for name, values in seconds.items()}
+    return {
+        "items": count,
+        "rounds": rounds,
+        "torch_threads": torch.get_num_threads(),
+        "seconds_each_round": seconds,
+        "items_per_s_median": rates,
+        "batched_over_one_per_call": rates[f"{batch}_per_call"] / rates["one_per_call"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default="1,8,64", help="concurrent clients, comma-separated")
@@ -401,6 +441,9 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.communicate()
+        print("the model alone, one item per call and 64 per call ...", flush=True)
+        alone = model_alone(model_dir, args.requests, rounds, 64, args.server_threads)
+        print(f"model alone: {alone['items_per_s_median']}", flush=True)
 
     medians, ratios, targets = summarize(runs, levels, rounds)
     document = {
@@ -428,7 +471,7 @@ def main() -> None:
         },
         "server_torch_threads": args.server_threads or f"torch default ({os.cpu_count()} cores)",
         "variants": {
-            "batched": "prefkit serve MODEL (defaults: --max-batch-items 64, --max-wait-ms 5)",
+            "batched": "prefkit serve MODEL (defaults: --max-batch-items 64, --max-wait-ms 0)",
             "naive": "prefkit serve MODEL --no-cross-request-batching (one model call per "
             "request, as OpenRLHF serve_rm)",
         },
@@ -442,6 +485,7 @@ def main() -> None:
         },
         "medians": medians,
         "ratios": ratios,
+        "model_alone": alone,
         "targets": targets,
         "runs": runs,
         "seconds_total": time.perf_counter() - started,

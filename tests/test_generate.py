@@ -157,6 +157,27 @@ def test_killed_run_resumes_to_the_uninterrupted_file(policy, tmp_path):
     assert out.read_text() == full.read_text()
 
 
+def test_log_file_gets_no_library_progress_bars(policy, tmp_path):
+    """Off a terminal, the output is plain lines: transformers' "Loading weights" bar (a
+    tqdm redrawn with carriage returns) is hidden; prefkit's own progress lines remain.
+    Fails without :func:`prefkit.cli.quiet_library_progress` (the bar then reaches the log)."""
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 3)
+    log = tmp_path / "run.log"
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    command = [sys.executable, "-m", "prefkit", "generate", str(prompts), "--model", policy]
+    with log.open("w") as handle:
+        subprocess.run(
+            [*command, "--out", str(tmp_path / "out.jsonl"), "--num-samples", "2"],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=True,
+        )
+    text = log.read_text()
+    assert "generate: 6/6 seq" in text
+    assert "Loading weights" not in text and "\r" not in text
+
+
 def test_resume_refuses_a_file_from_other_settings(policy, tmp_path, capsys):
     prompts = write_prompts(tmp_path / "prompts.jsonl", 3)
     out = tmp_path / "cands.jsonl"

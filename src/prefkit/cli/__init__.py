@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -62,6 +63,8 @@ def main(
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    if not getattr(args, "progress", True) or not sys.stderr.isatty():
+        quiet_library_progress()
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
@@ -72,6 +75,24 @@ def main(
             raise
         print(f"prefkit: error: {error}", file=sys.stderr)
         return 2
+
+
+def quiet_library_progress() -> None:
+    """Hide the progress bars of Hugging Face libraries ("Loading weights", "Writing model
+    shards"): shown off a terminal they fill a log with carriage-return redraws, and with
+    ``--no-progress`` they are not wanted either. prefkit's own progress is unaffected.
+    ``HF_HUB_DISABLE_PROGRESS_BARS`` set by the user wins, either way."""
+    if "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ:
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by libraries imported later
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
 
 def _is_user_error(error: Exception) -> bool:

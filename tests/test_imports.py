@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import prefkit
+import prefkit.cli
 
 
 def all_modules() -> list[str]:
@@ -68,3 +69,26 @@ def test_serve_loads_its_web_framework_only_when_serving() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert output.strip() == ""
+
+
+def test_listing_the_commands_imports_no_command_module() -> None:
+    """``prefkit --help`` (and a mistyped command) list every command from
+    :data:`prefkit.cli.COMMAND_HELP` without importing torch or any command's module."""
+    code = (
+        "import sys, contextlib, io; from prefkit.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit): main(['--help'])\n"
+        "loaded = [m for m in sys.modules if m.startswith('prefkit.cli.') or m in ('torch', 'transformers')]\n"
+        "print(','.join(loaded)); print(out.getvalue())"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded, help_text = output.split("\n", 1)
+    assert loaded == ""
+    for name in prefkit.cli.COMMAND_MODULES:
+        assert f"    {name}" in help_text
+    wrong = subprocess.run(
+        [sys.executable, "-m", "prefkit", "scor"], capture_output=True, text=True
+    )
+    assert wrong.returncode == 2 and "invalid choice: 'scor'" in wrong.stderr

@@ -17,21 +17,29 @@ from collections.abc import Sequence
 from prefkit import __version__
 from prefkit.errors import UserInputError
 
-COMMAND_MODULES = (
-    "quickstart",
-    "data",
-    "rm",
-    "eval",
-    "align",
-    "annotate",
-    "generate",
-    "curate",
-    "serve",
-    "rl",
-)
+COMMAND_HELP = {
+    "quickstart": "run the whole path (data -> reward model -> evaluation -> report) in minutes",
+    "data": "inspect and convert feedback data",
+    "rm": "train and apply reward models",
+    "eval": "evaluate reward models on preference data (accuracy, ties, calibration, ...)",
+    "align": "align a causal language model with a preference loss (DPO, SimPO, KTO, ...)",
+    "annotate": "collect human feedback in the browser (pairs, rankings, ratings, thumbs)",
+    "generate": "sample candidate responses from a causal LM (optionally scored, or best-of-N)",
+    "curate": "remove duplicates and contamination, find label noise, select data",
+    "serve": "serve a reward model over HTTP (OpenRLHF-compatible, batched, authenticated)",
+    "rl": "align a causal LM online: sample, score with a reward, update (GRPO, RLOO, ...)",
+}
+"""Each command's line in ``prefkit --help``: kept here so that listing the commands
+imports none of their modules (torch, transformers, ...)."""
+
+COMMAND_MODULES = tuple(COMMAND_HELP)
 
 
-def build_parser(command_modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
+def build_parser(
+    command_modules: Sequence[str] = COMMAND_MODULES, *, index_only: bool = False
+) -> argparse.ArgumentParser:
+    """The parser with the commands of ``command_modules``; ``index_only`` lists every
+    command by name and help line without importing its module (``prefkit --help``)."""
     parser = argparse.ArgumentParser(
         prog="prefkit",
         description=(
@@ -42,6 +50,10 @@ def build_parser(command_modules: Sequence[str] = COMMAND_MODULES) -> argparse.A
     )
     parser.add_argument("--version", action="version", version=f"prefkit {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    if index_only:
+        for name in COMMAND_MODULES:
+            commands.add_parser(name, help=COMMAND_HELP[name], add_help=False)
+        return parser
     for name in command_modules:
         importlib.import_module(f"prefkit.cli.{name}").register(commands)
     return parser
@@ -57,8 +69,10 @@ def main(
     """
     if parser is None:
         words = list(sys.argv[1:] if argv is None else argv)
-        named = [words[0]] if words and words[0] in COMMAND_MODULES else COMMAND_MODULES
-        parser = build_parser(named)
+        if words and words[0] in COMMAND_MODULES:
+            parser = build_parser([words[0]])
+        else:  # no command named: list them all, importing none
+            parser = build_parser(index_only=True)
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()

@@ -17,6 +17,7 @@ import os
 import sys
 from typing import Any
 
+from prefkit.cli import COMMAND_HELP
 from prefkit.config import add_dataclass_arguments, dataclass_from_args, parse_typed_mapping
 
 # Loop settings with a flag of their own (--progress/--no-progress, also spelled --quiet).
@@ -31,7 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     parser = commands.add_parser(
         "align",
-        help="align a causal language model with a preference loss (DPO, SimPO, KTO, ...)",
+        help=COMMAND_HELP["align"],
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     parser.add_argument("data", metavar="DATA", help="feedback data (pairs, thumbs or rankings)")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from prefkit.annotate.config import ProjectConfig, ServeConfig
+from prefkit.cli import COMMAND_HELP
 from prefkit.cli.common import add_read_arguments, open_reader, with_layout_notice
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 
@@ -59,7 +60,7 @@ def _add_db(parser: argparse.ArgumentParser) -> None:
 def register(commands: argparse._SubParsersAction) -> None:
     annotate = commands.add_parser(
         "annotate",
-        help="collect human feedback in the browser (pairs, rankings, ratings, thumbs)",
+        help=COMMAND_HELP["annotate"],
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

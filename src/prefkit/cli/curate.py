@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prefkit.cli import COMMAND_HELP
 from prefkit.cli.common import add_read_arguments, open_reader, with_layout_notice
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 
@@ -57,7 +58,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     curate = commands.add_parser(
         "curate",
-        help="remove duplicates and contamination, find label noise, select data",
+        help=COMMAND_HELP["curate"],
         description="Clean and select feedback data: near-duplicates, overlap with evaluation "
         "sets, pairs whose label is probably wrong, and the subset closest to a target.",
     )

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from prefkit.cli import COMMAND_HELP
 from prefkit.cli.common import (
     add_progress_argument,
     add_read_arguments,
@@ -38,7 +39,7 @@ CONVERT_EXAMPLES = """examples:
 def register(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser(
         "data",
-        help="inspect and convert feedback data",
+        help=COMMAND_HELP["data"],
         description="Read feedback data in any supported layout, summarise it, or convert it "
         "between kinds (pairwise, ranking, rating, binary) in the canonical schema.",
     )

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prefkit.cli import COMMAND_HELP
 from prefkit.cli.common import add_read_arguments, open_reader, with_layout_notice
 
 DESCRIPTION = """\
@@ -52,7 +53,7 @@ examples:
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "eval",
-        help="evaluate reward models on preference data (accuracy, ties, calibration, ...)",
+        help=COMMAND_HELP["eval"],
         usage="prefkit eval MODEL [MODEL ...] DATA [options]",
         description=DESCRIPTION,
         epilog=EPILOG,

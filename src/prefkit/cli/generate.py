@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from prefkit.cli import COMMAND_HELP
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 
 EXAMPLES = """\
@@ -31,7 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     parser = commands.add_parser(
         "generate",
-        help="sample candidate responses from a causal LM (optionally scored, or best-of-N)",
+        help=COMMAND_HELP["generate"],
         description="Sample N responses per prompt of PROMPTS from the model in --model and write "
         "one candidate set per prompt to --out (JSONL), ready for 'prefkit rm score' and "
         "'prefkit data pairs'.",

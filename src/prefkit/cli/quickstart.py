@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from prefkit.cli import COMMAND_HELP
 from prefkit.cli.common import add_progress_argument
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "quickstart",
-        help="run the whole path (data -> reward model -> evaluation -> report) in minutes",
+        help=COMMAND_HELP["quickstart"],
         description="Generate a small feedback set with a known true reward (factual questions with a "
         "correct and an incorrect answer, lengths balanced so that length bias shows), "
         "train the default reward model on it, evaluate it on held-out phrasings next to "

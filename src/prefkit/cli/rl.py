@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from prefkit.cli import COMMAND_HELP
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 
 EXAMPLES = """\
@@ -60,7 +61,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     parser = commands.add_parser(
         "rl",
-        help="align a causal LM online: sample, score with a reward, update (GRPO, RLOO, ...)",
+        help=COMMAND_HELP["rl"],
         description="Online alignment: the policy in --model samples completions of the prompts "
         "in PROMPTS, the reward (--reward) scores them, and the policy is updated with the "
         "algorithm of --algo.",

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from prefkit.cli import COMMAND_HELP
 from prefkit.cli.common import (
     add_progress_argument,
     add_read_arguments,
@@ -116,7 +117,7 @@ per response, order and ids kept), each with metadata.scoring.
 def register(commands: argparse._SubParsersAction) -> None:
     rm = commands.add_parser(
         "rm",
-        help="train and apply reward models",
+        help=COMMAND_HELP["rm"],
         description="Train a reward model on feedback data (pairs, ties, votes, rankings, ratings) "
         "and score data with it.",
     )

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from prefkit.cli import COMMAND_HELP
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 from prefkit.serve.config import ServeConfig
 
@@ -40,7 +41,7 @@ examples:
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "serve",
-        help="serve a reward model over HTTP (OpenRLHF-compatible, batched, authenticated)",
+        help=COMMAND_HELP["serve"],
         usage="prefkit serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [options]",
         description=DESCRIPTION,
         epilog=EPILOG,

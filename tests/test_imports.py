@@ -11,6 +11,14 @@ import prefkit
 import prefkit.cli
 
 
+def run_python(code: str) -> str:
+    """The standard output of ``code`` run in a fresh interpreter (so that its imports are
+    its own)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def all_modules() -> list[str]:
     return sorted(info.name for info in pkgutil.walk_packages(prefkit.__path__, prefix="prefkit."))
 
@@ -28,9 +36,7 @@ def test_package_and_data_layer_import_without_heavy_libraries() -> None:
         "heavy = [m for m in ('torch', 'transformers', 'pyarrow', 'datasets', 'peft', 'ray') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    output = run_python(code)
     assert output.strip() == ""
 
 
@@ -39,9 +45,7 @@ def test_losses_import_only_torch() -> None:
         "import sys, prefkit.losses.reward, prefkit.losses.preference, prefkit.losses.rl; "
         "print(','.join(m for m in ('transformers', 'pyarrow', 'trl', 'scipy') if m in sys.modules))"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    output = run_python(code)
     assert output.strip() == ""
 
 
@@ -52,9 +56,7 @@ def test_annotate_loads_its_server_and_database_only_when_used() -> None:
         "print(','.join(m for m in ('sqlalchemy', 'alembic', 'starlette', 'uvicorn', 'psycopg', "
         "'jinja2', 'markdown_it') if m in sys.modules))"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    output = run_python(code)
     assert output.strip() == ""
 
 
@@ -65,9 +67,7 @@ def test_serve_loads_its_web_framework_only_when_serving() -> None:
         "print(','.join(m for m in ('fastapi', 'uvicorn', 'starlette', 'pydantic', 'httpx', 'torch') "
         "if m in sys.modules))"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    output = run_python(code)
     assert output.strip() == ""
 
 
@@ -81,9 +81,7 @@ def test_listing_the_commands_imports_no_command_module() -> None:
         "loaded = [m for m in sys.modules if m.startswith('prefkit.cli.') or m in ('torch', 'transformers')]\n"
         "print(','.join(loaded)); print(out.getvalue())"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    output = run_python(code)
     loaded, help_text = output.split("\n", 1)
     assert loaded == ""
     for name in prefkit.cli.COMMAND_MODULES:

@@ -12,7 +12,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from prefkit.rl.config import RLConfig
 from prefkit.rl.iterative import iterative_dpo
 from prefkit.rl.trainer import rl
 from prefkit.train.loop import TrainConfig, TrainEvent
+from rl_workers import PREAMBLE, finish_worker, start_worker
 from test_generate import save_policy, write_prompts
 from test_rl_trainer import prompts, rule, tiny_policy
 
@@ -375,28 +375,10 @@ def test_bad_settings_are_clear_errors(workspace: Path, capsys) -> None:
     assert not os.path.exists(workspace / "bad" / "round-1")
 
 
-KILL_WORKER = textwrap.dedent(
+KILL_WORKER = PREAMBLE + textwrap.dedent(
     """
-    import random, sys, time
-    import torch
-    torch.set_num_threads(1)
-    from prefkit.align.synthetic import build_model, build_tokenizer, good_fraction, random_prompt
-    from prefkit.rl.config import RLConfig
     from prefkit.rl.iterative import iterative_dpo
-    from prefkit.train.loop import TrainConfig
-
-    def rule(prompts, completions, completion_ids, **columns):
-        return [good_fraction(text) for text in completions]
-
-    def slow(event):
-        if event.kind == "step":
-            time.sleep(float(sys.argv[2]))
-
-    rng = random.Random(0)
-    prompts = [random_prompt(rng, 1 + index % 3) for index in range(12)]
-    tokenizer = build_tokenizer()
-    model = build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0)
-    result = iterative_dpo(prompts, model, tokenizer, rule, sys.argv[1],
+    result = iterative_dpo(prompts(12), model, tokenizer, rule, sys.argv[1],
         RLConfig(algo="iterative_dpo", rounds=2, max_new_tokens=5, beta=0.1),
         TrainConfig(batch_size=2, lr=1e-2, progress=False, device="cpu",
                     checkpoint_every_steps=1, keep_checkpoints=None),
@@ -407,20 +389,7 @@ KILL_WORKER = textwrap.dedent(
 
 
 def _start(out_dir: Path, pause: float) -> subprocess.Popen:
-    env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK")}
-    return subprocess.Popen(
-        [sys.executable, "-c", KILL_WORKER, str(out_dir), str(pause)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _finish(process: subprocess.Popen) -> str:
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output[-3000:]
-    return output
+    return start_worker(KILL_WORKER, out_dir, pause)
 
 
 def test_a_sigkilled_run_resumes_inside_round_two_to_the_uninterrupted_result(
@@ -430,7 +399,7 @@ def test_a_sigkilled_run_resumes_inside_round_two_to_the_uninterrupted_result(
     round 1 and round 2's data, resumes the DPO there and ends as the run never killed."""
     from prefkit.train.checkpoint import complete_checkpoints
 
-    whole = _finish(_start(tmp_path / "whole", 0.0))
+    whole = finish_worker(_start(tmp_path / "whole", 0.0))
     assert "ran [['candidates', 'rewards', 'pairs', 'model']" in whole
 
     killed = _start(tmp_path / "cut", 0.3)
@@ -444,7 +413,7 @@ def test_a_sigkilled_run_resumes_inside_round_two_to_the_uninterrupted_result(
     killed.communicate(timeout=60)
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "cut" / "round-2" / "round.json").exists()
-    assert "ran [[], ['model']]" in _finish(_start(tmp_path / "cut", 0.0))
+    assert "ran [[], ['model']]" in finish_worker(_start(tmp_path / "cut", 0.0))
     _assert_same_run(tmp_path / "whole", tmp_path / "cut")
     assert jsonl(tmp_path / "cut" / "round-2" / "metrics.jsonl") != []
     steps = [line["step"] for line in jsonl(tmp_path / "cut" / "round-2" / "metrics.jsonl")]

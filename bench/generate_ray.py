@@ -27,12 +27,13 @@ import argparse
 import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ray_timing import FIXED_COST_NOTE, shared_machine_note, summarize, time_engines
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "generate_ray.json"
@@ -116,47 +117,28 @@ def main() -> None:
     write_prompts(prompts, args.prompts)
     write_prompts(small, SMALL_PROMPTS)
 
-    executors = ("local", "ray")
-    seconds: dict[str, list[float]] = {name: [] for name in executors}
-    small_seconds: dict[str, list[float]] = {name: [] for name in executors}
-    load = [os.getloadavg()[0]]
-    for repeat in range(args.repeats):
-        order = executors if repeat % 2 == 0 else executors[::-1]
-        for name in order:
-            out = args.workdir / f"{name}.jsonl"
-            seconds[name].append(run_generate(name, policy, prompts, out, args))
-            small_out = args.workdir / f"{name}-small.jsonl"
-            small_seconds[name].append(run_generate(name, policy, small, small_out, args))
-            print(
-                f"round {repeat + 1}: {name}: {seconds[name][-1]:.1f} s "
-                f"({small_seconds[name][-1]:.1f} s on {SMALL_PROMPTS} prompts)",
-                file=sys.stderr,
-            )
-        load.append(os.getloadavg()[0])
+    def run(executor: str, small_input: bool) -> float:
+        if small_input:
+            out = args.workdir / f"{executor}-small.jsonl"
+            return run_generate(executor, policy, small, out, args)
+        return run_generate(executor, policy, prompts, args.workdir / f"{executor}.jsonl", args)
+
+    seconds, small_seconds, load = time_engines(run, args.repeats, f"{SMALL_PROMPTS} prompts")
     local_text = (args.workdir / "local.jsonl").read_text()
     if (args.workdir / "ray.jsonl").read_text() != local_text:
         raise SystemExit("the executors wrote different files")
 
-    sequences = args.prompts * args.num_samples
-    median = {name: statistics.median(values) for name, values in seconds.items()}
-    small_median = {name: statistics.median(values) for name, values in small_seconds.items()}
-    prompts_per_s = {name: args.prompts / median[name] for name in executors}
-    net = {
-        name: (args.prompts - SMALL_PROMPTS) / max(median[name] - small_median[name], 1e-9)
-        for name in executors
-    }
+    timing = summarize(
+        "prompts", args.prompts, SMALL_PROMPTS, seconds, small_seconds, f"{SMALL_PROMPTS}_prompts"
+    )
+    median = timing["median_seconds"]
     import ray
 
     result = {
         "what": __doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "),
-        "note": "Shared machine: 2 CPU cores used by other work at the same time (1-minute "
-        f"load average {min(load):.1f} to {max(load):.1f} during the runs); the numbers "
-        "move with that load, the ratios less. Ray's fixed cost (start a runtime, start the "
-        "actors, each importing torch and loading the policy) is paid once per command: on "
-        "one machine it is pure overhead, on a cluster it buys more actors than one machine "
-        "has cores.",
+        "note": shared_machine_note(load) + FIXED_COST_NOTE.replace("the model", "the policy"),
         "prompts": args.prompts,
-        "sequences": sequences,
+        "sequences": args.prompts * args.num_samples,
         "num_samples": args.num_samples,
         "max_new_tokens": args.max_new_tokens,
         "chunk_size": args.chunk_size,
@@ -166,17 +148,9 @@ def main() -> None:
         "repeats": args.repeats,
         "cpu_count": os.cpu_count(),
         "load_average_1min": load,
-        "seconds_each_run": seconds,
-        "median_seconds": median,
-        "prompts_per_s": prompts_per_s,
-        "sequences_per_s": {name: sequences / median[name] for name in executors},
-        f"seconds_each_run_{SMALL_PROMPTS}_prompts": small_seconds,
-        f"median_seconds_{SMALL_PROMPTS}_prompts": small_median,
-        "prompts_per_s_net_of_fixed_cost": net,
-        "ratios": {
-            "ray_over_local_prompts_per_s": prompts_per_s["ray"] / prompts_per_s["local"],
-            "ray_over_local_net_prompts_per_s": net["ray"] / net["local"],
-            "ray_fixed_cost_over_local": small_median["ray"] / small_median["local"],
+        **timing,
+        "sequences_per_s": {
+            name: args.prompts * args.num_samples / median[name] for name in median
         },
         "files_equal": True,
     }

@@ -34,12 +34,13 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ray_timing import FIXED_COST_NOTE, shared_machine_note, summarize, time_engines
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "rm_score_ray.json"
@@ -161,51 +162,32 @@ def main() -> None:
     write_pairs(data, args.pairs, args.shards, seed=1)
     write_pairs(small, SMALL_PAIRS, 1, seed=2)
 
-    engines = ("local", "ray")
-    seconds: dict[str, list[float]] = {engine: [] for engine in engines}
-    small_seconds: dict[str, list[float]] = {engine: [] for engine in engines}
-    load = [os.getloadavg()[0]]
-    for repeat in range(args.repeats):
-        order = engines if repeat % 2 == 0 else engines[::-1]
-        for engine in order:
-            out = args.workdir / f"{engine}.jsonl"
-            seconds[engine].append(run_score(engine, model_dir, data, out, args))
-            small_seconds[engine].append(
-                run_score(engine, model_dir, small, args.workdir / f"{engine}-small.jsonl", args)
-            )
-            print(
-                f"round {repeat + 1}: {engine}: {seconds[engine][-1]:.1f} s "
-                f"({small_seconds[engine][-1]:.1f} s on {SMALL_PAIRS} pairs)",
-                file=sys.stderr,
-            )
-        load.append(os.getloadavg()[0])
+    def run(engine: str, small_input: bool) -> float:
+        if small_input:
+            return run_score(engine, model_dir, small, args.workdir / f"{engine}-small.jsonl", args)
+        return run_score(engine, model_dir, data, args.workdir / f"{engine}.jsonl", args)
+
+    seconds, small_seconds, load = time_engines(run, args.repeats, f"{SMALL_PAIRS} pairs")
     difference = same_rows(args.workdir / "local.jsonl", args.workdir / "ray.jsonl")
 
-    median = {engine: statistics.median(values) for engine, values in seconds.items()}
-    small_median = {engine: statistics.median(values) for engine, values in small_seconds.items()}
-    records_per_s = {engine: args.pairs / median[engine] for engine in engines}
-    net = {
-        engine: (args.pairs - SMALL_PAIRS) / max(median[engine] - small_median[engine], 1e-9)
-        for engine in engines
-    }
+    timing = summarize(
+        "records", args.pairs, SMALL_PAIRS, seconds, small_seconds, f"{SMALL_PAIRS}_pairs"
+    )
+    slowest = min(timing["records_per_s"].values())
     import ray
 
     result = {
         "what": __doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "),
-        "note": "Shared machine: 2 CPU cores used by other work at the same time (1-minute "
-        f"load average {min(load):.1f} to {max(load):.1f} during the runs); the numbers "
-        "move with that load, the ratios less. "
+        "note": shared_machine_note(load)
         + (
             ""
             if args.pairs >= 100_000
             else f"{args.pairs:,} pairs instead of 100,000: at the rate measured here "
-            f"({min(records_per_s.values()):.0f} pairs/s) 100,000 pairs take about "
-            f"{100_000 / min(records_per_s.values()) / 60:.0f} minutes a run, and the "
+            f"({slowest:.0f} pairs/s) 100,000 pairs take about "
+            f"{100_000 / slowest / 60:.0f} minutes a run, and the "
             "benchmark runs each engine three times. "
         )
-        + "Ray's fixed cost (start a runtime, start the actors, each importing torch and "
-        "loading the model) is paid once per command: on one machine it is pure overhead, "
-        "on a cluster it buys more actors than one machine has cores.",
+        + FIXED_COST_NOTE,
         "pairs": args.pairs,
         "shards": args.shards,
         "ray_workers": args.workers,
@@ -214,17 +196,7 @@ def main() -> None:
         "repeats": args.repeats,
         "cpu_count": os.cpu_count(),
         "load_average_1min": load,
-        "seconds_each_run": seconds,
-        "median_seconds": median,
-        "records_per_s": records_per_s,
-        "seconds_each_run_64_pairs": small_seconds,
-        "median_seconds_64_pairs": small_median,
-        "records_per_s_net_of_fixed_cost": net,
-        "ratios": {
-            "ray_over_local_records_per_s": records_per_s["ray"] / records_per_s["local"],
-            "ray_over_local_net_records_per_s": net["ray"] / net["local"],
-            "ray_fixed_cost_over_local": small_median["ray"] / small_median["local"],
-        },
+        **timing,
         "largest_reward_difference": difference,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import warnings
 from pathlib import Path
 
 import pytest
@@ -307,3 +308,18 @@ def test_chunk_order_restores_input_order_and_refuses_a_duplicate_or_a_gap():
     assert gap.add(chunk(0, 1, True)) == []
     with pytest.raises(RuntimeError, match="before chunk 0 of shard 0"):
         gap.finish()
+
+
+def test_fewer_chunks_than_actors_scores_without_ray_advice(ray_local, reward_model, tmp_path):
+    """One chunk for two actors: scored as locally, and Ray Data's warning that tells the
+    user to tune ``override_num_blocks`` of a pipeline they do not write stays out."""
+    data = tmp_path / "pairs.jsonl"
+    write_records(keyword_pairs(5, seed=6), data)
+    local = _score(reward_model, data, tmp_path / "local.jsonl")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        on_ray = _score(
+            reward_model, data, tmp_path / "ray.jsonl", "--engine", "ray", "--ray-workers", "2"
+        )
+    assert_same_rows(_rows(on_ray), _rows(local))
+    assert not [w for w in seen if "concurrent actors" in str(w.message)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -78,7 +79,13 @@ def ray_runtime(options: RayOptions) -> Iterator[float]:
     for handler in consoles:
         handler.setLevel(logging.ERROR)
     try:
-        yield float(ray.cluster_resources().get("CPU", 0.0))
+        with warnings.catch_warnings():
+            # An input of fewer chunks than actors leaves actors idle; Ray Data warns and
+            # advises a setting of its own pipeline, which is not the user's to change.
+            warnings.filterwarnings(
+                "ignore", message="The minimum number of concurrent actors", category=UserWarning
+            )
+            yield float(ray.cluster_resources().get("CPU", 0.0))
     finally:
         for handler, level in zip(consoles, levels, strict=True):
             handler.setLevel(level)

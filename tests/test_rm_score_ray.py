@@ -182,7 +182,7 @@ def test_shards_and_bad_records_give_the_local_output_and_rejects(
 def test_a_glob_reads_its_matches_as_files_of_the_folder(tmp_path):
     """No Ray: the pattern's shards and records are the folder's, less what it leaves out."""
     from prefkit.data import load_feedback
-    from prefkit.engines.ray_score import input_shards
+    from prefkit.engines.ray_read import input_shards
 
     folder = tmp_path / "shards"
     _shards_with_bad_records(folder)
@@ -272,7 +272,7 @@ def test_a_bad_record_stops_a_shard_with_the_local_engine_error(tmp_path):
     local read, and the records before it; the run raises it when its turn comes."""
     from prefkit.data import load_feedback
     from prefkit.data.errors import DataError
-    from prefkit.engines.ray_score import Shard, read_shard
+    from prefkit.engines.ray_read import Shard, read_shard
 
     folder = tmp_path / "shards"
     _shards_with_bad_records(folder)
@@ -289,7 +289,8 @@ def test_a_bad_record_stops_a_shard_with_the_local_engine_error(tmp_path):
 def test_chunk_order_restores_input_order_and_refuses_a_duplicate_or_a_gap():
     """No Ray: chunks arriving out of order come out by (shard, chunk), a shard ending
     with its last chunk; a chunk seen twice, or a run without a shard's end, is an error."""
-    from prefkit.engines.ray_score import Chunk, ChunkOrder
+    from prefkit.engines.ray_pool import ChunkOrder
+    from prefkit.engines.ray_read import Chunk
 
     def chunk(shard: int, index: int, last: bool = False) -> Chunk:
         return Chunk(shard, index, [], [], last=last)

@@ -22,14 +22,16 @@ only when a run starts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prefkit.curate.decontaminate import EvalIndex, Match
+from prefkit.curate.decontaminate import Decontamination, EvalIndex, Match
 from prefkit.data.records import AnyRecord
+from prefkit.data.write import write_records
 from prefkit.engines.ray_read import Chunk, RayRecordRun
 from prefkit.engines.ray_runtime import RayOptions
+from prefkit.engines.shard_output import write_shards
 
 
 class _DecontaminateActor:
@@ -92,3 +94,30 @@ class RayDecontamination(RayRecordRun):
         """Every training record with its matches, in input order."""
         for chunk in self.chunks():
             yield from zip(chunk.records, chunk.result, strict=True)
+
+
+def write_clean(
+    chunks: Iterable[Chunk],
+    tally: Decontamination,
+    *,
+    out: str | Path | None = None,
+    shard_paths: list[Path] | None = None,
+) -> None:
+    """Count the checked ``chunks`` (in input order) with ``tally`` and write the records
+    it keeps to ``out``, or each shard's to its file of ``shard_paths``
+    (:func:`~prefkit.engines.shard_output.write_shards`); closes ``tally``'s flagged file."""
+
+    def kept(shard_chunks: Iterable[Chunk]) -> Iterator[AnyRecord]:
+        for chunk in shard_chunks:
+            for record, matches in zip(chunk.records, chunk.result, strict=True):
+                if tally.keep(record, matches):
+                    yield record
+
+    try:
+        if shard_paths is None:
+            assert out is not None
+            write_records(kept(chunks), out)
+        else:
+            write_shards(chunks, shard_paths, lambda group, path: write_records(kept(group), path))
+    finally:
+        tally.close()

@@ -245,7 +245,10 @@ class RayRecordRun:
 
         with ray_runtime(self.options) as cluster_cpus:
             workers = self.options.actor_count(cluster_cpus)
-            dataset = self._dataset(ray, workers, actor, actor_kwargs(ray))
+            # Held until the run ends: an object put for the actors (their constructor
+            # argument) must outlive every restart of an actor that dies.
+            kwargs = actor_kwargs(ray)
+            dataset = self._dataset(ray, workers, actor, kwargs)
             order = ChunkOrder(len(self.shards))
             try:
                 for arrived in iter_chunks(dataset):

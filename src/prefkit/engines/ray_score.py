@@ -14,7 +14,7 @@ engine's. ``ray`` is imported only when a run starts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +127,18 @@ class RayScoring(RayRecordRun):
     def __iter__(self) -> Iterator[ScoredChunk]:
         for chunk in self.chunks():
             yield chunk.result
+
+
+def write_scored_shards(chunks: Iterable[Chunk], paths: list[Path], *, records: bool) -> int:
+    """Each shard's scored chunks (``chunks`` in input order, from
+    :meth:`RayScoring.chunks`) in its file of ``paths``: reward rows (JSONL) or, with
+    ``records``, the scored records; gives the number written."""
+    from prefkit.data.write import write_records
+    from prefkit.engines.shard_output import write_rows, write_shards
+
+    def write(shard_chunks: Iterator[Chunk], path: Path) -> int:
+        if records:
+            return write_records((r for chunk in shard_chunks for r in chunk.result.records), path)
+        return write_rows((row for chunk in shard_chunks for row in chunk.result.rows), path)
+
+    return write_shards(chunks, paths, write)

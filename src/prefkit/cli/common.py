@@ -146,10 +146,11 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_ray_arguments(group: Any, *, actors: str) -> None:
+def add_ray_arguments(group: Any, *, actors: str, each: str = "loading the model once") -> None:
     """Where Ray runs and how many actors (:class:`prefkit.engines.ray_runtime.RayOptions`):
     ``--ray-address``, ``--ray-workers``, ``--ray-num-cpus``, ``--ray-cpus-per-worker``, the
-    same for every command that runs on Ray; ``actors`` names what the actors do."""
+    same for every command that runs on Ray; ``actors`` names what the actors do, ``each``
+    what each does once."""
     group.add_argument(
         "--ray-address",
         default=None,
@@ -162,8 +163,7 @@ def add_ray_arguments(group: Any, *, actors: str) -> None:
         type=int,
         default=None,
         metavar="N",
-        help=f"{actors}, each loading the model once (default: one per "
-        "--ray-cpus-per-worker CPUs of the runtime)",
+        help=f"{actors}, each {each} (default: one per --ray-cpus-per-worker CPUs of the runtime)",
     )
     group.add_argument(
         "--ray-num-cpus",
@@ -213,9 +213,11 @@ def ray_options_from_args(args: argparse.Namespace, enabled: bool, flag: str) ->
     )
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser, *, actors: str, work: str) -> None:
+def add_engine_arguments(
+    parser: argparse.ArgumentParser, *, actors: str, work: str, each: str = "loading the model once"
+) -> None:
     """``--engine local|ray`` and where Ray runs (:func:`add_ray_arguments`); ``actors``
-    names the actors, ``work`` what they do (``score``, ``check``)."""
+    names the actors, ``work`` what they do (``score``), ``each`` what each does once."""
     from prefkit.engines import ENGINES
 
     group = parser.add_argument_group("engine")
@@ -226,7 +228,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, actors: str, work: 
         help=f"local: this process; ray: Ray Data, a task per data file and actors that {work} "
         "(needs pip install 'prefkit[ray]'; default: local)",
     )
-    add_ray_arguments(group, actors=actors)
+    add_ray_arguments(group, actors=actors, each=each)
 
 
 def add_output_arguments(
@@ -243,8 +245,9 @@ def add_output_arguments(
         default=None,
         help="with --engine ray: one output file per input data file, named after it "
         "(shards/part-00003.jsonl -> DIR/part-00003.jsonl), each holding its shard's "
-        "records in input order, written as its shard is done and renamed into place "
-        "when complete; their concatenation in input order is the --out file. Files "
+        "records in input order; the files are written one after the other, in input "
+        "order, each renamed into place when complete; their concatenation is the --out "
+        "file. Files "
         "beside the output are named after DIR (DIR.rejects.jsonl). Not resumable: a "
         "rerun writes every shard again",
     )

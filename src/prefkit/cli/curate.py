@@ -58,8 +58,8 @@ rejects file and counts), builds the evaluation index once here and shares it wi
 --ray-workers actors that check chunks of --chunk-size records; OUT, the flagged file
 and the table are the local engine's, byte for byte. --out-shards DIR (with --engine
 ray) writes one file of kept records per input data file, named after it
-(shards/part-00003.jsonl -> DIR/part-00003.jsonl), in input order inside each, renamed
-into place as each shard is done; DIR.flagged.jsonl, DIR.contamination.json and
+(shards/part-00003.jsonl -> DIR/part-00003.jsonl), in input order inside each, one
+after the other, each renamed into place when complete; DIR.flagged.jsonl, DIR.contamination.json and
 DIR.rejects.jsonl go beside DIR. Neither engine resumes: a rerun checks everything again.
 """
 
@@ -126,7 +126,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--against", nargs="+", required=True, metavar="EVAL", help="evaluation sets"
     )
     add_dataclass_arguments(decontaminate, DecontaminateConfig, title="decontamination")
-    add_engine_arguments(decontaminate, actors="checking actors", work="check the records")
+    add_engine_arguments(
+        decontaminate,
+        actors="checking actors",
+        work="check the records",
+        each="fetching the evaluation index once",
+    )
     decontaminate.add_argument(
         "--chunk-size",
         type=int,

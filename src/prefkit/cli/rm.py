@@ -112,8 +112,9 @@ DATA is a file, a folder of data files (read in sorted order) or a quoted glob.
 in the same order. On a cluster, MODEL_DIR and DATA must be readable by every node.
 --out-shards DIR (with --engine ray) writes one file per input data file instead,
 named after it (shards/part-00003.jsonl -> DIR/part-00003.jsonl), in input order
-inside each; they are renamed into place as each shard is done. Reward rows are JSONL;
---shard-format parquet needs --records. Neither engine resumes: a rerun scores again.
+inside each, one after the other, each renamed into place when complete. Reward rows
+are JSONL; --shard-format parquet needs --records. Neither engine resumes: a rerun
+scores again.
 Output: one JSON line per input record, in input order, with its id and
   pairs:    reward_a, reward_b, margin (= reward_a - reward_b)
   rankings: rewards (one per response)

@@ -3,11 +3,12 @@
 Each input data file gets its own output file in DIR, named after it: its path under
 the input folder (or its name, for one file), its data suffix replaced by the output's
 (``part-00003.jsonl`` -> ``DIR/part-00003.jsonl``, ``nested/b.csv`` ->
-``DIR/nested/b.parquet`` with ``--shard-format parquet``). A shard's file is written as
-its chunks come (in input order, so each file holds its shard's records in their input
-order) under a temporary name (``NAME.partial``) and renamed into place when its last
-chunk is written: a file under its final name is always complete. The concatenation of
-the files in input order is the single ``--out`` file, record for record.
+``DIR/nested/b.parquet`` with ``--shard-format parquet``). The chunks come in input
+order, so each file holds its shard's records in their input order and the files are
+written one after the other, each under a temporary name (``NAME.partial``) until its
+shard's last chunk is written and then renamed into place: a file under its final name
+is always complete. The concatenation of the files in input order is the single
+``--out`` file, record for record.
 
 What goes beside the shards (the rejects file and such) is named after DIR as it would
 be after ``--out``: ``DIR.rejects.jsonl`` next to DIR, not inside it, so that DIR holds

@@ -5,7 +5,8 @@ on a glob (with ``--records``), the Ray engine's output must be the local engine
 order exact, rewards to 1e-6), and with bad records the rejects file must be the same
 bytes and the counts the same summary. A scoring actor killed with SIGKILL mid-run (a
 real process death) must neither lose nor duplicate a record: Ray restarts it and runs
-its chunks again.
+its chunks again. ``--out-shards`` writes one file per input shard, named after it, whose
+concatenation is the ``--out`` file, also when an actor was killed.
 """
 
 from __future__ import annotations
@@ -180,10 +181,85 @@ def test_shards_and_bad_records_give_the_local_output_and_rejects(
     assert _summary(ray_err).replace("ray.jsonl", "local.jsonl") == _summary(local_err)
 
 
+def test_out_shards_are_the_out_file_in_one_file_per_input_shard(
+    ray_local, reward_model, tmp_path, capsys
+):
+    """Reward rows (JSONL) and, with --records, Parquet shards: named after the input
+    shards, their concatenation in input order is the local engine's --out file; the
+    rejects go beside the folder."""
+    from prefkit.data import load_feedback
+
+    folder = tmp_path / "shards"
+    _shards_with_bad_records(folder)
+    skip = ("--on-error", "skip", "--max-text-chars", "200")
+    local = _score(reward_model, folder, tmp_path / "local.jsonl", *skip)
+    local_records = _score(reward_model, folder, tmp_path / "records.jsonl", "--records", *skip)
+    capsys.readouterr()
+    on_ray = ("--engine", "ray", "--ray-workers", "2", *skip)
+    _score_shards(reward_model, folder, tmp_path / "rows", *on_ray)
+    ray_err = capsys.readouterr().err
+    _score_shards(
+        reward_model,
+        folder,
+        tmp_path / "parquet",
+        "--records",
+        "--shard-format",
+        "parquet",
+        *on_ray,
+    )
+
+    in_order = ["nested/part-1", "part-0", "part-2"]  # a folder's files in sorted order
+    rows = tmp_path / "rows"
+    assert sorted(str(p.relative_to(rows)) for p in rows.rglob("*.*")) == sorted(
+        f"{name}.jsonl" for name in in_order
+    )
+    assert_same_rows(
+        [row for name in in_order for row in _rows(rows / f"{name}.jsonl")], _rows(local)
+    )
+    assert "wrote 28 scored records to 3 shard file(s)" in ray_err
+    assert (
+        Path(f"{rows}.rejects.jsonl").read_text().replace(str(rows), str(local))
+        == Path(f"{local}.rejects.jsonl").read_text()
+    )
+    parquet = tmp_path / "parquet"
+    shard_records = [
+        record.to_dict()
+        for name in in_order
+        for record in load_feedback(parquet / f"{name}.parquet")[0]
+    ]
+    expected = [record.to_dict() for record in load_feedback(local_records)[0]]
+    assert [record["id"] for record in shard_records] == [record["id"] for record in expected]
+    for got, want in zip(shard_records, expected, strict=True):
+        got_scores, want_scores = got.pop("metadata")["scoring"], want.pop("metadata")["scoring"]
+        assert got == want
+        assert got_scores["margin"] == pytest.approx(want_scores["margin"], abs=1e-6)
+
+
+def _score_shards(reward_model, data, folder, *extra: str) -> None:
+    model_dir, cache = reward_model
+    code = main(
+        [
+            "rm",
+            "score",
+            model_dir,
+            str(data),
+            "--out-shards",
+            str(folder),
+            "--cache-dir",
+            cache,
+            "--chunk-size",
+            "4",
+            "--no-progress",
+            *extra,
+        ]
+    )
+    assert code == 0
+
+
 def test_a_glob_reads_its_matches_as_files_of_the_folder(tmp_path):
     """No Ray: the pattern's shards and records are the folder's, less what it leaves out."""
     from prefkit.data import load_feedback
-    from prefkit.engines.ray_score import input_shards
+    from prefkit.engines.ray_read import input_shards
 
     folder = tmp_path / "shards"
     _shards_with_bad_records(folder)
@@ -216,8 +292,10 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(
 ):
     """SIGKILL to one of the two actors when the first chunk reaches this process, with
     about 150 chunks of 2 records still to score: the records it held are scored again
-    by its restarted process, and the output is still the local engine's, once each."""
-    from prefkit.engines.ray_score import RayScoring
+    by its restarted process, and the output is still the local engine's, once each;
+    the shard files (as --out-shards writes them) hold every shard complete."""
+    from prefkit.engines.ray_score import RayScoring, write_scored_shards
+    from prefkit.engines.shard_output import shard_output_paths
 
     folder = tmp_path / "shards"
     folder.mkdir()
@@ -242,18 +320,27 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(
     )
     ray_rows: list[dict] = []
     ray_records: list[dict] = []
-    killed = None
-    for chunk in run:
-        ray_rows.extend(chunk.rows)
-        ray_records.extend(record.to_dict() for record in chunk.records)
-        if killed is None:
-            alive = [actor for actor in _scoring_actors() if actor["State"] == "ALIVE"]
-            assert len(alive) == 2
-            killed = alive[0]
-            os.kill(killed["Pid"], signal.SIGKILL)
-            chunks_before_kill = len(ray_rows) // 2
-    assert chunks_before_kill < 150
+    killed: dict = {}
+
+    def killing(chunks):
+        for chunk in chunks:
+            ray_rows.extend(chunk.result.rows)
+            ray_records.extend(record.to_dict() for record in chunk.result.records)
+            if not killed:
+                alive = [actor for actor in _scoring_actors() if actor["State"] == "ALIVE"]
+                assert len(alive) == 2
+                killed.update(alive[0])
+                os.kill(killed["Pid"], signal.SIGKILL)
+            yield chunk
+
+    # Written as --out-shards writes: each shard's file complete, renamed into place.
+    paths = shard_output_paths(run.shards, tmp_path / "scored", "jsonl")
+    assert write_scored_shards(killing(run.chunks()), paths, records=True) == 300
     assert run.stats.n_records == 300
+    assert [path.name for path in paths] == ["part-0.jsonl", "part-1.jsonl", "part-2.jsonl"]
+    assert not list((tmp_path / "scored").glob("*.partial"))
+    from_shards = [line for path in paths for line in _rows(path)]
+    assert from_shards == ray_records
     assert [row["id"] for row in ray_rows] == [record["id"] for record in local_records]
     for row, ray_record, local_record in zip(ray_rows, ray_records, local_records, strict=True):
         local_scoring = local_record["metadata"].pop("scoring")
@@ -273,7 +360,7 @@ def test_a_bad_record_stops_a_shard_with_the_local_engine_error(tmp_path):
     local read, and the records before it; the run raises it when its turn comes."""
     from prefkit.data import load_feedback
     from prefkit.data.errors import DataError
-    from prefkit.engines.ray_score import Shard, read_shard
+    from prefkit.engines.ray_read import Shard, read_shard
 
     folder = tmp_path / "shards"
     _shards_with_bad_records(folder)
@@ -290,7 +377,8 @@ def test_a_bad_record_stops_a_shard_with_the_local_engine_error(tmp_path):
 def test_chunk_order_restores_input_order_and_refuses_a_duplicate_or_a_gap():
     """No Ray: chunks arriving out of order come out by (shard, chunk), a shard ending
     with its last chunk; a chunk seen twice, or a run without a shard's end, is an error."""
-    from prefkit.engines.ray_score import Chunk, ChunkOrder
+    from prefkit.engines.ray_pool import ChunkOrder
+    from prefkit.engines.ray_read import Chunk
 
     def chunk(shard: int, index: int, last: bool = False) -> Chunk:
         return Chunk(shard, index, [], [], last=last)

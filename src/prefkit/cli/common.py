@@ -146,10 +146,11 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_ray_arguments(group: Any, *, actors: str) -> None:
+def add_ray_arguments(group: Any, *, actors: str, each: str = "loading the model once") -> None:
     """Where Ray runs and how many actors (:class:`prefkit.engines.ray_runtime.RayOptions`):
     ``--ray-address``, ``--ray-workers``, ``--ray-num-cpus``, ``--ray-cpus-per-worker``, the
-    same for every command that runs on Ray; ``actors`` names what the actors do."""
+    same for every command that runs on Ray; ``actors`` names what the actors do, ``each``
+    what each does once."""
     group.add_argument(
         "--ray-address",
         default=None,
@@ -162,8 +163,7 @@ def add_ray_arguments(group: Any, *, actors: str) -> None:
         type=int,
         default=None,
         metavar="N",
-        help=f"{actors}, each loading the model once (default: one per "
-        "--ray-cpus-per-worker CPUs of the runtime)",
+        help=f"{actors}, each {each} (default: one per --ray-cpus-per-worker CPUs of the runtime)",
     )
     group.add_argument(
         "--ray-num-cpus",
@@ -211,3 +211,80 @@ def ray_options_from_args(args: argparse.Namespace, enabled: bool, flag: str) ->
         workers=args.ray_workers,
         cpus_per_worker=args.ray_cpus_per_worker,
     )
+
+
+def add_engine_arguments(
+    parser: argparse.ArgumentParser, *, actors: str, work: str, each: str = "loading the model once"
+) -> None:
+    """``--engine local|ray`` and where Ray runs (:func:`add_ray_arguments`); ``actors``
+    names the actors, ``work`` what they do (``score``), ``each`` what each does once."""
+    from prefkit.engines import ENGINES
+
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help=f"local: this process; ray: Ray Data, a task per data file and actors that {work} "
+        "(needs pip install 'prefkit[ray]'; default: local)",
+    )
+    add_ray_arguments(group, actors=actors, each=each)
+
+
+def add_output_arguments(
+    parser: argparse.ArgumentParser, *, out_help: str, out_metavar: str = "OUT"
+) -> None:
+    """``--out FILE`` or ``--out-shards DIR`` (one of the two) and ``--shard-format``."""
+    from prefkit.engines.shard_output import SHARD_FORMATS
+
+    outputs = parser.add_mutually_exclusive_group(required=True)
+    outputs.add_argument("--out", metavar=out_metavar, default=None, help=out_help)
+    outputs.add_argument(
+        "--out-shards",
+        metavar="DIR",
+        default=None,
+        help="with --engine ray: one output file per input data file, named after it "
+        "(shards/part-00003.jsonl -> DIR/part-00003.jsonl), each holding its shard's "
+        "records in input order; the files are written one after the other, in input "
+        "order, each renamed into place when complete; their concatenation is the --out "
+        "file. Files "
+        "beside the output are named after DIR (DIR.rejects.jsonl). Not resumable: a "
+        "rerun writes every shard again",
+    )
+    parser.add_argument(
+        "--shard-format",
+        choices=SHARD_FORMATS,
+        default=None,
+        help="the files of --out-shards (default: jsonl)",
+    )
+
+
+def output_base(args: argparse.Namespace) -> str:
+    """``--out``, or ``--out-shards`` (a folder), which the files beside the output
+    (``.rejects.jsonl`` and such) are named after."""
+    return args.out if args.out is not None else str(Path(args.out_shards))
+
+
+def check_shard_output(args: argparse.Namespace) -> None:
+    """``--out-shards`` needs ``--engine ray``; ``--shard-format`` needs ``--out-shards``."""
+    from prefkit.errors import UserInputError
+
+    if args.out_shards is not None and args.engine != "ray":
+        raise UserInputError(
+            "--out-shards writes the shards of --engine ray; with --engine local use --out FILE"
+        )
+    if args.out_shards is None and args.shard_format is not None:
+        raise UserInputError("--shard-format names the files of --out-shards: give --out-shards")
+
+
+def ray_reader_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~prefkit.data.read.FeedbackReader` options of the shared reading
+    options, as each Ray read task gets them."""
+    return {
+        "format": args.format,
+        "mapping": parse_map_args(args.map) if args.map else None,
+        "winner_values": args.winner_values,
+        "on_error": args.on_error,
+        "max_text_chars": args.max_text_chars,
+        "reject_empty_responses": args.reject_empty_responses,
+    }

@@ -15,7 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.cli import COMMAND_HELP
-from prefkit.cli.common import add_read_arguments, open_reader, with_layout_notice
+from prefkit.cli.common import (
+    add_engine_arguments,
+    add_output_arguments,
+    add_read_arguments,
+    announce_layout,
+    check_shard_output,
+    open_reader,
+    output_base,
+    ray_options_from_args,
+    ray_reader_options,
+    with_layout_notice,
+)
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
 
 DEDUP_EXAMPLES = """examples:
@@ -33,8 +44,24 @@ DECONTAMINATE_EXAMPLES = """examples:
   # GPT-3's n-gram length, prompts only
   prefkit curate decontaminate train.jsonl --against eval.jsonl --out clean.jsonl \\
       --ngram 13 --fields prompt
+  # a folder of shards on a local Ray runtime: 2 actors share the evaluation index
+  prefkit curate decontaminate shards/ --against eval.jsonl --out clean.jsonl \\
+      --engine ray --ray-workers 2
+  # on a running cluster, one cleaned file per input shard
+  prefkit curate decontaminate '/shared/train/*.parquet' --against eval.jsonl \\
+      --out-shards /shared/clean --shard-format parquet --engine ray --ray-address auto
 Writes OUT, OUT.flagged.jsonl (each match: training id and field, evaluation set, id and
 field, overlap) and OUT.contamination.json (the per-evaluation-set table).
+OUT holds the kept records in input order (a folder's files in sorted order, each
+file's records in its order); the flagged rows follow the same order.
+--engine ray reads each training data file in a Ray task (prefkit's reader: the same
+rejects file and counts), builds the evaluation index once here and shares it with
+--ray-workers actors that check chunks of --chunk-size records; OUT, the flagged file
+and the table are the local engine's, byte for byte. --out-shards DIR (with --engine
+ray) writes one file of kept records per input data file, named after it
+(shards/part-00003.jsonl -> DIR/part-00003.jsonl), in input order inside each, one
+after the other, each renamed into place when complete; DIR.flagged.jsonl, DIR.contamination.json and
+DIR.rejects.jsonl go beside DIR. Neither engine resumes: a rerun checks everything again.
 """
 
 NOISE_EXAMPLES = """examples:
@@ -95,11 +122,24 @@ def register(commands: argparse._SubParsersAction) -> None:
         epilog=DECONTAMINATE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_common(decontaminate)
+    _add_common(decontaminate, shards=True)
     decontaminate.add_argument(
         "--against", nargs="+", required=True, metavar="EVAL", help="evaluation sets"
     )
     add_dataclass_arguments(decontaminate, DecontaminateConfig, title="decontamination")
+    add_engine_arguments(
+        decontaminate,
+        actors="checking actors",
+        work="check the records",
+        each="fetching the evaluation index once",
+    )
+    decontaminate.add_argument(
+        "--chunk-size",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="with --engine ray: training records per actor call (default: 2048)",
+    )
     decontaminate.set_defaults(handler=run_decontaminate)
 
     from prefkit.curate.noise import NoiseConfig
@@ -142,11 +182,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     select.set_defaults(handler=run_select)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", metavar="DATA", help="input file or folder")
-    parser.add_argument(
-        "--out", required=True, metavar="OUT", help="output: .jsonl, .jsonl.gz or .parquet"
-    )
+def _add_common(parser: argparse.ArgumentParser, *, shards: bool = False) -> None:
+    """DATA, the output, ``--json`` and the reading options; ``shards``: DATA may be a glob,
+    and ``--out-shards`` may stand for ``--out`` (a command with ``--engine ray``)."""
+    if shards:
+        parser.add_argument(
+            "data",
+            metavar="DATA",
+            help="input: a file, a folder of data files, or a glob in quotes ('shards/*.jsonl')",
+        )
+        add_output_arguments(parser, out_help="output: .jsonl, .jsonl.gz or .parquet")
+    else:
+        parser.add_argument("data", metavar="DATA", help="input file or folder")
+        parser.add_argument(
+            "--out", required=True, metavar="OUT", help="output: .jsonl, .jsonl.gz or .parquet"
+        )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_read_arguments(parser)
 
@@ -195,19 +245,26 @@ def run_decontaminate(args: argparse.Namespace) -> int:
     )
     from prefkit.data.write import output_kind
 
-    output_kind(args.out)
+    check_shard_output(args)
+    if args.out is not None:
+        output_kind(args.out)
+    options = ray_options_from_args(args, args.engine == "ray", "--engine ray")
     config = dataclass_from_args(DecontaminateConfig, args)
     eval_sets = {}
     for path in args.against:
         eval_reader = open_reader(args, path, None)
         eval_sets[path] = list(with_layout_notice(eval_reader))
         print(f"{path}: {eval_reader.stats.summary()}", file=sys.stderr)
-    reader = open_reader(args, args.data, args.out)
-    flagged = Path(f"{args.out}.flagged.jsonl")
-    report = decontaminate_records(
-        with_layout_notice(reader), eval_sets, args.out, config, flagged_path=flagged
-    )
-    table = Path(f"{args.out}.contamination.json")
+    base = output_base(args)
+    flagged = Path(f"{base}.flagged.jsonl")
+    if options is not None:
+        reader, report = _decontaminate_on_ray(args, eval_sets, config, options, flagged)
+    else:
+        reader = open_reader(args, args.data, args.out)
+        report = decontaminate_records(
+            with_layout_notice(reader), eval_sets, args.out, config, flagged_path=flagged
+        )
+    table = Path(f"{base}.contamination.json")
     write_table(report, table)
     lines = [
         report.stats.summary(),
@@ -215,6 +272,43 @@ def run_decontaminate(args: argparse.Namespace) -> int:
         f"{report.flagged} matches written to {flagged}; table in {table}",
     ]
     return _finish(args, reader, report.to_dict(), lines)
+
+
+def _decontaminate_on_ray(args, eval_sets, config, options, flagged: Path):
+    """The Ray engine (:mod:`prefkit.engines.ray_decontaminate`): the run (its ``stats``
+    are the read's, as a reader's) and the report."""
+    from prefkit.curate.decontaminate import Decontamination, build_index
+    from prefkit.data.errors import rejects_path_for
+    from prefkit.engines.ray_decontaminate import RayDecontamination, write_clean
+    from prefkit.engines.shard_output import shard_output_paths
+    from prefkit.progress import ProgressCounter
+
+    index = build_index(eval_sets, config)
+    run = RayDecontamination(
+        args.data,
+        index,
+        reader_options=ray_reader_options(args),
+        rejects_path=rejects_path_for(output_base(args)) if args.on_error == "skip" else None,
+        options=options,
+        chunk_size=args.chunk_size,
+    )
+    announce_layout(run)
+    print(f"ray: {len(run.shards)} shard(s)", file=sys.stderr)
+    paths = (
+        None
+        if args.out_shards is None
+        else shard_output_paths(run.shards, args.out_shards, args.shard_format or "jsonl")
+    )
+    tally = Decontamination(index, flagged)
+
+    def counted():
+        with ProgressCounter("decontaminate (ray)", "rec", enabled=config.progress) as counter:
+            for chunk in run.chunks():
+                counter(len(chunk.records))
+                yield chunk
+
+    write_clean(counted(), tally, out=args.out, shard_paths=paths)
+    return run, tally.finish()
 
 
 def run_noise(args: argparse.Namespace) -> int:

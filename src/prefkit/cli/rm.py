@@ -17,11 +17,16 @@ from pathlib import Path
 
 from prefkit.cli import COMMAND_HELP
 from prefkit.cli.common import (
+    add_engine_arguments,
+    add_output_arguments,
     add_progress_argument,
     add_read_arguments,
     announce_layout,
+    check_shard_output,
     open_reader,
+    output_base,
     progress,
+    ray_reader_options,
     with_layout_notice,
 )
 from prefkit.config import add_dataclass_arguments, dataclass_from_args, field_docs
@@ -99,11 +104,18 @@ examples:
   prefkit data pairs scored.jsonl --out pairs.jsonl
   prefkit rm score runs/rm shards/ --out scores.jsonl --engine ray --ray-workers 2
   prefkit rm score runs/rm 'shards/*.parquet' --out scores.jsonl --engine ray --ray-address auto
+  prefkit rm score runs/rm shards/ --records --out-shards scored/ --shard-format parquet \\
+      --engine ray --ray-workers 2
 DATA is a file, a folder of data files (read in sorted order) or a quoted glob.
 --engine ray runs the same scoring on Ray Data: each data file is read by a task
 (prefkit's reader: the same rejects), chunks of --chunk-size records are scored by
 --ray-workers actors that load the model once; the output is the local engine's,
 in the same order. On a cluster, MODEL_DIR and DATA must be readable by every node.
+--out-shards DIR (with --engine ray) writes one file per input data file instead,
+named after it (shards/part-00003.jsonl -> DIR/part-00003.jsonl), in input order
+inside each, one after the other, each renamed into place when complete. Reward rows
+are JSONL; --shard-format parquet needs --records. Neither engine resumes: a rerun
+scores again.
 Output: one JSON line per input record, in input order, with its id and
   pairs:    reward_a, reward_b, margin (= reward_a - reward_b)
   rankings: rewards (one per response)
@@ -231,7 +243,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="DATA",
         help="data to score: a file, a folder of data files, or a glob in quotes ('shards/*.jsonl')",
     )
-    score.add_argument("--out", required=True, metavar="FILE", help="JSONL output")
+    add_output_arguments(
+        score,
+        out_help="JSONL output (with --records: .jsonl, .jsonl.gz or .parquet)",
+        out_metavar="FILE",
+    )
     score.add_argument(
         "--batch-size",
         type=int,
@@ -266,26 +282,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "'prefkit data pairs'), ratings and thumbs get a 'reward'; every record's "
         "metadata.scoring names the reward model and holds its rewards (--out may be .parquet)",
     )
-    add_engine_arguments(score)
+    add_engine_arguments(score, actors="scoring actors", work="score")
     add_progress_argument(score)
     add_read_arguments(score)
     score.set_defaults(handler=run_score)
-
-
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--engine local|ray`` and where Ray runs (:func:`prefkit.cli.common.add_ray_arguments`)."""
-    from prefkit.cli.common import add_ray_arguments
-    from prefkit.engines import ENGINES
-
-    group = parser.add_argument_group("engine")
-    group.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="local",
-        help="local: this process; ray: Ray Data, a task per data file and actors that score "
-        "(needs pip install 'prefkit[ray]'; default: local)",
-    )
-    add_ray_arguments(group, actors="scoring actors")
 
 
 def add_multiobjective_arguments(parser: argparse.ArgumentParser) -> None:
@@ -468,6 +468,11 @@ def run_score(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.chunk_size < 1:
         raise UserInputError("--batch-size and --chunk-size must be >= 1")
+    check_shard_output(args)
+    if args.shard_format not in (None, "jsonl") and not args.records:
+        raise UserInputError(
+            f"--shard-format {args.shard_format}: reward rows are JSONL; it needs --records"
+        )
     scoring = (
         {"reward_model": str(args.model_dir), "normalized": bool(args.normalize)}
         if args.records
@@ -476,6 +481,8 @@ def run_score(args: argparse.Namespace) -> int:
     from prefkit.cli.common import ray_options_from_args
 
     options = ray_options_from_args(args, args.engine == "ray", "--engine ray")
+    if args.out_shards is not None:
+        return _score_to_shards(args, scoring, options)
     if options is not None:
         chunks, stats = _scored_chunks_on_ray(args, scoring, options)
     else:
@@ -498,6 +505,30 @@ def run_score(args: argparse.Namespace) -> int:
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(f"{args.data}: {stats().summary()}", file=sys.stderr)
     print(f"wrote {counter['written']} scored records to {out_path}", file=sys.stderr)
+    return 0
+
+
+def _score_to_shards(args: argparse.Namespace, scoring: dict | None, options) -> int:
+    """``--out-shards``: each input shard's scored rows (or records) in its own file."""
+    from prefkit.engines.ray_score import write_scored_shards
+    from prefkit.engines.shard_output import shard_output_paths
+    from prefkit.progress import ProgressCounter
+
+    run = _ray_scoring(args, scoring, options)
+    paths = shard_output_paths(run.shards, args.out_shards, args.shard_format or "jsonl")
+
+    def counted():
+        with ProgressCounter("scoring (ray)", "rec", enabled=args.progress) as counter:
+            for chunk in run.chunks():
+                counter(len(chunk.result.rows))
+                yield chunk
+
+    written = write_scored_shards(counted(), paths, records=args.records)
+    print(f"{args.data}: {run.stats.summary()}", file=sys.stderr)
+    print(
+        f"wrote {written} scored records to {len(paths)} shard file(s) in {args.out_shards}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -531,25 +562,17 @@ def _scored_chunks_locally(args: argparse.Namespace, scoring: dict | None):
     return chunks(), lambda: reader.stats
 
 
-def _scored_chunks_on_ray(args: argparse.Namespace, scoring: dict | None, options):
-    """The same chunks scored on Ray (:mod:`prefkit.engines.ray_score`), in input order."""
+def _ray_scoring(args: argparse.Namespace, scoring: dict | None, options):
+    """The :class:`~prefkit.engines.ray_score.RayScoring` run of the command's options
+    (the layout and the shards announced)."""
     from prefkit.data.errors import rejects_path_for
-    from prefkit.data.layouts import parse_map_args
     from prefkit.engines.ray_score import RayScoring
-    from prefkit.progress import ProgressCounter
 
     scoring_run = RayScoring(
         args.data,
         args.model_dir,
-        reader_options={
-            "format": args.format,
-            "mapping": parse_map_args(args.map) if args.map else None,
-            "winner_values": args.winner_values,
-            "on_error": args.on_error,
-            "max_text_chars": args.max_text_chars,
-            "reject_empty_responses": args.reject_empty_responses,
-        },
-        rejects_path=rejects_path_for(args.out) if args.on_error == "skip" else None,
+        reader_options=ray_reader_options(args),
+        rejects_path=rejects_path_for(output_base(args)) if args.on_error == "skip" else None,
         options=options,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
@@ -559,6 +582,14 @@ def _scored_chunks_on_ray(args: argparse.Namespace, scoring: dict | None, option
     )
     announce_layout(scoring_run)
     print(f"ray: {len(scoring_run.shards)} shard(s)", file=sys.stderr)
+    return scoring_run
+
+
+def _scored_chunks_on_ray(args: argparse.Namespace, scoring: dict | None, options):
+    """The same chunks scored on Ray (:mod:`prefkit.engines.ray_score`), in input order."""
+    from prefkit.progress import ProgressCounter
+
+    scoring_run = _ray_scoring(args, scoring, options)
 
     def chunks():
         with ProgressCounter("scoring (ray)", "rec", enabled=args.progress) as counter:

@@ -8,11 +8,18 @@ on any one shared 13-gram, which a ``min_overlap`` close to 0 reproduces.
 Tokens are the normalised words of :func:`prefkit.curate.text.words`, so case,
 punctuation and whitespace do not hide a copy.
 
-The evaluation sets are indexed once (n-gram hash -> evaluation texts); each
+The evaluation sets are indexed once (n-gram -> evaluation texts); each
 training text is then looked up n-gram by n-gram, so memory holds the index of
 the evaluation sets, not the training data. An evaluation text with fewer than
 ``ngram`` tokens cannot be checked by this rule: it is counted per set as
-``too_short``.
+``too_short``. The index is keyed by the n-grams themselves (their words joined
+by spaces), not by Python's ``hash``, which is salted per process: the same index
+then means the same in every process it is sent to (``--engine ray`` builds it
+once and shares it with its actors), and no two n-grams can collide.
+
+The work is split in two: :func:`find_matches` (a record's matches; pure, so
+it can run anywhere) and :class:`Decontamination` (the counts, the per-set table
+and the flagged file, kept in training order in the process that writes).
 
 Departure from open-instruct: their scripts compare against the evaluation
 prompts; ``fields`` chooses prompts, responses or both, on both sides.
@@ -121,10 +128,10 @@ def record_texts(record: AnyRecord, field_names: tuple[str, ...]) -> list[tuple[
     return texts
 
 
-def ngram_hashes(text: str, ngram: int) -> set[int]:
-    """Hashes of the distinct word ``ngram``-grams of ``text`` (within one process)."""
+def ngram_set(text: str, ngram: int) -> set[str]:
+    """The distinct word ``ngram``-grams of ``text``, each its words joined by spaces."""
     tokens = words(text)
-    return {hash(" ".join(tokens[i : i + ngram])) for i in range(len(tokens) - ngram + 1)}
+    return {" ".join(tokens[i : i + ngram]) for i in range(len(tokens) - ngram + 1)}
 
 
 @dataclass
@@ -136,12 +143,12 @@ class _EvalText:
 
 
 class EvalIndex:
-    """Hashed n-grams of the evaluation texts: n-gram hash -> the texts that hold it."""
+    """The n-grams of the evaluation texts: n-gram -> the texts that hold it."""
 
     def __init__(self, config: DecontaminateConfig):
         self.config = config
         self.texts: list[_EvalText] = []
-        self.postings: dict[int, list[int]] = defaultdict(list)
+        self.postings: dict[str, list[int]] = defaultdict(list)
         self.tables: list[EvalSetTable] = []
 
     def add_set(self, name: str, records: Iterable[AnyRecord]) -> None:
@@ -151,26 +158,113 @@ class EvalIndex:
         for record in records:
             for field_name, text in record_texts(record, self.config.field_names):
                 table.items += 1
-                hashes = ngram_hashes(text, self.config.ngram)
-                if not hashes:
+                grams = ngram_set(text, self.config.ngram)
+                if not grams:
                     table.too_short += 1
                     continue
                 position = len(self.texts)
-                self.texts.append(_EvalText(set_index, record.id, field_name, len(hashes)))
-                for value in hashes:
-                    self.postings[value].append(position)
+                self.texts.append(_EvalText(set_index, record.id, field_name, len(grams)))
+                for gram in grams:
+                    self.postings[gram].append(position)
 
     def matches(self, text: str) -> list[tuple[int, int]]:
         """(evaluation text, shared n-grams) for every text whose share reaches ``min_overlap``."""
         hits: Counter[int] = Counter()
-        for value in ngram_hashes(text, self.config.ngram):
-            for position in self.postings.get(value, ()):
+        for gram in ngram_set(text, self.config.ngram):
+            for position in self.postings.get(gram, ()):
                 hits[position] += 1
         return sorted(
             (position, shared)
             for position, shared in hits.items()
             if shared / self.texts[position].num_ngrams >= self.config.min_overlap
         )
+
+
+def build_index(
+    eval_sets: Mapping[str, Iterable[AnyRecord]], config: DecontaminateConfig
+) -> EvalIndex:
+    """The index of every evaluation set, in the order given."""
+    index = EvalIndex(config)
+    for name, records in eval_sets.items():
+        index.add_set(name, records)
+    # A plain dict: what reaches another process is the postings, not a default factory.
+    index.postings = dict(index.postings)
+    return index
+
+
+Match = tuple[str, int, int]
+"""(training field, evaluation text's position in the index, shared n-grams)."""
+
+
+def find_matches(index: EvalIndex, record: AnyRecord) -> list[Match]:
+    """Every evaluation text that ``record`` copies, field by field (in
+    :func:`record_texts` order), each field's matches by position in the index."""
+    return [
+        (field_name, position, shared)
+        for field_name, text in record_texts(record, index.config.field_names)
+        for position, shared in index.matches(text)
+    ]
+
+
+class Decontamination:
+    """What happens to each training record and its matches, in training order: the counts,
+    the per-evaluation-set table and the flagged file (``flagged_path``, JSONL).
+
+    :meth:`keep` is called once per record, in input order, wherever its matches were
+    found (:func:`find_matches`, here or on a Ray actor); :meth:`finish` closes the
+    flagged file and gives the report.
+    """
+
+    def __init__(self, index: EvalIndex, flagged_path: str | os.PathLike[str] | None = None):
+        self.index = index
+        self.report = DecontaminationReport(CurateStats("decontaminate"), index.tables)
+        self._hit_texts: set[int] = set()
+        self._handle = open(flagged_path, "w", encoding="utf-8") if flagged_path else None
+
+    def keep(self, record: AnyRecord, matches: list[Match]) -> bool:
+        """Count ``record``; False when it copies an evaluation text (it is dropped)."""
+        stats, index = self.report.stats, self.index
+        stats.n_read += 1
+        sets_hit: set[int] = set()
+        for field_name, position, shared in matches:
+            item = index.texts[position]
+            self._hit_texts.add(position)
+            sets_hit.add(item.set_index)
+            self.report.flagged += 1
+            if self._handle is not None:
+                row = {
+                    "id": record.id,
+                    "field": field_name,
+                    "eval_set": index.tables[item.set_index].name,
+                    "eval_id": item.record_id,
+                    "eval_field": item.field,
+                    "shared_ngrams": shared,
+                    "eval_ngrams": item.num_ngrams,
+                    "overlap": round(shared / item.num_ngrams, 4),
+                }
+                self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if sets_hit:
+            stats.dropped["contaminated"] += 1
+            for set_index in sets_hit:
+                index.tables[set_index].train_records_removed += 1
+            return False
+        stats.n_kept += 1
+        return True
+
+    def close(self) -> None:
+        """Close the flagged file (also after an error); :meth:`finish` calls it."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def finish(self) -> DecontaminationReport:
+        """The report, once every record was counted."""
+        self.close()
+        for table in self.index.tables:
+            table.items_hit = 0
+        for position in self._hit_texts:
+            self.index.tables[self.index.texts[position].set_index].items_hit += 1
+        return self.report
 
 
 def decontaminate_records(
@@ -181,61 +275,29 @@ def decontaminate_records(
     *,
     flagged_path: str | os.PathLike[str] | None = None,
 ) -> DecontaminationReport:
-    """Write the training records that copy no evaluation text to ``out_path``.
+    """Write the training records that copy no evaluation text to ``out_path``, in input
+    order.
 
     ``flagged_path`` (JSONL) receives one row per training text and evaluation
     text matched: the training id and field, the evaluation set, id and field,
     the shared n-grams and the overlap (their share of the evaluation text's).
     """
     config = config or DecontaminateConfig()
-    index = EvalIndex(config)
-    for name, records in eval_sets.items():
-        index.add_set(name, records)
-    stats = CurateStats("decontaminate")
-    report = DecontaminationReport(stats, index.tables)
-    hit_texts: set[int] = set()
-    handle = open(flagged_path, "w", encoding="utf-8") if flagged_path is not None else None
+    index = build_index(eval_sets, config)
+    run = Decontamination(index, flagged_path)
 
     def clean() -> Iterator[AnyRecord]:
         for record in progress_iter(
             train, description="decontaminate", unit="rec", enabled=config.progress
         ):
-            stats.n_read += 1
-            sets_hit: set[int] = set()
-            for field_name, text in record_texts(record, config.field_names):
-                for position, shared in index.matches(text):
-                    item = index.texts[position]
-                    hit_texts.add(position)
-                    sets_hit.add(item.set_index)
-                    report.flagged += 1
-                    if handle is not None:
-                        row = {
-                            "id": record.id,
-                            "field": field_name,
-                            "eval_set": index.tables[item.set_index].name,
-                            "eval_id": item.record_id,
-                            "eval_field": item.field,
-                            "shared_ngrams": shared,
-                            "eval_ngrams": item.num_ngrams,
-                            "overlap": round(shared / item.num_ngrams, 4),
-                        }
-                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            if sets_hit:
-                stats.dropped["contaminated"] += 1
-                for set_index in sets_hit:
-                    index.tables[set_index].train_records_removed += 1
-                continue
-            stats.n_kept += 1
-            yield record
+            if run.keep(record, find_matches(index, record)):
+                yield record
 
     try:
         write_records(clean(), out_path)
     finally:
-        if handle is not None:
-            handle.close()
-    for position in hit_texts:
-        index.tables[index.texts[position].set_index].items_hit += 1
-    return report
+        run.close()
+    return run.finish()
 
 
 def write_table(report: DecontaminationReport, path: str | os.PathLike[str]) -> None:

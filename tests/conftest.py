@@ -154,3 +154,18 @@ def import_or_skip_outside_ci(name: str, *, allow_module_level: bool = False):
             f"{name} cannot be imported ({error}); pip install -e '.[test]' installs it",
             allow_module_level=allow_module_level,
         )
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray runtime with 2 CPUs for one test module, quiet, stopped after it (the
+    modules that use it skip themselves where Ray is not installed)."""
+    import logging
+
+    import ray
+
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+    )
+    yield
+    ray.shutdown()

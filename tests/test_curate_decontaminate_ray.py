@@ -13,7 +13,6 @@ be complete.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 from pathlib import Path
@@ -27,15 +26,6 @@ from prefkit.engines.ray_runtime import RayOptions
 from test_curate_decontaminate import eval_items, training_set
 
 ray = import_or_skip_outside_ci("ray", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
-    )
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ neither lose nor duplicate a record: Ray restarts it and runs its chunks again.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import time
@@ -27,15 +26,6 @@ ray = import_or_skip_outside_ci("ray", allow_module_level=True)
 
 SAMPLING = ("--num-samples", "3", "--top-k", "6", "--batch-size", "4", "--chunk-size", "3")
 ON_RAY = ("--executor", "ray", "--ray-workers", "2")
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
-    )
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

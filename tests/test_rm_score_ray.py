@@ -12,7 +12,6 @@ concatenation is the ``--out`` file, also when an actor was killed.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import warnings
@@ -27,15 +26,6 @@ from prefkit.engines.ray_runtime import RayOptions
 from test_rm_train import keyword_pairs, make_tiny_bert
 
 ray = import_or_skip_outside_ci("ray", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
-    )
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -287,5 +287,16 @@ def test_options_that_do_not_go_with_the_executor_are_refused(policy, tmp_path, 
     assert generate(prompts, policy, out, *ON_RAY, "--engine", "vllm") == 2
     assert "--executor ray runs the hf engine on its actors" in capsys.readouterr().err
     assert generate(prompts, policy, out, *ON_RAY, "--device", "cuda") == 2
-    assert "--device cuda is for the local executor" in capsys.readouterr().err
+    assert "the GPUs --ray-gpus-per-worker reserves for them" in capsys.readouterr().err
+    assert generate(prompts, policy, out, "--ray-gpus-per-worker", "1") == 2
+    assert "--ray-gpus-per-worker need --executor ray" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_generating_actors_on_gpus_need_gpus_in_the_runtime(ray_local, policy, tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    assert generate(prompts, policy, out, *ON_RAY, "--ray-gpus-per-worker", "0.5") == 2
+    assert "2 actor(s) x --ray-gpus-per-worker 0.5 need 1 GPU(s); the Ray runtime has 0" in (
+        capsys.readouterr().err
+    )

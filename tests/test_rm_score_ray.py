@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from conftest import import_or_skip_outside_ci
 from prefkit.cli import main
 from prefkit.data import write_records
 from prefkit.engines.ray_runtime import RayOptions
+from prefkit.errors import UserInputError
 from test_rm_train import keyword_pairs, make_tiny_bert
 
 ray = import_or_skip_outside_ci("ray", allow_module_level=True)
@@ -401,3 +404,73 @@ def test_fewer_chunks_than_actors_scores_without_ray_advice(ray_local, reward_mo
         )
     assert_same_rows(_rows(on_ray), _rows(local))
     assert not [w for w in seen if "concurrent actors" in str(w.message)]
+
+
+def test_gpu_actors_are_refused_where_the_runtime_has_too_few_gpus(
+    ray_local, reward_model, tmp_path, capsys
+):
+    """The module's runtime has no GPU: Ray would wait for one forever; prefkit says so."""
+    data = tmp_path / "pairs.jsonl"
+    write_records(keyword_pairs(3, seed=7), data)
+    model_dir, _ = reward_model
+    out = tmp_path / "gpu.jsonl"
+    command = ["rm", "score", model_dir, str(data), "--out", str(out), "--engine", "ray"]
+    assert main([*command, "--ray-gpus-per-worker", "1"]) == 2
+    assert "1 actor(s) x --ray-gpus-per-worker 1 need 1 GPU(s); the Ray runtime has 0" in (
+        capsys.readouterr().err
+    )
+    assert main([*command, "--ray-gpus-per-worker", "1.5"]) == 2
+    assert "a whole number of GPUs, got 1.5" in capsys.readouterr().err
+    assert (
+        main(["rm", "score", model_dir, str(data), "--out", str(out), "--ray-gpus-per-worker", "1"])
+        == 2
+    )
+    assert "--ray-gpus-per-worker need --engine ray" in capsys.readouterr().err
+    assert not out.exists()
+
+
+GPU_RUNTIME = """
+import logging, sys
+import ray
+# A runtime that declares one GPU: Ray schedules on it as on a real one.
+ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+         logging_level=logging.WARNING)
+from prefkit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_reserved_gpu_without_cuda_torch_is_one_clear_error(reward_model, tmp_path):
+    """On a runtime with one (declared) GPU, the actors' GPU is reserved for a probe task
+    before any actor starts; torch there is a CPU build, so the command stops with one line
+    naming the GPU Ray gave and what to install, instead of a trace from every actor."""
+    data = tmp_path / "pairs.jsonl"
+    write_records(keyword_pairs(3, seed=8), data)
+    model_dir, _ = reward_model
+    completed = subprocess.run(
+        [sys.executable, "-c", GPU_RUNTIME, "rm", "score", model_dir, str(data)]
+        + ["--out", str(tmp_path / "gpu.jsonl"), "--engine", "ray", "--ray-gpus-per-worker", "1"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "Ray gave it GPU [0]) found no CUDA device" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_actor_count_fits_the_cluster_cpus_and_gpus():
+    from prefkit.engines.ray_runtime import ClusterSize
+
+    cluster = ClusterSize(cpus=8, gpus=2)
+    assert RayOptions().actor_count(cluster) == 8
+    assert RayOptions(cpus_per_worker=3).actor_count(cluster) == 2
+    assert RayOptions(gpus_per_worker=1).actor_count(cluster) == 2
+    assert RayOptions(gpus_per_worker=0.5).actor_count(cluster) == 4
+    assert RayOptions(gpus_per_worker=0.25).actor_count(cluster) == 8  # then the CPUs limit
+    assert RayOptions(workers=4, gpus_per_worker=0.5).actor_count(cluster) == 4
+    assert RayOptions(gpus_per_worker=1).device == "cuda" and RayOptions().device == "cpu"
+    with pytest.raises(UserInputError, match=r"3 actor\(s\) x --ray-gpus-per-worker 1 need 3"):
+        RayOptions(workers=3, gpus_per_worker=1).actor_count(cluster)
+    with pytest.raises(UserInputError, match="must be 0, a fraction"):
+        RayOptions(gpus_per_worker=-1)

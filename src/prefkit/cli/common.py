@@ -146,11 +146,14 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_ray_arguments(group: Any, *, actors: str, each: str = "loading the model once") -> None:
+def add_ray_arguments(
+    group: Any, *, actors: str, each: str = "loading the model once", gpus: bool = True
+) -> None:
     """Where Ray runs and how many actors (:class:`prefkit.engines.ray_runtime.RayOptions`):
-    ``--ray-address``, ``--ray-workers``, ``--ray-num-cpus``, ``--ray-cpus-per-worker``, the
-    same for every command that runs on Ray; ``actors`` names what the actors do, ``each``
-    what each does once."""
+    ``--ray-address``, ``--ray-workers``, ``--ray-num-cpus``, ``--ray-cpus-per-worker`` and,
+    where the actors run a model (``gpus``), ``--ray-gpus-per-worker``, the same for every
+    command that runs on Ray; ``actors`` names what the actors do, ``each`` what each does
+    once."""
     group.add_argument(
         "--ray-address",
         default=None,
@@ -180,6 +183,16 @@ def add_ray_arguments(group: Any, *, actors: str, each: str = "loading the model
         metavar="N",
         help="CPUs each actor reserves, and its torch threads (default: 1)",
     )
+    if gpus:
+        group.add_argument(
+            "--ray-gpus-per-worker",
+            type=float,
+            default=0.0,
+            metavar="G",
+            help="GPUs each actor reserves (0.5: two actors share a GPU); above 0 the actors "
+            "run their models on cuda, so the cluster's GPU nodes need a CUDA build of torch; "
+            "the default number of actors then also fits the cluster's GPUs (default: 0, CPUs)",
+        )
 
 
 def ray_options_from_args(args: argparse.Namespace, enabled: bool, flag: str) -> Any:
@@ -194,6 +207,8 @@ def ray_options_from_args(args: argparse.Namespace, enabled: bool, flag: str) ->
             for name in ("ray_address", "ray_workers", "ray_num_cpus")
             if getattr(args, name) is not None
         ]
+        if getattr(args, "ray_gpus_per_worker", 0.0):
+            given.append("--ray-gpus-per-worker")
         if given:
             raise UserInputError(f"{' and '.join(given)} need {flag}")
         return None
@@ -210,14 +225,21 @@ def ray_options_from_args(args: argparse.Namespace, enabled: bool, flag: str) ->
         num_cpus=args.ray_num_cpus,
         workers=args.ray_workers,
         cpus_per_worker=args.ray_cpus_per_worker,
+        gpus_per_worker=getattr(args, "ray_gpus_per_worker", 0.0),
     )
 
 
 def add_engine_arguments(
-    parser: argparse.ArgumentParser, *, actors: str, work: str, each: str = "loading the model once"
+    parser: argparse.ArgumentParser,
+    *,
+    actors: str,
+    work: str,
+    each: str = "loading the model once",
+    gpus: bool = True,
 ) -> None:
     """``--engine local|ray`` and where Ray runs (:func:`add_ray_arguments`); ``actors``
-    names the actors, ``work`` what they do (``score``), ``each`` what each does once."""
+    names the actors, ``work`` what they do (``score``), ``each`` what each does once,
+    ``gpus`` whether they run a model that a GPU can take."""
     from prefkit.engines import ENGINES
 
     group = parser.add_argument_group("engine")
@@ -228,7 +250,7 @@ def add_engine_arguments(
         help=f"local: this process; ray: Ray Data, a task per data file and actors that {work} "
         "(needs pip install 'prefkit[ray]'; default: local)",
     )
-    add_ray_arguments(group, actors=actors, each=each)
+    add_ray_arguments(group, actors=actors, each=each, gpus=gpus)
 
 
 def add_output_arguments(

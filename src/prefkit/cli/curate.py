@@ -132,6 +132,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         actors="checking actors",
         work="check the records",
         each="fetching the evaluation index once",
+        gpus=False,
     )
     decontaminate.add_argument(
         "--chunk-size",

@@ -206,8 +206,8 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.device != "cpu":
             raise UserInputError(
-                f"--executor ray runs its actors on CPUs; --device {args.device} is for the "
-                "local executor"
+                f"--device {args.device} is for the local executor; with --executor ray the "
+                "actors run on CPUs, or on the GPUs --ray-gpus-per-worker reserves for them"
             )
 
     prompts, prompt_stats = _read_prompts(args)

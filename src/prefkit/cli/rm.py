@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -487,6 +488,11 @@ def run_score(args: argparse.Namespace) -> int:
         chunks, stats = _scored_chunks_on_ray(args, scoring, options)
     else:
         chunks, stats = _scored_chunks_locally(args, scoring)
+    # The first chunk before the output is opened: an error before any row is scored (a
+    # model that does not load, a cluster without the GPUs asked for) leaves no file behind.
+    chunks = iter(chunks)
+    first = next(chunks, None)
+    chunks = itertools.chain([] if first is None else [first], chunks)
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     counter = {"written": 0}

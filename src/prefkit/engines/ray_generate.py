@@ -30,7 +30,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prefkit.engines.ray_pool import ChunkOrder, iter_chunks, map_on_actors, ordered_data_context
+from prefkit.engines.ray_pool import (
+    ChunkOrder,
+    check_actor_device,
+    iter_chunks,
+    map_on_actors,
+    ordered_data_context,
+)
 from prefkit.engines.ray_runtime import RayOptions, ray_runtime
 from prefkit.errors import UserInputError
 from prefkit.generate.config import SamplingConfig
@@ -74,6 +80,7 @@ class _GenerateActor:
         cache_dir: str | None,
         best_of: bool,
         token_ids: bool,
+        device: str,
     ):
         from transformers import AutoTokenizer
 
@@ -81,13 +88,14 @@ class _GenerateActor:
         from prefkit.generate.engines import HFEngine
         from prefkit.generate.run import ChunkGenerator
 
+        check_actor_device(device)
         loaded = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=False)
-        engine = HFEngine(load_causal_lm(model), loaded, batch_size=batch_size)
+        engine = HFEngine(load_causal_lm(model).to(device), loaded, batch_size=batch_size)
         scorer = None
         if reward is not None:
             from prefkit.rm.model import RewardModel
 
-            reward_model = RewardModel.load(reward, cache_dir=cache_dir)
+            reward_model = RewardModel.load(reward, device=device, cache_dir=cache_dir)
 
             def scorer(prompt_texts: list[str], responses: list[str]):
                 return reward_model.score(prompt_texts, responses, batch_size=reward_batch_size)
@@ -163,6 +171,7 @@ class RayGeneration:
             "cache_dir": None if cache_dir is None else str(Path(cache_dir).resolve()),
             "best_of": best_of,
             "token_ids": token_ids,
+            "device": options.device,
         }
         self.workers: int | None = None
         """The actors of the last run (once it started)."""
@@ -172,8 +181,8 @@ class RayGeneration:
             return
         import ray
 
-        with ray_runtime(self.options) as cluster_cpus:
-            self.workers = min(self.options.actor_count(cluster_cpus), len(chunks))
+        with ray_runtime(self.options) as cluster:
+            self.workers = min(self.options.actor_count(cluster), len(chunks))
             with ordered_data_context(ray):
                 rows = ray.data.from_items(
                     [

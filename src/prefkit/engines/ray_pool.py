@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 from prefkit.engines.ray_runtime import RayOptions
+from prefkit.errors import UserInputError
 
 MAX_ACTOR_RESTARTS = 3
 """How often an actor that died is started again (and its chunks retried)."""
@@ -103,6 +104,8 @@ def map_on_actors(
 ) -> Any:
     """``dataset`` mapped one row (one chunk) at a time by a pool of ``workers`` actors of
     class ``actor``; an actor that dies is restarted and its chunks run again."""
+    if options.gpus_per_worker > 0:
+        check_gpu_torch(ray, options.gpus_per_worker)
     env = worker_env()
     with warnings.catch_warnings():
         # Ray 2.60 names no parameter for the actors' fault tolerance yet.
@@ -113,6 +116,7 @@ def map_on_actors(
             fn_constructor_kwargs=constructor_kwargs,
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=options.cpus_per_worker,
+            num_gpus=options.gpus_per_worker or None,
             runtime_env={"env_vars": env} if env else None,
             max_restarts=MAX_ACTOR_RESTARTS,
             max_task_retries=MAX_ACTOR_RESTARTS,
@@ -125,6 +129,41 @@ def iter_chunks(dataset: Any) -> Iterator[Any]:
 
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         yield from np.asarray(batch["chunk"]).ravel()
+
+
+def check_gpu_torch(ray: Any, gpus: float) -> None:
+    """Before any actor starts: run one task that reserves ``gpus`` GPUs, as an actor will,
+    and raise unless torch there sees a CUDA device (a CPU build of torch on the GPU nodes
+    would otherwise fail in every actor, each with its own long trace)."""
+
+    def probe() -> tuple[str, bool, list]:
+        import torch
+
+        return torch.__version__, torch.cuda.is_available(), list(ray.get_gpu_ids())
+
+    version, available, ids = ray.get(ray.remote(num_cpus=0, num_gpus=gpus)(probe).remote())
+    if not available:
+        raise UserInputError(
+            f"a task that reserved {gpus:g} GPU (Ray gave it GPU {ids}) found no CUDA device "
+            f"for torch {version} on its node: install a CUDA build of torch on the GPU nodes, "
+            "or leave out --ray-gpus-per-worker"
+        )
+
+
+def check_actor_device(device: str) -> None:
+    """In an actor: raise unless torch can use ``device`` (an actor that reserved a GPU
+    gets one from Ray; torch must be a CUDA build there to use it)."""
+    if device == "cpu":
+        return
+    import ray
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserInputError(
+            f"this actor reserved GPU(s) {ray.get_gpu_ids()} from Ray, but torch {torch.__version__} "
+            "on its node sees no CUDA device: install a CUDA build of torch on the GPU nodes, "
+            "or leave out --ray-gpus-per-worker"
+        )
 
 
 def worker_env() -> dict[str, str]:

@@ -243,8 +243,8 @@ class RayRecordRun:
         order, each counted (:meth:`_take`) before it is given."""
         import ray
 
-        with ray_runtime(self.options) as cluster_cpus:
-            workers = self.options.actor_count(cluster_cpus)
+        with ray_runtime(self.options) as cluster:
+            workers = self.options.actor_count(cluster)
             # Held until the run ends: an object put for the actors (their constructor
             # argument) must outlive every restart of an actor that dies.
             kwargs = actor_kwargs(ray)

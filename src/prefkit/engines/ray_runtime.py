@@ -29,6 +29,9 @@ class RayOptions:
     ``cpus_per_worker`` each)."""
     cpus_per_worker: int = 1
     """CPUs reserved by each actor; Ray gives it as many intra-op threads (OMP_NUM_THREADS)."""
+    gpus_per_worker: float = 0.0
+    """GPUs reserved by each actor (a fraction shares one GPU between actors); above 0 the
+    actors load their models on ``cuda``, the GPU Ray assigned them."""
 
     def __post_init__(self) -> None:
         if self.address is not None and self.num_cpus is not None:
@@ -40,17 +43,48 @@ class RayOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserInputError(f"--ray-{name.replace('_', '-')} must be >= 1, got {value}")
+        gpus = self.gpus_per_worker
+        if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
+            raise UserInputError(
+                "--ray-gpus-per-worker must be 0, a fraction of one GPU (up to 1) or a whole "
+                f"number of GPUs, got {gpus:g}"
+            )
 
-    def actor_count(self, cluster_cpus: float) -> int:
-        """``workers``, or as many actors as ``cluster_cpus`` hold (at least one)."""
-        if self.workers is not None:
-            return self.workers
-        return max(1, int(cluster_cpus) // self.cpus_per_worker)
+    @property
+    def device(self) -> str:
+        """The torch device of the actors' models: ``cuda`` when they reserve GPUs."""
+        return "cuda" if self.gpus_per_worker > 0 else "cpu"
+
+    def actor_count(self, cluster: ClusterSize) -> int:
+        """``workers``, or as many actors as the cluster's CPUs (and GPUs, when each
+        reserves some) hold, at least one; raises when the cluster has too few GPUs for
+        them, since Ray would wait for GPUs that never come."""
+        count = self.workers
+        if count is None:
+            count = max(1, int(cluster.cpus) // self.cpus_per_worker)
+            if self.gpus_per_worker > 0:
+                count = min(count, int(cluster.gpus / self.gpus_per_worker + 1e-9))
+        needed = count * self.gpus_per_worker
+        if self.gpus_per_worker > 0 and (count < 1 or needed > cluster.gpus + 1e-9):
+            raise UserInputError(
+                f"{max(count, 1)} actor(s) x --ray-gpus-per-worker {self.gpus_per_worker:g} need "
+                f"{max(needed, self.gpus_per_worker):g} GPU(s); the Ray "
+                f"{'cluster' if self.address else 'runtime'} has {cluster.gpus:g}"
+            )
+        return count
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSize:
+    """The CPUs and GPUs of the Ray cluster (or local runtime) a command runs on."""
+
+    cpus: float
+    gpus: float = 0.0
 
 
 @contextmanager
-def ray_runtime(options: RayOptions) -> Iterator[float]:
-    """Connect to Ray for the ``with`` block and give the CPUs it has.
+def ray_runtime(options: RayOptions) -> Iterator[ClusterSize]:
+    """Connect to Ray for the ``with`` block and give the CPUs and GPUs it has.
 
     A runtime that is already connected (a test's, a notebook's) is used as it is and left
     running; otherwise the block joins ``options.address`` or starts a local runtime, and
@@ -85,7 +119,8 @@ def ray_runtime(options: RayOptions) -> Iterator[float]:
             warnings.filterwarnings(
                 "ignore", message="The minimum number of concurrent actors", category=UserWarning
             )
-            yield float(ray.cluster_resources().get("CPU", 0.0))
+            resources = ray.cluster_resources()
+            yield ClusterSize(float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0)))
     finally:
         for handler, level in zip(consoles, levels, strict=True):
             handler.setLevel(level)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from prefkit.engines.ray_pool import check_actor_device
 from prefkit.engines.ray_read import Chunk, RayRecordRun
 from prefkit.engines.ray_runtime import RayOptions
 from prefkit.errors import UserInputError
@@ -35,10 +36,12 @@ class _ScoreActor:
         batch_size: int,
         normalize: bool,
         scoring: dict[str, Any] | None,
+        device: str,
     ):
         from prefkit.rm.model import RewardModel
 
-        self.model = RewardModel.load(model_dir, cache_dir=cache_dir)
+        check_actor_device(device)
+        self.model = RewardModel.load(model_dir, device=device, cache_dir=cache_dir)
         self.batch_size = batch_size
         self.normalize = normalize
         self.scoring = scoring
@@ -121,6 +124,7 @@ class RayScoring(RayRecordRun):
             "batch_size": self.batch_size,
             "normalize": self.normalize,
             "scoring": self.scoring,
+            "device": self.options.device,
         }
         return self.ordered_chunks(_ScoreActor, lambda ray: kwargs)
 

@@ -185,6 +185,13 @@ class RMTrainConfig:
             raise UserInputError(
                 f"RMTrainConfig: train must be a TrainConfig or None, got {type(self.train).__name__}."
             )
+        if self.mode == "embedding" and self.loop.zero_stage > 0:
+            raise UserInputError(
+                f"RMTrainConfig: zero stage {self.loop.zero_stage} (--zero-stage) shards the "
+                "optimizer state of a large trainable model over processes; in embedding mode "
+                "the encoder is frozen and only a small head trains, whose state fits anywhere. "
+                "Use it with --mode finetune or lora, or leave it at 0."
+            )
 
     @property
     def loop(self) -> TrainConfig:

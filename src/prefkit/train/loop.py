@@ -1189,7 +1189,9 @@ def _refuse_sharded_launch() -> None:
                 f"training loop does its own data-parallel gradient all-reduce and does not hand "
                 f"the model to {engine}: every GPU would hold the whole model, gradients and "
                 "optimizer state, and the sharding settings would be ignored. Launch with a "
-                "plain multi-GPU config instead (docs/accelerate/multi_gpu.yaml)."
+                "plain multi-GPU config instead (docs/accelerate/multi_gpu.yaml) and add "
+                "--zero-stage 2 to shard the optimizer state and gradients "
+                "(docs/accelerate/sharded.md)."
             )
 
 

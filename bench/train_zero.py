@@ -5,13 +5,16 @@ tensors), trained by :func:`prefkit.train.loop.train` with AdamW on random regre
 data (``--examples`` 1024 in global batches of 64, one epoch: 16 optimizer steps), one
 torch thread per process, gradient clipping at 1. Each run is two processes with the
 environment ``torchrun`` gives them, at ``zero_stage`` 0, 1 and 2; the set is repeated
-``--repeats`` times with the stages interleaved, and medians are reported.
+``--repeats`` times with the stages interleaved, after one unrecorded warm-up run, and
+medians are reported.
 
 Per rank and run: the elements of the AdamW state tensors the rank holds at the end
 (``TrainResult.optimizer_state_elements``; bytes = 4 x elements) and the most gradient
 elements it held at an optimizer step (after the reduction), counted on the rank;
-steps/s from the first to the last step event (the first step's set-up left out); the
-time of the end-of-epoch checkpoint (sharded runs gather the optimizer state onto rank
+steps/s from the first to the last step event (the first step's set-up left out), by
+the wall clock and by the process's CPU time (less swayed by other work on a shared
+machine; time spent waiting in a collective is not CPU time); the time of the
+end-of-epoch checkpoint (sharded runs gather the optimizer state onto rank
 0 for it); the process's peak RSS (torch and Python included, so the state's share of
 it is small at this size).
 
@@ -72,10 +75,15 @@ def worker(out_dir: Path, zero_stage: int, width: int, examples: int) -> None:
 
     torch.set_num_threads(1)
     step_times: list[float] = []
+    step_cpu_times: list[float] = []
     checkpoint_times: list[float] = []
 
     def clock(event) -> None:
-        (step_times if event.kind == "step" else checkpoint_times).append(time.perf_counter())
+        if event.kind == "step":
+            step_times.append(time.perf_counter())
+            step_cpu_times.append(time.process_time())
+        elif event.kind == "checkpoint":
+            checkpoint_times.append(time.perf_counter())
 
     config = TrainConfig(
         epochs=1,
@@ -101,6 +109,7 @@ def worker(out_dir: Path, zero_stage: int, width: int, examples: int) -> None:
         "gradient_elements": result.gradient_elements,
         "steps": result.global_step,
         "steps_per_s": (len(step_times) - 1) / (step_times[-1] - step_times[0]),
+        "steps_per_cpu_s": (len(step_times) - 1) / (step_cpu_times[-1] - step_cpu_times[0]),
         "checkpoint_s": checkpoint_times[-1] - step_times[-1],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -161,6 +170,7 @@ def main() -> None:
 
     runs: dict[int, list[list[dict]]] = {stage: [] for stage in STAGES}
     load_before = os.getloadavg()
+    run_pair(0, args.width, args.examples)  # warm-up (file cache, imports), not recorded
     for repeat in range(args.repeats):
         for stage in STAGES:
             runs[stage].append(run_pair(stage, args.width, args.examples))
@@ -178,6 +188,7 @@ def main() -> None:
                 "optimizer_state_elements": runs[stage][0][rank]["optimizer_state_elements"],
                 "gradient_elements": runs[stage][0][rank]["gradient_elements"],
                 "steps_per_s_median": median(stage, rank, "steps_per_s"),
+                "steps_per_cpu_s_median": median(stage, rank, "steps_per_cpu_s"),
                 "checkpoint_s_median": median(stage, rank, "checkpoint_s"),
                 "peak_rss_mib_median": median(stage, rank, "peak_rss_mib"),
             }
@@ -196,6 +207,8 @@ def main() -> None:
         stages[f"zero_stage_{stage}"]["ratios_to_stage_0"] = {
             "largest_rank_optimizer_state": largest_state / base["optimizer_state_elements"],
             "rank_0_steps_per_s": rank_0["steps_per_s_median"] / base["steps_per_s_median"],
+            "rank_0_steps_per_cpu_s": rank_0["steps_per_cpu_s_median"]
+            / base["steps_per_cpu_s_median"],
         }
     results = {
         "benchmark": "bench/train_zero.py",

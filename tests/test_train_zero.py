@@ -14,7 +14,7 @@ bit for bit.
 
 9 examples in global batches of 4 (4, 4, 1) for two epochs: 6 steps, the last of each
 epoch with one example, so rank 1's share of it is empty. Run as a script, this file
-is one rank: ``python test_train_zero.py WORK_DIR ZERO_STAGE STOP_AFTER_STEP``.
+is one rank: ``python test_train_zero.py WORK_DIR ZERO_STAGE STOP_AFTER_STEP FLOAT64_HEAD``.
 """
 
 from __future__ import annotations
@@ -62,11 +62,13 @@ def zero_config(zero_stage: int) -> TrainConfig:
     )
 
 
-def worker(work_dir: Path, zero_stage: int, stop_after_step: int) -> int:
+def worker(work_dir: Path, zero_stage: int, stop_after_step: int, float64_head: bool) -> int:
     """One rank: train, then write this rank's weights and state counts."""
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
     model = make_model()
+    if float64_head:
+        model[-1].double()
     callbacks = [StopAtStep(stop_after_step)] if stop_after_step else []
     try:
         result = train(
@@ -78,6 +80,9 @@ def worker(work_dir: Path, zero_stage: int, stop_after_step: int) -> int:
         )
     except KeyboardInterrupt:
         return STOPPED
+    except UserInputError as error:
+        print(error, file=sys.stderr)
+        return 2
     save_file(
         {name: tensor.contiguous() for name, tensor in model.state_dict().items()},
         work_dir / f"weights-rank-{rank}.safetensors",
@@ -91,8 +96,15 @@ def worker(work_dir: Path, zero_stage: int, stop_after_step: int) -> int:
     return 0
 
 
-def launch(work_dir: Path, zero_stage: int, world_size: int, stop_after_step: int = 0):
-    return start_ranks([__file__, str(work_dir), str(zero_stage), str(stop_after_step)], world_size)
+def launch(
+    work_dir: Path,
+    zero_stage: int,
+    world_size: int,
+    stop_after_step: int = 0,
+    float64_head: bool = False,
+):
+    arguments = [str(work_dir), str(zero_stage), str(stop_after_step), str(int(float64_head))]
+    return start_ranks([__file__, *arguments], world_size)
 
 
 def finish(processes, expected_code: int = 0) -> None:
@@ -197,6 +209,16 @@ def test_zero_stage_needs_several_processes(tmp_path, monkeypatch) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def test_zero_stage_refuses_parameters_of_two_dtypes(tmp_path) -> None:
+    processes = launch(tmp_path / "run", 2, 2, float64_head=True)
+    for process in processes:
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 2, output[-3000:]
+        assert "needs every trainable parameter in one dtype" in output
+        assert "torch.DoubleTensor, torch.FloatTensor" in output
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("value", [3, -1, True, "2"])
 def test_zero_stage_is_validated(value) -> None:
     with pytest.raises(UserInputError, match="zero_stage must be 0"):
@@ -204,4 +226,4 @@ def test_zero_stage_is_validated(value) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(worker(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
+    sys.exit(worker(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"))

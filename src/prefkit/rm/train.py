@@ -435,6 +435,12 @@ def _train_reward_model(
         has_eval=eval_examples is not None, num_examples=len(examples)
     )
     length_summary = None
+    if train_config.zero_stage > 0:  # in one process the loop refuses it
+        sharded = "AdamW state and gradients" if train_config.zero_stage == 2 else "AdamW state"
+        log(
+            f"zero stage {train_config.zero_stage}: the {sharded} split between "
+            f"{runtime.world_size} processes"
+        )
     if config.length_debias > 0 and runtime.world_size > 1:
         log(
             f"length debias: the penalty's correlations are taken over each process's share "

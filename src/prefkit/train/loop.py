@@ -1021,14 +1021,19 @@ class _Trainer:
 
     def _checkpoint(self, epoch: int) -> None:
         contents = None
-        if self.owners is not None:  # a ZeroRedundancyOptimizer
-            self.optimizer.consolidate_state_dict(to=0)  # type: ignore[attr-defined]  # every rank sends its shard to rank 0
+        if self.owners is not None:  # a ZeroRedundancyOptimizer: every rank sends rank 0 its shard
+            self.optimizer.consolidate_state_dict(to=0)  # type: ignore[attr-defined]
         if self.runtime.is_main:
             best_is_current = self.state.best_step == self.state.global_step
+            optimizer_state = self.optimizer.state_dict()
+            if self.owners is not None:
+                # ZeroRedundancyOptimizer keeps the gathered shards (a host copy of the whole
+                # state) until the next consolidation; nothing reads them after state_dict.
+                self.optimizer._all_state_dicts = []  # type: ignore[attr-defined]
             contents = CheckpointContents(
                 model=_checkpointed_tensors(self.model),
                 best_model=None if best_is_current else self.best_weights,
-                optimizer=self.optimizer.state_dict(),
+                optimizer=optimizer_state,
                 scheduler=self.scheduler.state_dict(),
                 state={
                     "loop": dataclasses.asdict(self.state),
@@ -1206,6 +1211,14 @@ def _shard_optimizer(
         raise TypeError(
             "zero_stage: the optimizer factory must return a torch.optim.Optimizer that has not "
             f"stepped yet, got {type(optimizer).__name__}."
+        )
+    kinds = sorted({torch.typename(p) for p in parameters})
+    if len(kinds) > 1:
+        raise UserInputError(
+            f"TrainConfig.zero_stage (--zero-stage) needs every trainable parameter in one dtype "
+            f"(ZeroRedundancyOptimizer's condition), but the model trains {', '.join(kinds)}; "
+            "load the model in one dtype (float32; --mixed-precision bf16 keeps float32 weights), "
+            "or use zero stage 0."
         )
     groups = [
         {**group, "params": [p for p in group["params"] if p.requires_grad]}

@@ -631,16 +631,8 @@ class Runtime:
         """
         if self.world_size == 1:
             return
-        for parameter in parameters:
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-        for bucket in _buckets([p.grad for p in parameters if p.grad is not None]):
-            flat = torch.cat([grad.reshape(-1) for grad in bucket])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for grad in bucket:
-                grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-                offset += grad.numel()
+        gradients = _gradients_or_zeros(parameters)
+        _sum_in_buckets(gradients, lambda flat: dist.all_reduce(flat, op=dist.ReduceOp.SUM))
 
     def reduce_gradient_sums_to_owners(
         self, parameters: Sequence[nn.Parameter], owners: Sequence[int]
@@ -653,22 +645,43 @@ class Runtime:
         """
         if self.world_size == 1:
             return
-        for parameter in parameters:
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
+        gradients = _gradients_or_zeros(parameters)
         for owner in range(self.world_size):
-            owned = [p for p, p_owner in zip(parameters, owners, strict=True) if p_owner == owner]
-            for bucket in _buckets([p.grad for p in owned if p.grad is not None]):
-                flat = torch.cat([grad.reshape(-1) for grad in bucket])
-                dist.reduce(flat, dst=owner, op=dist.ReduceOp.SUM)
-                if self.rank == owner:
-                    offset = 0
-                    for grad in bucket:
-                        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-                        offset += grad.numel()
+            owned = [i for i, p_owner in enumerate(owners) if p_owner == owner]
+            _sum_in_buckets(
+                [gradients[i] for i in owned],
+                lambda flat, owner=owner: dist.reduce(flat, dst=owner, op=dist.ReduceOp.SUM),
+                copy_back=self.rank == owner,
+            )
             if self.rank != owner:
-                for parameter in owned:
-                    parameter.grad = None
+                for i in owned:
+                    parameters[i].grad = None
+
+
+def _gradients_or_zeros(parameters: Sequence[nn.Parameter]) -> list[torch.Tensor]:
+    """The gradient of every parameter, a zero one set where there is none."""
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    return [p.grad for p in parameters]  # type: ignore[misc]
+
+
+def _sum_in_buckets(
+    gradients: Sequence[torch.Tensor],
+    collective: Callable[[torch.Tensor], Any],
+    *,
+    copy_back: bool = True,
+) -> None:
+    """Run ``collective`` (an in-place sum over ranks) on flat copies of the gradients,
+    bucket by bucket, and copy each result back into the gradients when ``copy_back``."""
+    for bucket in _buckets(gradients):
+        flat = torch.cat([grad.reshape(-1) for grad in bucket])
+        collective(flat)
+        if copy_back:
+            offset = 0
+            for grad in bucket:
+                grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+                offset += grad.numel()
 
 
 class _StepTotals:

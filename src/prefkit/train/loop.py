@@ -47,10 +47,12 @@ either and does the rest:
   drop theirs, and the global gradient norm is the square root of the summed squared
   norms of the shards. Whole parameters are assigned to ranks (largest first, each to
   the rank with the fewest elements so far), so a model whose embedding matrix is most
-  of its weights is split unevenly. During the backward passes every rank still holds
-  the whole gradient (it is reduced after them, not bucket by bucket during them as in
-  DeepSpeed). Checkpoints hold the whole optimizer state, gathered onto rank 0
-  (``consolidate_state_dict``), in the same layout as without sharding.
+  of its weights is split unevenly. The parameters become views into one flat buffer
+  per owner (``parameters_as_bucket_view``), which the owner broadcasts after its
+  step. During the backward passes every rank still holds the whole gradient (it is
+  reduced after them, not bucket by bucket during them as in DeepSpeed). Checkpoints
+  hold the whole optimizer state, gathered onto rank 0 (``consolidate_state_dict``),
+  in the same layout as without sharding.
 
 Outputs under ``out_dir``: ``metrics.jsonl`` (one JSON object per optimizer step
 with ``"split": "train"`` and per evaluation with ``"split": "eval"``; ``epoch``
@@ -1243,6 +1245,10 @@ def _shard_optimizer(
     sharded = ZeroRedundancyOptimizer(
         [group for group in groups if group["params"]],
         optimizer_class=type(optimizer),
+        # The parameters become views into one flat buffer per owner, so the updated ones
+        # are broadcast in one call per owner rather than one per parameter (in
+        # bench/train_zero.py stage 1 ran at 0.71x stage 0's steps/s without it, 0.90x with it).
+        parameters_as_bucket_view=True,
         **{name: value for name, value in optimizer.defaults.items() if name in accepted},
     )
     mine = {id(p) for group in sharded.optim.param_groups for p in group["params"]}

@@ -41,7 +41,7 @@ WORKER = textwrap.dedent(
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
     reference = build_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=1)
-    loss, epochs = sys.argv[2], int(sys.argv[3])
+    loss, epochs, zero_stage = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
     shifts = []
     fold_rewards = AlignTask.after_optimizer_step
@@ -60,7 +60,8 @@ WORKER = textwrap.dedent(
 
     align(records, model, tokenizer, sys.argv[1],
           AlignConfig(loss=loss, max_length=32, max_prompt_length=16, cache_ref=False),
-          TrainConfig(batch_size=8, lr=1e-2, progress=False, device="cpu", epochs=epochs),
+          TrainConfig(batch_size=8, lr=1e-2, progress=False, device="cpu", epochs=epochs,
+                      zero_stage=zero_stage),
           ref_model=reference if loss == "bco_pair" else None)
     rank = os.environ.get("RANK", "0")
     with open(os.path.join(sys.argv[1], f"shifts-rank-{rank}.json"), "w") as handle:
@@ -71,8 +72,10 @@ WORKER = textwrap.dedent(
 )
 
 
-def _run(out_dir, world_size, loss, epochs):
-    processes = start_ranks(["-c", WORKER, str(out_dir), loss, str(epochs)], world_size)
+def _run(out_dir, world_size, loss, epochs, zero_stage=0):
+    processes = start_ranks(
+        ["-c", WORKER, str(out_dir), loss, str(epochs), str(zero_stage)], world_size
+    )
     for process in processes:
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output[-3000:]
@@ -87,13 +90,18 @@ def _run(out_dir, world_size, loss, epochs):
     return lines, load_file(str(out_dir / "model" / "model.safetensors")), shifts, seen
 
 
-@pytest.mark.parametrize(("loss", "epochs"), [("sigmoid", 1), ("bco_pair", 2), ("kto", 1)])
-def test_two_processes_match_one_process(tmp_path, loss, epochs):
+@pytest.mark.parametrize(
+    ("loss", "epochs", "zero_stage"),
+    [("sigmoid", 1, 0), ("bco_pair", 2, 0), ("kto", 1, 0), ("sigmoid", 1, 2)],
+)
+def test_two_processes_match_one_process(tmp_path, loss, epochs, zero_stage):
+    """``zero_stage`` 2: the two processes split the AdamW state and the gradients (the
+    single process does not); the updates are the same."""
     single_lines, single_weights, (single_shifts,), (single_seen,) = _run(
         tmp_path / "one", 1, loss, epochs
     )
     double_lines, double_weights, (rank_0_shifts, rank_1_shifts), double_seen = _run(
-        tmp_path / "two", 2, loss, epochs
+        tmp_path / "two", 2, loss, epochs, zero_stage
     )
     # Each process trained on its strided half of every global batch, never the whole batch.
     assert [len(batch) for batch in single_seen] == [8] * len(single_lines)

@@ -44,11 +44,11 @@ WORKER = textwrap.dedent(
     prompts = [random_prompt(rng, 1 + index % 3) for index in range(8)]
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=0)
-    algo = sys.argv[2]
+    algo, zero_stage = sys.argv[2], int(sys.argv[3])
     extra = {"scale_rewards": "batch"} if algo == "grpo" else {}
     rl(prompts, model, tokenizer, rule, sys.argv[1],
        RLConfig(algo=algo, max_new_tokens=5, max_steps=4, num_iterations=2, beta=0.05, **extra),
-       TrainConfig(batch_size=4, lr=1e-2, progress=False, device="cpu"))
+       TrainConfig(batch_size=4, lr=1e-2, progress=False, device="cpu", zero_stage=zero_stage))
     rank = os.environ.get("RANK", "0")
     with open(os.path.join(sys.argv[1], f"generated-rank-{rank}.json"), "w") as handle:
         json.dump(generated, handle)
@@ -56,8 +56,8 @@ WORKER = textwrap.dedent(
 )
 
 
-def _run(out_dir, world_size: int, algo: str):
-    processes = start_ranks(["-c", WORKER, str(out_dir), algo], world_size)
+def _run(out_dir, world_size: int, algo: str, zero_stage: int = 0):
+    processes = start_ranks(["-c", WORKER, str(out_dir), algo, str(zero_stage)], world_size)
     for process in processes:
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output[-3000:]
@@ -69,10 +69,12 @@ def _run(out_dir, world_size: int, algo: str):
     return lines, load_file(str(out_dir / "model" / "model.safetensors")), generated
 
 
-@pytest.mark.parametrize("algo", ["reinforce_pp", "grpo"])
-def test_two_processes_match_one_process(tmp_path, algo: str) -> None:
+@pytest.mark.parametrize(("algo", "zero_stage"), [("reinforce_pp", 0), ("grpo", 0), ("grpo", 2)])
+def test_two_processes_match_one_process(tmp_path, algo: str, zero_stage: int) -> None:
+    """``zero_stage`` 2: the two processes split the AdamW state and the gradients (the
+    single process does not); the updates are the same."""
     single_lines, single_weights, (single_generated,) = _run(tmp_path / "one", 1, algo)
-    double_lines, double_weights, (first, second) = _run(tmp_path / "two", 2, algo)
+    double_lines, double_weights, (first, second) = _run(tmp_path / "two", 2, algo, zero_stage)
     # Two generation batches of 4 prompts, each prompt with its 4 samples on one process only.
     assert single_generated == [{str(p): 4 for p in range(4)}] * 2
     for step, (mine, theirs) in enumerate(zip(first, second, strict=True)):

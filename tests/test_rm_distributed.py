@@ -59,9 +59,13 @@ WORKER = textwrap.dedent(
     RewardModel.store_outputs = recording_store_outputs
 
     returned = {}  # what train_reward_model returned on this rank
+    counts = {}  # the optimizer state and gradient elements this rank held
     train_reward_model = rm_train.train_reward_model
     def recording_train(*args, **kwargs):
         report = train_reward_model(*args, **kwargs)
+        result = report.stages["train"].result
+        counts.update(optimizer_state_elements=result.optimizer_state_elements,
+                      gradient_elements=result.gradient_elements)
         spec = report.model.spec
         returned.update(reward_mean=spec.reward_mean, reward_std=spec.reward_std,
                         temperature=spec.temperature, records=spec.training["records"],
@@ -74,7 +78,7 @@ WORKER = textwrap.dedent(
     code = main(["rm", "train", *argv, "--out", out])
     rank = os.environ.get("RANK", "0")
     with open(os.path.join(out, f"seen-rank-{rank}.json"), "w") as handle:
-        json.dump({"seen": seen, "scored": scored, "returned": returned}, handle)
+        json.dump({"seen": seen, "scored": scored, "returned": returned, "counts": counts}, handle)
     sys.exit(code)
     """
 )
@@ -102,8 +106,12 @@ def _finish(out_dir, processes: list[subprocess.Popen]):
     return lines, weights, recorded, printed, config
 
 
-@pytest.mark.parametrize("mode", ["finetune", "lora"])
-def test_two_processes_match_one_process(tmp_path, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "zero_stage"), [("finetune", 0), ("lora", 0), ("finetune", 2)])
+def test_two_processes_match_one_process(tmp_path, mode: str, zero_stage: int) -> None:
+    """With ``--zero-stage 2`` the two processes also split the AdamW state and the gradients
+    between them (whole parameters: the tiny model's embedding matrix, 98% of its weights,
+    goes to one process, so the split is uneven here; tests/test_train_zero.py checks an
+    even one); the single process is unsharded."""
     backbone = make_tiny_llama(tmp_path / "tiny-llama")
     data = tmp_path / "pairs.jsonl"
     write_records(keyword_pairs(20, seed=1), data)  # the one with 'excellent' wins
@@ -116,7 +124,9 @@ def test_two_processes_match_one_process(tmp_path, mode: str) -> None:
         ["-c", WORKER, str(tmp_path / "one"), *argv], 1, separate_stderr=True
     )
     double_processes = start_ranks(
-        ["-c", WORKER, str(tmp_path / "two"), *argv], 2, separate_stderr=True
+        ["-c", WORKER, str(tmp_path / "two"), *argv, "--zero-stage", str(zero_stage)],
+        2,
+        separate_stderr=True,
     )
     one_lines, one_weights, (one,), (one_printed,), one_config = _finish(
         tmp_path / "one", single_processes
@@ -175,6 +185,18 @@ def test_two_processes_match_one_process(tmp_path, mode: str) -> None:
     assert abs(one_mean - two_mean) < 1e-5
     for name, value in one_config["training"]["eval_metrics"].items():
         assert abs(saved["eval_metrics"][name] - value) < 1e-5, name
+    # Each process held its share of the optimizer state (and at stage 2 of the gradients).
+    total_state, total_gradients = (
+        one["counts"][name] for name in ("optimizer_state_elements", "gradient_elements")
+    )
+    state_shares = [recorded["counts"]["optimizer_state_elements"] for recorded in (first, second)]
+    gradient_shares = [recorded["counts"]["gradient_elements"] for recorded in (first, second)]
+    if zero_stage == 0:
+        assert state_shares == [total_state] * 2 and gradient_shares == [total_gradients] * 2
+    else:
+        assert sum(state_shares) == total_state and max(state_shares) < total_state
+        assert sum(gradient_shares) == total_gradients and max(gradient_shares) < total_gradients
+    assert two_config["training"]["config"]["train"]["zero_stage"] == zero_stage
     # Only rank 0 prints the summary.
     assert json.loads(printed_0)["steps"] == json.loads(one_printed)["steps"] == 6
     assert printed_1 == ""
@@ -194,3 +216,24 @@ def test_embedding_head_commands_refuse_a_launcher(tmp_path, monkeypatch, capsys
     assert main(["rm", *command, "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--mode", "finetune", "--zero-stage", "1"], "is 1, but training runs in one process"),
+        (["--zero-stage", "2"], "in embedding mode the encoder is frozen"),
+    ],
+)
+def test_zero_stage_is_refused_where_it_cannot_shard(
+    tmp_path, monkeypatch, capsys, options, message
+):
+    from prefkit.cli import main
+
+    for variable in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(variable, raising=False)
+    data = tmp_path / "pairs.jsonl"
+    write_records(keyword_pairs(4, seed=1), data)
+    assert main(["rm", "train", str(data), *options, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "training").exists()

@@ -65,6 +65,8 @@ Several GPUs (or CPU processes): the same command under accelerate launch, e.g.
       pairs.jsonl --out runs/rm-ft --mode finetune --backbone path/to/checkpoint --batch-size 32
 --batch-size is the global batch (all processes); each process trains on its share, so
 the updates are those of one process (a multiple of processes x --grad-accum-steps).
+--zero-stage 1 (or 2) under a launcher splits the AdamW state (and the gradients) between
+the processes instead of keeping all of it on each (docs/accelerate/sharded.md).
 """
 
 MULTIOBJECTIVE_EXAMPLES = """\
@@ -94,6 +96,7 @@ MULTIOBJECTIVE_SHARED_OPTIONS = tuple(
         "group_by_length",  # cached features have no length to group by
         "early_stopping_metric",  # the stages report different metrics; both watch "loss"
         "early_stopping_mode",
+        "zero_stage",  # heads on cached features, in one process
     )
 )
 """Loop settings given once for both stages of ``rm train-multiobjective``."""

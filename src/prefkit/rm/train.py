@@ -185,6 +185,13 @@ class RMTrainConfig:
             raise UserInputError(
                 f"RMTrainConfig: train must be a TrainConfig or None, got {type(self.train).__name__}."
             )
+        if self.mode == "embedding" and self.loop.zero_stage > 0:
+            raise UserInputError(
+                f"RMTrainConfig: zero stage {self.loop.zero_stage} (--zero-stage) shards the "
+                "optimizer state of a large trainable model over processes; in embedding mode "
+                "the encoder is frozen and only a small head trains, whose state fits anywhere. "
+                "Use it with --mode finetune or lora, or leave it at 0."
+            )
 
     @property
     def loop(self) -> TrainConfig:
@@ -428,6 +435,12 @@ def _train_reward_model(
         has_eval=eval_examples is not None, num_examples=len(examples)
     )
     length_summary = None
+    if train_config.zero_stage > 0:  # in one process the loop refuses it
+        sharded = "AdamW state and gradients" if train_config.zero_stage == 2 else "AdamW state"
+        log(
+            f"zero stage {train_config.zero_stage}: the {sharded} split between "
+            f"{runtime.world_size} processes"
+        )
     if config.length_debias > 0 and runtime.world_size > 1:
         log(
             f"length debias: the penalty's correlations are taken over each process's share "

@@ -38,6 +38,21 @@ either and does the rest:
   on a file system all ranks share. A recipe with work of its own around
   training (scoring the data, fitting a temperature, saving the model) runs it
   inside :func:`distributed`, which holds the process group for the whole recipe.
+* **Sharding** (``zero_stage``, the stages of ZeRO, Rajbhandari et al. 2020, built on
+  ``torch.distributed.optim.ZeroRedundancyOptimizer``). Stage 1: each rank keeps the
+  optimizer state of its share of the parameters only and steps those; the updated
+  parameters are broadcast from their owners. Stage 2 also shards the gradients: after
+  the step's backward passes each gradient is summed onto the rank that owns its
+  parameter (``dist.reduce`` in buckets) instead of onto every rank, the other ranks
+  drop theirs, and the global gradient norm is the square root of the summed squared
+  norms of the shards. Whole parameters are assigned to ranks (largest first, each to
+  the rank with the fewest elements so far), so a model whose embedding matrix is most
+  of its weights is split unevenly. The parameters become views into one flat buffer
+  per owner (``parameters_as_bucket_view``), which the owner broadcasts after its
+  step. During the backward passes every rank still holds the whole gradient (it is
+  reduced after them, not bucket by bucket during them as in DeepSpeed). Checkpoints
+  hold the whole optimizer state, gathered onto rank 0 (``consolidate_state_dict``),
+  in the same layout as without sharding.
 
 Outputs under ``out_dir``: ``metrics.jsonl`` (one JSON object per optimizer step
 with ``"split": "train"`` and per evaluation with ``"split": "eval"``; ``epoch``
@@ -50,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -140,6 +156,12 @@ class TrainConfig:
     bf16 exactly when training on a CUDA device that supports it ("auto")."""
     progress: bool = True
     """Show a progress bar with rate and ETA on stderr (rank 0 only)."""
+    zero_stage: int = 0
+    """Shard training state over the processes of a launch (accelerate launch / torchrun),
+    as ZeRO does: 0 = none (every process holds all optimizer state and gradients); 1 = each
+    process keeps the AdamW state of its share of the parameters only; 2 = the gradients
+    too (each is summed onto the process that owns its parameter, not onto all). The updates
+    are those of stage 0 up to float rounding. Needs two or more processes."""
 
     def __post_init__(self) -> None:
         _require_int("epochs", self.epochs, minimum=1)
@@ -190,6 +212,11 @@ class TrainConfig:
             _require_int("keep_checkpoints", self.keep_checkpoints, minimum=1)
         _require_choice("device", self.device, ("auto", "cpu", "cuda"))
         _require_choice("mixed_precision", self.mixed_precision, ("no", "bf16", "auto"))
+        if self.zero_stage not in (0, 1, 2) or isinstance(self.zero_stage, bool):
+            raise UserInputError(
+                f"TrainConfig: zero_stage must be 0 (no sharding), 1 (optimizer state) or 2 "
+                f"(optimizer state and gradients), got {self.zero_stage!r}."
+            )
 
     def micro_batch_size(self, world_size: int) -> int:
         """Examples per micro-batch on each rank when ``world_size`` ranks train."""
@@ -325,6 +352,12 @@ class TrainResult:
     """The checkpoint this call continued from."""
     last_checkpoint: Path | None
     metrics_path: Path
+    optimizer_state_elements: int = 0
+    """Elements of the optimizer state tensors this rank holds at the end (for AdamW about
+    twice the trainable parameters; about 1/world_size of that with ``zero_stage`` 1 or 2)."""
+    gradient_elements: int = 0
+    """Most gradient elements this rank held at an optimizer step, after the gradients
+    were summed over the ranks (all trainable parameters' unless ``zero_stage`` is 2)."""
 
 
 @dataclass
@@ -535,6 +568,13 @@ class Runtime:
             owns_process_group = True
         rank = dist.get_rank() if distributed else 0
         world_size = dist.get_world_size() if distributed else 1
+        if config.zero_stage > 0 and world_size == 1:
+            raise UserInputError(
+                f"TrainConfig.zero_stage (--zero-stage) is {config.zero_stage}, but training runs "
+                "in one process: it shards the optimizer state (and with 2 the gradients) over "
+                "the processes of a launch. Run the command under accelerate launch or torchrun "
+                "with two or more processes, or use zero stage 0."
+            )
         return cls(rank, world_size, device, torch.bfloat16 if bf16 else None, owns_process_group)
 
     @property
@@ -593,12 +633,53 @@ class Runtime:
         """
         if self.world_size == 1:
             return
-        for parameter in parameters:
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-        for bucket in _buckets([p.grad for p in parameters if p.grad is not None]):
-            flat = torch.cat([grad.reshape(-1) for grad in bucket])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        gradients = _gradients_or_zeros(parameters)
+        _sum_in_buckets(gradients, lambda flat: dist.all_reduce(flat, op=dist.ReduceOp.SUM))
+
+    def reduce_gradient_sums_to_owners(
+        self, parameters: Sequence[nn.Parameter], owners: Sequence[int]
+    ) -> None:
+        """Sum each gradient over ranks onto the rank ``owners[i]`` that owns ``parameters[i]``
+        (ZeRO stage 2); every other rank drops that gradient (sets it to None).
+
+        As in :meth:`all_reduce_gradient_sums`, a missing gradient contributes zeros and
+        the gradients travel in flat buckets, here one run of buckets per owner.
+        """
+        if self.world_size == 1:
+            return
+        gradients = _gradients_or_zeros(parameters)
+        for owner in range(self.world_size):
+            owned = [i for i, p_owner in enumerate(owners) if p_owner == owner]
+            _sum_in_buckets(
+                [gradients[i] for i in owned],
+                lambda flat, owner=owner: dist.reduce(flat, dst=owner, op=dist.ReduceOp.SUM),
+                copy_back=self.rank == owner,
+            )
+            if self.rank != owner:
+                for i in owned:
+                    parameters[i].grad = None
+
+
+def _gradients_or_zeros(parameters: Sequence[nn.Parameter]) -> list[torch.Tensor]:
+    """The gradient of every parameter, a zero one set where there is none."""
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    return [p.grad for p in parameters]  # type: ignore[misc]
+
+
+def _sum_in_buckets(
+    gradients: Sequence[torch.Tensor],
+    collective: Callable[[torch.Tensor], Any],
+    *,
+    copy_back: bool = True,
+) -> None:
+    """Run ``collective`` (an in-place sum over ranks) on flat copies of the gradients,
+    bucket by bucket, and copy each result back into the gradients when ``copy_back``."""
+    for bucket in _buckets(gradients):
+        flat = torch.cat([grad.reshape(-1) for grad in bucket])
+        collective(flat)
+        if copy_back:
             offset = 0
             for grad in bucket:
                 grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
@@ -732,6 +813,13 @@ class _Trainer:
         self.parameters = [
             p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad
         ]
+        self.owners: list[int] | None = None
+        """Rank that steps each of ``self.parameters`` (zero_stage 1 and 2), else None."""
+        if config.zero_stage > 0:
+            self.optimizer, self.owners = _shard_optimizer(
+                self.optimizer, self.parameters, self.runtime
+            )
+        self.most_gradient_elements = 0
         warmup_steps = math.ceil(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupSchedule(config.schedule, warmup_steps, self.total_steps)
@@ -807,6 +895,8 @@ class _Trainer:
             resumed_from=None if checkpoint is None else checkpoint.path,
             last_checkpoint=self.last_checkpoint,
             metrics_path=self.out_dir / "metrics.jsonl",
+            optimizer_state_elements=_optimizer_state_elements(self.optimizer),
+            gradient_elements=self.most_gradient_elements,
         )
 
     def _remaining_batches(self) -> Iterator[tuple[int, int, list[int], bool]]:
@@ -846,14 +936,25 @@ class _Trainer:
             (per_example_losses.float().sum() / num_examples).backward()
             totals.add(per_example_losses, metrics, len(micro_indices))
 
-        runtime.all_reduce_gradient_sums(self.parameters)
-        gradients = [p.grad for p in self.parameters if p.grad is not None]
-        if self.config.max_grad_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
-        elif gradients:
-            grad_norm = torch.nn.utils.get_total_norm(gradients)
+        if self.config.zero_stage == 2:
+            assert self.owners is not None
+            runtime.reduce_gradient_sums_to_owners(self.parameters, self.owners)
+            grad_norm = self._clip_sharded_gradients()
         else:
-            grad_norm = torch.zeros(())
+            runtime.all_reduce_gradient_sums(self.parameters)
+            gradients = [p.grad for p in self.parameters if p.grad is not None]
+            if self.config.max_grad_norm is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    self.parameters, self.config.max_grad_norm
+                )
+            elif gradients:
+                grad_norm = torch.nn.utils.get_total_norm(gradients)
+            else:
+                grad_norm = torch.zeros(())
+        self.most_gradient_elements = max(
+            self.most_gradient_elements,
+            sum(p.grad.numel() for p in self.parameters if p.grad is not None),
+        )
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.scheduler.step()
@@ -877,6 +978,16 @@ class _Trainer:
             "num_examples": num_examples,
             **averages,
         }
+
+    def _clip_sharded_gradients(self) -> torch.Tensor:
+        """The global norm of gradients sharded over the ranks (each rank holds its owned
+        parameters' only), clipping them to ``max_grad_norm`` as ``clip_grad_norm_`` does."""
+        owned = [p for p in self.parameters if p.grad is not None]
+        local_norm = torch.nn.utils.get_total_norm([p.grad for p in owned]).to(self.runtime.device)
+        grad_norm = self.runtime.sum_over_ranks(local_norm.double().square()).sqrt().float()
+        if self.config.max_grad_norm is not None and owned:
+            torch.nn.utils.clip_grads_with_norm_(owned, self.config.max_grad_norm, grad_norm)
+        return grad_norm
 
     def _evaluation_due(self, end_of_epoch: bool) -> bool:
         if self.evaluate is None:
@@ -925,12 +1036,19 @@ class _Trainer:
 
     def _checkpoint(self, epoch: int) -> None:
         contents = None
+        if self.owners is not None:  # a ZeroRedundancyOptimizer: every rank sends rank 0 its shard
+            self.optimizer.consolidate_state_dict(to=0)  # type: ignore[attr-defined]
         if self.runtime.is_main:
             best_is_current = self.state.best_step == self.state.global_step
+            optimizer_state = self.optimizer.state_dict()
+            if self.owners is not None:
+                # ZeroRedundancyOptimizer keeps the gathered shards (a host copy of the whole
+                # state) until the next consolidation; nothing reads them after state_dict.
+                self.optimizer._all_state_dicts = []  # type: ignore[attr-defined]
             contents = CheckpointContents(
                 model=_checkpointed_tensors(self.model),
                 best_model=None if best_is_current else self.best_weights,
-                optimizer=self.optimizer.state_dict(),
+                optimizer=optimizer_state,
                 scheduler=self.scheduler.state_dict(),
                 state={
                     "loop": dataclasses.asdict(self.state),
@@ -1091,8 +1209,70 @@ def _refuse_sharded_launch() -> None:
                 f"training loop does its own data-parallel gradient all-reduce and does not hand "
                 f"the model to {engine}: every GPU would hold the whole model, gradients and "
                 "optimizer state, and the sharding settings would be ignored. Launch with a "
-                "plain multi-GPU config instead (docs/accelerate/multi_gpu.yaml)."
+                "plain multi-GPU config instead (docs/accelerate/multi_gpu.yaml) and add "
+                "--zero-stage 2 to shard the optimizer state and gradients "
+                "(docs/accelerate/sharded.md)."
             )
+
+
+def _shard_optimizer(
+    optimizer: torch.optim.Optimizer, parameters: Sequence[nn.Parameter], runtime: Runtime
+) -> tuple[torch.optim.Optimizer, list[int]]:
+    """``optimizer`` (before its first step) as a ZeroRedundancyOptimizer of the same class,
+    parameter groups and settings, and the rank that owns each of ``parameters``."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    if not isinstance(optimizer, torch.optim.Optimizer) or optimizer.state:
+        raise TypeError(
+            "zero_stage: the optimizer factory must return a torch.optim.Optimizer that has not "
+            f"stepped yet, got {type(optimizer).__name__}."
+        )
+    kinds = sorted({torch.typename(p) for p in parameters})
+    if len(kinds) > 1:
+        raise UserInputError(
+            f"TrainConfig.zero_stage (--zero-stage) needs every trainable parameter in one dtype "
+            f"(ZeroRedundancyOptimizer's condition), but the model trains {', '.join(kinds)}; "
+            "load the model in one dtype (float32; --mixed-precision bf16 keeps float32 weights), "
+            "or use zero stage 0."
+        )
+    groups = [
+        {**group, "params": [p for p in group["params"] if p.requires_grad]}
+        for group in optimizer.param_groups
+    ]
+    # The settings the class takes as arguments (AdamW's defaults also hold a fixed flag);
+    # every group carries all of them anyway.
+    accepted = inspect.signature(type(optimizer)).parameters
+    sharded = ZeroRedundancyOptimizer(
+        [group for group in groups if group["params"]],
+        optimizer_class=type(optimizer),
+        # The parameters become views into one flat buffer per owner, so the updated ones
+        # are broadcast in one call per owner rather than one per parameter (in
+        # bench/train_zero.py stage 1 ran at 0.71x stage 0's steps/s without it, 0.90x with it).
+        parameters_as_bucket_view=True,
+        **{name: value for name, value in optimizer.defaults.items() if name in accepted},
+    )
+    mine = {id(p) for group in sharded.optim.param_groups for p in group["params"]}
+    owned_by_rank = runtime.gather_objects(
+        [index for index, p in enumerate(parameters) if id(p) in mine]
+    )
+    owners = [-1] * len(parameters)
+    for rank, indices in enumerate(owned_by_rank):
+        for index in indices:
+            owners[index] = rank
+    if -1 in owners:
+        raise RuntimeError("ZeroRedundancyOptimizer left a trainable parameter without an owner")
+    return sharded, owners
+
+
+def _optimizer_state_elements(optimizer: torch.optim.Optimizer) -> int:
+    """Elements of the state tensors that this rank's optimizer holds (its shard's when sharded)."""
+    local = getattr(optimizer, "optim", optimizer)  # a ZeroRedundancyOptimizer's own shard
+    return sum(
+        value.numel()
+        for state in local.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    )
 
 
 def _seed_everything(seed: int) -> None:

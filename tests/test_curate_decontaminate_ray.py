@@ -23,6 +23,7 @@ from conftest import import_or_skip_outside_ci
 from prefkit.cli import main
 from prefkit.data import load_feedback, write_records
 from prefkit.engines.ray_runtime import RayOptions
+from ray_helpers import live_actors
 from test_curate_decontaminate import eval_items, training_set
 
 ray = import_or_skip_outside_ci("ray", allow_module_level=True)
@@ -165,14 +166,6 @@ def test_shards_with_bad_rows_give_the_local_output_rejects_and_shard_files(
     assert "3 shard(s)" in shards_err
 
 
-def _checking_actors() -> list[dict]:
-    return [
-        actor
-        for actor in ray._private.state.actors().values()
-        if "_DecontaminateActor" in actor["ActorClassName"]
-    ]
-
-
 def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(
     ray_local, eval_sets, tmp_path, capsys
 ):
@@ -208,7 +201,11 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(
     def killing(chunks):
         for chunk in chunks:
             if not killed:
-                alive = [actor for actor in _checking_actors() if actor["State"] == "ALIVE"]
+                alive = [
+                    actor
+                    for actor in live_actors("_DecontaminateActor")
+                    if actor["State"] == "ALIVE"
+                ]
                 assert len(alive) == 2
                 killed.update(alive[0])
                 os.kill(killed["Pid"], signal.SIGKILL)
@@ -224,7 +221,11 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(
     ).read_text()
     assert not list((tmp_path / "clean").glob("*.partial"))
     # The kill was real: the actor it hit was started again in a new process.
-    restarted = [actor for actor in _checking_actors() if actor["ActorID"] == killed["ActorID"]]
+    restarted = [
+        actor
+        for actor in live_actors("_DecontaminateActor")
+        if actor["ActorID"] == killed["ActorID"]
+    ]
     assert restarted and restarted[0]["NumRestarts"] >= 1
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from conftest import import_or_skip_outside_ci
 from prefkit.cli import main
+from ray_helpers import live_actors
 from test_generate import generate, save_policy, write_prompts
 
 ray = import_or_skip_outside_ci("ray", allow_module_level=True)
@@ -187,14 +188,6 @@ def test_a_user_error_in_an_actor_is_the_local_error(ray_local, policy, tmp_path
     assert on_ray.read_text() == local.read_text() and len(local.read_text().splitlines()) == 2
 
 
-def _generating_actors() -> list[dict]:
-    return [
-        actor
-        for actor in ray._private.state.actors().values()
-        if "_GenerateActor" in actor["ActorClassName"]
-    ]
-
-
 def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, policy, tmp_path):
     """SIGKILL to one of the two actors when the first chunk reaches this process, with
     about 40 chunks of one prompt still to generate: the prompts it held are generated
@@ -234,12 +227,12 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, policy,
         batch_size=2,
     )
     killed: list[dict] = []
-    earlier = {actor["ActorID"] for actor in _generating_actors()}  # other tests' pools
+    earlier = {actor["ActorID"] for actor in live_actors("_GenerateActor")}  # other tests' pools
 
     def alive() -> list[dict]:
         return [
             actor
-            for actor in _generating_actors()
+            for actor in live_actors("_GenerateActor")
             if actor["State"] == "ALIVE" and actor["ActorID"] not in earlier
         ]
 
@@ -273,7 +266,7 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_local, policy,
     assert summary.generated_prompts == 40 and summary.sequences == 80
     assert out.read_text() == local.read_text()
     # The kill was real: the actor it hit was started again in a new process.
-    restarted = [a for a in _generating_actors() if a["ActorID"] == killed[0]["ActorID"]]
+    restarted = [a for a in live_actors("_GenerateActor") if a["ActorID"] == killed[0]["ActorID"]]
     assert restarted and restarted[0]["NumRestarts"] >= 1
 
 

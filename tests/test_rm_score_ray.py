@@ -26,6 +26,7 @@ from prefkit.cli import main
 from prefkit.data import write_records
 from prefkit.engines.ray_runtime import RayOptions
 from prefkit.errors import UserInputError
+from ray_helpers import live_actors
 from test_rm_train import keyword_pairs, make_tiny_bert
 
 ray = import_or_skip_outside_ci("ray", allow_module_level=True)
@@ -61,7 +62,9 @@ def reward_model(tmp_path_factory) -> tuple[str, str]:
     return str(folder / "rm"), cache
 
 
-def _score(reward_model, data, out, *extra: str) -> str:
+def _score(
+    reward_model, data, out, *extra: str, out_flag: str = "--out", chunk_size: int = 7
+) -> str:
     model_dir, cache = reward_model
     code = main(
         [
@@ -69,12 +72,12 @@ def _score(reward_model, data, out, *extra: str) -> str:
             "score",
             model_dir,
             str(data),
-            "--out",
+            out_flag,
             str(out),
             "--cache-dir",
             cache,
             "--chunk-size",
-            "7",
+            str(chunk_size),
             "--no-progress",
             *extra,
         ]
@@ -229,24 +232,7 @@ def test_out_shards_are_the_out_file_in_one_file_per_input_shard(
 
 
 def _score_shards(reward_model, data, folder, *extra: str) -> None:
-    model_dir, cache = reward_model
-    code = main(
-        [
-            "rm",
-            "score",
-            model_dir,
-            str(data),
-            "--out-shards",
-            str(folder),
-            "--cache-dir",
-            cache,
-            "--chunk-size",
-            "4",
-            "--no-progress",
-            *extra,
-        ]
-    )
-    assert code == 0
+    _score(reward_model, data, folder, *extra, out_flag="--out-shards", chunk_size=4)
 
 
 def test_a_glob_reads_its_matches_as_files_of_the_folder(tmp_path):
@@ -270,14 +256,6 @@ def test_a_glob_reads_its_matches_as_files_of_the_folder(tmp_path):
     ]
     assert from_glob == [record for record in from_folder if not record.id.startswith("p22-")]
     assert glob_stats.rejects.counts == {"malformed_json": 1, "missing_field": 1}
-
-
-def _scoring_actors() -> list[dict]:
-    return [
-        actor
-        for actor in ray._private.state.actors().values()
-        if "_ScoreActor" in actor["ActorClassName"]
-    ]
 
 
 def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(
@@ -320,7 +298,7 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(
             ray_rows.extend(chunk.result.rows)
             ray_records.extend(record.to_dict() for record in chunk.result.records)
             if not killed:
-                alive = [actor for actor in _scoring_actors() if actor["State"] == "ALIVE"]
+                alive = [actor for actor in live_actors("_ScoreActor") if actor["State"] == "ALIVE"]
                 assert len(alive) == 2
                 killed.update(alive[0])
                 os.kill(killed["Pid"], signal.SIGKILL)
@@ -344,7 +322,9 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(
             assert row[key] == pytest.approx(local_scoring[key], abs=1e-6)
             assert ray_scoring[key] == row[key]
     # The kill was real: the actor it hit was started again in a new process.
-    restarted = [actor for actor in _scoring_actors() if actor["ActorID"] == killed["ActorID"]]
+    restarted = [
+        actor for actor in live_actors("_ScoreActor") if actor["ActorID"] == killed["ActorID"]
+    ]
     assert restarted and restarted[0]["NumRestarts"] >= 1
 
 

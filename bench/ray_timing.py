@@ -75,9 +75,10 @@ def summarize(
 def shared_machine_note(load: list[float]) -> str:
     """The results files' note on the load during the runs."""
     return (
-        "Shared machine: 2 CPU cores used by other work at the same time (1-minute "
-        f"load average {min(load):.1f} to {max(load):.1f} during the runs); the numbers "
-        "move with that load, the ratios less. "
+        f"1-minute load average {min(load):.1f} to {max(load):.1f} during the runs (the "
+        "benchmark's own processes count: on 2 cores it keeps the load near 2 by itself; "
+        "well above that, other work shared the cores); the numbers move with the load, the "
+        "ratios less. "
     )
 
 

@@ -175,3 +175,21 @@ def test_cli_decontaminate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     table = json.loads((tmp_path / "clean.jsonl.contamination.json").read_text())
     assert table["eval_sets"][0]["name"] == str(eval_path)
     assert len((tmp_path / "clean.jsonl.flagged.jsonl").read_text().splitlines()) == len(planted)
+
+
+def test_a_run_stopped_before_its_first_record_leaves_no_flagged_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad first record (the default --on-error raise) or --chunk-size 0: an error that
+    names the problem, and no flagged file from a run that checked nothing."""
+    evals = eval_items()
+    eval_path, train_path = tmp_path / "eval.jsonl", tmp_path / "train.jsonl"
+    eval_path.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in evals))
+    train_path.write_text('{"id": "broken", "prompt": \n')
+    out = tmp_path / "clean.jsonl"
+    command = ["curate", "decontaminate", str(train_path), "--against", str(eval_path)]
+    assert main([*command, "--out", str(out), "--no-progress"]) == 2
+    assert f"{train_path}:1" in capsys.readouterr().err
+    assert main([*command, "--out", str(out), "--chunk-size", "0"]) == 2
+    assert "--chunk-size must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "clean.jsonl.flagged.jsonl").exists()

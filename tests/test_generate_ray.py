@@ -290,6 +290,6 @@ def test_generating_actors_on_gpus_need_gpus_in_the_runtime(ray_local, policy, t
     prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
     out = tmp_path / "out.jsonl"
     assert generate(prompts, policy, out, *ON_RAY, "--ray-gpus-per-worker", "0.5") == 2
-    assert "2 actor(s) x --ray-gpus-per-worker 0.5 need 1 GPU(s); the Ray runtime has 0" in (
+    assert "2 actor(s) x --ray-gpus-per-worker 0.5 do not fit the GPUs of the Ray runtime" in (
         capsys.readouterr().err
     )

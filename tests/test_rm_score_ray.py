@@ -396,9 +396,13 @@ def test_gpu_actors_are_refused_where_the_runtime_has_too_few_gpus(
     out = tmp_path / "gpu.jsonl"
     command = ["rm", "score", model_dir, str(data), "--out", str(out), "--engine", "ray"]
     assert main([*command, "--ray-gpus-per-worker", "1"]) == 2
-    assert "1 actor(s) x --ray-gpus-per-worker 1 need 1 GPU(s); the Ray runtime has 0" in (
-        capsys.readouterr().err
-    )
+    assert (
+        "1 actor(s) x --ray-gpus-per-worker 1 do not fit the GPUs of the Ray runtime "
+        "(0 on 1 node(s): room for 0 such actor(s))"
+    ) in capsys.readouterr().err
+    for bad in ("nan", "inf"):
+        assert main([*command, "--ray-gpus-per-worker", bad]) == 2
+        assert f"got {bad}" in capsys.readouterr().err
     assert main([*command, "--ray-gpus-per-worker", "1.5"]) == 2
     assert "a whole number of GPUs, got 1.5" in capsys.readouterr().err
     assert (
@@ -442,7 +446,7 @@ def test_a_reserved_gpu_without_cuda_torch_is_one_clear_error(reward_model, tmp_
 def test_actor_count_fits_the_cluster_cpus_and_gpus():
     from prefkit.engines.ray_runtime import ClusterSize
 
-    cluster = ClusterSize(cpus=8, gpus=2)
+    cluster = ClusterSize(cpus=8, node_gpus=(2.0,))
     assert RayOptions().actor_count(cluster) == 8
     assert RayOptions(cpus_per_worker=3).actor_count(cluster) == 2
     assert RayOptions(gpus_per_worker=1).actor_count(cluster) == 2
@@ -450,7 +454,51 @@ def test_actor_count_fits_the_cluster_cpus_and_gpus():
     assert RayOptions(gpus_per_worker=0.25).actor_count(cluster) == 8  # then the CPUs limit
     assert RayOptions(workers=4, gpus_per_worker=0.5).actor_count(cluster) == 4
     assert RayOptions(gpus_per_worker=1).device == "cuda" and RayOptions().device == "cpu"
-    with pytest.raises(UserInputError, match=r"3 actor\(s\) x --ray-gpus-per-worker 1 need 3"):
+    with pytest.raises(UserInputError, match=r"3 actor\(s\) x --ray-gpus-per-worker 1 do not"):
         RayOptions(workers=3, gpus_per_worker=1).actor_count(cluster)
+    # As Ray places them: a fraction within one GPU, a whole number within one node.
+    assert RayOptions(gpus_per_worker=0.6).actor_count(cluster) == 2  # not 3 (2 / 0.6)
+    with pytest.raises(UserInputError, match=r"room for 2 such actor\(s\)"):
+        RayOptions(workers=3, gpus_per_worker=0.6).actor_count(cluster)
+    two_nodes = ClusterSize(cpus=8, node_gpus=(1.0, 1.0))
+    assert RayOptions(gpus_per_worker=0.5).actor_count(two_nodes) == 4
+    with pytest.raises(UserInputError, match=r"2 on 2 node\(s\): room for 0"):
+        RayOptions(gpus_per_worker=2).actor_count(two_nodes)
     with pytest.raises(UserInputError, match="must be 0, a fraction"):
         RayOptions(gpus_per_worker=-1)
+
+
+def test_a_rerun_into_the_same_shard_folder_never_mixes_two_runs(
+    ray_local, reward_model, tmp_path, capsys
+):
+    """The folder holds an earlier run's files under this run's names; this run stops at a
+    bad record in its third shard: the first two files are this run's, the third is gone
+    (not the earlier run's), so what the folder holds is one run's output, if not all."""
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for index in range(3):
+        write_records(keyword_pairs(4, seed=30 + index), folder / f"part-{index}.jsonl")
+    with (folder / "part-2.jsonl").open("a") as handle:
+        handle.write('{"id": "broken", "prompt": \n')
+    out = tmp_path / "scored"
+    out.mkdir()
+    for index in range(3):
+        (out / f"part-{index}.jsonl").write_text('{"stale": true}\n')
+    model_dir, cache = reward_model
+    command = ["rm", "score", model_dir, str(folder), "--out-shards", str(out)]
+    assert main([*command, "--cache-dir", cache, "--engine", "ray", "--chunk-size", "2"]) == 2
+    assert "part-2.jsonl:5" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["part-0.jsonl", "part-1.jsonl"]
+    for index in range(2):
+        rows = _rows(out / f"part-{index}.jsonl")
+        assert [row["id"] for row in rows] == [r.id for r in keyword_pairs(4, seed=30 + index)]
+
+
+def test_a_shard_folder_inside_the_input_folder_is_refused(tmp_path):
+    from prefkit.engines.ray_read import Shard
+    from prefkit.engines.shard_output import shard_output_paths
+
+    shards = [Shard(0, str(tmp_path / "in" / "a.jsonl"), str(tmp_path / "in"))]
+    with pytest.raises(UserInputError, match="is inside the input folder"):
+        shard_output_paths(shards, tmp_path / "in" / "scored", "jsonl")
+    assert shard_output_paths(shards, tmp_path / "out", "jsonl") == [tmp_path / "out" / "a.jsonl"]

@@ -219,7 +219,7 @@ def test_zero_stage_refuses_parameters_of_two_dtypes(tmp_path) -> None:
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("value", [3, -1, True, "2"])
+@pytest.mark.parametrize("value", [3, -1, True, "2", 2.0])
 def test_zero_stage_is_validated(value) -> None:
     with pytest.raises(UserInputError, match="zero_stage must be 0"):
         TrainConfig(zero_stage=value)

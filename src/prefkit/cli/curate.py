@@ -28,6 +28,7 @@ from prefkit.cli.common import (
     with_layout_notice,
 )
 from prefkit.config import add_dataclass_arguments, dataclass_from_args
+from prefkit.errors import UserInputError
 
 DEDUP_EXAMPLES = """examples:
   # near-duplicate prompts (MinHash LSH), keep the longest of each cluster
@@ -44,7 +45,7 @@ DECONTAMINATE_EXAMPLES = """examples:
   # GPT-3's n-gram length, prompts only
   prefkit curate decontaminate train.jsonl --against eval.jsonl --out clean.jsonl \\
       --ngram 13 --fields prompt
-  # a folder of shards on a local Ray runtime: 2 actors share the evaluation index
+  # a folder of shards on a local Ray runtime: 2 actors, each with the evaluation index
   prefkit curate decontaminate shards/ --against eval.jsonl --out clean.jsonl \\
       --engine ray --ray-workers 2
   # on a running cluster, one cleaned file per input shard
@@ -55,8 +56,9 @@ field, overlap) and OUT.contamination.json (the per-evaluation-set table).
 OUT holds the kept records in input order (a folder's files in sorted order, each
 file's records in its order); the flagged rows follow the same order.
 --engine ray reads each training data file in a Ray task (prefkit's reader: the same
-rejects file and counts), builds the evaluation index once here and shares it with
---ray-workers actors that check chunks of --chunk-size records; OUT, the flagged file
+rejects file and counts), builds the evaluation index once here and sends it to
+--ray-workers actors (each holds a copy in memory) that check chunks of --chunk-size
+records; OUT, the flagged file
 and the table are the local engine's, byte for byte. --out-shards DIR (with --engine
 ray) writes one file of kept records per input data file, named after it
 (shards/part-00003.jsonl -> DIR/part-00003.jsonl), in input order inside each, one
@@ -250,6 +252,8 @@ def run_decontaminate(args: argparse.Namespace) -> int:
     if args.out is not None:
         output_kind(args.out)
     options = ray_options_from_args(args, args.engine == "ray", "--engine ray")
+    if args.chunk_size < 1:
+        raise UserInputError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     config = dataclass_from_args(DecontaminateConfig, args)
     eval_sets = {}
     for path in args.against:
@@ -347,7 +351,6 @@ def run_noise(args: argparse.Namespace) -> int:
 def run_select(args: argparse.Namespace) -> int:
     from prefkit.curate.select import SelectConfig, select_records
     from prefkit.data.write import output_kind
-    from prefkit.errors import UserInputError
 
     output_kind(args.out)
     config = dataclass_from_args(SelectConfig, args)

@@ -219,10 +219,20 @@ class Decontamination:
         self.index = index
         self.report = DecontaminationReport(CurateStats("decontaminate"), index.tables)
         self._hit_texts: set[int] = set()
-        self._handle = open(flagged_path, "w", encoding="utf-8") if flagged_path else None
+        # Opened with the first record, so that a run that fails before any (a cluster
+        # that does not start, say) leaves no flagged file behind.
+        self._flagged_path = flagged_path
+        self._handle: Any = None
+
+    def _open(self) -> None:
+        """Open the flagged file the first time only (closed, it stays closed)."""
+        if self._flagged_path is not None:
+            self._handle = open(self._flagged_path, "w", encoding="utf-8")
+            self._flagged_path = None
 
     def keep(self, record: AnyRecord, matches: list[Match]) -> bool:
         """Count ``record``; False when it copies an evaluation text (it is dropped)."""
+        self._open()
         stats, index = self.report.stats, self.index
         stats.n_read += 1
         sets_hit: set[int] = set()
@@ -258,7 +268,9 @@ class Decontamination:
             self._handle = None
 
     def finish(self) -> DecontaminationReport:
-        """The report, once every record was counted."""
+        """The report, once every record was counted (an input of no records gets an
+        empty flagged file)."""
+        self._open()
         self.close()
         for table in self.index.tables:
             table.items_hit = 0

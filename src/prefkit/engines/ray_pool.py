@@ -131,6 +131,10 @@ def iter_chunks(dataset: Any) -> Iterator[Any]:
         yield from np.asarray(batch["chunk"]).ravel()
 
 
+GPU_PROBE_TIMEOUT_S = 300.0
+"""How long the GPU probe waits for a GPU to be free before it gives up."""
+
+
 def check_gpu_torch(ray: Any, gpus: float) -> None:
     """Before any actor starts: run one task that reserves ``gpus`` GPUs, as an actor will,
     and raise unless torch there sees a CUDA device (a CPU build of torch on the GPU nodes
@@ -141,7 +145,15 @@ def check_gpu_torch(ray: Any, gpus: float) -> None:
 
         return torch.__version__, torch.cuda.is_available(), list(ray.get_gpu_ids())
 
-    version, available, ids = ray.get(ray.remote(num_cpus=0, num_gpus=gpus)(probe).remote())
+    task = ray.remote(num_cpus=0, num_gpus=gpus)(probe).remote()
+    try:
+        version, available, ids = ray.get(task, timeout=GPU_PROBE_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(task, force=True)
+        raise UserInputError(
+            f"no {gpus:g} GPU became free on the Ray cluster within {GPU_PROBE_TIMEOUT_S:.0f} s "
+            "(other work holds them?); try again, or with a smaller --ray-gpus-per-worker"
+        ) from None
     if not available:
         raise UserInputError(
             f"a task that reserved {gpus:g} GPU (Ray gave it GPU {ids}) found no CUDA device "

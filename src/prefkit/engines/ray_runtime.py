@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,7 +45,7 @@ class RayOptions:
             if value is not None and value < 1:
                 raise UserInputError(f"--ray-{name.replace('_', '-')} must be >= 1, got {value}")
         gpus = self.gpus_per_worker
-        if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
+        if not math.isfinite(gpus) or gpus < 0 or (gpus > 1 and gpus != int(gpus)):
             raise UserInputError(
                 "--ray-gpus-per-worker must be 0, a fraction of one GPU (up to 1) or a whole "
                 f"number of GPUs, got {gpus:g}"
@@ -57,29 +58,45 @@ class RayOptions:
 
     def actor_count(self, cluster: ClusterSize) -> int:
         """``workers``, or as many actors as the cluster's CPUs (and GPUs, when each
-        reserves some) hold, at least one; raises when the cluster has too few GPUs for
-        them, since Ray would wait for GPUs that never come."""
+        reserves some) hold, at least one; raises when the GPUs cannot hold them, since
+        Ray would wait for GPUs that never come."""
         count = self.workers
         if count is None:
             count = max(1, int(cluster.cpus) // self.cpus_per_worker)
-            if self.gpus_per_worker > 0:
-                count = min(count, int(cluster.gpus / self.gpus_per_worker + 1e-9))
-        needed = count * self.gpus_per_worker
-        if self.gpus_per_worker > 0 and (count < 1 or needed > cluster.gpus + 1e-9):
+        if self.gpus_per_worker == 0:
+            return count
+        room = cluster.gpu_slots(self.gpus_per_worker)
+        if self.workers is None:
+            count = min(count, room)
+        if count < 1 or count > room:
+            kind = "cluster" if self.address else "runtime"
             raise UserInputError(
-                f"{max(count, 1)} actor(s) x --ray-gpus-per-worker {self.gpus_per_worker:g} need "
-                f"{max(needed, self.gpus_per_worker):g} GPU(s); the Ray "
-                f"{'cluster' if self.address else 'runtime'} has {cluster.gpus:g}"
+                f"{max(count, 1)} actor(s) x --ray-gpus-per-worker {self.gpus_per_worker:g} do "
+                f"not fit the GPUs of the Ray {kind} ({cluster.gpus:g} on "
+                f"{len(cluster.node_gpus)} node(s): room for {room} such actor(s))"
             )
         return count
 
 
 @dataclasses.dataclass(frozen=True)
 class ClusterSize:
-    """The CPUs and GPUs of the Ray cluster (or local runtime) a command runs on."""
+    """The CPUs of the Ray cluster (or local runtime) a command runs on, and the GPUs of
+    each of its nodes."""
 
     cpus: float
-    gpus: float = 0.0
+    node_gpus: tuple[float, ...] = ()
+
+    @property
+    def gpus(self) -> float:
+        return float(sum(self.node_gpus))
+
+    def gpu_slots(self, per_actor: float) -> int:
+        """How many actors reserving ``per_actor`` GPUs fit, as Ray places them: a fraction
+        within one GPU (0.6 fits once on a GPU, 0.5 twice), a whole number within one node."""
+        if per_actor <= 1:
+            per_gpu = int(1 / per_actor + 1e-9)
+            return sum(int(gpus + 1e-9) * per_gpu for gpus in self.node_gpus)
+        return sum(int(gpus / per_actor + 1e-9) for gpus in self.node_gpus)
 
 
 @contextmanager
@@ -113,14 +130,18 @@ def ray_runtime(options: RayOptions) -> Iterator[ClusterSize]:
     for handler in consoles:
         handler.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            # An input of fewer chunks than actors leaves actors idle; Ray Data warns and
-            # advises a setting of its own pipeline, which is not the user's to change.
-            warnings.filterwarnings(
-                "ignore", message="The minimum number of concurrent actors", category=UserWarning
-            )
-            resources = ray.cluster_resources()
-            yield ClusterSize(float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0)))
+        # An input of fewer chunks than actors leaves actors idle; Ray Data warns and
+        # advises a setting of its own pipeline, which is not the user's to change. (Put in
+        # front of the filters on each run; not restored, since the ``with`` block may end
+        # inside a caller's own warning context.)
+        warnings.filterwarnings(
+            "ignore", message="The minimum number of concurrent actors", category=UserWarning
+        )
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        yield ClusterSize(
+            float(ray.cluster_resources().get("CPU", 0.0)),
+            tuple(float(node["Resources"].get("GPU", 0.0)) for node in nodes),
+        )
     finally:
         for handler, level in zip(consoles, levels, strict=True):
             handler.setLevel(level)

@@ -59,6 +59,17 @@ def shard_output_paths(shards: list[Shard], folder: str | Path, shard_format: st
             raise UserInputError(
                 f"--out-shards {folder}: {path} is an input shard; write to another folder"
             )
+    inside = [
+        shard.folder
+        for shard in shards
+        if shard.folder is not None
+        and folder.resolve().is_relative_to(Path(shard.folder).resolve())
+    ]
+    if inside:
+        raise UserInputError(
+            f"--out-shards {folder} is inside the input folder {inside[0]}: the next read of "
+            "that folder would take the outputs for inputs; write to a folder outside it"
+        )
     if folder.is_dir():
         targets = {path.resolve() for path in paths}
         stale = [path for path in list_data_files(folder) if path.resolve() not in targets]
@@ -79,9 +90,18 @@ def write_shards(
     write: Callable[[Iterator[Chunk], Path], int],
 ) -> int:
     """Write each shard's chunks (``chunks`` in input order) with ``write(chunks, path)``,
-    which writes the file atomically; gives the number of rows written."""
+    which writes the file atomically, after removing what an earlier run left under these
+    names; gives the number of rows written."""
     written = 0
-    for shard, group in itertools.groupby(chunks, key=lambda chunk: chunk.shard):
+    for index, (shard, group) in enumerate(
+        itertools.groupby(chunks, key=lambda chunk: chunk.shard)
+    ):
+        if index == 0:
+            # An earlier run's files go once this run has its first chunk, so the folder
+            # never mixes two runs' shards (a rerun that fails midway leaves fewer files,
+            # every one of them this run's).
+            for path in paths:
+                path.unlink(missing_ok=True)
         written += write(group, paths[shard])
     return written
 

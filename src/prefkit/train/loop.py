@@ -212,7 +212,11 @@ class TrainConfig:
             _require_int("keep_checkpoints", self.keep_checkpoints, minimum=1)
         _require_choice("device", self.device, ("auto", "cpu", "cuda"))
         _require_choice("mixed_precision", self.mixed_precision, ("no", "bf16", "auto"))
-        if self.zero_stage not in (0, 1, 2) or isinstance(self.zero_stage, bool):
+        if (
+            not isinstance(self.zero_stage, int)
+            or isinstance(self.zero_stage, bool)
+            or (self.zero_stage not in (0, 1, 2))
+        ):
             raise UserInputError(
                 f"TrainConfig: zero_stage must be 0 (no sharding), 1 (optimizer state) or 2 "
                 f"(optimizer state and gradients), got {self.zero_stage!r}."
